@@ -1,0 +1,43 @@
+# `make lab` and `make test` set everything up on first use: .venv, the package, the notebooks.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+NOTEBOOKS := $(wildcard notebooks/[0-9][0-9]_*.py)
+
+.PHONY: lab test unit nbtest notebooks sanity bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+## notebooks: (re)generate the paired .ipynb from the jupytext .py sources
+notebooks: $(STAMP)
+	$(BIN)/jupytext --sync $(NOTEBOOKS)
+
+## lab: open the curriculum in JupyterLab
+lab: notebooks
+	$(BIN)/jupyter lab notebooks/
+
+## test: unit tests, then every notebook top to bottom under nbval
+test: notebooks
+	$(BIN)/python -m pytest tests notebooks --nbval-lax --nbval-current-env -p no:cacheprovider
+
+## unit: unit tests only
+unit: $(STAMP)
+	$(BIN)/python -m pytest tests
+
+## nbtest: notebooks only
+nbtest: notebooks
+	$(BIN)/python -m pytest notebooks --nbval-lax --nbval-current-env
+
+sanity: $(STAMP)
+	$(BIN)/python -m vitdino_core.sanity
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/train_step.py
+
+clean:
+	rm -rf $(VENV) notebooks/*.ipynb .pytest_cache

@@ -1,0 +1,44 @@
+"""Multi-head self-attention, the only place where tokens talk to each other.
+
+    Attention(Q, K, V) = softmax(Q K^T / sqrt(d)) V,   one such map per head.
+
+Two paths compute the same thing: PyTorch's fused `scaled_dot_product_attention` (fast, never
+materialises the N x N matrix) and the explicit softmax, used only when the attention weights
+are wanted (attention maps, notebook 02 and 07).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, num_heads: int = 8, qkv_bias: bool = False, attn_drop: float = 0.0, proj_drop: float = 0.0):
+        super().__init__()
+        if dim % num_heads != 0:
+            raise ValueError(f"dim {dim} must be divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = self.head_dim**-0.5
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.attn_drop = nn.Dropout(attn_drop)
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def forward(self, x: torch.Tensor, return_attention: bool = False):
+        B, N, C = x.shape
+        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim)  # (B, N, 3, H, d)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, H, N, d)
+        attn = None
+        if return_attention:
+            attn = (q * self.scale) @ k.transpose(-2, -1)  # (B, H, N, N)
+            attn = attn.softmax(dim=-1)  # each row sums to 1
+            x = self.attn_drop(attn) @ v  # (B, H, N, d)
+        else:
+            p = self.attn_drop.p if self.training else 0.0
+            x = F.scaled_dot_product_attention(q, k, v, dropout_p=p)  # (B, H, N, d)
+        x = x.transpose(1, 2).reshape(B, N, C)  # (B, N, C)
+        x = self.proj_drop(self.proj(x))  # (B, N, C)
+        return (x, attn) if return_attention else x

@@ -1,0 +1,125 @@
+"""Checkpoints: written atomically, read with `weights_only=True`, official DINO files understood.
+
+A checkpoint is only ever a dict of tensors, numbers, strings, lists and dicts. Loading uses
+`torch.load(..., weights_only=True)`, which refuses any pickle that would construct other
+objects or run code, so a checkpoint downloaded from a stranger cannot execute anything.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, unreadable, untrusted or does not fit the model."""
+
+
+def save_checkpoint(obj: Mapping[str, Any], path: str | os.PathLike) -> Path:
+    """Write to a temporary file in the same folder, fsync, then rename over `path`.
+
+    A crash at any moment leaves either the old file or the new one, never half of one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(dict(obj), f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    try:  # make the rename itself durable
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:
+        pass
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
+    """Load a checkpoint with `weights_only=True`; clear errors for missing, corrupt or unsafe files."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(
+            f"refused to load {path}: it holds objects other than tensors and plain containers, "
+            f"which could run code when unpickled ({str(e).splitlines()[0]}). Only load files you trust, "
+            "and re-save them as a plain state dict."
+        ) from None
+    except (RuntimeError, EOFError, OSError) as e:
+        raise CheckpointError(f"could not read checkpoint {path}: {e}. The file may be truncated or not a PyTorch file.") from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path} holds a {type(obj).__name__}, expected a dict (a state dict or a checkpoint)")
+    return obj
+
+
+def backbone_state_dict(ckpt: Mapping[str, Any], key: str = "teacher") -> dict[str, torch.Tensor]:
+    """The backbone weights in a checkpoint: ours, official DINO's full checkpoints, or a bare state dict.
+
+    Picks `ckpt[key]` when present (teacher by default), strips `module.` and `backbone.` prefixes
+    and drops the DINO head.
+    """
+    sd = ckpt
+    for k in (key, "state_dict", "model"):
+        if isinstance(sd.get(k), Mapping):
+            sd = sd[k]
+            break
+    out = {}
+    for k, v in sd.items():
+        if not isinstance(v, torch.Tensor):
+            continue
+        k = k.removeprefix("module.").removeprefix("_orig_mod.").removeprefix("backbone.")
+        if k.startswith("head."):
+            continue
+        out[k] = v
+    if not out:
+        raise CheckpointError(f"no {key!r} backbone weights found; the checkpoint has keys {sorted(ckpt)[:20]}")
+    return out
+
+
+def load_backbone_weights(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> None:
+    """Load strictly, resizing `pos_embed` to the model's grid; list every mismatch otherwise."""
+    own = model.state_dict()
+    sd = dict(state_dict)
+    if "pos_embed" in sd and "pos_embed" in own and sd["pos_embed"].shape != own["pos_embed"].shape:
+        sd["pos_embed"] = resize_pos_embed(sd["pos_embed"], own["pos_embed"].shape[1])
+    missing = sorted(set(own) - set(sd))
+    unexpected = sorted(set(sd) - set(own))
+    shapes = sorted(f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
+                    for k in set(sd) & set(own) if sd[k].shape != own[k].shape)
+    if missing or unexpected or shapes:
+        lines = ["checkpoint does not fit this model (is it another architecture or patch size?)"]
+        for title, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes)):
+            if items:
+                lines.append(f"  {title} ({len(items)}): " + ", ".join(items[:12]) + (" ..." if len(items) > 12 else ""))
+        raise CheckpointError("\n".join(lines))
+    model.load_state_dict({k: v.to(own[k].dtype) for k, v in sd.items()}, strict=True)
+
+
+def resize_pos_embed(pos_embed: torch.Tensor, num_tokens: int) -> torch.Tensor:
+    """(1, 1+s*s, D) -> (1, num_tokens, D) by bicubic interpolation of the patch grid."""
+    old = int((pos_embed.shape[1] - 1) ** 0.5)
+    new = int((num_tokens - 1) ** 0.5)
+    if old * old + 1 != pos_embed.shape[1] or new * new + 1 != num_tokens:
+        raise CheckpointError(f"cannot resize pos_embed {tuple(pos_embed.shape)} to {num_tokens} tokens: not square grids")
+    grid = pos_embed[:, 1:].float().reshape(1, old, old, -1).permute(0, 3, 1, 2)  # (1, D, old, old)
+    grid = F.interpolate(grid, size=(new, new), mode="bicubic", align_corners=False)  # (1, D, new, new)
+    grid = grid.permute(0, 2, 3, 1).reshape(1, new * new, -1).to(pos_embed.dtype)  # (1, new*new, D)
+    return torch.cat([pos_embed[:, :1], grid], dim=1)  # (1, 1+new*new, D)

@@ -1,0 +1,213 @@
+"""The Vision Transformer (Dosovitskiy et al. 2021) as DINO uses it.
+
+    tokens = [cls; patch_embed(x)] + pos_embed            (B, N+1, D)
+    x = x + drop_path(attn(norm1(x)))                      pre-norm residual blocks, `depth` times
+    x = x + drop_path(mlp(norm2(x)))
+    out = norm(x)[:, 0]                                    the CLS token is the image's feature
+
+Parameter names match the official DINO `vision_transformer.py` (and timm), so official
+backbone weights load with `strict=True` and a reader can hold the two side by side.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torch.utils.checkpoint
+
+from .attention import Attention
+from .patch_embedding import PatchEmbed, check_image_batch
+
+
+def drop_path(x: torch.Tensor, drop_prob: float = 0.0, training: bool = False) -> torch.Tensor:
+    """Stochastic depth: drop the whole residual branch for a random subset of samples."""
+    if drop_prob == 0.0 or not training:
+        return x
+    keep_prob = 1 - drop_prob
+    shape = (x.shape[0],) + (1,) * (x.ndim - 1)  # (B, 1, 1): one coin per sample
+    mask = x.new_empty(shape).bernoulli_(keep_prob)
+    return x * mask / keep_prob  # rescale so the expectation is unchanged
+
+
+class DropPath(nn.Module):
+    def __init__(self, drop_prob: float = 0.0):
+        super().__init__()
+        self.drop_prob = drop_prob
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return drop_path(x, self.drop_prob, self.training)
+
+    def extra_repr(self) -> str:
+        return f"drop_prob={self.drop_prob}"
+
+
+class Mlp(nn.Module):
+    """Two linear layers with a GELU in between; hidden width = mlp_ratio * dim."""
+
+    def __init__(self, in_features: int, hidden_features: int | None = None, out_features: int | None = None, drop: float = 0.0):
+        super().__init__()
+        hidden_features = hidden_features or in_features
+        out_features = out_features or in_features
+        self.fc1 = nn.Linear(in_features, hidden_features)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden_features, out_features)
+        self.drop = nn.Dropout(drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.drop(self.act(self.fc1(x)))  # (B, N, hidden)
+        return self.drop(self.fc2(x))  # (B, N, D)
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: attention then MLP, each inside a residual connection."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = False, drop: float = 0.0,
+                 attn_drop: float = 0.0, drop_path: float = 0.0, norm_layer=nn.LayerNorm):
+        super().__init__()
+        self.norm1 = norm_layer(dim)
+        self.attn = Attention(dim, num_heads=num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=drop)
+        self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
+        self.norm2 = norm_layer(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop)
+
+    def forward(self, x: torch.Tensor, return_attention: bool = False):
+        if return_attention:
+            y, attn = self.attn(self.norm1(x), return_attention=True)  # (B, N, D), (B, H, N, N)
+        else:
+            y, attn = self.attn(self.norm1(x)), None
+        x = x + self.drop_path(y)  # (B, N, D)
+        x = x + self.drop_path(self.mlp(self.norm2(x)))  # (B, N, D)
+        return (x, attn) if return_attention else x
+
+
+def default_img_size(patch_size: int, target: int = 224) -> int:
+    """The multiple of `patch_size` nearest to `target` (224 for /16 and /8, 228 for /12)."""
+    return max(1, round(target / patch_size)) * patch_size
+
+
+class VisionTransformer(nn.Module):
+    def __init__(self, img_size: int = 224, patch_size: int = 16, in_chans: int = 3, embed_dim: int = 768, depth: int = 12,
+                 num_heads: int = 12, mlp_ratio: float = 4.0, qkv_bias: bool = True, drop_path_rate: float = 0.0,
+                 num_classes: int = 0, drop_rate: float = 0.0, attn_drop_rate: float = 0.0, norm_layer=None):
+        super().__init__()
+        norm_layer = norm_layer or partial(nn.LayerNorm, eps=1e-6)
+        self.num_features = self.embed_dim = embed_dim
+        self.patch_size = patch_size
+        self.num_heads = num_heads
+        self.grad_checkpointing = False  # recompute block activations in backward to save memory
+
+        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
+        num_patches = self.patch_embed.num_patches
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))  # (1, 1, D)
+        self.pos_embed = nn.Parameter(torch.zeros(1, num_patches + 1, embed_dim))  # (1, N+1, D)
+        self.pos_drop = nn.Dropout(p=drop_rate)
+
+        dpr = torch.linspace(0, drop_path_rate, depth).tolist()  # linear rule: deeper blocks drop more
+        self.blocks = nn.ModuleList([
+            Block(embed_dim, num_heads, mlp_ratio, qkv_bias, drop_rate, attn_drop_rate, dpr[i], norm_layer)
+            for i in range(depth)
+        ])
+        self.norm = norm_layer(embed_dim)
+        self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        nn.init.trunc_normal_(self.cls_token, std=0.02)
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(m: nn.Module) -> None:
+        if isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+    def interpolate_pos_encoding(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        """Position embeddings for an h x w image: the learned grid, resized bicubically if needed."""
+        npatch = x.shape[1] - 1
+        N = self.pos_embed.shape[1] - 1
+        h0, w0 = h // self.patch_size, w // self.patch_size
+        if npatch == N and h0 == w0:
+            return self.pos_embed
+        cls_pos = self.pos_embed[:, :1]  # (1, 1, D)
+        side = int(math.sqrt(N))
+        grid = self.pos_embed[:, 1:].reshape(1, side, side, -1).permute(0, 3, 1, 2)  # (1, D, s, s)
+        grid = F.interpolate(grid.float(), size=(h0, w0), mode="bicubic", align_corners=False)  # (1, D, h0, w0)
+        grid = grid.to(self.pos_embed.dtype).permute(0, 2, 3, 1).reshape(1, h0 * w0, -1)  # (1, h0*w0, D)
+        return torch.cat((cls_pos, grid), dim=1)  # (1, 1+h0*w0, D)
+
+    def prepare_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        check_image_batch(x, self.patch_size, self.patch_embed.in_chans)
+        B, _, h, w = x.shape
+        x = self.patch_embed(x)  # (B, N, D)
+        x = torch.cat((self.cls_token.expand(B, -1, -1), x), dim=1)  # (B, N+1, D)
+        x = x + self.interpolate_pos_encoding(x, h, w)  # (B, N+1, D)
+        return self.pos_drop(x)
+
+    def _run_block(self, blk: Block, x: torch.Tensor) -> torch.Tensor:
+        if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+            return torch.utils.checkpoint.checkpoint(blk, x, use_reentrant=False)
+        return blk(x)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """All tokens after the final norm: (B, N+1, D)."""
+        x = self.prepare_tokens(x)  # (B, N+1, D)
+        for blk in self.blocks:
+            x = self._run_block(blk, x)  # (B, N+1, D)
+        return self.norm(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.forward_features(x)[:, 0])  # (B, D): the CLS token
+
+    @torch.no_grad()
+    def get_last_selfattention(self, x: torch.Tensor) -> torch.Tensor:
+        """Attention weights of the last block: (B, heads, N+1, N+1); row 0 is what CLS looks at."""
+        x = self.prepare_tokens(x)
+        for blk in self.blocks[:-1]:
+            x = blk(x)
+        _, attn = self.blocks[-1](x, return_attention=True)
+        return attn
+
+    @torch.no_grad()
+    def get_intermediate_layers(self, x: torch.Tensor, n: int = 1) -> list[torch.Tensor]:
+        """Normalised outputs (B, N+1, D) of the last `n` blocks, as DINO's linear evaluation uses."""
+        x = self.prepare_tokens(x)
+        out = []
+        for i, blk in enumerate(self.blocks):
+            x = blk(x)
+            if len(self.blocks) - i <= n:
+                out.append(self.norm(x))
+        return out
+
+
+def _vit(embed_dim: int, depth: int, num_heads: int, patch_size: int, img_size: int | None, **kwargs) -> VisionTransformer:
+    img_size = img_size or default_img_size(patch_size)
+    return VisionTransformer(img_size=img_size, patch_size=patch_size, embed_dim=embed_dim, depth=depth,
+                             num_heads=num_heads, mlp_ratio=4, qkv_bias=True, **kwargs)
+
+
+def vit_tiny(patch_size: int = 12, img_size: int | None = None, **kwargs) -> VisionTransformer:
+    return _vit(192, 12, 3, patch_size, img_size, **kwargs)
+
+
+def vit_small(patch_size: int = 12, img_size: int | None = None, **kwargs) -> VisionTransformer:
+    return _vit(384, 12, 6, patch_size, img_size, **kwargs)
+
+
+def vit_base(patch_size: int = 12, img_size: int | None = None, **kwargs) -> VisionTransformer:
+    return _vit(768, 12, 12, patch_size, img_size, **kwargs)
+
+
+ARCHS = {"vit_tiny": vit_tiny, "vit_small": vit_small, "vit_base": vit_base}
+
+
+def build_vit(arch: str, patch_size: int = 12, **kwargs) -> VisionTransformer:
+    if arch not in ARCHS:
+        raise ValueError(f"unknown arch {arch!r}; choose one of {sorted(ARCHS)}")
+    return ARCHS[arch](patch_size=patch_size, **kwargs)
