@@ -1,0 +1,33 @@
+"""Shared fixtures for the unit tests."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO_ROOT
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The folder that holds imagenette-96/ and photos/: $VITDINO_DATA, else ../shared/data beside the repo.
+
+    Missing data skips the test on a laptop but fails it in CI (`CI` set), where it must be there.
+    """
+    env = os.environ.get("VITDINO_DATA")
+    root = Path(env).expanduser() if env else REPO_ROOT.parent / "shared" / "data"
+    missing = [name for name in ("imagenette-96", "photos") if not (root / name).is_dir()]
+    if missing:
+        msg = (f"shared data not found: {root} lacks {', '.join(missing)}/ "
+               "(set VITDINO_DATA or put shared/data beside the repository)")
+        if os.environ.get("CI"):
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return root

@@ -1,0 +1,288 @@
+"""The Vision Transformer: sizes, official parameter names, shapes, attention paths, positions, drop path, init."""
+
+from __future__ import annotations
+
+import math
+import re
+from contextlib import contextmanager
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.testing import assert_close
+
+from vitdino_core import Attention, Block, DropPath, VisionTransformer, vit_base, vit_small
+from vitdino_core.sanity import main as sanity_main
+
+
+@contextmanager
+def skip_weight_init():
+    """Build big models for counting only: skip the (slow) random initialisation of their weights."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(nn.init, "trunc_normal_", lambda t, *args, **kwargs: t)
+        mp.setattr(nn.Linear, "reset_parameters", lambda self: None)
+        mp.setattr(nn.Conv2d, "reset_parameters", lambda self: None)
+        yield
+
+
+def n_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def tiny_vit(patch_size: int = 12, img_size: int = 228, **kwargs) -> VisionTransformer:
+    kwargs = {"embed_dim": 32, "depth": 2, "num_heads": 2, **kwargs}
+    return VisionTransformer(img_size=img_size, patch_size=patch_size, **kwargs)
+
+
+def official_layout(depth: int, dim: int, patch_size: int, n_tokens: int, in_chans: int = 3, mlp_ratio: int = 4) -> dict:
+    """Key -> shape of an official DINO ViT backbone state dict, written out by hand."""
+    hidden = mlp_ratio * dim
+    layout = {
+        "cls_token": (1, 1, dim),
+        "pos_embed": (1, n_tokens, dim),
+        "patch_embed.proj.weight": (dim, in_chans, patch_size, patch_size),
+        "patch_embed.proj.bias": (dim,),
+    }
+    for i in range(depth):
+        b = f"blocks.{i}."
+        layout.update({
+            b + "norm1.weight": (dim,), b + "norm1.bias": (dim,),
+            b + "attn.qkv.weight": (3 * dim, dim), b + "attn.qkv.bias": (3 * dim,),
+            b + "attn.proj.weight": (dim, dim), b + "attn.proj.bias": (dim,),
+            b + "norm2.weight": (dim,), b + "norm2.bias": (dim,),
+            b + "mlp.fc1.weight": (hidden, dim), b + "mlp.fc1.bias": (hidden,),
+            b + "mlp.fc2.weight": (dim, hidden), b + "mlp.fc2.bias": (dim,),
+        })
+    layout.update({"norm.weight": (dim,), "norm.bias": (dim,)})
+    return layout
+
+
+# ----------------------------------------------------------------------------- sizes
+
+def test_vit_b12_has_about_86m_parameters():
+    with skip_weight_init():
+        model = vit_base(patch_size=12)
+    assert model.patch_embed.img_size == 228  # the multiple of 12 nearest 224
+    assert abs(n_params(model) - 86e6) / 86e6 < 0.01, f"{n_params(model):,}"
+
+
+@pytest.mark.parametrize("factory, expected", [(vit_small, 21_665_664), (vit_base, 85_798_656)], ids=["S/16", "B/16"])
+def test_official_backbone_parameter_counts(factory, expected):
+    with skip_weight_init():
+        model = factory(patch_size=16, img_size=224)
+    assert n_params(model) == expected
+
+
+def test_vit_b12_state_dict_is_the_official_layout():
+    with skip_weight_init():
+        model = vit_base(patch_size=12)
+    got = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    assert got == official_layout(depth=12, dim=768, patch_size=12, n_tokens=19 * 19 + 1)
+
+
+def test_official_style_state_dict_loads_strictly():
+    model = tiny_vit(patch_size=8, img_size=32, depth=3)
+    g = torch.Generator().manual_seed(0)
+    official = {k: torch.randn(shape, generator=g) for k, shape in official_layout(3, 32, 8, 4 * 4 + 1).items()}
+    result = model.load_state_dict(official, strict=True)
+    assert not result.missing_keys and not result.unexpected_keys
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, official[k]), k
+    # a key of another layout (timm's classifier head, say) is refused
+    with pytest.raises(RuntimeError, match="head.weight"):
+        model.load_state_dict({**official, "head.weight": torch.zeros(10, 32)}, strict=True)
+
+
+# ----------------------------------------------------------------------------- shapes and errors
+
+@pytest.mark.parametrize("patch_size, native, sizes", [(12, 228, (96, 216, 228)), (16, 224, (96, 224))])
+def test_forward_shapes_for_several_crop_sizes(patch_size, native, sizes):
+    torch.manual_seed(0)
+    model = tiny_vit(patch_size=patch_size, img_size=native).eval()
+    for size in sizes:
+        x = torch.randn(2, 3, size, size)
+        out = model(x)
+        assert out.shape == (2, 32), size
+        assert torch.isfinite(out).all()
+        assert model.forward_features(x).shape == (2, (size // patch_size) ** 2 + 1, 32)
+
+
+def test_non_square_image():
+    model = tiny_vit(patch_size=8, img_size=32).eval()
+    x = torch.randn(1, 3, 24, 40)
+    assert model.forward_features(x).shape == (1, 3 * 5 + 1, 32)
+
+
+def test_last_selfattention_shape_and_rows():
+    torch.manual_seed(0)
+    model = tiny_vit(patch_size=12, img_size=96, num_heads=4).eval()
+    attn = model.get_last_selfattention(torch.randn(3, 3, 96, 96))
+    n = (96 // 12) ** 2 + 1
+    assert attn.shape == (3, 4, n, n)
+    assert (attn >= 0).all()
+    assert_close(attn.sum(-1), torch.ones(3, 4, n))
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_intermediate_layers_are_the_last_n_blocks_normalised(n):
+    torch.manual_seed(0)
+    model = tiny_vit(patch_size=8, img_size=32, depth=3).eval()
+    with torch.no_grad():  # a final norm that is not the identity, so forgetting it shows
+        model.norm.weight.uniform_(0.5, 2.0)
+        model.norm.bias.normal_()
+    x = torch.randn(2, 3, 32, 32)
+    outs = model.get_intermediate_layers(x, n)
+    assert len(outs) == n
+    with torch.no_grad():
+        h, expected = model.prepare_tokens(x), []
+        for blk in model.blocks:
+            h = blk(h)
+            expected.append(F.layer_norm(h, (32,), model.norm.weight, model.norm.bias, eps=model.norm.eps))
+    for got, want in zip(outs, expected[-n:]):
+        assert got.shape == (2, 17, 32)
+        assert_close(got, want)
+    assert_close(outs[-1], model.forward_features(x))
+
+
+@pytest.mark.parametrize("size", [100, 224])
+def test_size_not_a_multiple_of_the_patch_is_a_clear_error(size):
+    model = tiny_vit(patch_size=12, img_size=228)
+    with pytest.raises(ValueError) as err:
+        model(torch.randn(1, 3, size, size))
+    msg = str(err.value)
+    assert re.search(rf"\b{size}\b", msg) and re.search(r"\b12\b", msg), msg
+
+
+def test_wrong_channel_count_is_a_clear_error():
+    model = tiny_vit(patch_size=8, img_size=32)
+    with pytest.raises(ValueError, match=r"\b3\b.*\b1\b|\b1\b.*\b3\b"):
+        model(torch.randn(1, 1, 32, 32))
+    with pytest.raises(ValueError):
+        model(torch.randn(3, 32, 32))  # no batch dimension
+
+
+def test_image_size_not_a_multiple_of_the_patch_at_construction():
+    with pytest.raises(ValueError):
+        VisionTransformer(img_size=100, patch_size=12, embed_dim=32, depth=1, num_heads=2)
+
+
+# ----------------------------------------------------------------------------- attention paths
+
+def test_attention_fused_and_explicit_paths_agree():
+    torch.manual_seed(0)
+    attn = Attention(32, num_heads=4, qkv_bias=True).eval()
+    x = torch.randn(2, 10, 32)
+    fused = attn(x)
+    explicit, weights = attn(x, return_attention=True)
+    assert_close(fused, explicit, atol=1e-5, rtol=0)
+    # and both equal softmax(q k^T / sqrt(d)) v written out here
+    q, k, v = attn.qkv(x).chunk(3, dim=-1)  # 3 x (B, N, C)
+    split = lambda t: t.reshape(2, 10, 4, 8).transpose(1, 2)  # (B, H, N, d)
+    q, k, v = split(q), split(k), split(v)
+    w = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(8), dim=-1)
+    assert_close(weights, w, atol=1e-6, rtol=0)
+    ref = attn.proj((w @ v).transpose(1, 2).reshape(2, 10, 32))
+    assert_close(fused, ref, atol=1e-5, rtol=0)
+
+
+def test_block_and_model_agree_across_attention_paths():
+    torch.manual_seed(0)
+    blk = Block(32, num_heads=4, qkv_bias=True).eval()
+    x = torch.randn(2, 10, 32)
+    y, attn = blk(x, return_attention=True)
+    assert attn.shape == (2, 4, 10, 10)
+    assert_close(blk(x), y, atol=1e-5, rtol=0)
+
+    model = tiny_vit(patch_size=8, img_size=32, depth=3).eval()
+    img = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        h = model.prepare_tokens(img)
+        for b in model.blocks:
+            h, _ = b(h, return_attention=True)
+        explicit = model.norm(h)
+        assert_close(model.forward_features(img), explicit, atol=1e-5, rtol=0)
+
+
+# ----------------------------------------------------------------------------- positions
+
+def test_pos_embedding_unchanged_at_native_size():
+    model = tiny_vit(patch_size=8, img_size=32)
+    tokens = torch.zeros(1, 17, 32)
+    assert torch.equal(model.interpolate_pos_encoding(tokens, 32, 32), model.pos_embed)
+
+
+@pytest.mark.parametrize("h, w", [(48, 48), (16, 16), (24, 40)])
+def test_pos_embedding_interpolation_keeps_cls_and_resizes_grid(h, w):
+    torch.manual_seed(0)
+    model = tiny_vit(patch_size=8, img_size=32)
+    h0, w0 = h // 8, w // 8
+    with torch.no_grad():
+        pos = model.interpolate_pos_encoding(torch.zeros(1, h0 * w0 + 1, 32), h, w)
+    assert pos.shape == (1, h0 * w0 + 1, 32)
+    assert torch.equal(pos[:, 0], model.pos_embed[:, 0].detach())
+    grid = model.pos_embed.detach()[0, 1:].reshape(4, 4, 32).permute(2, 0, 1)[None]  # (1, D, 4, 4)
+    want = F.interpolate(grid, size=(h0, w0), mode="bicubic", align_corners=False)[0].permute(1, 2, 0).reshape(-1, 32)
+    assert_close(pos[0, 1:], want)  # row-major: the token of patch (r, c) takes the resized grid's (r, c)
+
+
+# ----------------------------------------------------------------------------- drop path
+
+def test_drop_path_rate_grows_linearly_with_depth():
+    depth, rate = 5, 0.2
+    model = tiny_vit(patch_size=8, img_size=32, depth=depth, drop_path_rate=rate)
+    probs = [getattr(blk.drop_path, "drop_prob", 0.0) for blk in model.blocks]
+    assert probs == pytest.approx([rate * i / (depth - 1) for i in range(depth)])
+
+
+def test_drop_path_is_identity_in_eval_mode():
+    dp = DropPath(0.5).eval()
+    x = torch.randn(64, 5, 8)
+    assert torch.equal(dp(x), x)
+    torch.manual_seed(0)
+    model = tiny_vit(patch_size=8, img_size=32, drop_path_rate=0.5).eval()
+    img = torch.randn(2, 3, 32, 32)
+    assert torch.equal(model(img), model(img))
+
+
+def test_drop_path_preserves_the_expectation_in_train_mode():
+    torch.manual_seed(0)
+    p = 0.3
+    dp = DropPath(p).train()
+    x = torch.ones(20_000, 3, 4)
+    y = dp(x)
+    per_sample = y.flatten(1)
+    # one coin per sample: each sample is either dropped whole or kept and rescaled by 1/(1-p)
+    assert ((per_sample == 0).all(1) | torch.isclose(per_sample, torch.tensor(1 / (1 - p))).all(1)).all()
+    assert abs((per_sample[:, 0] == 0).float().mean().item() - p) < 0.02
+    assert abs(y.mean().item() - 1.0) < 0.03  # std of the mean is about 0.005
+
+
+# ----------------------------------------------------------------------------- init
+
+def test_initialisation_follows_dino():
+    torch.manual_seed(0)
+    model = VisionTransformer(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=2)
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    norms = [m for m in model.modules() if isinstance(m, nn.LayerNorm)]
+    assert len(linears) == 2 * 4 and len(norms) == 2 * 2 + 1
+    for m in linears:
+        assert abs(m.weight.std().item() - 0.02) < 0.002, m
+        assert abs(m.weight.mean().item()) < 0.002, m
+        assert m.weight.abs().max().item() <= 2.0
+        assert torch.equal(m.bias, torch.zeros_like(m.bias))
+    for m in norms:
+        assert torch.equal(m.weight, torch.ones_like(m.weight))
+        assert torch.equal(m.bias, torch.zeros_like(m.bias))
+    for p in (model.pos_embed, model.cls_token):
+        assert 0 < p.abs().max().item() <= 2.0
+    assert abs(model.pos_embed.std().item() - 0.02) < 0.006
+
+
+# ----------------------------------------------------------------------------- the sanity command
+
+def test_sanity_command_on_a_small_model(capsys):
+    assert sanity_main(["--arch", "vit_tiny", "--patch-size", "16", "--img-size", "64"]) == 0
+    out = capsys.readouterr().out
+    assert "ViT-Ti/16" in out and "parameters" in out and "OK" in out
+    assert sanity_main(["--arch", "vit_tiny", "--patch-size", "16", "--img-size", "100"]) != 0

@@ -1,0 +1,82 @@
+"""The project's own wiring: one dependency list in two files, and one test command for CI and the README."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+try:
+    import tomllib  # Python 3.11+
+except ImportError:  # Python 3.10
+    tomllib = pytest.importorskip("tomli")
+
+REPO = Path(__file__).resolve().parent.parent
+CONDA_TO_PIP = {"pytorch": "torch"}
+CONDA_ONLY = {"python", "pip"}
+REQUIREMENT = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*(?:\[[^\]]*\])?\s*(.*)$")
+
+
+def parse_requirement(spec: str) -> tuple[str, str | None]:
+    """'torch>=2.4' -> ('torch', '2.4'); the name normalised, the lower bound (>=, == or conda's =) or None."""
+    match = REQUIREMENT.match(spec)
+    assert match, f"cannot read the requirement {spec!r}"
+    name = re.sub(r"[-_.]+", "-", match.group(1)).lower()
+    bound = re.search(r"(?:>=|==|~=|(?<![<>!=~])=)\s*([0-9][^\s,;]*)", match.group(2))
+    return name, bound.group(1) if bound else None
+
+
+def pyproject_requirements() -> dict[str, str | None]:
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    specs = list(project.get("dependencies", [])) + list(project.get("optional-dependencies", {}).get("dev", []))
+    return dict(parse_requirement(s) for s in specs)
+
+
+def conda_requirements() -> dict[str, str | None]:
+    env = yaml.safe_load((REPO / "environment.yml").read_text())
+    reqs = {}
+    for entry in env["dependencies"]:
+        if isinstance(entry, dict):  # a nested `pip:` list holds pip names already
+            reqs.update(parse_requirement(s) for s in entry.get("pip", []))
+            continue
+        name, bound = parse_requirement(str(entry))
+        if name not in CONDA_ONLY:
+            reqs[CONDA_TO_PIP.get(name, name)] = bound
+    return reqs
+
+
+def test_requirement_parser():
+    assert parse_requirement("torch>=2.4") == ("torch", "2.4")
+    assert parse_requirement("scikit_learn >= 1.2, <2") == ("scikit-learn", "1.2")
+    assert parse_requirement("pyyaml=6.0") == ("pyyaml", "6.0")
+    assert parse_requirement("tqdm") == ("tqdm", None)
+    assert parse_requirement("numpy<3") == ("numpy", None)
+
+
+def test_environment_yml_mirrors_pyproject():
+    pip, conda = pyproject_requirements(), conda_requirements()
+    assert "torch" in pip and "pytest" in pip  # both lists were really read
+    assert sorted(pip) == sorted(conda), f"only in pyproject: {set(pip) - set(conda)}; only in environment.yml: {set(conda) - set(pip)}"
+    mismatched = {name: (pip[name], conda[name]) for name in pip if pip[name] != conda[name]}
+    assert not mismatched, f"lower bounds differ (pyproject, environment.yml): {mismatched}"
+
+
+def test_ci_runs_make_test():
+    ci = REPO / ".ci" / "run"
+    assert ci.is_file(), ".ci/run is missing: CI would run no test"
+    assert ci.stat().st_mode & 0o111, ".ci/run is not executable"
+    commands = [line.strip() for line in ci.read_text().splitlines() if line.strip() and not line.strip().startswith("#")]
+    assert any(re.match(r"^(exec\s+)?make\s+test\b", c) for c in commands), ".ci/run does not call `make test`"
+    assert re.search(r"^test:", (REPO / "Makefile").read_text(), re.MULTILINE), "the Makefile has no `test` target"
+
+
+def test_readme_gives_the_ci_test_command():
+    """README CHECK: the README's test command is the one .ci/run calls (`make test`).
+
+    This fails while README.md does not exist yet: the README is part of the project, not optional.
+    """
+    readme = REPO / "README.md"
+    assert readme.is_file(), "README.md is missing"
+    assert "make test" in readme.read_text(), "README.md does not give the test command `make test`"
