@@ -58,10 +58,11 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
+        reason = next((ln.strip() for ln in str(e).splitlines() if "Unsupported" in ln or "global" in ln), "")
         raise CheckpointError(
-            f"refused to load {path}: it holds objects other than tensors and plain containers, "
-            f"which could run code when unpickled ({str(e).splitlines()[0]}). Only load files you trust, "
-            "and re-save them as a plain state dict."
+            f"refused to load {path}: it holds objects other than tensors and plain containers, which could "
+            f"run code when unpickled ({reason or 'weights_only=True rejected it'}). Only load files you trust; "
+            "re-save trusted ones as a plain state dict."
         ) from None
     except (RuntimeError, EOFError, OSError) as e:
         raise CheckpointError(f"could not read checkpoint {path}: {e}. The file may be truncated or not a PyTorch file.") from None

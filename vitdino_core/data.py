@@ -227,21 +227,22 @@ class EpochBatchSampler:
     """Shuffled batches of (index, seed) keys; the order depends only on (seed, epoch).
 
     With `world_size` > 1 each rank takes every world_size-th index of the shared permutation
-    (the DistributedSampler rule). `start_batch` skips batches already trained on, for resuming.
+    (the DistributedSampler rule). `start_batch` skips batches already trained on, for resuming; `stop_batch` ends early (max_steps).
     """
 
     def __init__(self, num_samples: int, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1, drop_last: bool = True):
         self.num_samples, self.batch_size, self.seed = num_samples, batch_size, seed
         self.rank, self.world_size, self.drop_last = rank, world_size, drop_last
-        self.epoch, self.start_batch = 0, 0
+        self.epoch, self.start_batch, self.stop_batch = 0, 0, None
         if len(self) == 0:
             raise ValueError(
                 f"batch_size_per_gpu={batch_size} x {world_size} process(es) is larger than the dataset "
                 f"({num_samples} images) with drop_last: lower the batch size or use more images"
             )
 
-    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
-        self.epoch, self.start_batch = epoch, start_batch
+    def set_epoch(self, epoch: int, start_batch: int = 0, stop_batch: int | None = None) -> None:
+        """Yield batches [start_batch, stop_batch) of this epoch's order on the next iteration."""
+        self.epoch, self.start_batch, self.stop_batch = epoch, start_batch, stop_batch
 
     def __len__(self) -> int:
         per_rank = self.num_samples // self.world_size
@@ -252,14 +253,19 @@ class EpochBatchSampler:
         perm = torch.randperm(self.num_samples, generator=g).tolist()
         per_rank = self.num_samples // self.world_size
         mine = perm[self.rank::self.world_size][:per_rank]
-        for b in range(self.start_batch, len(self)):
+        stop = len(self) if self.stop_batch is None else min(self.stop_batch, len(self))
+        for b in range(self.start_batch, stop):
             idx = mine[b * self.batch_size:(b + 1) * self.batch_size]
             yield [(i, sample_seed(self.seed, self.epoch, i)) for i in idx]
 
 
-def make_loader(dataset: MultiCropDataset, sampler: EpochBatchSampler, num_workers: int, collate_fn, pin_memory: bool) -> DataLoader:
+def make_loader(dataset: MultiCropDataset, sampler: EpochBatchSampler, num_workers: int, collate_fn, pin_memory: bool,
+                worker_init_fn=None) -> DataLoader:
+    """A loader with its own generator: starting an epoch draws no number from the global RNG, which
+    drop path uses, so a resumed run continues the exact random stream of an uninterrupted one."""
     return DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers, collate_fn=collate_fn, pin_memory=pin_memory,
-                      persistent_workers=num_workers > 0, prefetch_factor=4 if num_workers > 0 else None)
+                      persistent_workers=num_workers > 0, prefetch_factor=4 if num_workers > 0 else None,
+                      worker_init_fn=worker_init_fn, generator=torch.Generator().manual_seed(sampler.seed))
 
 
 # ----------------------------------------------------------------------------- evaluation transform

@@ -106,7 +106,7 @@ class VisionTransformer(nn.Module):
         self.pos_embed = nn.Parameter(torch.zeros(1, num_patches + 1, embed_dim))  # (1, N+1, D)
         self.pos_drop = nn.Dropout(p=drop_rate)
 
-        dpr = torch.linspace(0, drop_path_rate, depth).tolist()  # linear rule: deeper blocks drop more
+        dpr = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]  # linear rule: deeper blocks drop more
         self.blocks = nn.ModuleList([
             Block(embed_dim, num_heads, mlp_ratio, qkv_bias, drop_rate, attn_drop_rate, dpr[i], norm_layer)
             for i in range(depth)

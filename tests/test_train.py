@@ -1,0 +1,136 @@
+"""The training engine and its command line, on a small slice of imagenette-96."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from vitdino_core.checkpoint import load_checkpoint, save_checkpoint
+from vitdino_core.config import ConfigError, load_config
+from vitdino_core.train import DINOTrainer, TrainingDivergedError, main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny_overrides(out: Path, **extra) -> list[str]:
+    """workshop_tiny shrunk to seconds: 48 images, 8 per batch (6 steps per epoch), 48/24 px crops."""
+    values = dict(output_dir=str(out), max_images=48, batch_size_per_gpu=8, out_dim=128, local_crops_number=2,
+                  global_crops_size=48, local_crops_size=24, num_workers=0, log_every=1, epochs=2, threads=1)
+    values.update(extra)
+    return [f"{k}={v}" for k, v in values.items()]
+
+
+def tiny(out: Path, **extra) -> list[str]:
+    """Command-line arguments for the shrunk workshop_tiny run."""
+    args = ["--config", "workshop_tiny"]
+    for item in tiny_overrides(out, **extra):
+        args += ["--set", item]
+    return args
+
+
+@pytest.fixture
+def data_env(shared_data, monkeypatch):
+    monkeypatch.setenv("VITDINO_DATA", str(shared_data))
+    return shared_data
+
+
+def read_metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_cli_writes_checkpoint_metrics_and_config(data_env, tmp_path):
+    assert main(tiny(tmp_path, max_steps=3)) == 0
+    run = tmp_path / "workshop_tiny"
+    ckpt = load_checkpoint(run / "checkpoint.pth")
+    assert ckpt["step"] == 3 and ckpt["config"]["max_images"] == 48
+    assert {"student", "teacher", "optimizer", "scaler", "dino_loss", "rng"} <= set(ckpt)
+    assert ckpt["dino_loss"]["center"].shape == (1, 128)
+    records = read_metrics(run)
+    assert [r["step"] for r in records] == [1, 2, 3]
+    for key in ("loss", "lr", "wd", "momentum", "teacher_temp", "teacher_entropy", "kl_uniform", "images_per_s"):
+        assert all(torch.isfinite(torch.tensor(r[key])) for r in records), key
+    assert all(0 < r["loss"] < 2 * torch.log(torch.tensor(128.0)) for r in records)
+    assert load_config(run / "config.yaml").max_images == 48
+
+
+def test_resume_matches_an_uninterrupted_run(data_env, tmp_path):
+    """3 steps, stop, resume to 8 (across an epoch boundary) == 8 steps in one go, bit for bit."""
+    assert main(tiny(tmp_path / "a", max_steps=8)) == 0
+    assert main(tiny(tmp_path / "b", max_steps=3)) == 0
+    assert main(tiny(tmp_path / "b", max_steps=8) + ["--resume"]) == 0
+    a = load_checkpoint(tmp_path / "a" / "workshop_tiny" / "checkpoint.pth")
+    b = load_checkpoint(tmp_path / "b" / "workshop_tiny" / "checkpoint.pth")
+    assert a["step"] == b["step"] == 8 and b["epoch"] == 1
+    for part in ("student", "teacher", "dino_loss"):
+        for k in a[part]:
+            torch.testing.assert_close(a[part][k], b[part][k], rtol=0, atol=1e-6, msg=f"{part}.{k}")
+    steps_b = [r["step"] for r in read_metrics(tmp_path / "b" / "workshop_tiny")]
+    assert steps_b == list(range(1, 9)), "metrics are logged once per step, with no duplicates after resume"
+
+
+def test_metrics_follow_the_schedules(data_env, tmp_path):
+    """lr warms up linearly (scaled by batch/256) then decays; momentum rises towards 1; wd towards its end value."""
+    assert main(tiny(tmp_path, max_steps=12, epochs=2, warmup_epochs=1, lr=0.0032, min_lr=1e-6, log_every=1)) == 0
+    recs = read_metrics(tmp_path / "workshop_tiny")
+    peak = 0.0032 * 8 / 256
+    lr = [r["lr"] for r in recs]
+    assert lr[0] == pytest.approx(0.0) and lr[5] == pytest.approx(peak)  # step 6 = end of the 1-epoch warm-up
+    assert all(a < b for a, b in zip(lr[:5], lr[1:6]))
+    assert lr[6] == pytest.approx(peak) and all(a > b for a, b in zip(lr[6:-1], lr[7:]))  # cosine starts at the peak
+    mom = [r["momentum"] for r in recs]
+    assert mom[0] == pytest.approx(0.99) and all(a < b for a, b in zip(mom, mom[1:])) and mom[-1] < 1
+    assert recs[-1]["wd"] > recs[0]["wd"]
+
+
+def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(data_env, tmp_path):
+    cfg = load_config("workshop_tiny", tiny_overrides(tmp_path))
+    trainer = DINOTrainer(cfg, quiet=True)
+    crops, _ = next(iter(trainer.loader))
+    trainer.train_step(crops)
+    trainer.save()
+    good = load_checkpoint(trainer.ckpt_path)
+    crops[0][0, 0, 0, 0] = float("nan")
+    trainer.train_step(crops)
+    with pytest.raises(TrainingDivergedError, match="lower lr"):
+        trainer.save()
+    kept = load_checkpoint(trainer.ckpt_path)
+    assert kept["step"] == good["step"] == 1
+    assert all(torch.equal(kept["teacher"][k], good["teacher"][k]) for k in good["teacher"])
+
+
+def test_bad_config_is_an_error_naming_the_key(data_env, tmp_path, capsys):
+    assert main(tiny(tmp_path) + ["--set", "learning_rate=0.1"]) == 1
+    assert "learning_rate" in capsys.readouterr().err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("arch: vit_tiny\nepochs: ten\n")
+    with pytest.raises(ConfigError, match="epochs"):
+        load_config(bad)
+
+
+def test_corrupt_image_is_reported_and_skipped(tmp_path):
+    from PIL import Image
+
+    folder = tmp_path / "imgs"
+    (folder / "a").mkdir(parents=True)
+    for i in range(8):
+        Image.new("RGB", (40, 40), (i * 30, 10, 200)).save(folder / "a" / f"{i}.jpg")
+    (folder / "a" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not a jpeg")
+    args = tiny(tmp_path / "out", max_steps=2, max_images=0, batch_size_per_gpu=4)
+    args += ["--set", "dataset=folder", "--set", f"data_path={folder}"]
+    with pytest.warns(UserWarning, match="broken.jpg"):
+        assert main(args) == 0
+    assert load_checkpoint(tmp_path / "out" / "workshop_tiny" / "checkpoint.pth")["step"] == 2
+
+
+def test_python_m_entry_point(data_env, tmp_path):
+    env = dict(os.environ, VITDINO_DATA=str(data_env))
+    out = subprocess.run([sys.executable, "-m", "vitdino_core.train", *tiny(tmp_path, max_steps=1)], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.strip().splitlines()[-1])["step"] == 1

@@ -1,0 +1,246 @@
+"""Training configuration: one flat dataclass, YAML files, validated, with the official DINO argument names.
+
+    python -m vitdino_core.train --config workshop_tiny --set epochs=3 --set lr=1e-3
+
+A config is a YAML mapping whose keys are fields of `TrainConfig`. Unknown keys, wrong types and
+impossible values are errors that name the key. Files are read with `yaml.safe_load`, so a config
+can hold data only, never code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import os
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+
+class ConfigError(ValueError):
+    """A config file or override that is not valid; the message names the key and the fix."""
+
+
+@dataclass
+class TrainConfig:
+    # --- run
+    run_name: str = "dino"  # results go to <output_dir>/<run_name>/
+    output_dir: str = "checkpoints"
+    seed: int = 0
+    # --- data
+    dataset: str = "imagenette"  # imagenette | folder | cifar10 | mnist | fashion_mnist | digits | random
+    data_path: str = ""  # a folder that overrides where the dataset is looked for ("" = the data root)
+    max_images: int = 0  # train on the first N images of a fixed shuffle (0 = all)
+    download: bool = False
+    num_workers: int = 2
+    # --- model
+    arch: str = "vit_small"  # vit_tiny | vit_small | vit_base
+    patch_size: int = 16
+    drop_path_rate: float = 0.1
+    out_dim: int = 65536
+    norm_last_layer: bool = True
+    use_bn_in_head: bool = False
+    # --- multi-crop
+    global_crops_size: int = 224
+    local_crops_size: int = 96
+    global_crops_scale: tuple[float, float] = (0.4, 1.0)
+    local_crops_scale: tuple[float, float] = (0.05, 0.4)
+    local_crops_number: int = 8
+    # --- teacher
+    momentum_teacher: float = 0.996
+    warmup_teacher_temp: float = 0.04
+    teacher_temp: float = 0.04
+    warmup_teacher_temp_epochs: int = 0
+    student_temp: float = 0.1
+    center_momentum: float = 0.9
+    # --- optimisation
+    epochs: int = 100
+    batch_size_per_gpu: int = 64
+    lr: float = 5e-4  # for a total batch of 256; scaled linearly with the real total batch
+    min_lr: float = 1e-6
+    warmup_epochs: int = 10
+    weight_decay: float = 0.04
+    weight_decay_end: float = 0.4
+    clip_grad: float = 3.0  # per-parameter gradient norm clip (0 = off)
+    freeze_last_layer: int = 1
+    # --- speed
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16
+    compile: bool = False
+    gpu_augment: bool = False  # multi-crop on the GPU, batched (see multicrop_gpu.py)
+    grad_checkpointing: bool = False
+    threads: int = 0  # torch CPU threads (0 = PyTorch's default)
+    # --- bookkeeping
+    max_steps: int = 0  # stop after this many optimisation steps in total (0 = all epochs)
+    log_every: int = 10  # steps between metrics.jsonl records
+    save_every_steps: int = 0  # also checkpoint every N steps (0 = at the end of each epoch only)
+    saveckp_freq: int = 0  # keep a copy checkpoint<epoch>.pth every N epochs (0 = never)
+    collapse_patience: int = 20  # warn after this many consecutive collapsed log records
+
+    @property
+    def ncrops(self) -> int:
+        return 2 + self.local_crops_number
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+CHOICES = {
+    "dataset": ("imagenette", "folder", "cifar10", "mnist", "fashion_mnist", "digits", "random"),
+    "arch": ("vit_tiny", "vit_small", "vit_base"),
+    "precision": ("auto", "fp32", "bf16", "fp16"),
+}
+
+
+def shipped_configs() -> list[str]:
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def resolve_config_path(name_or_path: str | os.PathLike) -> Path:
+    """A path to a YAML file, or the name of a config shipped in vitdino_core/configs/."""
+    p = Path(name_or_path)
+    if p.is_file():
+        return p
+    shipped = CONFIG_DIR / (p.name if p.suffix in (".yaml", ".yml") else f"{p.name}.yaml")
+    if shipped.is_file():
+        return shipped
+    raise ConfigError(f"config {str(name_or_path)!r} not found: not a file, and not one of the shipped configs {shipped_configs()}")
+
+
+def _number(value: Any) -> Any:
+    """YAML 1.1 reads `5e-4` (no dot) as a string; accept it as the number it means."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def _coerce(key: str, value: Any) -> Any:
+    """Check `value` against the field's type; int -> float and list -> tuple are accepted."""
+    hint = typing.get_type_hints(TrainConfig)[key]
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        n = len(typing.get_args(hint))
+        value = [_number(v) for v in value] if isinstance(value, (list, tuple)) else value
+        if not isinstance(value, (list, tuple)) or len(value) != n or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+            raise ConfigError(f"{key}: expected a list of {n} numbers, e.g. {list(FIELDS[key].default)}, got {value!r}")
+        return tuple(float(v) for v in value)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r} ({type(value).__name__})")
+        return value
+    if hint is float:
+        value = _number(value)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r} ({type(value).__name__})")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r} ({type(value).__name__})")
+        return value
+    raise ConfigError(f"{key}: unsupported type {hint}")  # pragma: no cover
+
+
+def _check_key(key: str) -> None:
+    if key not in FIELDS:
+        close = difflib.get_close_matches(key, FIELDS, n=3)
+        hint = f"; did you mean {' or '.join(close)}?" if close else f"; valid keys: {', '.join(FIELDS)}"
+        raise ConfigError(f"unknown config key {key!r}{hint}")
+
+
+def validate(cfg: TrainConfig) -> TrainConfig:
+    """Impossible values are errors that say which key and what would be valid."""
+    def need(ok: bool, msg: str) -> None:
+        if not ok:
+            raise ConfigError(msg)
+
+    for key, choices in CHOICES.items():
+        need(getattr(cfg, key) in choices, f"{key}: {getattr(cfg, key)!r} is not one of {', '.join(choices)}")
+    for key in ("lr", "batch_size_per_gpu", "epochs", "out_dim", "patch_size", "global_crops_size", "local_crops_size",
+                "teacher_temp", "warmup_teacher_temp", "student_temp", "log_every"):
+        v = getattr(cfg, key)
+        need(v > 0 and math.isfinite(v), f"{key} must be > 0, got {v}")
+    for key in ("min_lr", "weight_decay", "weight_decay_end", "clip_grad", "drop_path_rate", "warmup_epochs",
+                "warmup_teacher_temp_epochs", "freeze_last_layer", "num_workers", "max_steps", "max_images",
+                "save_every_steps", "saveckp_freq", "threads", "local_crops_number"):
+        v = getattr(cfg, key)
+        need(v >= 0, f"{key} must be >= 0, got {v}")
+    need(cfg.warmup_epochs <= cfg.epochs, f"warmup_epochs ({cfg.warmup_epochs}) must be <= epochs ({cfg.epochs})")
+    for key in ("momentum_teacher", "center_momentum"):
+        need(0 <= getattr(cfg, key) <= 1, f"{key} must be in [0, 1], got {getattr(cfg, key)}")
+    need(cfg.drop_path_rate < 1, f"drop_path_rate must be < 1, got {cfg.drop_path_rate}")
+    for key in ("global_crops_scale", "local_crops_scale"):
+        lo, hi = getattr(cfg, key)
+        need(0 < lo <= hi <= 1, f"{key} must satisfy 0 < min <= max <= 1, got {[lo, hi]}")
+    p = cfg.patch_size
+    for key in ("global_crops_size", "local_crops_size"):
+        size = getattr(cfg, key)
+        if size % p != 0 or size < p:
+            lo, hi = max(p, size // p * p), (size // p + 1) * p
+            raise ConfigError(f"{key}={size} is not a multiple of patch_size={p}: use {lo} or {hi}")
+    need(cfg.dataset != "folder" or bool(cfg.data_path), "dataset 'folder' needs data_path: the folder of images to train on")
+    need(cfg.device == "auto" or cfg.device == "cpu" or cfg.device.startswith("cuda"), f"device: {cfg.device!r} is not auto, cpu or cuda[:N]")
+    return cfg
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """'key=value' with the value read as YAML: `lr=1e-3`, `compile=true`, `global_crops_scale=[0.3,1]`."""
+    if "=" not in item:
+        raise ConfigError(f"--set expects key=value, got {item!r}")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    _check_key(key)
+    value = yaml.safe_load(raw) if raw.strip() else ""
+    if FIELDS[key].type in ("str", str) and not isinstance(value, str):
+        value = raw  # data_path=123 stays a string
+    return key, value
+
+
+def make_config(values: dict[str, Any] | None = None) -> TrainConfig:
+    values = dict(values or {})
+    for key in values:
+        _check_key(key)
+    cfg = TrainConfig(**{k: _coerce(k, v) for k, v in values.items()})
+    return validate(cfg)
+
+
+def load_config(name_or_path: str | os.PathLike | None = None, overrides: list[str] | dict[str, Any] | None = None) -> TrainConfig:
+    """Read a YAML config (a path or a shipped name), apply `key=value` overrides, validate."""
+    values: dict[str, Any] = {}
+    if name_or_path is not None:
+        path = resolve_config_path(name_or_path)
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path} is not valid YAML: {e}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path} must hold a mapping of key: value, got {type(loaded).__name__}")
+        values.update(loaded)
+    if isinstance(overrides, dict):
+        values.update(overrides)
+    else:
+        values.update(parse_override(o) for o in overrides or [])
+    try:
+        return make_config(values)
+    except ConfigError as e:
+        where = f" in {name_or_path}" if name_or_path is not None else ""
+        raise ConfigError(f"{e}{where}") from None
+
+
+def save_config(cfg: TrainConfig, path: str | os.PathLike) -> None:
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
