@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 
 ## notebooks: (re)generate the paired .ipynb from the jupytext .py sources
 notebooks: $(STAMP)
-	$(BIN)/jupytext --sync $(NOTEBOOKS)
+	$(if $(NOTEBOOKS),$(BIN)/jupytext --sync $(NOTEBOOKS),@echo "no notebooks yet")
 
 ## lab: open the curriculum in JupyterLab
 lab: notebooks
