@@ -1,0 +1,79 @@
+"""The one setup call every notebook starts with, and offline photos for its pictures."""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .data import REPO_ROOT, data_root
+
+SHIPPED_CHECKPOINT = REPO_ROOT / "checkpoints" / "dino_imagenette96.pth"
+
+
+@dataclass
+class NotebookEnv:
+    fast: bool  # CI or VITDINO_FAST=1: fewer steps and images, every cell still runs
+    device: torch.device
+    data_root: Path
+    seed: int
+
+
+def fast_mode() -> bool:
+    return bool(os.environ.get("CI") or os.environ.get("VITDINO_FAST"))
+
+
+def setup(seed: int = 0, dpi: int = 90) -> NotebookEnv:
+    """Seed every RNG, pick the device, find the data root, set figure defaults; print what was chosen."""
+    import matplotlib.pyplot as plt
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    plt.rcParams.update({"figure.dpi": dpi, "axes.grid": False, "image.interpolation": "nearest"})
+    env = NotebookEnv(fast_mode(), device, data_root(), seed)
+    print(f"torch {torch.__version__} | device {device} | {torch.get_num_threads()} threads | data root {env.data_root}"
+          f" | fast mode {'on' if env.fast else 'off'}")
+    return env
+
+
+def photo(name: str = "grace_hopper") -> Image.Image:
+    """A real photo as RGB: from <data root>/photos if present, else the copies inside matplotlib / scikit-learn.
+
+    Names: grace_hopper, china, flower (always available), astronaut, chelsea, coffee, rocket (data root only).
+    """
+    folder = data_root() / "photos"
+    matches = sorted(folder.glob(f"*{name}*")) if folder.is_dir() else []
+    if matches:
+        return Image.open(matches[0]).convert("RGB")
+    if name == "grace_hopper":
+        import matplotlib.cbook
+
+        with matplotlib.cbook.get_sample_data("grace_hopper.jpg") as f:
+            return Image.open(f).convert("RGB")
+    if name in ("china", "flower"):
+        from sklearn.datasets import load_sample_image
+
+        return Image.fromarray(load_sample_image(f"{name}.jpg"))
+    raise FileNotFoundError(f"photo {name!r} not found in {folder}; grace_hopper, china and flower are always available")
+
+
+def shipped_checkpoint() -> Path | None:
+    """The DINO checkpoint trained on imagenette-96 that ships with the project, if present."""
+    return SHIPPED_CHECKPOINT if SHIPPED_CHECKPOINT.is_file() else None
+
+
+def save_figure(fig, name: str) -> Path | None:
+    """Save `fig` as notebooks/figures/<name>.png when VITDINO_SAVE_FIGURES=1 (for the README); else nothing."""
+    if not os.environ.get("VITDINO_SAVE_FIGURES"):
+        return None
+    out = REPO_ROOT / "notebooks" / "figures" / f"{name}.png"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, bbox_inches="tight", dpi=110)
+    return out
