@@ -4,6 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 NOTEBOOKS := $(wildcard notebooks/[0-9][0-9]_*.py)
+IPYNB     := $(NOTEBOOKS:.py=.ipynb)
 
 .PHONY: lab test unit nbtest notebooks sanity bench clean
 
@@ -23,7 +24,7 @@ lab: notebooks
 
 ## test: unit tests, then every notebook top to bottom under nbval
 test: notebooks
-	$(BIN)/python -m pytest tests notebooks --nbval-lax --nbval-current-env -p no:cacheprovider
+	$(BIN)/python -m pytest tests $(IPYNB) --nbval-lax --nbval-current-env -p no:cacheprovider
 
 ## unit: unit tests only
 unit: $(STAMP)
@@ -31,7 +32,7 @@ unit: $(STAMP)
 
 ## nbtest: notebooks only
 nbtest: notebooks
-	$(BIN)/python -m pytest notebooks --nbval-lax --nbval-current-env
+	$(BIN)/python -m pytest $(IPYNB) --nbval-lax --nbval-current-env
 
 sanity: $(STAMP)
 	$(BIN)/python -m vitdino_core.sanity
