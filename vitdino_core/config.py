@@ -20,6 +20,8 @@ from typing import Any
 
 import yaml
 
+from .patch_embedding import nearest_multiples
+
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 
@@ -189,8 +191,9 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     for key in ("global_crops_size", "local_crops_size"):
         size = getattr(cfg, key)
         if size % p != 0 or size < p:
-            lo, hi = max(p, size // p * p), (size // p + 1) * p
-            raise ConfigError(f"{key}={size} is not a multiple of patch_size={p}: use {lo} or {hi}")
+            lo, hi = nearest_multiples(size, p)
+            what = "is smaller than one patch" if size < p else "is not a multiple of"
+            raise ConfigError(f"{key}={size} {what} patch_size={p}: use {lo} or {hi}")
     need(cfg.dataset != "folder" or bool(cfg.data_path), "dataset 'folder' needs data_path: the folder of images to train on")
     need(cfg.device == "auto" or cfg.device == "cpu" or cfg.device.startswith("cuda"), f"device: {cfg.device!r} is not auto, cpu or cuda[:N]")
     return cfg

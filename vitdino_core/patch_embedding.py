@@ -24,12 +24,18 @@ def check_image_batch(x: torch.Tensor, patch_size: int, in_chans: int) -> None:
         raise ValueError(f"expected {in_chans} channels, got {C} in an input of shape {tuple(x.shape)}{hint}")
     for name, size in (("height", H), ("width", W)):
         if size < patch_size or size % patch_size != 0:
-            lo = max(patch_size, size // patch_size * patch_size)
-            hi = (size // patch_size + 1) * patch_size
+            lo, hi = nearest_multiples(size, patch_size)
+            what = "is smaller than one patch" if size < patch_size else "is not a multiple of the patch size"
             raise ValueError(
-                f"image {name} {size} is not a multiple of the patch size {patch_size}; "
-                f"resize or crop to {lo} or {hi} (any multiple of {patch_size} works)"
+                f"image {name} {size} {what} ({patch_size}); resize or crop to {lo} or {hi} "
+                f"(any multiple of {patch_size} works)"
             )
+
+
+def nearest_multiples(size: int, patch_size: int) -> tuple[int, int]:
+    """The valid sizes (multiples of the patch, at least one patch) just below/above `size`."""
+    lo = max(patch_size, size // patch_size * patch_size)
+    return lo, lo + patch_size if lo >= size else (size // patch_size + 1) * patch_size
 
 
 def patchify(x: torch.Tensor, patch_size: int) -> torch.Tensor:

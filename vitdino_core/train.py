@@ -29,6 +29,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn as nn
+from torch.distributed.elastic.multiprocessing.errors import record
 from torch.utils.data import Subset
 from tqdm.auto import tqdm
 
@@ -141,7 +142,7 @@ class DINOTrainer:
         self.amp_dtype = resolve_precision(cfg.precision, self.device)
         if cfg.threads > 0:
             torch.set_num_threads(cfg.threads)
-        seed_everything(cfg.seed + self.env.rank)
+        seed_everything(cfg.seed)  # the same initial weights on every rank
 
         # data: the per-sample seed makes crops independent of workers and exact on resume
         self.dataset = dataset if dataset is not None else build_train_dataset(cfg)
@@ -155,13 +156,15 @@ class DINOTrainer:
         self.loader = make_loader(MultiCropDataset(self.dataset, self.augment), self.sampler, cfg.num_workers,
                                   collate_multicrop, pin_memory=self.device.type == "cuda", worker_init_fn=_worker_init)
 
-        # models: the teacher starts as a copy of the student and never takes a gradient
+        # models: the teacher starts as a copy of the student (after DDP has broadcast rank 0's
+        # weights) and never takes a gradient
         self.student = build_student(cfg).to(self.device)
-        self.teacher = make_teacher(self.student)
         self.student_ddp: nn.Module = self.student
         if self.env.distributed:
             self.student_ddp = nn.parallel.DistributedDataParallel(
                 self.student, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.teacher = make_teacher(self.student)
+        seed_everything(cfg.seed + 1 + self.env.rank)  # drop path: a different stream on every rank
         if cfg.compile:
             self.student.backbone.compile()
             self.teacher.backbone.compile()
@@ -297,14 +300,24 @@ class DINOTrainer:
         }
 
     def load_state_dict(self, ckpt: dict) -> None:
-        self.student.load_state_dict(ckpt["student"])
-        self.teacher.load_state_dict(ckpt["teacher"])
+        missing = [k for k in ("student", "teacher", "optimizer", "scaler", "dino_loss", "step") if k not in ckpt]
+        if missing:
+            raise CheckpointError(f"not a training checkpoint of this project: it lacks {missing}")
+        try:
+            self.student.load_state_dict(ckpt["student"])
+            self.teacher.load_state_dict(ckpt["teacher"])
+            self.loss_fn.load_state_dict(ckpt["dino_loss"])
+        except RuntimeError as e:
+            saved = ckpt.get("config", {})
+            was = ", ".join(f"{k}={saved[k]}" for k in ("arch", "patch_size", "out_dim") if k in saved)
+            raise CheckpointError(f"the checkpoint does not fit this run's model (it was trained with {was or 'another config'}):\n{e}") from None
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scaler.load_state_dict(ckpt["scaler"])
-        self.loss_fn.load_state_dict(ckpt["dino_loss"])
         self.step = int(ckpt["step"])
         rng = ckpt.get("rng", {})
-        if "torch" in rng and self.env.rank == 0:
+        if self.env.rank > 0:  # only rank 0's RNG is saved; other ranks start a fresh stream
+            seed_everything(self.cfg.seed + 1 + self.env.rank + 7919 * self.step)
+        elif "torch" in rng:
             torch.set_rng_state(rng["torch"])
             np.random.set_state(("MT19937", rng["numpy"].numpy().astype(np.uint32), rng["numpy_pos"], 0, 0.0))
             random.setstate((3, tuple(rng["python"]), None))
@@ -448,6 +461,7 @@ def config_for_resume(cfg: TrainConfig, overrides: list[str]) -> TrainConfig:
     return make_config(values)
 
 
+@record
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m vitdino_core.train", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", required=True, help="a YAML file or the name of a shipped config (vitdino_core/configs)")
