@@ -6,13 +6,26 @@ One module per idea, named like the notebook that builds it:
 """
 
 from .attention import Attention
+from .attention_maps import cls_attention, denormalize, load_image, overlay_masks, plot_attention_heads, threshold_masks, upsample
 from .checkpoint import CheckpointError, backbone_state_dict, load_backbone_weights, load_checkpoint, save_checkpoint
 from .data import DatasetNotFoundError, ImageFolderDataset, build_dataset, data_root, eval_transform
 from .dino_loss import DINOHead, DINOLoss
 from .ema_training import (cancel_gradients_last_layer, clip_gradients, cosine_scheduler, get_params_groups, make_teacher,
                            update_teacher)
+from .linear_probe import extract_features, knn_classifier, linear_probe, raw_pixel_features
 from .multicrop import MultiCropAugmentation, MultiCropWrapper, collate_multicrop
 from .patch_embedding import PatchEmbed, patchify
 from .vision_transformer import Block, DropPath, Mlp, VisionTransformer, build_vit, vit_base, vit_small, vit_tiny
 
 __version__ = "0.1.0"
+
+# Command-line modules load on first use, so that `python -m vitdino_core.<module>` runs a fresh copy of it.
+_LAZY = {"build_backbone_from_checkpoint": "evaluate", "build_random_backbone": "evaluate", "evaluate_features": "evaluate"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

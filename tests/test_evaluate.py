@@ -1,0 +1,90 @@
+"""The evaluation CLI and loading backbones from checkpoints (vitdino_core.evaluate)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from vitdino_core import DINOHead, MultiCropWrapper, save_checkpoint, vit_tiny
+from vitdino_core.checkpoint import CheckpointError
+from vitdino_core.evaluate import build_backbone_from_checkpoint, main
+
+TINY = ["--dataset", "random", "--image-size", "24", "--max-train", "40", "--max-val", "20", "--batch-size", "20"]
+
+
+def run_main(argv, capsys):
+    code = main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def wrapper(seed: int) -> MultiCropWrapper:
+    torch.manual_seed(seed)
+    return MultiCropWrapper(vit_tiny(patch_size=12, img_size=36), DINOHead(192, 64, hidden_dim=32, bottleneck_dim=16))
+
+
+def test_cli_random_init_prints_one_json_object(capsys):
+    code, out, _ = run_main(["--random-init", "--arch", "vit_tiny", "--patch-size", "12", *TINY], capsys)
+    assert code == 0
+    res = json.loads(out)
+    assert res["num_train"] == 40 and res["num_val"] == 20 and res["feature_dim"] == 192 and res["image_size"] == 24
+    assert 0 <= res["knn_top1"] <= 100 and 0 <= res["linear_top1"] <= 100 and res["linear_C"] > 0
+    assert "vit_tiny/12" in res["model"] and res["seconds"] >= 0
+
+
+def test_cli_as_a_module_raw_pixels():
+    cmd = [sys.executable, "-m", "vitdino_core.evaluate", "--raw-pixels", "8", "--no-probe", *TINY]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    res = json.loads(proc.stdout)  # stdout holds the JSON and nothing else
+    assert res["feature_dim"] == 3 * 8 * 8 and res["linear_top1"] is None
+
+
+def test_training_checkpoint_teacher_and_student(tmp_path):
+    teacher, student = wrapper(0), wrapper(1)
+    config = {"arch": "vit_tiny", "patch_size": 12, "global_crops_size": 36}
+    path = save_checkpoint({"teacher": teacher.state_dict(), "student": student.state_dict(), "config": config, "epoch": 3},
+                           tmp_path / "checkpoint.pth")
+    x = torch.randn(2, 3, 36, 36)
+    for which, net in (("teacher", teacher), ("student", student)):
+        model, info = build_backbone_from_checkpoint(path, which)
+        assert info["image_size"] == 36 and info["arch"] == "vit_tiny"
+        with torch.no_grad():
+            torch.testing.assert_close(model(x), net.backbone.eval()(x))
+
+
+def test_config_less_checkpoint_needs_arch(tmp_path, capsys):
+    torch.manual_seed(0)
+    backbone = vit_tiny(patch_size=12, img_size=24)
+    path = tmp_path / "official_style.pth"
+    torch.save({f"module.backbone.{k}": v for k, v in backbone.state_dict().items()}, path)
+    with pytest.raises(CheckpointError, match="--arch vit_tiny --patch-size 12"):
+        build_backbone_from_checkpoint(path)
+    code, out, err = run_main(["--ckpt", str(path), *TINY, "--no-probe"], capsys)
+    assert code == 2 and out == "" and "--arch" in err
+    code, out, _ = run_main(["--ckpt", str(path), "--arch", "vit_tiny", "--patch-size", "12", *TINY, "--no-probe"], capsys)
+    assert code == 0 and json.loads(out)["feature_dim"] == 192
+
+
+def test_shipped_fp16_backbone_and_attention_maps(tmp_path, capsys):
+    teacher = wrapper(0)
+    sd = {k.removeprefix("backbone."): v.half() for k, v in teacher.state_dict().items() if k.startswith("backbone.")}
+    path = save_checkpoint({"teacher": sd, "config": {"arch": "vit_tiny", "patch_size": 12, "global_crops_size": 36}},
+                           tmp_path / "backbone.pth")
+    with pytest.raises(CheckpointError, match="only the teacher"):
+        build_backbone_from_checkpoint(path, "student")
+    maps = tmp_path / "maps"
+    code, out, _ = run_main(["--ckpt", str(path), *TINY, "--no-probe", "--attention-maps", str(maps)], capsys)
+    assert code == 0
+    res = json.loads(out)
+    assert res["image_size"] == 24 and len(res["attention_maps"]) == 8  # 4 images x (heads, masks)
+    assert all((maps / name).stat().st_size > 0 for name in ("attention_0.png", "masks_3.png"))
+
+
+def test_image_size_must_fit_the_patch(capsys):
+    code, out, err = run_main(["--random-init", "--arch", "vit_tiny", "--patch-size", "12", *TINY, "--image-size", "30"], capsys)
+    assert code == 2 and "multiple of the patch size" in err

@@ -1,0 +1,213 @@
+"""What does the CLS token look at? Last-layer attention maps, as in the DINO paper's figures.
+
+The CLS token gathers its feature by attending to the patches. Row 0 of the last block's
+attention matrix, minus its own column, says how much each head draws from each patch:
+
+    attn = model.get_last_selfattention(x)          (B, heads, N+1, N+1)
+    cls  = attn[:, :, 0, 1:]                         (B, heads, N)      CLS -> patches
+    maps = cls.reshape(B, heads, H/p, W/p)           one heat map per head
+
+After DINO training these maps segment the main object without ever seeing a mask; a random
+network's maps are noise. `threshold_masks` turns a map into a mask the way the official
+`visualize_attention.py` does: keep the most-attended patches until they hold 60% of the mass.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .multicrop import IMAGENET_MEAN, IMAGENET_STD
+
+
+# ----------------------------------------------------------------------------- images
+
+def load_image(path_or_image, size: int = 224, patch_size: int | None = None) -> torch.Tensor:
+    """A photo as a normalised (1, 3, size, size) tensor: short side resized to `size`, centre-cropped.
+
+    `path_or_image` is a file path or a PIL image. Give `patch_size` to check that `size` is a
+    multiple of it (the patch grid must tile the image exactly).
+    """
+    from PIL import Image
+
+    from .data import eval_transform
+
+    if patch_size is not None and size % patch_size:
+        lo, hi = (size // patch_size) * patch_size, (size // patch_size + 1) * patch_size
+        raise ValueError(f"size={size} is not a multiple of patch_size={patch_size}; use {lo or hi} or {hi}")
+    if isinstance(path_or_image, (str, os.PathLike)):
+        if not Path(path_or_image).is_file():
+            raise FileNotFoundError(f"image not found: {path_or_image}")
+        with Image.open(path_or_image) as img:
+            image = img.convert("RGB")
+    else:
+        image = path_or_image.convert("RGB")
+    return eval_transform(size)(image).unsqueeze(0)  # (1, 3, size, size)
+
+
+def denormalize(x: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> torch.Tensor:
+    """Undo ImageNet normalisation: (..., 3, H, W) -> the same shape with values in [0, 1]."""
+    mean_t = torch.tensor(mean, dtype=x.dtype, device=x.device).view(3, 1, 1)  # (3, 1, 1)
+    std_t = torch.tensor(std, dtype=x.dtype, device=x.device).view(3, 1, 1)  # (3, 1, 1)
+    return (x * std_t + mean_t).clamp(0, 1)  # (..., 3, H, W)
+
+
+def _to_hwc(image: torch.Tensor) -> np.ndarray:
+    """A normalised (3, H, W) or (1, 3, H, W) tensor -> (H, W, 3) numpy in [0, 1] for imshow."""
+    if image.ndim == 4:
+        if image.shape[0] != 1:
+            raise ValueError(f"expected one image, got a batch of {image.shape[0]}; pass images[i]")
+        image = image[0]
+    if image.ndim != 3 or image.shape[0] != 3:
+        raise ValueError(f"expected a (3, H, W) image tensor, got shape {tuple(image.shape)}")
+    return denormalize(image.detach().float().cpu()).permute(1, 2, 0).numpy()  # (H, W, 3)
+
+
+# ----------------------------------------------------------------------------- attention and masks
+
+@torch.no_grad()
+def cls_attention(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """Last-layer attention of the CLS token to every patch: (B, 3, H, W) -> (B, heads, H/p, W/p).
+
+    Each head's map sums to 1 - (what CLS gives itself), since a softmax row covers all N+1 tokens.
+    """
+    p = model.patch_size
+    B, _, H, W = images.shape
+    if H % p or W % p:
+        raise ValueError(f"image size {H}x{W} is not a multiple of the patch size {p}; resize or crop to a multiple")
+    attn = model.get_last_selfattention(images)  # (B, heads, N+1, N+1)
+    cls = attn[:, :, 0, 1:]  # (B, heads, N): what CLS draws from each patch
+    return cls.reshape(B, attn.shape[1], H // p, W // p).float()  # (B, heads, h, w)
+
+
+def threshold_masks(attn: torch.Tensor, keep: float = 0.6) -> torch.Tensor:
+    """Keep the fewest most-attended patches that together hold at least `keep` of each map's mass.
+
+    Works on any (..., h, w) maps (e.g. (B, heads, h, w) from `cls_attention`). As in the official
+    `visualize_attention.py`: normalise each map to sum 1, sort ascending, take the cumulative sum
+    and drop the smallest patches while their total stays <= 1 - keep; what is left is kept.
+    Returns a boolean mask of the same shape.
+    """
+    if not 0.0 < keep <= 1.0:
+        raise ValueError(f"keep must be in (0, 1], the fraction of attention mass to keep; got {keep}")
+    shape = attn.shape
+    flat = attn.reshape(-1, shape[-2] * shape[-1]).float()  # (M, h*w): one row per map
+    val, idx = flat.sort(dim=1)  # (M, h*w) ascending
+    val = val / val.sum(dim=1, keepdim=True)  # (M, h*w): each map sums to 1
+    cumval = val.cumsum(dim=1)  # (M, h*w): mass of the smallest 1..h*w patches
+    keep_sorted = cumval > (1 - keep)  # (M, h*w) in sorted order
+    mask = torch.empty_like(keep_sorted).scatter_(1, idx, keep_sorted)  # (M, h*w) back in patch order
+    return mask.reshape(shape)  # (..., h, w)
+
+
+def upsample(maps: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """Patch-grid maps (..., h, w) -> pixel maps (..., h*p, w*p), each patch value copied to its pixels (nearest)."""
+    dtype = maps.dtype
+    lead = maps.shape[:-2]
+    x = maps.reshape(-1, 1, *maps.shape[-2:]).float()  # (M, 1, h, w)
+    x = F.interpolate(x, scale_factor=patch_size, mode="nearest")  # (M, 1, h*p, w*p)
+    x = x.reshape(*lead, *x.shape[-2:])  # (..., h*p, w*p)
+    return x.bool() if dtype == torch.bool else x.to(dtype)
+
+
+def mask_coverage(masks: torch.Tensor) -> torch.Tensor:
+    """Fraction of patches each mask keeps: (..., h, w) bool -> (...,)."""
+    return masks.float().mean(dim=(-2, -1))
+
+
+# ----------------------------------------------------------------------------- pictures
+
+def _figure(n: int, ncols: int, panel: float):
+    from matplotlib.figure import Figure
+
+    ncols = min(ncols, n)
+    nrows = math.ceil(n / ncols)
+    fig = Figure(figsize=(panel * ncols, panel * nrows), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    for ax in axes:
+        ax.axis("off")
+    return fig, axes
+
+
+def _save(fig, save: str | os.PathLike | None) -> None:
+    if save is not None:
+        Path(save).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(save, dpi=100)
+
+
+def _pixel_maps(maps: torch.Tensor, image_hw: tuple[int, int]) -> torch.Tensor:
+    """(heads, h, w) patch maps -> (heads, H, W), upsampled by the patch size the image implies."""
+    if maps.ndim == 4:
+        if maps.shape[0] != 1:
+            raise ValueError(f"expected the maps of one image, got a batch of {maps.shape[0]}; pass attn[i]")
+        maps = maps[0]
+    if maps.ndim != 3:
+        raise ValueError(f"expected (heads, h, w) maps, got shape {tuple(maps.shape)}")
+    if tuple(maps.shape[-2:]) == image_hw:
+        return maps
+    p = image_hw[0] // maps.shape[-2]
+    if p * maps.shape[-2] != image_hw[0] or p * maps.shape[-1] != image_hw[1]:
+        raise ValueError(f"maps of {tuple(maps.shape[-2:])} patches do not tile an image of {image_hw} pixels")
+    return upsample(maps, p)  # (heads, H, W)
+
+
+def plot_attention_heads(image: torch.Tensor, attn: torch.Tensor, title: str | None = None, ncols: int = 4,
+                         panel: float = 2.5, cmap: str = "inferno", show_mean: bool = True,
+                         save: str | os.PathLike | None = None):
+    """The image, then one heat map per head (and their mean): a matplotlib Figure, saved as PNG if `save`.
+
+    `image`: a normalised (3, H, W) tensor; `attn`: (heads, h, w) patch maps from `cls_attention`
+    (or already at pixel resolution).
+    """
+    img = _to_hwc(image)  # (H, W, 3)
+    maps = _pixel_maps(attn.detach().float().cpu(), img.shape[:2])  # (heads, H, W)
+    panels = [("image", None)] + [(f"head {i}", maps[i]) for i in range(maps.shape[0])]
+    if show_mean:
+        panels.append(("mean of heads", maps.mean(0)))
+    fig, axes = _figure(len(panels), ncols, panel)
+    for ax, (name, m) in zip(axes, panels):
+        ax.imshow(img if m is None else m.numpy(), cmap=None if m is None else cmap, interpolation="nearest")
+        ax.set_title(name, fontsize=9)
+    if title:
+        fig.suptitle(title)
+    _save(fig, save)
+    return fig
+
+
+def overlay_masks(image: torch.Tensor, masks: torch.Tensor, title: str | None = None, ncols: int = 4, panel: float = 2.5,
+                  alpha: float = 0.5, combined: bool = True, save: str | os.PathLike | None = None):
+    """Each head's mask drawn over the image in its own colour, plus all heads on one image.
+
+    `masks`: (heads, h, w) booleans from `threshold_masks` (or at pixel resolution). Returns a
+    matplotlib Figure, saved as PNG if `save`.
+    """
+    from matplotlib import colormaps
+
+    img = _to_hwc(image)  # (H, W, 3)
+    masks = _pixel_maps(masks.detach().cpu().bool(), img.shape[:2]).numpy()  # (heads, H, W) bool
+    colors = colormaps["tab10"].colors
+    panels = [(f"head {i}", [i]) for i in range(masks.shape[0])]
+    if combined:
+        panels.append(("all heads", list(range(masks.shape[0]))))
+    fig, axes = _figure(len(panels), ncols, panel)
+    for ax, (name, heads) in zip(axes, panels):
+        out = img.copy()  # (H, W, 3)
+        for i in heads:
+            color = np.asarray(colors[i % len(colors)])  # (3,)
+            out = np.where(masks[i][..., None], (1 - alpha) * out + alpha * color, out)  # (H, W, 3): tint the mask
+        ax.imshow(out, interpolation="nearest")
+        for i in heads:
+            if masks[i].any() and not masks[i].all():
+                ax.contour(masks[i].astype(float), levels=[0.5], colors=[colors[i % len(colors)]], linewidths=1.0)
+        ax.set_title(f"{name}: covers {masks[heads].any(0).mean():.0%}", fontsize=9)
+    if title:
+        fig.suptitle(title)
+    _save(fig, save)
+    return fig
