@@ -7,7 +7,8 @@ One module per idea, named like the notebook that builds it:
 
 from .attention import Attention
 from .attention_maps import cls_attention, denormalize, load_image, overlay_masks, plot_attention_heads, threshold_masks, upsample
-from .checkpoint import CheckpointError, backbone_state_dict, load_backbone_weights, load_checkpoint, save_checkpoint
+from .checkpoint import (CheckpointError, backbone_state_dict, export_backbone, load_backbone_weights, load_checkpoint,
+                         save_checkpoint)
 from .data import DatasetNotFoundError, ImageFolderDataset, build_dataset, data_root, eval_transform
 from .dino_loss import DINOHead, DINOLoss
 from .ema_training import (cancel_gradients_last_layer, clip_gradients, cosine_scheduler, get_params_groups, make_teacher,

@@ -7,6 +7,8 @@ objects or run code, so a checkpoint downloaded from a stranger cannot execute a
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import pickle
 import tempfile
@@ -56,7 +58,9 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
-        obj = torch.load(path, map_location=map_location, weights_only=True)
+        # official DINO training checkpoints also hold their argparse.Namespace of arguments: plain data
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            obj = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         reason = next((ln.strip() for ln in str(e).splitlines() if "Unsupported" in ln or "global" in ln), "")
         raise CheckpointError(
@@ -124,3 +128,22 @@ def resize_pos_embed(pos_embed: torch.Tensor, num_tokens: int) -> torch.Tensor:
     grid = F.interpolate(grid, size=(new, new), mode="bicubic", align_corners=False)  # (1, D, new, new)
     grid = grid.permute(0, 2, 3, 1).reshape(1, new * new, -1).to(pos_embed.dtype)  # (1, new*new, D)
     return torch.cat([pos_embed[:, :1], grid], dim=1)  # (1, 1+new*new, D)
+
+
+def export_backbone(train_ckpt: str | os.PathLike, out: str | os.PathLike, which: str = "teacher", half: bool = True,
+                    meta: Mapping[str, Any] | None = None) -> Path:
+    """Turn a training checkpoint into a small shippable file: {"teacher": backbone weights, "config": ...}.
+
+    Writes `<out>` (fp16 weights by default: half the size, and features within 1e-3 of fp32) and a
+    `<out>.json` beside it with the config and `meta` (epochs, time, hardware, accuracies, command).
+    """
+    ckpt = load_checkpoint(train_ckpt)
+    weights = backbone_state_dict(ckpt, key=which)
+    if half:
+        weights = {k: v.half() if v.is_floating_point() else v for k, v in weights.items()}
+    config = dict(ckpt.get("config", {}))
+    out = save_checkpoint({which: weights, "config": config, "step": ckpt.get("step"), "epoch": ckpt.get("epoch")}, out)
+    info = {"file": out.name, "weights": which, "dtype": "float16" if half else "float32",
+            "step": ckpt.get("step"), "config": config, **dict(meta or {})}
+    out.with_suffix(".json").write_text(json.dumps(info, indent=2) + "\n")
+    return out

@@ -65,8 +65,11 @@ def photo(name: str = "grace_hopper") -> Image.Image:
 
 
 def shipped_checkpoint() -> Path | None:
-    """The DINO checkpoint trained on imagenette-96 that ships with the project, if present."""
-    return SHIPPED_CHECKPOINT if SHIPPED_CHECKPOINT.is_file() else None
+    """The DINO checkpoint the notebooks show: $VITDINO_CHECKPOINT if set, else the one shipped in
+    checkpoints/ (trained on imagenette-96), or None when there is none."""
+    env = os.environ.get("VITDINO_CHECKPOINT")
+    path = Path(env).expanduser() if env else SHIPPED_CHECKPOINT
+    return path if path.is_file() else None
 
 
 def save_figure(fig, name: str) -> Path | None:
