@@ -23,14 +23,25 @@ from .attention import Attention
 from .patch_embedding import PatchEmbed, check_image_batch
 
 
+def drop_path_scale(x: torch.Tensor, drop_prob: float) -> torch.Tensor:
+    """Per-sample factor (B, 1, ..., 1): 0 for a dropped sample, 1/keep_prob for a kept one (same expectation)."""
+    keep_prob = 1 - drop_prob
+    shape = (x.shape[0],) + (1,) * (x.ndim - 1)  # (B, 1, 1): one coin per sample
+    return x.new_empty(shape).bernoulli_(keep_prob).div_(keep_prob)
+
+
 def drop_path(x: torch.Tensor, drop_prob: float = 0.0, training: bool = False) -> torch.Tensor:
     """Stochastic depth: drop the whole residual branch for a random subset of samples."""
     if drop_prob == 0.0 or not training:
         return x
-    keep_prob = 1 - drop_prob
-    shape = (x.shape[0],) + (1,) * (x.ndim - 1)  # (B, 1, 1): one coin per sample
-    mask = x.new_empty(shape).bernoulli_(keep_prob)
-    return x * mask / keep_prob  # rescale so the expectation is unchanged
+    return x * drop_path_scale(x, drop_prob)  # (B, N, D), one pass
+
+
+def add_drop_path(x: torch.Tensor, branch: torch.Tensor, drop_prob: float = 0.0, training: bool = False) -> torch.Tensor:
+    """x + drop_path(branch) as one fused op (addcmul): one pass over the activations instead of three."""
+    if drop_prob == 0.0 or not training:
+        return x + branch
+    return torch.addcmul(x, branch, drop_path_scale(branch, drop_prob))  # (B, N, D)
 
 
 class DropPath(nn.Module):
@@ -79,8 +90,9 @@ class Block(nn.Module):
             y, attn = self.attn(self.norm1(x), return_attention=True)  # (B, N, D), (B, H, N, N)
         else:
             y, attn = self.attn(self.norm1(x)), None
-        x = x + self.drop_path(y)  # (B, N, D)
-        x = x + self.drop_path(self.mlp(self.norm2(x)))  # (B, N, D)
+        p, train = getattr(self.drop_path, "drop_prob", 0.0), self.drop_path.training
+        x = add_drop_path(x, y, p, train)  # (B, N, D): x + drop_path(y)
+        x = add_drop_path(x, self.mlp(self.norm2(x)), p, train)  # (B, N, D)
         return (x, attn) if return_attention else x
 
 

@@ -1,0 +1,467 @@
+"""Time one full DINO training step and print one JSON object.
+
+    python benchmarks/train_step.py                  # ViT-S/16 + DINOHead(65536), batch 8, 2x224 + 6x96, fp32, 2 threads, CPU
+    python benchmarks/train_step.py --compare        # the project's step and the official-style step, side by side
+    python benchmarks/train_step.py --arch vit_base --device cuda --dtype bf16 --batch 64 --local-crops 10
+
+A step is what training runs: teacher forward (2 global crops), student forward (all crops), DINO
+loss, backward, per-parameter gradient clipping, AdamW, EMA update of the teacher. The project's step
+is `vitdino_core.train.DINOTrainer.train_step` itself, fed a fixed synthetic batch. `--reference`
+re-creates the execution strategy of the official DINO code (explicit softmax attention, a Python
+loop over view pairs in the loss, a `.item()` per parameter in clipping, a Python loop for the EMA,
+for-loop AdamW) with the project's modules, so both can be timed on the same machine in one run.
+
+Times are the median of --repeat steps after --warmup steps. FLOPs are counted analytically (matmuls
+and the patch-embedding convolution only) and compared with a large matmul of the same dtype timed
+on the same device in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import os
+import platform
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from vitdino_core.attention import Attention  # noqa: E402
+from vitdino_core.config import make_config  # noqa: E402
+from vitdino_core.dino_loss import DINOLoss  # noqa: E402
+from vitdino_core.ema_training import cancel_gradients_last_layer, get_params_groups  # noqa: E402
+from vitdino_core.train import DINOTrainer  # noqa: E402
+
+ARCH_DIMS = {"vit_tiny": (192, 12, 3), "vit_small": (384, 12, 6), "vit_base": (768, 12, 12)}  # (D, depth, heads)
+HEAD_DIMS = (2048, 256)  # DINOHead hidden and bottleneck widths (3 layers)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--arch", default="vit_small", choices=sorted(ARCH_DIMS))
+    p.add_argument("--patch-size", type=int, default=16)
+    p.add_argument("--global-size", type=int, default=224)
+    p.add_argument("--local-size", type=int, default=96)
+    p.add_argument("--local-crops", type=int, default=6)
+    p.add_argument("--batch", type=int, default=8, help="images per step (each gives 2 + local-crops crops)")
+    p.add_argument("--out-dim", type=int, default=65536)
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="bf16 = autocast, weights stay fp32")
+    p.add_argument("--compile", action="store_true", help="torch.compile the backbones (the project's step only)")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads (0 = PyTorch's default)")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--repeat", type=int, default=5)
+    p.add_argument("--grad-checkpointing", action="store_true")
+    p.add_argument("--matmul-size", type=int, default=0, help="n of the n x n x n peak matmul (0: 2048 on CPU, 8192 on GPU)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--reference", action="store_true", help="time the official-style step instead of the project's")
+    mode.add_argument("--compare", action="store_true", help="time both and report reference / ours")
+    return p.parse_args(argv)
+
+
+# ----------------------------------------------------------------------------- analytic FLOPs
+
+def vit_forward_flops(arch: str, patch: int, size: int) -> dict[str, float]:
+    """Matmul FLOPs (2 per multiply-add) of one image through the backbone; norms, GELU, softmax left out."""
+    D, depth, _ = ARCH_DIMS[arch]
+    n = (size // patch) ** 2  # patches
+    T = n + 1  # tokens incl. CLS
+    return {
+        "patch_embed": 2.0 * n * (3 * patch * patch) * D,
+        "qkv_proj_mlp": depth * 2.0 * T * (3 * D * D + D * D + 2 * D * 4 * D),  # qkv, proj, fc1, fc2
+        "attention": depth * 2 * 2.0 * T * T * D,  # Q K^T and A V over all heads
+    }
+
+
+def head_forward_flops(arch: str, out_dim: int) -> dict[str, float]:
+    """DINOHead per sample: 3-layer MLP to the bottleneck, then the weight-normalised last layer."""
+    D = ARCH_DIMS[arch][0]
+    hidden, bottleneck = HEAD_DIMS
+    return {"head_mlp": 2.0 * (D * hidden + hidden * hidden + hidden * bottleneck), "head_last_layer": 2.0 * bottleneck * out_dim}
+
+
+def step_flops(args) -> dict[str, float]:
+    """FLOPs of one step: student forward of all crops, teacher forward of the globals, backward = 2x student forward."""
+    B = args.batch
+    per_global = {**vit_forward_flops(args.arch, args.patch_size, args.global_size), **head_forward_flops(args.arch, args.out_dim)}
+    per_local = {**vit_forward_flops(args.arch, args.patch_size, args.local_size), **head_forward_flops(args.arch, args.out_dim)}
+    teacher = 2 * B * sum(per_global.values())
+    student = 2 * B * sum(per_global.values()) + args.local_crops * B * sum(per_local.values())
+    return {"teacher_forward": teacher, "student_forward": student, "student_backward": 2 * student,
+            "total": teacher + 3 * student, "per_global_crop_forward": per_global, "per_local_crop_forward": per_local}
+
+
+# ----------------------------------------------------------------------------- device helpers
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    model = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), platform.processor()) \
+        if os.path.exists("/proc/cpuinfo") else platform.processor()
+    return f"{model} ({os.cpu_count()} logical CPUs)"
+
+
+def cpu_flags() -> dict[str, bool]:
+    flags = set()
+    if os.path.exists("/proc/cpuinfo"):
+        line = next((ln for ln in open("/proc/cpuinfo") if ln.startswith("flags")), "")
+        flags = set(line.split(":", 1)[-1].split())
+    return {f: f in flags for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16")}
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:  # Linux: writing 5 to clear_refs resets the peak resident set size (VmHWM)
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def peak_memory(device: torch.device) -> tuple[int, str]:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device), "torch.cuda.max_memory_allocated"
+    try:
+        for ln in open("/proc/self/status"):
+            if ln.startswith("VmHWM:"):
+                return int(ln.split()[1]) * 1024, "peak RSS (VmHWM, reset before the timed steps)"
+    except OSError:
+        pass
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux: the process's lifetime peak
+    return kb * 1024, "peak RSS (ru_maxrss, process lifetime)"
+
+
+def cpu_times() -> tuple[float, float]:
+    r = resource.getrusage(resource.RUSAGE_SELF)  # all threads of this process
+    return r.ru_utime, r.ru_stime
+
+
+def matmul_rate(dtype: torch.dtype, device: torch.device, n: int, budget_s: float = 20.0) -> dict:
+    """FLOP/s of an n x n @ n x n matmul: the best of a few runs after one warm-up (fewer if it is slow)."""
+    g = torch.Generator(device="cpu").manual_seed(0)
+    a = torch.randn(n, n, generator=g).to(device, dtype)
+    b = torch.randn(n, n, generator=g).to(device, dtype)
+    times, t_start = [], time.perf_counter()
+    for i in range(6):
+        sync(device)
+        t = time.perf_counter()
+        a @ b
+        sync(device)
+        times.append(time.perf_counter() - t)
+        if time.perf_counter() - t_start > budget_s:
+            break
+    best = min(times[1:] or times)
+    return {"n": n, "dtype": str(dtype).replace("torch.", ""), "s": best, "flop_per_s": 2.0 * n**3 / best, "runs": len(times)}
+
+
+# ----------------------------------------------------------------------------- the project's step
+
+class SyntheticImages(torch.utils.data.Dataset):
+    """Placeholder dataset: DINOTrainer needs one to build its sampler; the timed steps never read it."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i):
+        raise RuntimeError("the benchmark feeds train_step directly; the loader is never iterated")
+
+
+def make_trainer(args, steps: int) -> DINOTrainer:
+    """A DINOTrainer on the benchmark's config: one step per epoch, enough epochs for every timed step."""
+    cfg = make_config(dict(
+        dataset="random", arch=args.arch, patch_size=args.patch_size, out_dim=args.out_dim, drop_path_rate=0.1,
+        global_crops_size=args.global_size, local_crops_size=args.local_size, local_crops_number=args.local_crops,
+        batch_size_per_gpu=args.batch, epochs=steps + 1, warmup_epochs=0, freeze_last_layer=0,  # steady state: last layer trains
+        device=args.device, precision=args.dtype, compile=bool(args.compile and not args.reference_mode),
+        grad_checkpointing=args.grad_checkpointing, threads=args.threads, num_workers=0,
+        output_dir=tempfile.gettempdir(), run_name="train_step_benchmark"))
+    return DINOTrainer(cfg, dataset=SyntheticImages(args.batch), quiet=True)
+
+
+def synthetic_crops(args, device: torch.device) -> list[torch.Tensor]:
+    """[globals (2B, 3, G, G), locals (N*B, 3, L, L)], normalised-image-like values, fixed across steps."""
+    g = torch.Generator().manual_seed(0)
+    B = args.batch
+    crops = [torch.randn(2 * B, 3, args.global_size, args.global_size, generator=g)]  # (2B, 3, G, G)
+    if args.local_crops:
+        crops.append(torch.randn(args.local_crops * B, 3, args.local_size, args.local_size, generator=g))  # (N*B, 3, L, L)
+    return [c.to(device) for c in crops]
+
+
+class Marks:
+    """Timestamps of phase boundaries: perf_counter on CPU, CUDA events on a GPU (no extra syncs)."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.t = device, {}
+
+    def __call__(self, name: str) -> None:
+        if self.device.type == "cuda":
+            ev = torch.cuda.Event(enable_timing=True)
+            ev.record()
+            self.t[name] = ev
+        else:
+            self.t[name] = time.perf_counter()
+
+    def elapsed(self, a: str, b: str) -> float:
+        if self.device.type == "cuda":
+            return self.t[a].elapsed_time(self.t[b]) / 1000.0
+        return self.t[b] - self.t[a]
+
+
+PHASES = [("teacher_forward", "start", "teacher_end"), ("student_forward", "teacher_end", "student_end"),
+          ("loss", "student_end", "loss_end"), ("backward", "loss_end", "backward_end"),
+          ("clip_optimizer_ema", "backward_end", "end")]
+
+
+def instrument(trainer: DINOTrainer, marks: Marks) -> None:
+    """Mark phase ends inside DINOTrainer.train_step with hooks; the step's code is untouched."""
+    trainer.teacher.register_forward_hook(lambda *a: marks("teacher_end"))
+    trainer.student.register_forward_hook(lambda *a: marks("student_end"))
+    trainer.loss_fn.register_forward_hook(lambda *a: marks("loss_end"))  # includes the teacher statistics
+    unscale = trainer.scaler.unscale_
+
+    def unscale_and_mark(opt):  # train_step calls scaler.unscale_ right after backward
+        marks("backward_end")
+        return unscale(opt)
+
+    trainer.scaler.unscale_ = unscale_and_mark
+
+
+def ours_step(trainer: DINOTrainer, crops, marks: Marks) -> torch.Tensor:
+    marks("start")
+    loss = trainer.train_step(crops)
+    marks("end")
+    return loss
+
+
+# ----------------------------------------------------------------------------- the official-style step
+
+def official_attention_forward(self: Attention, x: torch.Tensor) -> torch.Tensor:
+    """Official DINO Attention.forward: the N x N attention matrix is materialised in forward and backward."""
+    B, N, C = x.shape
+    qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)  # (3, B, H, N, d)
+    q, k, v = qkv[0], qkv[1], qkv[2]
+    attn = (q @ k.transpose(-2, -1)) * self.scale  # (B, H, N, N)
+    attn = self.attn_drop(attn.softmax(dim=-1))
+    x = (attn @ v).transpose(1, 2).reshape(B, N, C)  # (B, N, C)
+    return self.proj_drop(self.proj(x))
+
+
+class OfficialDINOLoss(DINOLoss):
+    """Official DINOLoss.forward: a Python loop over (teacher view, student view) pairs, log_softmax inside it."""
+
+    def forward(self, student_output, teacher_output, epoch):
+        student_out = (student_output / self.student_temp).chunk(self.ncrops)
+        temp = self.teacher_temp(epoch)
+        teacher_out = F.softmax((teacher_output - self.center) / temp, dim=-1).detach().chunk(2)
+        total_loss, n_loss_terms = 0, 0
+        for iq, q in enumerate(teacher_out):
+            for v in range(len(student_out)):
+                if v == iq:
+                    continue
+                loss = torch.sum(-q * F.log_softmax(student_out[v], dim=-1), dim=-1)
+                total_loss += loss.mean()
+                n_loss_terms += 1
+        total_loss /= n_loss_terms
+        self.update_center(teacher_output)
+        return total_loss
+
+    @torch.no_grad()
+    def update_center(self, teacher_output):
+        batch_center = torch.sum(teacher_output, dim=0, keepdim=True) / len(teacher_output)
+        self.center = self.center * self.center_momentum + batch_center * (1 - self.center_momentum)
+
+
+def official_clip_gradients(model: nn.Module, clip: float) -> list[float]:
+    norms = []
+    for _, p in model.named_parameters():
+        if p.grad is not None:
+            param_norm = p.grad.data.norm(2)
+            norms.append(param_norm.item())  # one host sync per parameter
+            clip_coef = clip / (param_norm + 1e-6)
+            if clip_coef < 1:
+                p.grad.data.mul_(clip_coef)
+    return norms
+
+
+def to_official_style(trainer: DINOTrainer) -> None:
+    """Swap in the official execution strategy: attention, loss, optimizer (for-loop AdamW)."""
+    for m in list(trainer.student.modules()) + list(trainer.teacher.modules()):
+        if isinstance(m, Attention):
+            m.forward = official_attention_forward.__get__(m)
+    cfg = trainer.cfg
+    trainer.loss_fn = OfficialDINOLoss(cfg.out_dim, cfg.ncrops, cfg.warmup_teacher_temp, cfg.teacher_temp,
+                                       cfg.warmup_teacher_temp_epochs, cfg.epochs, cfg.student_temp,
+                                       cfg.center_momentum).to(trainer.device)
+    trainer.optimizer = torch.optim.AdamW(get_params_groups(trainer.student), foreach=False)
+
+
+def official_step(tr: DINOTrainer, crops, marks: Marks) -> torch.Tensor:
+    """The body of the official `train_one_epoch` loop (fp32 / autocast branch), on the trainer's objects."""
+    marks("start")
+    it, epoch, cfg = tr.step, tr.epoch, tr.cfg
+    for i, group in enumerate(tr.optimizer.param_groups):
+        group["lr"] = tr.lr_schedule[it]
+        if i == 0:
+            group["weight_decay"] = tr.wd_schedule[it]
+    images = [im.to(tr.device, non_blocking=True) for im in crops]  # one tensor per view, as the official loader gives
+    with tr._autocast():
+        teacher_output = tr.teacher(images[:2])
+        marks("teacher_end")
+        student_output = tr.student(images)
+        marks("student_end")
+        loss = tr.loss_fn(student_output, teacher_output, epoch)
+    if not math.isfinite(loss.item()):
+        raise RuntimeError(f"loss is {loss.item()}")
+    marks("loss_end")
+    tr.optimizer.zero_grad()
+    loss.backward()
+    marks("backward_end")
+    official_clip_gradients(tr.student, cfg.clip_grad)
+    cancel_gradients_last_layer(epoch, tr.student, cfg.freeze_last_layer)
+    tr.optimizer.step()
+    with torch.no_grad():
+        m = tr.momentum_schedule[it]
+        for param_q, param_k in zip(tr.student.parameters(), tr.teacher.parameters()):
+            param_k.data.mul_(m).add_((1 - m) * param_q.detach().data)
+    sync(tr.device)
+    loss.item()  # metric_logger.update(loss=loss.item())
+    tr.step += 1
+    marks("end")
+    return loss.detach()
+
+
+def per_view(crops: list[torch.Tensor], args) -> list[torch.Tensor]:
+    """[globals (2B,...), locals (N*B,...)] -> one (B, 3, h, w) tensor per view."""
+    return [v for c in crops for v in c.split(args.batch)]
+
+
+# ----------------------------------------------------------------------------- timing
+
+def run_mode(args, reference: bool) -> dict:
+    args.reference_mode = reference
+    device = torch.device(args.device)
+    steps = args.warmup + args.repeat
+    trainer = make_trainer(args, steps)
+    trainer.student.train()
+    trainer.teacher.train()
+    crops = synthetic_crops(args, trainer.device)
+    marks = Marks(trainer.device)
+    if reference:
+        to_official_style(trainer)
+        crops, step_fn = per_view(crops, args), official_step
+    else:
+        instrument(trainer, marks)
+        step_fn = ours_step
+
+    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
+    n = args.matmul_size or (8192 if device.type == "cuda" else 2048)
+    matmul = matmul_rate(dtype, trainer.device, n)
+
+    for _ in range(args.warmup):
+        step_fn(trainer, crops, marks)
+    sync(trainer.device)
+    reset_peak_memory(trainer.device)
+    wall, user, system, phases = [], [], [], {name: [] for name, _, _ in PHASES}
+    load_before = os.getloadavg()
+    for _ in range(args.repeat):
+        u0, s0 = cpu_times()
+        t0 = time.perf_counter()
+        loss = step_fn(trainer, crops, marks)
+        sync(trainer.device)
+        wall.append(time.perf_counter() - t0)
+        u1, s1 = cpu_times()
+        user.append(u1 - u0)
+        system.append(s1 - s0)
+        for name, a, b in PHASES:
+            phases[name].append(marks.elapsed(a, b))
+    peak, peak_kind = peak_memory(trainer.device)
+
+    flops = step_flops(args)
+    med = statistics.median(wall)
+    out = {
+        "implementation": "official_style_reference" if reference else "vitdino",
+        "description": ("official DINO execution strategy re-created with the project's modules: explicit softmax attention, "
+                        "per-pair Python loss loop, per-parameter clipping with .item(), Python-loop EMA, AdamW foreach=False, "
+                        "loss.item() every step" if reference else "vitdino_core.train.DINOTrainer.train_step"),
+        "step_s_median": med,
+        "step_s": wall,
+        "user_cpu_s_median": statistics.median(user),
+        "user_cpu_s": user,
+        "sys_cpu_s_median": statistics.median(system),
+        "cpu_utilisation": statistics.median(user) / med / max(torch.get_num_threads(), 1) if device.type == "cpu" else None,
+        "images_per_s": args.batch / med,
+        "crops_per_s": args.batch * (2 + args.local_crops) / med,
+        "breakdown_s_median": {name: statistics.median(v) for name, v in phases.items()},
+        "peak_memory_bytes": peak,
+        "peak_memory_kind": peak_kind,
+        "model_flop_per_step": flops["total"],
+        "model_flop_breakdown": flops,
+        "achieved_flop_per_s": flops["total"] / med,
+        "matmul": matmul,
+        "fraction_of_matmul_peak": flops["total"] / med / matmul["flop_per_s"],
+        "loss": float(loss),
+        "load_average_before_after": [load_before[0], os.getloadavg()[0]],
+    }
+    del trainer, crops
+    gc.collect()
+    return out
+
+
+def describe(args) -> dict:
+    device = torch.device(args.device)
+    info = {
+        "config": {k: getattr(args, k) for k in ("arch", "patch_size", "global_size", "local_size", "local_crops", "batch",
+                                                  "out_dim", "dtype", "compile", "device", "threads", "warmup", "repeat",
+                                                  "grad_checkpointing")},
+        "device_name": device_name(device),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+    }
+    if device.type == "cpu":
+        info["cpu_flags"] = cpu_flags()
+        info["mkldnn_bf16_supported"] = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return info
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit(f"--device {args.device}: no CUDA GPU is visible")
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    if args.compare:
+        ours, ref = run_mode(args, reference=False), run_mode(args, reference=True)
+        result = {"benchmark": "train_step", **describe(args), "step_s_median": ours["step_s_median"],
+                  "images_per_s": ours["images_per_s"], "ours": ours, "reference": ref,
+                  "reference_over_ours_wall": ref["step_s_median"] / ours["step_s_median"],
+                  "reference_over_ours_user_cpu": ref["user_cpu_s_median"] / max(ours["user_cpu_s_median"], 1e-12)}
+    else:
+        result = {"benchmark": "train_step", **describe(args), **run_mode(args, reference=args.reference)}
+    print(json.dumps(result, indent=1))
+    return result
+
+
+if __name__ == "__main__":
+    main()
