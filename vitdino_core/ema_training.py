@@ -45,13 +45,15 @@ def make_teacher(student: nn.Module) -> nn.Module:
 
 @torch.no_grad()
 def update_teacher(student: nn.Module, teacher: nn.Module, momentum: float) -> None:
-    """teacher <- momentum * teacher + (1 - momentum) * student, for every parameter, in one fused call."""
+    """teacher <- momentum * teacher + (1 - momentum) * student, for every parameter, in one fused call.
+
+    Written as a lerp, teacher + (1 - momentum) * (student - teacher): one pass over the weights instead of two.
+    """
     s_params = [p.detach() for p in student.parameters()]
     t_params = list(teacher.parameters())
     if len(s_params) != len(t_params):
         raise ValueError("student and teacher have different parameter lists")
-    torch._foreach_mul_(t_params, momentum)
-    torch._foreach_add_(t_params, s_params, alpha=1.0 - momentum)
+    torch._foreach_lerp_(t_params, s_params, 1.0 - momentum)
 
 
 def get_params_groups(model: nn.Module) -> list[dict]:
@@ -75,7 +77,11 @@ def clip_gradients(model: nn.Module, clip: float) -> torch.Tensor:
         return torch.zeros(0)
     norms = torch.stack(torch._foreach_norm(grads))  # (P,)
     coefs = (clip / (norms + 1e-6)).clamp(max=1.0)  # (P,), 1 where the norm is already small
-    torch._foreach_mul_(grads, list(coefs.unbind(0)))
+    if norms.device.type == "cpu":  # reading the coefficients costs nothing here: scale only the gradients that need it
+        keep = [i for i, c in enumerate(coefs.tolist()) if not c >= 1.0]  # `not >=` also catches NaN
+        grads, coefs = [grads[i] for i in keep], coefs[keep]
+    if grads:
+        torch._foreach_mul_(grads, list(coefs.unbind(0)))
     return norms
 
 
