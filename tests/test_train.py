@@ -74,6 +74,19 @@ def test_resume_matches_an_uninterrupted_run(data_env, tmp_path):
     assert steps_b == list(range(1, 9)), "metrics are logged once per step, with no duplicates after resume"
 
 
+def test_gpu_augment_path_trains_and_resumes_exactly(data_env, tmp_path):
+    """gpu_augment=true: workers decode uint8 images, crops are made in one batched pass (here on the CPU)."""
+    assert main(tiny(tmp_path / "a", max_steps=4, gpu_augment="true")) == 0
+    assert main(tiny(tmp_path / "b", max_steps=2, gpu_augment="true")) == 0
+    assert main(tiny(tmp_path / "b", max_steps=4, gpu_augment="true") + ["--resume"]) == 0
+    a = load_checkpoint(tmp_path / "a" / "workshop_tiny" / "checkpoint.pth")
+    b = load_checkpoint(tmp_path / "b" / "workshop_tiny" / "checkpoint.pth")
+    assert a["step"] == b["step"] == 4 and "augment" in a["rng"]
+    for k in a["teacher"]:
+        torch.testing.assert_close(a["teacher"][k], b["teacher"][k], rtol=0, atol=1e-6, msg=k)
+    assert all(0 < r["loss"] < 10 for r in read_metrics(tmp_path / "a" / "workshop_tiny"))
+
+
 def test_metrics_follow_the_schedules(data_env, tmp_path):
     """lr warms up linearly (scaled by batch/256) then decays; momentum rises towards 1; wd towards its end value."""
     assert main(tiny(tmp_path, max_steps=12, epochs=2, warmup_epochs=1, lr=0.0032, min_lr=1e-6, log_every=1)) == 0

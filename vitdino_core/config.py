@@ -75,7 +75,8 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16
     compile: bool = False
-    gpu_augment: bool = False  # multi-crop on the GPU, batched (see multicrop_gpu.py)
+    gpu_augment: bool = False  # multi-crop on the device, batched (multicrop_gpu.py); workers only decode
+    gpu_augment_size: int = 0  # with gpu_augment: resize+centre-crop images to this square first (0 = as they are)
     grad_checkpointing: bool = False
     threads: int = 0  # torch CPU threads (0 = PyTorch's default)
     # --- bookkeeping
@@ -177,7 +178,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         need(v > 0 and math.isfinite(v), f"{key} must be > 0, got {v}")
     for key in ("min_lr", "weight_decay", "weight_decay_end", "clip_grad", "drop_path_rate", "warmup_epochs",
                 "warmup_teacher_temp_epochs", "freeze_last_layer", "num_workers", "max_steps", "max_images",
-                "save_every_steps", "saveckp_freq", "threads", "local_crops_number"):
+                "save_every_steps", "saveckp_freq", "threads", "local_crops_number", "gpu_augment_size"):
         v = getattr(cfg, key)
         need(v >= 0, f"{key} must be >= 0, got {v}")
     need(cfg.warmup_epochs <= cfg.epochs, f"warmup_epochs ({cfg.warmup_epochs}) must be <= epochs ({cfg.epochs})")

@@ -40,6 +40,7 @@ from .dino_loss import DINOHead, DINOLoss
 from .ema_training import (cancel_gradients_last_layer, clip_gradients, cosine_scheduler, get_params_groups, make_teacher,
                            update_teacher)
 from .multicrop import MultiCropAugmentation, MultiCropWrapper, collate_multicrop
+from .multicrop_gpu import GPUMultiCropAugmentation, Uint8Images, collate_uint8
 from .vision_transformer import build_vit
 
 
@@ -146,15 +147,21 @@ class DINOTrainer:
 
         # data: the per-sample seed makes crops independent of workers and exact on resume
         self.dataset = dataset if dataset is not None else build_train_dataset(cfg)
-        self.augment = MultiCropAugmentation(cfg.global_crops_scale, cfg.local_crops_scale, cfg.local_crops_number,
-                                             cfg.global_crops_size, cfg.local_crops_size)
+        crop_args = (cfg.global_crops_scale, cfg.local_crops_scale, cfg.local_crops_number, cfg.global_crops_size, cfg.local_crops_size)
+        self.gpu_augment, self.aug_generator = None, None
+        if cfg.gpu_augment:  # workers only decode to uint8; the crops are made in one batched pass on the device
+            self.gpu_augment = GPUMultiCropAugmentation(*crop_args)
+            self.aug_generator = torch.Generator(device=self.device).manual_seed(cfg.seed + 1 + self.env.rank)
+            self.augment, collate = Uint8Images(cfg.gpu_augment_size or None), collate_uint8
+        else:
+            self.augment, collate = MultiCropAugmentation(*crop_args), collate_multicrop
         self.sampler = EpochBatchSampler(len(self.dataset), cfg.batch_size_per_gpu, cfg.seed, self.env.rank, self.env.world_size)
         self.steps_per_epoch = len(self.sampler)
         self.total_steps = cfg.epochs * self.steps_per_epoch
         if cfg.max_steps:
             self.total_steps = min(self.total_steps, cfg.max_steps)
         self.loader = make_loader(MultiCropDataset(self.dataset, self.augment), self.sampler, cfg.num_workers,
-                                  collate_multicrop, pin_memory=self.device.type == "cuda", worker_init_fn=_worker_init)
+                                  collate, pin_memory=self.device.type == "cuda", worker_init_fn=_worker_init)
 
         # models: the teacher starts as a copy of the student (after DDP has broadcast rank 0's
         # weights) and never takes a gradient
@@ -213,13 +220,18 @@ class DINOTrainer:
         return self.step // self.steps_per_epoch
 
     # ------------------------------------------------------------------ one step
-    def train_step(self, crops: list[torch.Tensor]) -> torch.Tensor:
-        """One DINO step on [globals (2B,3,G,G), locals (N*B,3,L,L)]; returns the loss (a tensor, no sync)."""
+    def train_step(self, crops) -> torch.Tensor:
+        """One DINO step on [globals (2B,3,G,G), locals (N*B,3,L,L)] (or, with gpu_augment, on uint8
+        images (B,3,H,W) that are cropped here); returns the loss (a tensor, no sync)."""
         it, epoch = self.step, self.epoch
         for i, group in enumerate(self.optimizer.param_groups):
             group["lr"] = float(self.lr_schedule[it])
             if i == 0:  # only the regularised group has weight decay
                 group["weight_decay"] = float(self.wd_schedule[it])
+        if isinstance(crops, torch.Tensor):  # uint8 images: multi-crop on the device
+            if self.gpu_augment is None:
+                raise ValueError("train_step got a batch of images, not crops; set gpu_augment=true to crop on the device")
+            crops = self.gpu_augment(crops.to(self.device, non_blocking=True), generator=self.aug_generator)
         crops = [c.to(self.device, non_blocking=True) for c in crops]
 
         with self._autocast():
@@ -292,6 +304,8 @@ class DINOTrainer:
                "numpy_pos": int(np.random.get_state()[2]), "python": list(random.getstate()[1])}
         if torch.cuda.is_available() and self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        if self.aug_generator is not None:
+            rng["augment"] = self.aug_generator.get_state()
         return {
             "student": self.student.state_dict(), "teacher": self.teacher.state_dict(),
             "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
@@ -323,6 +337,11 @@ class DINOTrainer:
             random.setstate((3, tuple(rng["python"]), None))
             if "cuda" in rng and self.device.type == "cuda":
                 torch.cuda.set_rng_state(rng["cuda"], self.device)
+        if self.aug_generator is not None:
+            if self.env.rank == 0 and "augment" in rng:
+                self.aug_generator.set_state(rng["augment"].cpu())
+            else:
+                self.aug_generator.manual_seed(self.cfg.seed + 1 + self.env.rank + 7919 * self.step)
         self.last_good_step = self.step
 
     def save(self) -> None:
