@@ -160,7 +160,7 @@ def matmul_rate(dtype: torch.dtype, device: torch.device, n: int, budget_s: floa
     a = torch.randn(n, n, generator=g).to(device, dtype)
     b = torch.randn(n, n, generator=g).to(device, dtype)
     times, t_start = [], time.perf_counter()
-    for i in range(6):
+    for _ in range(6):
         sync(device)
         t = time.perf_counter()
         a @ b
@@ -187,13 +187,13 @@ class SyntheticImages(torch.utils.data.Dataset):
         raise RuntimeError("the benchmark feeds train_step directly; the loader is never iterated")
 
 
-def make_trainer(args, steps: int) -> DINOTrainer:
+def make_trainer(args, steps: int, compile_backbones: bool = False) -> DINOTrainer:
     """A DINOTrainer on the benchmark's config: one step per epoch, enough epochs for every timed step."""
     cfg = make_config(dict(
         dataset="random", arch=args.arch, patch_size=args.patch_size, out_dim=args.out_dim, drop_path_rate=0.1,
         global_crops_size=args.global_size, local_crops_size=args.local_size, local_crops_number=args.local_crops,
         batch_size_per_gpu=args.batch, epochs=steps + 1, warmup_epochs=0, freeze_last_layer=0,  # steady state: last layer trains
-        device=args.device, precision=args.dtype, compile=bool(args.compile and not args.reference_mode),
+        device=args.device, precision=args.dtype, compile=compile_backbones,
         grad_checkpointing=args.grad_checkpointing, threads=args.threads, num_workers=0,
         output_dir=tempfile.gettempdir(), run_name="train_step_benchmark"))
     return DINOTrainer(cfg, dataset=SyntheticImages(args.batch), quiet=True)
@@ -360,10 +360,9 @@ def per_view(crops: list[torch.Tensor], args) -> list[torch.Tensor]:
 # ----------------------------------------------------------------------------- timing
 
 def run_mode(args, reference: bool) -> dict:
-    args.reference_mode = reference
     device = torch.device(args.device)
     steps = args.warmup + args.repeat
-    trainer = make_trainer(args, steps)
+    trainer = make_trainer(args, steps, compile_backbones=args.compile and not reference)  # the reference never compiles
     trainer.student.train()
     trainer.teacher.train()
     crops = synthetic_crops(args, trainer.device)

@@ -1,0 +1,487 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 09 · Scaling up: configs, the command line, many processes, GPUs
+#
+# In notebook 06 we trained DINO inside a notebook, for a few minutes on a CPU. The published DINO models took
+# days on dozens of GPUs. The *algorithm* is the same; what changes is everything around it:
+#
+# ```
+# notebook 06                          a real run
+# ─────────────────────────────────    ─────────────────────────────────────────────────────────────
+# overrides in a Python dict       ->  a YAML config, validated, saved next to the run
+# trainer.fit() in a cell          ->  python -m vitdino_core.train --config ... --set key=value
+# run until the cell ends          ->  checkpoints every N steps, --resume after a crash or a time limit
+# 1 process, fp32, 2 CPU cores     ->  torchrun: N processes (DDP), bf16 autocast, torch.compile, GPUs
+# a kNN number in a cell           ->  python -m vitdino_core.evaluate --ckpt ...
+# ```
+#
+# This notebook runs each of these for real, at toy size, on this CPU: the shipped configs, the training command
+# line, resuming, two processes with `torchrun`, and the evaluation command line. It also *measures* what mixed
+# precision, `torch.compile` and gradient checkpointing do here, and explains what they do on a GPU.
+# No new piece of DINO is built; checks are assertions on what the runs produce.
+
+# %%
+import contextlib
+import io
+import json
+import math
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import torch
+
+from vitdino_core import DINOHead, load_checkpoint, vit_base, vit_small, vit_tiny
+from vitdino_core.config import CONFIG_DIR, ConfigError, load_config, shipped_configs
+from vitdino_core.evaluate import parse_args as evaluate_args
+from vitdino_core.notebook import save_figure, setup
+from vitdino_core.train import main as train_main
+
+env = setup(seed=0)
+FAST = env.fast  # True under CI or VITDINO_FAST=1: fewer steps and images, every cell still runs
+RUNS = Path(tempfile.mkdtemp(prefix="vitdino_09_"))  # the runs of this notebook, outside the repository
+print("runs go to", RUNS)
+
+
+def shell(args: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run a command as a learner would in a terminal; show it and its stdout; fail loudly if it fails."""
+    print("$", " ".join(a if " " not in a else repr(a) for a in args).replace(sys.executable, "python"))
+    t0 = time.perf_counter()
+    out = subprocess.run(args, capture_output=True, text=True, timeout=timeout)
+    print(out.stdout.strip())
+    print(f"[exit code {out.returncode}, {time.perf_counter() - t0:.0f} s]")
+    if out.returncode != 0:
+        print(out.stderr[-3000:])
+    return out
+
+
+# %% [markdown]
+# ## 1. The shipped configs
+#
+# A training run is described by one flat config, `TrainConfig`, whose keys are the official DINO argument names
+# (`out_dim`, `momentum_teacher`, `warmup_teacher_temp_epochs`, `local_crops_number`, ...). Four are shipped with the
+# package, in `vitdino_core/configs/`:
+
+# %%
+names = shipped_configs()
+configs = {name: load_config(name) for name in names}
+print(CONFIG_DIR)
+for name in names:
+    first = (CONFIG_DIR / f"{name}.yaml").read_text().splitlines()[0].lstrip("# ")
+    print(f"  {name + '.yaml':22s} {first}")
+
+# %% [markdown]
+# Side by side, the keys in which they differ. (`lr` is given for a total batch of 256 and scaled linearly with
+# the real total batch, as in DINO; the table shows the peak learning rate on one GPU or process.)
+
+# %%
+dicts = {n: c.to_dict() for n, c in configs.items()}
+differ = [k for k in dicts[names[0]] if len({json.dumps(d[k]) for d in dicts.values()}) > 1]
+rows = [(k, [dicts[n][k] for n in names]) for k in differ]
+rows.append(("peak lr on 1 process", [f"{c.lr * c.batch_size_per_gpu / 256:.2e}" for c in configs.values()]))
+rows.append(("crops per image", [c.ncrops for c in configs.values()]))
+width = max(len(k) for k, _ in rows) + 2
+print("".join([f"{'key':{width}s}"] + [f"{n:>18s}" for n in names]))
+for key, values in rows:
+    print("".join([f"{key:{width}s}"] + [f"{str(v):>18s}" for v in values]))
+assert "workshop_tiny" in names and "dino_vitb12" in names
+
+# %% [markdown]
+# * `workshop_tiny`: the notebook run of 06, minutes on a laptop CPU (ViT-tiny/12, 72 px global crops);
+# * `imagenette_cpu`: the longest run that makes sense on a CPU (hours);
+# * `imagenette_small`: ViT-S/8 on Imagenette on one GPU, with the crops made on the GPU (`gpu_augment`);
+# * `dino_vitb12`: DINO's ViT-B/16 ImageNet recipe with 12 px patches, for many GPUs.
+#
+# ## 2. Loading, overriding, validating
+#
+# `load_config(name_or_path, overrides)` reads a shipped name or any YAML file, applies `key=value` overrides
+# (values are read as YAML: numbers, `true`, lists) and **validates** the result. Keys you do not give take the
+# `TrainConfig` defaults (DINO's ViT-S/16 ImageNet values).
+
+# %%
+base = load_config("workshop_tiny")
+cfg = load_config("workshop_tiny", ["epochs=5", "lr=1e-3", "global_crops_scale=[0.3, 1.0]", "compile=true"])
+print({k: (base.to_dict()[k], v) for k, v in cfg.to_dict().items() if v != base.to_dict()[k]}, "(before, after)")
+
+my_yaml = RUNS / "my_run.yaml"
+my_yaml.write_text("run_name: my_run\narch: vit_tiny\npatch_size: 8\nglobal_crops_size: 64\nlocal_crops_size: 32\n"
+                   "dataset: folder\ndata_path: /path/to/my/photos\nepochs: 10\n")
+mine = load_config(my_yaml)
+print(f"{my_yaml.name}: arch {mine.arch}/{mine.patch_size}, crops {mine.global_crops_size}/{mine.local_crops_size}, "
+      f"out_dim {mine.out_dim} (default), lr {mine.lr} (default)")
+assert cfg.epochs == 5 and cfg.global_crops_scale == (0.3, 1.0) and mine.out_dim == 65536
+
+# %% [markdown]
+# A config that cannot work fails **before** anything is built, with a message that names the key and the fix.
+# A typo in a key, a crop size that is not a multiple of the patch, a word where a number belongs, an unknown
+# precision, a warm-up longer than training:
+
+# %%
+bad = [["lrate=1e-3"], ["global_crops_size=70"], ["epochs=two"], ["precision=fp8"], ["epochs=2", "warmup_epochs=5"]]
+for overrides in bad:
+    try:
+        load_config("workshop_tiny", overrides)
+    except ConfigError as e:
+        print(f"{' '.join(overrides):28s} -> ConfigError: {e}")
+        key = overrides[-1].split("=")[0]
+        assert key.rstrip("e") in str(e) or key in str(e)
+    else:
+        raise AssertionError(f"{overrides} should have been refused")
+
+# %% [markdown]
+# ## 3. The training command line
+#
+# `python -m vitdino_core.train` is the same `DINOTrainer` as notebook 06, started from a config:
+
+# %%
+with contextlib.redirect_stdout(io.StringIO()) as help_text, contextlib.suppress(SystemExit):
+    train_main(["--help"])
+print(help_text.getvalue())
+
+# %% [markdown]
+# We run it for real in a terminal (a subprocess), with `workshop_tiny` shrunk by `--set` overrides to a few steps.
+# Everything lands in `<output_dir>/<run_name>/`.
+
+# %%
+batch = 16 if FAST else 32
+tiny = ["--set", f"output_dir={RUNS}", "--set", "max_images=256", "--set", f"batch_size_per_gpu={batch}", "--set", "log_every=2"]
+cli = shell([sys.executable, "-m", "vitdino_core.train", "--config", "workshop_tiny", *tiny, "--set", "max_steps=2"])
+assert cli.returncode == 0, cli.stderr[-2000:]
+result = json.loads(cli.stdout.strip().splitlines()[-1])
+run_dir = Path(result["run_dir"])
+for f in sorted(run_dir.iterdir()):
+    print(f"  {f.name:18s} {f.stat().st_size / 1e6:8.2f} MB")
+assert {"checkpoint.pth", "metrics.jsonl", "config.yaml"} <= {f.name for f in run_dir.iterdir()}
+
+# %% [markdown]
+# * `config.yaml`: the full config of the run, every key, so the run can be repeated exactly;
+# * `metrics.jsonl`: one JSON record per `log_every` steps (the curves of notebook 06 are drawn from these);
+# * `checkpoint.pth`: student, teacher, optimiser, DINO centre, step, RNG states and config. It is written to a
+#   temporary file and renamed, so a crash never leaves half a checkpoint, and it holds only tensors and plain
+#   data, so it loads with `torch.load(..., weights_only=True)`.
+
+# %%
+print((run_dir / "config.yaml").read_text()[:300], "...")
+first_record = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[0])
+print({k: round(v, 4) if isinstance(v, float) else v for k, v in first_record.items()})
+ckpt = load_checkpoint(run_dir / "checkpoint.pth")
+print("checkpoint keys:", list(ckpt), "| step", ckpt["step"])
+assert ckpt["step"] == 2
+
+# %% [markdown]
+# ## 4. Resuming
+#
+# Long runs get interrupted: a time limit on a cluster, a preempted cloud machine, Ctrl-C. The same command with
+# `--resume` continues from `checkpoint.pth`, with the run's own saved config (only the new `--set` values on top).
+# The checkpoint carries the optimiser state, the centre and the random number generators, and the data order
+# depends only on (seed, epoch), so a resumed run continues **exactly** as an uninterrupted one would (the test suite
+# checks this weight for weight). Here we continue the run of section 3 from step 2:
+
+# %%
+resume_to = 4 if FAST else 16
+res = shell([sys.executable, "-m", "vitdino_core.train", "--config", "workshop_tiny", *tiny, "--set", f"max_steps={resume_to}",
+             "--resume"])
+assert res.returncode == 0, res.stderr[-2000:]
+resumed = [ln for ln in res.stderr.splitlines() if ln.startswith("resumed")]
+print(resumed[0] if resumed else "")
+records = [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines()]
+print("steps in metrics.jsonl:", [r["step"] for r in records])
+assert load_checkpoint(run_dir / "checkpoint.pth")["step"] == resume_to
+assert [r["step"] for r in records] == list(range(2, resume_to + 1, 2))
+
+# %% [markdown]
+# ## 5. Throughput on this machine
+#
+# Every record has `images_per_s`, measured over the steps since the previous record. The first record includes
+# the start-up (the first step is slow: memory allocation, the data loader's first batches); the later ones are
+# the steady state. From it we can say how long real runs of these configs would take **on this CPU**. (On a machine
+# that is busy with other work, expect much lower numbers than on an idle one: they are measured, not quoted.)
+
+# %%
+steady = [r["images_per_s"] for r in records[1:]]
+ips = sum(steady) / len(steady)
+print(f"workshop_tiny (batch {batch}) on this machine: {ips:.1f} images/s "
+      f"({torch.get_num_threads()} threads; records: {[round(r['images_per_s'], 1) for r in records]})")
+for name in ("workshop_tiny", "imagenette_cpu"):
+    c = configs[name]
+    n_images = 9469  # imagenette-96 train
+    print(f"  {name:15s}: one epoch of Imagenette ~{n_images / ips / 60:5.1f} min, all {c.epochs} epochs ~{c.epochs * n_images / ips / 3600:5.1f} h"
+          + ("  (different crop sizes and batch: a rough guide)" if name != "workshop_tiny" else ""))
+assert ips > 0
+
+# %% [markdown]
+# ## 6. Many processes: `torchrun` and DistributedDataParallel
+#
+# To use several GPUs (or CPU sockets, or machines), DINO runs one process per device with
+# `DistributedDataParallel` (DDP):
+#
+# * every process holds a full copy of student and teacher and starts from **the same weights** (broadcast from rank 0);
+# * every process loads a **different slice** of each batch (`batch_size_per_gpu` images each, so the total batch is
+#   `batch_size_per_gpu x world_size`, and the learning rate scales with it);
+# * in the backward pass, DDP **averages the gradients** of all processes (an all-reduce), so every copy of the
+#   student takes the identical step, and the EMA keeps the teachers identical too;
+# * the DINO centre is averaged over all processes' teacher outputs (one more all-reduce).
+#
+# `torchrun` (also `python -m torch.distributed.run`) starts the processes and gives each its `RANK` and
+# `WORLD_SIZE`. The trainer sees `WORLD_SIZE > 1` and joins the group: with the **NCCL** backend on GPUs, **gloo** on
+# CPUs. Here are 2 processes on this CPU, one thread each, for 2 steps. (`--standalone` would pick a free port by
+# itself; we pick one explicitly, as on a cluster.)
+
+# %%
+with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]  # a port nobody uses right now
+ddp_batch = 8
+ddp = shell([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+             "-m", "vitdino_core.train", "--config", "workshop_tiny", "--set", "device=cpu", "--set", "threads=1",
+             "--set", f"output_dir={RUNS}", "--set", "run_name=two_processes", "--set", "max_images=64",
+             "--set", f"batch_size_per_gpu={ddp_batch}", "--set", "num_workers=0", "--set", "max_steps=2", "--set", "log_every=1"])
+assert ddp.returncode == 0, ddp.stderr[-3000:]
+ddp_records = [json.loads(ln) for ln in (RUNS / "two_processes" / "metrics.jsonl").read_text().splitlines()]
+ddp_cfg = load_config(RUNS / "two_processes" / "config.yaml")
+lr_one = ddp_cfg.lr * ddp_batch / 256
+print(f"2 processes x {ddp_batch} images = total batch {2 * ddp_batch}; peak lr {ddp_cfg.lr} x {2 * ddp_batch}/256 = "
+      f"{ddp_cfg.lr * 2 * ddp_batch / 256:.2e} (one process with the same batch_size_per_gpu: {lr_one:.2e})")
+print("steps:", [r["step"] for r in ddp_records], "| steps per epoch:", round(ddp_records[0]["step"] / ddp_records[0]["epoch"]),
+      f"(= 64 images / {2 * ddp_batch} per step)")
+assert load_checkpoint(RUNS / "two_processes" / "checkpoint.pth")["step"] == 2
+assert round(ddp_records[0]["step"] / ddp_records[0]["epoch"]) == 64 // (2 * ddp_batch)
+
+# %% [markdown]
+# On a GPU machine the same command, without `device=cpu`, runs one process per GPU:
+#
+# ```bash
+# torchrun --nproc_per_node 8 -m vitdino_core.train --config dino_vitb12 --set data_path=/data/imagenet/train
+# # several machines: the same on each, plus --nnodes 4 --node_rank K --rdzv_endpoint HOST:PORT
+# ```
+#
+# ## 7. Mixed precision: bf16 autocast
+#
+# Under `torch.autocast(device, dtype=torch.bfloat16)`, matrix multiplications and convolutions run in **bfloat16**
+# (8 exponent bits like fp32, 7 mantissa bits instead of 23: about 3 significant digits), while the weights, the
+# optimiser and numerically delicate operations (softmax, norms, the loss) stay in fp32. On a modern GPU this is
+# usually about twice as fast, because tensor cores do bf16 matmuls at many times the fp32 rate, and activations take half
+# the memory. Unlike fp16, bf16 has fp32's range, so no loss scaling (`GradScaler`) is needed. The config's
+# `precision: auto` picks bf16 on GPUs and fp32 on CPUs.
+#
+# Why fp32 on CPUs? A CPU gains from bf16 only if it has bf16 units (AVX-512 BF16 or AMX, e.g. recent Xeons);
+# otherwise PyTorch converts to and from bf16 around fp32 arithmetic, which is slower. Let us measure this CPU.
+
+# %%
+print("CPU capability:", torch.backends.cpu.get_cpu_capability())
+model = vit_tiny(patch_size=12, img_size=96).eval()
+x = torch.randn(32 if FAST else 64, 3, 96, 96)  # (B, 3, 96, 96)
+
+
+def forward_time(model, x, repeats=3, **autocast):
+    with torch.no_grad(), (torch.autocast("cpu", **autocast) if autocast else contextlib.nullcontext()):
+        out = model(x)  # warm-up
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            model(x)
+            times.append(time.perf_counter() - t0)
+    return min(times), out
+
+
+t32, out32 = forward_time(model, x)
+t16, out16 = forward_time(model, x, dtype=torch.bfloat16)
+rel = ((out16.float() - out32).norm() / out32.norm()).item()
+print(f"ViT-tiny/12 forward, batch {x.shape[0]} at 96 px: fp32 {t32 * 1e3:.0f} ms, bf16 autocast {t16 * 1e3:.0f} ms "
+      f"(x {t32 / t16:.2f} speed-up); relative difference of the features {rel:.1e}")
+assert 0 < rel < 0.1  # close, not equal: the matmuls ran in bf16 (the final LayerNorm returns fp32)
+
+# %% [markdown]
+# The output is what bf16 promises: the same features to about two or three digits. Whether it was faster is what
+# this CPU's capability line predicts: without AVX-512 BF16 / AMX, bf16 autocast on a CPU is usually *slower* than fp32.
+# On an NVIDIA A100 or H100 it is the default and roughly halves the step time.
+#
+# ## 8. `torch.compile`
+#
+# `torch.compile(model)` traces the Python forward into a graph and generates fused kernels for it (Triton on GPUs,
+# C++/OpenMP on CPUs): a LayerNorm, a GELU and a residual add become one pass over memory instead of several. It
+# pays off when the same shapes run many thousands of times, as in a long GPU run: typically 10-40% faster steps
+# for ViTs. It costs a **compilation** on the first call (tens of seconds to minutes, and again for every new input
+# shape: multi-crop has two), needs a C++ compiler on CPUs, and makes errors harder to read. That is why it is off
+# in every notebook and in the configs (`compile: false`); turn it on with `--set compile=true` for long GPU runs.
+#
+# A measurement on this CPU: one block's MLP (`FAST`) or a whole ViT-tiny forward and backward (full mode).
+
+# %%
+torch._dynamo.reset()
+if FAST:
+    net = vit_tiny(patch_size=12, img_size=96).blocks[0].mlp  # Linear -> GELU -> Linear
+    x = torch.randn(32, 65, 192)  # (B, N+1, D)
+else:
+    net = vit_tiny(patch_size=12, img_size=96)
+    x = torch.randn(32, 3, 96, 96)  # (B, 3, 96, 96)
+
+
+def train_pass(f, x):
+    out = f(x)
+    out.float().pow(2).mean().backward()
+
+
+compiled = torch.compile(net)
+try:
+    t0 = time.perf_counter()
+    train_pass(compiled, x)  # the first call compiles
+    compile_s = time.perf_counter() - t0
+    timings = {}
+    for label, f in (("eager", net), ("compiled", compiled)):
+        train_pass(f, x)  # warm-up
+        t0 = time.perf_counter()
+        for _ in range(3):
+            train_pass(f, x)
+        timings[label] = (time.perf_counter() - t0) / 3
+    print(f"{type(net).__name__}: first compiled call {compile_s:.1f} s (compilation); then eager {timings['eager'] * 1e3:.1f} ms, "
+          f"compiled {timings['compiled'] * 1e3:.1f} ms per forward + backward (x {timings['eager'] / timings['compiled']:.2f})")
+    print(f"compilation pays for itself after ~{compile_s / max(timings['eager'] - timings['compiled'], 1e-9):,.0f} steps"
+          if timings["compiled"] < timings["eager"] else "no speed-up here: compilation never pays for itself")
+except Exception as e:  # e.g. no C++ compiler on this machine
+    print(f"torch.compile failed here ({type(e).__name__}: {str(e)[:200]}); training without it works the same")
+
+# %% [markdown]
+# ## 9. Gradient checkpointing
+#
+# Backpropagation needs the activations of the forward pass: PyTorch **saves** them while going forward. For a ViT
+# they grow with batch x tokens x width x depth, and at 224 px with a large batch they, not the weights, fill a
+# GPU. With `grad_checkpointing: true` each block keeps only its **input**; its inside is recomputed during the
+# backward pass. Memory for activations drops by roughly the depth; the price is one extra forward per block (about
+# 30% more time per step).
+#
+# We can measure exactly what autograd saves, with a `saved_tensors_hooks` that adds up the bytes of every tensor
+# stored for backward (each storage once; the weights themselves are not counted).
+
+# %%
+def saved_activation_mib(model, x):
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    seen, total = set(), 0
+
+    def pack(t):
+        nonlocal total
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in params and ptr not in seen:
+            seen.add(ptr)
+            total += t.untyped_storage().nbytes()
+        return t
+
+    t0 = time.perf_counter()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = model(x)  # (B, D)
+    out.pow(2).mean().backward()
+    return total / 2**20, time.perf_counter() - t0
+
+
+model = (vit_tiny if FAST else vit_small)(patch_size=12, img_size=96).train()
+x = torch.randn(16, 3, 96, 96)  # (B, 3, 96, 96): 64 patches + CLS
+model(x).pow(2).mean().backward()  # warm-up: the first pass allocates
+memory = {}
+for flag in (False, True):
+    model.grad_checkpointing = flag
+    memory[flag] = saved_activation_mib(model, x)
+    print(f"grad_checkpointing={flag!s:5s}: {memory[flag][0]:7.1f} MiB saved for backward, {memory[flag][1]:.2f} s forward + backward")
+print(f"x {memory[False][0] / memory[True][0]:.0f} less activation memory")
+assert memory[True][0] < memory[False][0] / 4
+
+# %% [markdown]
+# ## 10. The GPU configs, in numbers
+#
+# What `imagenette_small` and `dino_vitb12` would do, computed from the configs. Memory for the model state counts
+# 4 bytes for each of: student weights, their gradients, AdamW's two moments, and the teacher's weights
+# (activations come on top, and dominate at large batches). Parameter counts come from the `meta` device (shapes,
+# no memory).
+
+# %%
+def model_state_gib(c):
+    with torch.device("meta"):
+        backbone = {"vit_tiny": vit_tiny, "vit_small": vit_small, "vit_base": vit_base}[c.arch](patch_size=c.patch_size)
+        head = DINOHead(backbone.embed_dim, c.out_dim)
+    n = sum(p.numel() for p in backbone.parameters()) + sum(p.numel() for p in head.parameters())
+    return n, 5 * 4 * n / 2**30
+
+
+datasets = {"imagenette_small": ("Imagenette", 9469, (1, 8)), "dino_vitb12": ("ImageNet", 1_281_167, (1, 8, 32))}
+for name, (data, n_images, gpu_counts) in datasets.items():
+    c = configs[name]
+    n_params, gib = model_state_gib(c)
+    print(f"{name}: {c.arch}/{c.patch_size}, {c.global_crops_size}/{c.local_crops_size} px crops x {c.ncrops}, "
+          f"{n_params / 1e6:.1f}M parameters with the head, ~{gib:.1f} GiB of model state, precision {c.precision}")
+    for gpus in gpu_counts:
+        total = c.batch_size_per_gpu * gpus
+        steps = n_images // total
+        print(f"   {gpus:2d} GPU(s) on {data}: total batch {total:5d}, peak lr {c.lr * total / 256:.2e}, {steps:6,d} steps/epoch, "
+              f"{steps * c.epochs:9,d} steps for {c.epochs} epochs")
+
+# %% [markdown]
+# `imagenette_small` is sized for **one** GPU (its config's own estimate: about 25 minutes); on 8 GPUs an epoch
+# would be only 4 steps, and the whole run 1,200 steps at a peak learning rate 8 times higher: more GPUs do not
+# help a small dataset much. `dino_vitb12` is sized for **many**: its 400 epochs on ImageNet are 16 million steps on
+# a single GPU and half a million on 32. For scale, the official DINO README reports 1.75 days on one node of 8 GPUs
+# for a ViT-S/16 trained 100 epochs (69.3% kNN on ImageNet).
+#
+# ## 11. Evaluating a checkpoint from the command line
+#
+# `python -m vitdino_core.evaluate` extracts frozen features and reports DINO's weighted kNN and a linear probe
+# (notebook 08), as one JSON object on stdout:
+
+# %%
+with contextlib.redirect_stdout(io.StringIO()) as help_text, contextlib.suppress(SystemExit):
+    evaluate_args(["--help"])
+print(help_text.getvalue())
+
+# %% [markdown]
+# On the checkpoint of sections 3-4 (a few steps of training, so expect numbers near the random-init baseline), with a
+# small subset of the images:
+
+# %%
+n_train, n_val = (200, 100) if FAST else (1000, 500)
+ev = shell([sys.executable, "-m", "vitdino_core.evaluate", "--ckpt", str(run_dir / "checkpoint.pth"),
+            "--max-train", str(n_train), "--max-val", str(n_val)])
+assert ev.returncode == 0, ev.stderr[-2000:]
+scores = json.loads(ev.stdout.strip().splitlines()[-1])
+print(f"kNN top-1 {scores['knn_top1']}%, linear probe top-1 {scores['linear_top1']}% on {scores['num_val']} val images "
+      f"(chance: 10%)")
+assert scores["num_train"] == n_train and scores["num_val"] == n_val and 0 <= scores["knn_top1"] <= 100
+
+# %% [markdown]
+# ## What we built
+#
+# Nothing new inside DINO; everything around it that a real run needs, each tried here:
+#
+# * **configs**: YAML files with the official DINO names, overridden with `--set key=value`, validated with errors
+#   that name the key and the fix;
+# * the **training CLI**, its run folder (`config.yaml`, `metrics.jsonl`, an atomic `checkpoint.pth`) and **exact
+#   resume** with `--resume`;
+# * **torchrun** with 2 processes on a CPU (gloo): the same command runs N GPUs with NCCL;
+# * measured on this CPU: **bf16 autocast** (a GPU feature), **torch.compile** (compilation cost against step
+#   savings), **gradient checkpointing** (activation memory against recomputation), and the **throughput** of
+#   `workshop_tiny`;
+# * the **evaluation CLI**.
+#
+# ## Exercises
+#
+# 1. Write your own config for a folder of your photos (`dataset: folder`, `data_path: ...`), starting from
+#    `workshop_tiny.yaml`. Run it for one epoch, then evaluate the checkpoint with `--random-init` as a baseline
+#    (`python -m vitdino_core.evaluate --random-init --arch vit_tiny --patch-size 12`).
+# 2. Start a run with `max_steps=50`, stop it with Ctrl-C in the terminal after a few steps, and resume it. Compare
+#    `metrics.jsonl` with an uninterrupted run of the same config.
+# 3. Measure `grad_checkpointing` for ViT-S at 224 px with batch 64: how many GiB of activations does it save, and
+#    what would that mean for `batch_size_per_gpu` on a 24 GB GPU?
