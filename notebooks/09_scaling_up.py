@@ -340,11 +340,11 @@ def train_pass(f, x):
 
 
 compiled = torch.compile(net)
+timings = {}  # label -> seconds per forward + backward
 try:
     t0 = time.perf_counter()
     train_pass(compiled, x)  # the first call compiles
     compile_s = time.perf_counter() - t0
-    timings = {}
     for label, f in (("eager", net), ("compiled", compiled)):
         train_pass(f, x)  # warm-up
         t0 = time.perf_counter()
@@ -400,6 +400,28 @@ for flag in (False, True):
     print(f"grad_checkpointing={flag!s:5s}: {memory[flag][0]:7.1f} MiB saved for backward, {memory[flag][1]:.2f} s forward + backward")
 print(f"x {memory[False][0] / memory[True][0]:.0f} less activation memory")
 assert memory[True][0] < memory[False][0] / 4
+
+# %% [markdown]
+# The three measurements side by side: what each option buys on this machine.
+
+# %%
+fig, axes = plt.subplots(1, 3, figsize=(13, 3.3), layout="constrained")
+axes[0].bar(["fp32", "bf16 autocast"], [t32 * 1e3, t16 * 1e3], color=["tab:blue", "tab:orange"])
+axes[0].set(ylabel="ms per forward", title=f"7. precision (CPU: {torch.backends.cpu.get_cpu_capability()})")
+if len(timings) == 2:
+    axes[1].bar(["eager", "compiled"], [timings["eager"] * 1e3, timings["compiled"] * 1e3], color=["tab:blue", "tab:green"])
+    axes[1].set(ylabel="ms per forward + backward", title=f"8. torch.compile ({type(net).__name__})")
+else:
+    axes[1].text(0.5, 0.5, "torch.compile\nnot available here", ha="center", va="center")
+    axes[1].set(title="8. torch.compile", xticks=[], yticks=[])
+axes[2].bar(["stored", "checkpointed"], [memory[False][0], memory[True][0]], color=["tab:blue", "tab:purple"])
+axes[2].set(ylabel="MiB saved for backward", title=f"9. gradient checkpointing ({x.shape[0]} images at 96 px)")
+for ax in axes:
+    for bar in ax.patches:
+        ax.annotate(f"{bar.get_height():.0f}", (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom")
+fig.suptitle("Speed and memory options, measured on this machine")
+save_figure(fig, "09_speed_and_memory")
+plt.show()
 
 # %% [markdown]
 # ## 10. The GPU configs, in numbers
