@@ -350,8 +350,10 @@ for r in rows:
 # random ViT is still a big fixed function of local colour and texture, and a linear probe on 192 random features
 # can find some use in them. That is why a random-init row belongs in every such table: it says how much of an
 # accuracy the *architecture* gives for free. What **DINO** adds on top is the part that was learned. On ImageNet
-# the gap is large (DINO's ViT-S/16 reaches 74.5% kNN top-1 over 1000 classes); on 10 classes, with a tiny model
-# trained for hours on a CPU, it is smaller, but it should be clear.
+# the gap is large (DINO's ViT-S/16 reaches 74.5% kNN top-1 over 1000 classes). The shipped checkpoint is a
+# ViT-tiny trained for 4 epochs on one CPU core, and its gap is small: on the full splits its linear probe is about
+# 4.6 points above the random network's (41.2% against 36.6%) and its kNN under 1 point (31.1% against 30.4%). On the
+# subsets of fast mode the differences are within the noise. DINO's published numbers come from hundreds of epochs.
 #
 # ## 6. The feature space
 #
@@ -460,7 +462,7 @@ plt.show()
 # ## Exercises
 #
 # 1. Evaluate the features at a higher resolution than training (`eval_transform(2 * IMG)`, positions are
-#    interpolated). Do kNN and the linear probe improve, as the sharper attention maps of notebook 07 suggest?
+#    interpolated). Do kNN and the linear probe improve, as the finer attention maps of notebook 07 suggest?
 # 2. Replace the CLS token by the average of the patch tokens (`MODEL.forward_features(x)[:, 1:].mean(1)`), or
 #    concatenate the CLS tokens of the last 4 blocks (`get_intermediate_layers(x, 4)`) as DINO's linear evaluation
 #    does for ViT-S. Which features does the probe prefer?
