@@ -45,22 +45,20 @@
 # 5. feed larger images than the model was trained on (positions interpolated) to get finer maps.
 
 # %%
-import json
 import math
 import os
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from IPython.display import display
 
-from vitdino_core import (build_dataset, cls_attention, denormalize, load_checkpoint, load_image, overlay_masks,
+from vitdino_core import (build_dataset, cls_attention, denormalize, load_image, overlay_masks,
                           plot_attention_heads, threshold_masks, upsample)
 from vitdino_core.attention_maps import mask_coverage
-from vitdino_core.data import REPO_ROOT
 from vitdino_core.evaluate import build_backbone_from_checkpoint, build_random_backbone
-from vitdino_core.notebook import SHIPPED_CHECKPOINT, photo, save_figure, setup, shipped_checkpoint
+from vitdino_core.notebook import (SHIPPED_CHECKPOINT, checkpoint_story,
+                                    photo, save_figure, setup, short_path, shipped_checkpoint)
 
 env = setup(seed=0)
 FAST = env.fast  # True under CI or VITDINO_FAST=1: fewer images in the statistics, every cell still runs
@@ -75,30 +73,6 @@ FAST = env.fast  # True under CI or VITDINO_FAST=1: fewer images in the statisti
 
 # %%
 CKPT = shipped_checkpoint()  # Path or None
-
-
-def short_path(path: Path) -> str:
-    """The path relative to the repository when it lies inside it."""
-    try:
-        return str(path.resolve().relative_to(REPO_ROOT))
-    except ValueError:
-        return str(path)
-
-
-def checkpoint_story(path: Path) -> tuple[str, str, dict]:
-    """(one long line, a short title tag, the JSON record) from the checkpoint's config and record."""
-    ckpt = load_checkpoint(path)
-    cfg = ckpt.get("config") or {}
-    record_file = path.with_suffix(".json")
-    record = json.loads(record_file.read_text()) if record_file.is_file() else {}
-    epochs = record.get("epochs", ckpt.get("epoch"))
-    step = record.get("step", ckpt.get("step"))
-    images = f"the first {cfg['max_images']} images of " if cfg.get("max_images") else ""
-    trained_for = f"{epochs} epoch{'' if epochs == 1 else 's'}"
-    line = (f"DINO teacher from {short_path(path)}, trained {trained_for} ({step} steps) without labels on "
-            f"{images}{cfg.get('dataset', '?')} train; {cfg.get('arch')}/{cfg.get('patch_size')} on "
-            f"{cfg.get('global_crops_size')} px global crops")
-    return line, f"DINO teacher, {trained_for}", record
 
 
 if CKPT is not None:

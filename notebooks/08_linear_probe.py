@@ -43,10 +43,8 @@
 # 5. look at the feature space (PCA, t-SNE) and at nearest-neighbour retrieval.
 
 # %%
-import json
 import os
 import time
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -56,10 +54,10 @@ from sklearn.manifold import TSNE
 from torch.utils.data import DataLoader, Subset
 
 from vitdino_core import (build_dataset, denormalize, eval_transform, extract_features, knn_classifier, linear_probe,
-                          load_checkpoint, raw_pixel_features)
-from vitdino_core.data import REPO_ROOT
+                          raw_pixel_features)
 from vitdino_core.evaluate import build_backbone_from_checkpoint, build_random_backbone, subset
-from vitdino_core.notebook import SHIPPED_CHECKPOINT, save_figure, setup, shipped_checkpoint
+from vitdino_core.notebook import (SHIPPED_CHECKPOINT, checkpoint_story,
+                                    save_figure, setup, short_path, shipped_checkpoint)
 
 env = setup(seed=0)
 FAST = env.fast  # True under CI or VITDINO_FAST=1: subsets of the data, every cell still runs
@@ -73,30 +71,6 @@ FAST = env.fast  # True under CI or VITDINO_FAST=1: subsets of the data, every c
 
 # %%
 CKPT = shipped_checkpoint()  # Path or None
-
-
-def short_path(path: Path) -> str:
-    """The path relative to the repository when it lies inside it."""
-    try:
-        return str(path.resolve().relative_to(REPO_ROOT))
-    except ValueError:
-        return str(path)
-
-
-def checkpoint_story(path: Path) -> tuple[str, str, dict]:
-    """(one long line, a short tag, the JSON record) from the checkpoint's config and record."""
-    ckpt = load_checkpoint(path)
-    cfg = ckpt.get("config") or {}
-    record_file = path.with_suffix(".json")
-    record = json.loads(record_file.read_text()) if record_file.is_file() else {}
-    epochs = record.get("epochs", ckpt.get("epoch"))
-    step = record.get("step", ckpt.get("step"))
-    images = f"the first {cfg['max_images']} images of " if cfg.get("max_images") else ""
-    trained_for = f"{epochs} epoch{'' if epochs == 1 else 's'}"
-    line = (f"DINO teacher from {short_path(path)}, trained {trained_for} ({step} steps) without labels on "
-            f"{images}{cfg.get('dataset', '?')} train; {cfg.get('arch')}/{cfg.get('patch_size')} on "
-            f"{cfg.get('global_crops_size')} px global crops")
-    return line, f"DINO teacher, {trained_for}", record
 
 
 if CKPT is not None:

@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from vitdino_core import DINOHead, MultiCropWrapper, save_checkpoint, vit_tiny
-from vitdino_core.checkpoint import CheckpointError
+from vitdino_core.checkpoint import CheckpointError, export_backbone
 from vitdino_core.evaluate import build_backbone_from_checkpoint, main
+from vitdino_core.notebook import checkpoint_story
 
 TINY = ["--dataset", "random", "--image-size", "24", "--max-train", "40", "--max-val", "20", "--batch-size", "20"]
 
@@ -83,6 +84,18 @@ def test_shipped_fp16_backbone_and_attention_maps(tmp_path, capsys):
     res = json.loads(out)
     assert res["image_size"] == 24 and len(res["attention_maps"]) == 8  # 4 images x (heads, masks)
     assert all((maps / name).stat().st_size > 0 for name in ("attention_0.png", "masks_3.png"))
+
+
+def test_exported_backbone_describes_itself_for_the_notebooks(tmp_path):
+    cfg = {"arch": "vit_tiny", "patch_size": 12, "global_crops_size": 36, "dataset": "imagenette", "max_images": 64}
+    train_ckpt = save_checkpoint({"teacher": wrapper(0).state_dict(), "config": cfg, "step": 30, "epoch": 3},
+                                 tmp_path / "checkpoint.pth")
+    out = export_backbone(train_ckpt, tmp_path / "shipped.pth", meta={"epochs": 3, "knn_top1": 31.0})
+    line, tag, record = checkpoint_story(out)
+    assert tag == "DINO teacher, 3 epochs" and record["knn_top1"] == 31.0
+    assert "(30 steps)" in line and "the first 64 images of imagenette" in line and "vit_tiny/12 on 36 px" in line
+    out.with_suffix(".json").unlink()  # without its record the checkpoint's own epoch is used
+    assert checkpoint_story(out)[1] == "DINO teacher, 3 epochs" and checkpoint_story(out)[2] == {}
 
 
 def test_image_size_must_fit_the_patch(capsys):

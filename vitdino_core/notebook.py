@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 from dataclasses import dataclass
@@ -70,6 +71,33 @@ def shipped_checkpoint() -> Path | None:
     env = os.environ.get("VITDINO_CHECKPOINT")
     path = Path(env).expanduser() if env else SHIPPED_CHECKPOINT
     return path if path.is_file() else None
+
+
+def short_path(path: Path) -> str:
+    """The path relative to the repository when it lies inside it."""
+    try:
+        return str(Path(path).resolve().relative_to(REPO_ROOT))
+    except ValueError:
+        return str(path)
+
+
+def checkpoint_story(path: Path) -> tuple[str, str, dict]:
+    """What a trained checkpoint is, for the notebooks that show one: (one long line, a short tag for figure
+    titles, the JSON record beside it), from the checkpoint's config and its `.json` record."""
+    from .checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(path)
+    cfg = ckpt.get("config") or {}
+    record_file = Path(path).with_suffix(".json")
+    record = json.loads(record_file.read_text()) if record_file.is_file() else {}
+    epochs = record.get("epochs", ckpt.get("epoch"))
+    step = record.get("step", ckpt.get("step"))
+    images = f"the first {cfg['max_images']} images of " if cfg.get("max_images") else ""
+    trained_for = f"{epochs} epoch{'' if epochs == 1 else 's'}"
+    line = (f"DINO teacher from {short_path(path)}, trained {trained_for} ({step} steps) without labels on "
+            f"{images}{cfg.get('dataset', '?')} train; {cfg.get('arch')}/{cfg.get('patch_size')} on "
+            f"{cfg.get('global_crops_size')} px global crops")
+    return line, f"DINO teacher, {trained_for}", record
 
 
 def save_figure(fig, name: str) -> Path | None:
