@@ -13,7 +13,10 @@ for-loop AdamW) with the project's modules, so both can be timed on the same mac
 
 Times are the median of --repeat steps after --warmup steps. FLOPs are counted analytically (matmuls
 and the patch-embedding convolution only) and compared with a large matmul of the same dtype timed
-on the same device in the same run.
+on the same device in the same run. Small models multiply small matrices, which no library runs at
+the large-matmul rate, so the script also times the step's own matmul shapes alone
+(`own_matmuls_alone`): `fraction_of_step_in_own_matmuls` near 1 means the step is all matmul at the
+speed this library reaches for those shapes, and what is left to win is in the matmuls themselves.
 """
 
 from __future__ import annotations
@@ -170,6 +173,59 @@ def matmul_rate(dtype: torch.dtype, device: torch.device, n: int, budget_s: floa
             break
     best = min(times[1:] or times)
     return {"n": n, "dtype": str(dtype).replace("torch.", ""), "s": best, "flop_per_s": 2.0 * n**3 / best, "runs": len(times)}
+
+
+def step_gemms(args) -> list[dict]:
+    """Every distinct matmul shape (M, K, N) of one step, with how often the step runs it forward.
+
+    Rows M are tokens of all crops of one resolution (the backbone's linears), patches (the patch
+    embedding as a matmul) or crops (the head). The teacher runs the globals' matmuls forward; the
+    student runs all of them forward and backward (two more matmuls each: input and weight gradients).
+    """
+    D, depth, _ = ARCH_DIMS[args.arch]
+    hidden, bottleneck = HEAD_DIMS
+    gemms = []
+    for size, crops, teacher in ((args.global_size, 2 * args.batch, True), (args.local_size, args.local_crops * args.batch, False)):
+        if crops == 0:
+            continue
+        n = (size // args.patch_size) ** 2
+        M = crops * (n + 1)
+        shapes = [(crops * n, 3 * args.patch_size ** 2, D, 1),  # patch embedding
+                  (M, D, 3 * D, depth), (M, D, D, depth), (M, D, 4 * D, depth), (M, 4 * D, D, depth),  # qkv, proj, fc1, fc2
+                  (crops, D, hidden, 1), (crops, hidden, hidden, 1), (crops, hidden, bottleneck, 1), (crops, bottleneck, args.out_dim, 1)]
+        gemms += [dict(M=m, K=k, N=nn_, forward_count=c * (2 if teacher else 1), backward_count=c) for m, k, nn_, c in shapes]
+    return gemms
+
+
+def shape_matmul_time(args, dtype: torch.dtype, device: torch.device, repeat: int = 3) -> dict:
+    """Seconds the step's own matmuls take when run alone, back to back: the attainable floor for its shapes.
+
+    Each shape is timed forward (x @ W^T), for the input gradient (dy @ W) and for the weight gradient
+    (dy^T @ x), best of `repeat` after one warm-up. Dividing by the step time says how much of the step
+    is matmul work at this library's speed for these shapes; the rest is everything else (norms,
+    GELU, softmax, attention, copies, optimizer, framework overhead).
+    """
+    g = torch.Generator(device="cpu").manual_seed(0)
+
+    def best(fn) -> float:
+        times = []
+        for _ in range(repeat + 1):
+            sync(device)
+            t = time.perf_counter()
+            fn()
+            sync(device)
+            times.append(time.perf_counter() - t)
+        return min(times[1:])
+
+    total_s = total_flop = 0.0
+    for s in step_gemms(args):
+        x = torch.randn(s["M"], s["K"], generator=g).to(device, dtype)  # (M, K)
+        w = torch.randn(s["N"], s["K"], generator=g).to(device, dtype)  # (N, K) as nn.Linear stores it
+        dy = torch.randn(s["M"], s["N"], generator=g).to(device, dtype)  # (M, N)
+        fwd, grad_in, grad_w = best(lambda: x @ w.t()), best(lambda: dy @ w), best(lambda: dy.t() @ x)  # (M,N) (M,K) (N,K)
+        total_s += s["forward_count"] * fwd + s["backward_count"] * (grad_in + grad_w)
+        total_flop += 2.0 * s["M"] * s["K"] * s["N"] * (s["forward_count"] + 2 * s["backward_count"])
+    return {"s": total_s, "flop": total_flop, "flop_per_s": total_flop / total_s, "shapes": len(step_gemms(args))}
 
 
 # ----------------------------------------------------------------------------- the project's step
@@ -377,6 +433,7 @@ def run_mode(args, reference: bool) -> dict:
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
     n = args.matmul_size or (8192 if device.type == "cuda" else 2048)
     matmul = matmul_rate(dtype, trainer.device, n)
+    own_gemms = shape_matmul_time(args, dtype, trainer.device)
 
     for _ in range(args.warmup):
         step_fn(trainer, crops, marks)
@@ -420,6 +477,8 @@ def run_mode(args, reference: bool) -> dict:
         "achieved_flop_per_s": flops["total"] / med,
         "matmul": matmul,
         "fraction_of_matmul_peak": flops["total"] / med / matmul["flop_per_s"],
+        "own_matmuls_alone": own_gemms,
+        "fraction_of_step_in_own_matmuls": own_gemms["s"] / med,  # 1.0 = nothing but matmuls at their standalone speed
         "loss": float(loss),
         "load_average_before_after": [load_before[0], os.getloadavg()[0]],
     }

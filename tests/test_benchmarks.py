@@ -43,7 +43,7 @@ TINY = ["--arch", "vit_tiny", "--patch-size", "8", "--global-size", "16", "--loc
 
 def check_step(r: dict) -> None:
     for key in ("step_s_median", "images_per_s", "crops_per_s", "user_cpu_s_median", "peak_memory_bytes", "model_flop_per_step",
-                "achieved_flop_per_s", "fraction_of_matmul_peak", "loss"):
+                "achieved_flop_per_s", "fraction_of_matmul_peak", "fraction_of_step_in_own_matmuls", "loss"):
         assert positive(r[key]), (key, r[key])
     assert len(r["step_s"]) == 1 and r["matmul"]["flop_per_s"] > 0
     assert set(r["breakdown_s_median"]) == {"teacher_forward", "student_forward", "loss", "backward", "clip_optimizer_ema"}
@@ -109,3 +109,17 @@ def test_anchor_step_is_about_810_gflop():
     bench = load_train_step()
     args = bench.parse_args([])  # the defaults are the anchor: ViT-S/16, batch 8, 2x224 + 6x96, out_dim 65536
     assert bench.step_flops(args)["total"] / 1e9 == pytest.approx(810, rel=0.03)
+
+
+def test_the_steps_own_matmul_shapes_add_up_to_its_analytic_flops():
+    """The shapes timed alone (`own_matmuls_alone`) are exactly the step's matmuls: their FLOPs are the
+    analytic step count minus the attention products, which are batched per head and not timed."""
+    bench = load_train_step()
+    args = bench.parse_args([])
+    flops = bench.step_flops(args)
+    globals_, locals_ = 2 * args.batch * flops["per_global_crop_forward"]["attention"], args.local_crops * args.batch * flops["per_local_crop_forward"]["attention"]
+    attention = globals_ + 3 * (globals_ + locals_)  # teacher forward; student forward + backward
+    gemm = sum(2.0 * s["M"] * s["K"] * s["N"] * (s["forward_count"] + 2 * s["backward_count"]) for s in bench.step_gemms(args))
+    assert gemm == pytest.approx(flops["total"] - attention, rel=1e-12)
+    timed = bench.shape_matmul_time(bench.parse_args(TINY), torch.float32, torch.device("cpu"), repeat=1)
+    assert positive(timed["s"]) and timed["shapes"] == 18
