@@ -217,15 +217,15 @@ def shape_matmul_time(args, dtype: torch.dtype, device: torch.device, repeat: in
             times.append(time.perf_counter() - t)
         return min(times[1:])
 
-    total_s = total_flop = 0.0
-    for s in step_gemms(args):
+    gemms, total_s, total_flop = step_gemms(args), 0.0, 0.0
+    for s in gemms:
         x = torch.randn(s["M"], s["K"], generator=g).to(device, dtype)  # (M, K)
         w = torch.randn(s["N"], s["K"], generator=g).to(device, dtype)  # (N, K) as nn.Linear stores it
         dy = torch.randn(s["M"], s["N"], generator=g).to(device, dtype)  # (M, N)
         fwd, grad_in, grad_w = best(lambda: x @ w.t()), best(lambda: dy @ w), best(lambda: dy.t() @ x)  # (M,N) (M,K) (N,K)
         total_s += s["forward_count"] * fwd + s["backward_count"] * (grad_in + grad_w)
         total_flop += 2.0 * s["M"] * s["K"] * s["N"] * (s["forward_count"] + 2 * s["backward_count"])
-    return {"s": total_s, "flop": total_flop, "flop_per_s": total_flop / total_s, "shapes": len(step_gemms(args))}
+    return {"s": total_s, "flop": total_flop, "flop_per_s": total_flop / total_s, "shapes": len(gemms)}
 
 
 # ----------------------------------------------------------------------------- the project's step
