@@ -117,6 +117,27 @@ def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(data_env, tmp_path
     assert all(torch.equal(kept["teacher"][k], good["teacher"][k]) for k in good["teacher"])
 
 
+def test_init_weights_starts_student_and_teacher_from_an_exported_backbone(data_env, tmp_path):
+    """A warm restart: the backbone comes from an earlier run's exported teacher, the head starts fresh."""
+    from vitdino_core.checkpoint import CheckpointError, export_backbone
+
+    assert main(tiny(tmp_path / "first", max_steps=2)) == 0
+    exported = export_backbone(tmp_path / "first" / "workshop_tiny" / "checkpoint.pth", tmp_path / "backbone.pth", half=False)
+    before = load_checkpoint(exported)["teacher"]
+    cfg = load_config("workshop_tiny", tiny_overrides(tmp_path / "second", init_weights=str(exported)))
+    trainer = DINOTrainer(cfg, quiet=True)
+    fresh = DINOTrainer(load_config("workshop_tiny", tiny_overrides(tmp_path / "third")), quiet=True)
+    for net in (trainer.student, trainer.teacher):
+        for k, v in net.backbone.state_dict().items():
+            assert torch.equal(v, before[k]), k
+    assert not torch.equal(trainer.student.backbone.pos_embed, fresh.student.backbone.pos_embed)
+    for k, v in trainer.student.head.state_dict().items():  # the head is the one a fresh run starts with
+        assert torch.equal(v, fresh.student.head.state_dict()[k]), k
+    with pytest.raises(CheckpointError, match="does not fit"):
+        DINOTrainer(load_config("workshop_tiny", tiny_overrides(tmp_path / "x", init_weights=str(exported), arch="vit_small")), quiet=True)
+    assert main(tiny(tmp_path / "y", init_weights=str(tmp_path / "nowhere.pth"))) == 1
+
+
 def test_bad_config_is_an_error_naming_the_key(data_env, tmp_path, capsys):
     assert main(tiny(tmp_path) + ["--set", "learning_rate=0.1"]) == 1
     assert "learning_rate" in capsys.readouterr().err

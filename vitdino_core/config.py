@@ -48,6 +48,7 @@ class TrainConfig:
     out_dim: int = 65536
     norm_last_layer: bool = True
     use_bn_in_head: bool = False
+    init_weights: str = ""  # a backbone checkpoint (exported, training or official DINO) to start student and teacher from; the head starts fresh
     # --- multi-crop
     global_crops_size: int = 224
     local_crops_size: int = 96

@@ -33,7 +33,7 @@ from torch.distributed.elastic.multiprocessing.errors import record
 from torch.utils.data import Subset
 from tqdm.auto import tqdm
 
-from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .checkpoint import CheckpointError, backbone_state_dict, load_backbone_weights, load_checkpoint, save_checkpoint
 from .config import ConfigError, TrainConfig, load_config, make_config, save_config
 from .data import EpochBatchSampler, MultiCropDataset, build_dataset, make_loader
 from .dino_loss import DINOHead, DINOLoss
@@ -166,6 +166,8 @@ class DINOTrainer:
         # models: the teacher starts as a copy of the student (after DDP has broadcast rank 0's
         # weights) and never takes a gradient
         self.student = build_student(cfg).to(self.device)
+        if cfg.init_weights:  # continue from a backbone trained earlier (a warm restart with a fresh head)
+            load_backbone_weights(self.student.backbone, backbone_state_dict(load_checkpoint(cfg.init_weights)))
         self.student_ddp: nn.Module = self.student
         if self.env.distributed:
             self.student_ddp = nn.parallel.DistributedDataParallel(
