@@ -94,6 +94,9 @@ def test_exported_backbone_describes_itself_for_the_notebooks(tmp_path):
     line, tag, record = checkpoint_story(out)
     assert tag == "DINO teacher, 3 epochs" and record["knn_top1"] == 31.0
     assert "(30 steps)" in line and "the first 64 images of imagenette" in line and "vit_tiny/12 on 36 px" in line
+    staged = export_backbone(train_ckpt, tmp_path / "staged.pth",  # continued by a warm restart
+                             meta={"epochs": 7, "step": 70, "stages": [{"epochs": 3}, {"epochs": 4}]})
+    assert "(70 steps, 2 stages)" in checkpoint_story(staged)[0] and checkpoint_story(staged)[1] == "DINO teacher, 7 epochs"
     out.with_suffix(".json").unlink()  # without its record the checkpoint's own epoch is used
     assert checkpoint_story(out)[1] == "DINO teacher, 3 epochs" and checkpoint_story(out)[2] == {}
 
