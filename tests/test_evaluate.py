@@ -104,3 +104,22 @@ def test_exported_backbone_describes_itself_for_the_notebooks(tmp_path):
 def test_image_size_must_fit_the_patch(capsys):
     code, out, err = run_main(["--random-init", "--arch", "vit_tiny", "--patch-size", "12", *TINY, "--image-size", "30"], capsys)
     assert code == 2 and "multiple of the patch size" in err
+
+
+def test_shipped_checkpoint_is_small_loads_and_its_record_adds_up():
+    from vitdino_core.notebook import SHIPPED_CHECKPOINT as path
+
+    assert path.stat().st_size <= 25 * 2**20, "shipped weights must stay under 25 MB"
+    model, info = build_backbone_from_checkpoint(path)
+    assert (info["arch"], info["patch_size"], info["image_size"]) == ("vit_tiny", 12, 72)
+    with torch.no_grad():
+        feats = model(torch.randn(2, 3, 72, 72))  # (2, 192) CLS features
+    assert feats.shape == (2, 192) and torch.isfinite(feats).all()
+    record = json.loads(path.with_suffix(".json").read_text())
+    for key in ("config", "epochs", "training_hours", "hardware", "knn_top1", "linear_top1", "baselines", "command"):
+        assert key in record, f"{path.with_suffix('.json')} lacks {key!r}"
+    stages = record["stages"]  # the record's totals are the sums over its stages, its accuracies the last stage's
+    assert record["epochs"] == sum(s["epochs"] for s in stages) and record["steps"] == sum(s["steps"] for s in stages)
+    assert record["knn_top1"] == stages[-1]["knn_top1"] and record["linear_top1"] == stages[-1]["linear_top1"]
+    for s in stages:  # every stage's curves ship beside the weights
+        assert (path.parent / s["metrics"]).is_file()
