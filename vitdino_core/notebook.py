@@ -94,7 +94,7 @@ def checkpoint_story(path: Path) -> tuple[str, str, dict]:
     step = record.get("step", ckpt.get("step"))
     images = f"the first {cfg['max_images']} images of " if cfg.get("max_images") else ""
     trained_for = f"{epochs} epoch{'' if epochs == 1 else 's'}"
-    n_stages = len(record.get("stages", [])) or 1  # a run continued by warm restarts (config init_weights)
+    n_stages = len(record.get("stages", []))  # a run continued by warm restarts (config init_weights)
     stages = f", {n_stages} stages" if n_stages > 1 else ""
     line = (f"DINO teacher from {short_path(path)}, trained {trained_for} ({step} steps{stages}) without labels on "
             f"{images}{cfg.get('dataset', '?')} train; {cfg.get('arch')}/{cfg.get('patch_size')} on "
