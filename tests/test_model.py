@@ -186,6 +186,31 @@ def test_attention_fused_and_explicit_paths_agree():
     assert_close(fused, ref, atol=1e-5, rtol=0)
 
 
+def test_attention_path_per_dtype_on_cpu(monkeypatch):
+    """fp32 uses the fused kernel; CPU bf16 autocast uses the explicit product (PyTorch's CPU flash kernel is
+    the slow one in bf16) and still matches fp32 to bf16 precision, gradients included."""
+    import vitdino_core.attention as attention_module
+
+    calls = []
+    fused = F.scaled_dot_product_attention
+    monkeypatch.setattr(attention_module.F, "scaled_dot_product_attention",
+                        lambda *a, **kw: calls.append(a[0].dtype) or fused(*a, **kw))
+    torch.manual_seed(0)
+    attn = Attention(64, num_heads=4, qkv_bias=True).eval()
+    x = torch.randn(2, 17, 64, requires_grad=True)
+    y32 = attn(x)
+    assert calls == [torch.float32]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y16 = attn(x)
+    assert calls == [torch.float32], "bf16 on CPU should not call the fused kernel"
+    assert y16.dtype == torch.bfloat16
+    assert_close(y16.float(), y32, atol=3e-2, rtol=3e-2)
+    (g32,) = torch.autograd.grad(y32.square().sum(), x)
+    (g16,) = torch.autograd.grad(y16.float().square().sum(), x)
+    assert torch.isfinite(g16).all()
+    assert F.cosine_similarity(g16.flatten(), g32.flatten(), dim=0) > 0.99
+
+
 def test_block_and_model_agree_across_attention_paths():
     torch.manual_seed(0)
     blk = Block(32, num_heads=4, qkv_bias=True).eval()

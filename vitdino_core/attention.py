@@ -3,8 +3,8 @@
     Attention(Q, K, V) = softmax(Q K^T / sqrt(d)) V,   one such map per head.
 
 Two paths compute the same thing: PyTorch's fused `scaled_dot_product_attention` (fast, never
-materialises the N x N matrix) and the explicit softmax, used only when the attention weights
-are wanted (attention maps, notebook 02 and 07).
+materialises the N x N matrix) and the explicit softmax, used when the attention weights are
+wanted (attention maps, notebook 02 and 07) and on a CPU in bf16, where it is the faster one.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ class Attention(nn.Module):
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim)  # (B, N, 3, H, d)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, H, N, d)
         attn = None
-        if return_attention:
+        if return_attention or _explicit_is_faster(q):
             attn = (q * self.scale) @ k.transpose(-2, -1)  # (B, H, N, N)
             attn = attn.softmax(dim=-1)  # each row sums to 1
             x = self.attn_drop(attn) @ v  # (B, H, N, d)
@@ -42,3 +42,10 @@ class Attention(nn.Module):
         x = x.transpose(1, 2).reshape(B, N, C)  # (B, N, C)
         x = self.proj_drop(self.proj(x))  # (B, N, C)
         return (x, attn) if return_attention else x
+
+
+def _explicit_is_faster(q: torch.Tensor) -> bool:
+    """True on a CPU in bf16, where PyTorch's fused attention kernel is the slow path: forward + backward
+    of one ViT-S/16 block's attention on 2 threads of an AMX CPU (torch 2.14) took 29 ms fused vs 12 ms
+    explicit at 197 tokens, 23 ms vs 3.4 ms at 37 tokens. In fp32 and on GPUs the fused kernel wins."""
+    return q.device.type == "cpu" and q.dtype == torch.bfloat16
