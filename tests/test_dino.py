@@ -107,6 +107,19 @@ def test_no_gradient_reaches_the_teacher():
     assert student.grad is not None and student.grad.abs().sum() > 0
 
 
+def test_loss_with_precomputed_teacher_probs_is_the_same():
+    # the trainer computes the teacher distribution once, for its logged statistics and for the loss
+    torch.manual_seed(0)
+    a, b = make_loss(out_dim=50, ncrops=4), make_loss(out_dim=50, ncrops=4)
+    a.center.normal_(), b.center.copy_(a.center)
+    student, teacher = torch.randn(4 * 5, 50), torch.randn(2 * 5, 50)
+    expected = a(student, teacher, epoch=0)
+    got = b(student, teacher, epoch=0, teacher_probs=b.teacher_probs(teacher, epoch=0))
+    assert torch.equal(got, expected) and torch.equal(a.center, b.center)
+    wrong = b(student, teacher, epoch=0, teacher_probs=torch.full((2 * 5, 50), 1 / 50))
+    assert not torch.allclose(wrong, expected)
+
+
 def reference_loss(student_rows, teacher_rows, center, student_temp, teacher_temp, ncrops, batch):
     """DINO's loss by the definition, with plain Python floats: a loop over (teacher view, student view) pairs."""
     def softmax(row, temp):

@@ -29,8 +29,10 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, return_attention: bool = False):
         B, N, C = x.shape
-        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim)  # (B, N, 3, H, d)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, H, N, d)
+        qkv = self.qkv(x)  # (B, N, 3C): [q | k | v], each C = H heads of d
+        # the same views as DINO's reshape(B, N, 3, H, d).permute(2, 0, 3, 1, 4), but split with chunk: its
+        # backward writes the three gradients straight into one (B, N, 3C) tensor (one copy, not two)
+        q, k, v = (t.view(B, N, self.num_heads, self.head_dim).transpose(1, 2) for t in qkv.chunk(3, dim=-1))  # 3 x (B, H, N, d)
         attn = None
         if return_attention or _explicit_is_faster(q):
             attn = (q * self.scale) @ k.transpose(-2, -1)  # (B, H, N, N)

@@ -101,13 +101,17 @@ class DINOLoss(nn.Module):
         """Centred and sharpened teacher distribution, (2B, K), no gradient."""
         return F.softmax((teacher_output.detach().float() - self.center) / self.teacher_temp(epoch), dim=-1)
 
-    def forward(self, student_output: torch.Tensor, teacher_output: torch.Tensor, epoch: int) -> torch.Tensor:
-        """student_output: (ncrops*B, K), crops stacked view by view; teacher_output: (2*B, K), the 2 global views."""
+    def forward(self, student_output: torch.Tensor, teacher_output: torch.Tensor, epoch: int,
+                teacher_probs: torch.Tensor | None = None) -> torch.Tensor:
+        """student_output: (ncrops*B, K), crops stacked view by view; teacher_output: (2*B, K), the 2 global views.
+        teacher_probs: `self.teacher_probs(teacher_output, epoch)` when the caller has already computed it."""
         B = teacher_output.shape[0] // 2
         if student_output.shape[0] != self.ncrops * B:
             raise ValueError(f"student_output has {student_output.shape[0]} rows, expected ncrops*B = {self.ncrops}*{B}")
         log_p = F.log_softmax(student_output.float() / self.student_temp, dim=-1).view(self.ncrops, B, -1)  # (V, B, K)
-        q = self.teacher_probs(teacher_output, epoch).view(2, B, -1)  # (2, B, K)
+        if teacher_probs is None:
+            teacher_probs = self.teacher_probs(teacher_output, epoch)  # (2B, K)
+        q = teacher_probs.view(2, B, -1)  # (2, B, K)
         # every (teacher view iq, student view v) pair with v != iq; sum_v log_p[v] is shared by both teacher views
         all_views = (q.sum(0) * log_p.sum(0)).sum(-1)  # (B,): sum over iq, v of q[iq].log_p[v]
         same_view = (q * log_p[:2]).sum(-1).sum(0)  # (B,): the iq == v pairs, to remove

@@ -241,8 +241,9 @@ class DINOTrainer:
                 teacher_out = self.teacher(crops[0])  # (2B, K): global views only
             student_out = self.student_ddp(crops)  # (V*B, K): all views
         with torch.no_grad():
-            self._record_teacher_stats(teacher_out, epoch)
-        loss = self.loss_fn(student_out, teacher_out, epoch)
+            teacher_probs = self.loss_fn.teacher_probs(teacher_out, epoch)  # (2B, K), centred and sharpened
+            self._record_teacher_stats(teacher_probs)
+        loss = self.loss_fn(student_out, teacher_out, epoch, teacher_probs=teacher_probs)  # one teacher softmax, not two
 
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
@@ -262,8 +263,8 @@ class DINOTrainer:
         self.step += 1
         return loss.detach()
 
-    def _record_teacher_stats(self, teacher_out: torch.Tensor, epoch: int) -> None:
-        p = self.loss_fn.teacher_probs(teacher_out, epoch)  # (2B, K), centred and sharpened
+    def _record_teacher_stats(self, p: torch.Tensor) -> None:
+        """p: the teacher's centred and sharpened distribution, (2B, K)."""
         self._m["teacher_entropy"] += entropy(p).mean()  # per-sample entropy: ln K when uniform
         self._m["batch_entropy"] += entropy(p.mean(0))  # entropy of the batch mean: ~0 when one dim wins
 
