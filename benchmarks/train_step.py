@@ -2,6 +2,7 @@
 
     python benchmarks/train_step.py                  # ViT-S/16 + DINOHead(65536), batch 8, 2x224 + 6x96, fp32, 2 threads, CPU
     python benchmarks/train_step.py --compare        # the project's step and the official-style step, side by side
+    python benchmarks/train_step.py --compare --paired   # the same, their steps timed in turn (for a shared machine)
     python benchmarks/train_step.py --arch vit_base --device cuda --dtype bf16 --batch 64 --local-crops 10
 
 A step is what training runs: teacher forward (2 global crops), student forward (all crops), DINO
@@ -70,7 +71,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--reference", action="store_true", help="time the official-style step instead of the project's")
     mode.add_argument("--compare", action="store_true", help="time both and report reference / ours")
-    return p.parse_args(argv)
+    p.add_argument("--paired", action="store_true",
+                   help="with --compare: keep both in memory and time their steps in turn, for a ratio that a machine "
+                        "whose speed drifts (a shared host) does not skew")
+    args = p.parse_args(argv)
+    if args.paired and not args.compare:
+        p.error("--paired only applies to --compare")
+    return args
 
 
 # ----------------------------------------------------------------------------- analytic FLOPs
@@ -415,75 +422,142 @@ def per_view(crops: list[torch.Tensor], args) -> list[torch.Tensor]:
 
 # ----------------------------------------------------------------------------- timing
 
-def run_mode(args, reference: bool) -> dict:
-    device = torch.device(args.device)
-    steps = args.warmup + args.repeat
-    trainer = make_trainer(args, steps, compile_backbones=args.compile and not reference)  # the reference never compiles
-    trainer.student.train()
-    trainer.teacher.train()
-    crops = synthetic_crops(args, trainer.device)
-    marks = Marks(trainer.device)
-    if reference:
-        to_official_style(trainer)
-        crops, step_fn = per_view(crops, args), official_step
-    else:
-        instrument(trainer, marks)
-        step_fn = ours_step
+class Mode:
+    """One implementation's trainer, crops and step function, and the measurements of its timed steps."""
 
-    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
-    n = args.matmul_size or (8192 if device.type == "cuda" else 2048)
-    matmul = matmul_rate(dtype, trainer.device, n)
-    own_gemms = shape_matmul_time(args, dtype, trainer.device)
+    def __init__(self, args, reference: bool):
+        self.reference = reference
+        steps = args.warmup + args.repeat
+        self.trainer = make_trainer(args, steps, compile_backbones=args.compile and not reference)  # the reference never compiles
+        self.trainer.student.train()
+        self.trainer.teacher.train()
+        self.crops = synthetic_crops(args, self.trainer.device)
+        self.marks = Marks(self.trainer.device)
+        if reference:
+            to_official_style(self.trainer)
+            self.crops, self.step_fn = per_view(self.crops, args), official_step
+        else:
+            instrument(self.trainer, self.marks)
+            self.step_fn = ours_step
+        self.wall, self.user, self.system = [], [], []
+        self.phases = {name: [] for name, _, _ in PHASES}
+        self.peaks: list[int] = []
+        self.loss = None
+        self.rng = self._rng_state()  # its own random stream (stochastic depth), as if it ran alone
 
-    for _ in range(args.warmup):
-        step_fn(trainer, crops, marks)
-    sync(trainer.device)
-    reset_peak_memory(trainer.device)
-    wall, user, system, phases = [], [], [], {name: [] for name, _, _ in PHASES}
-    load_before = os.getloadavg()
-    for _ in range(args.repeat):
+    def _rng_state(self):
+        cuda = self.trainer.device.type == "cuda"
+        return torch.get_rng_state(), torch.cuda.get_rng_state(self.trainer.device) if cuda else None
+
+    def _restore_rng(self) -> None:
+        cpu, cuda = self.rng
+        torch.set_rng_state(cpu)
+        if cuda is not None:
+            torch.cuda.set_rng_state(cuda, self.trainer.device)
+
+    def step(self) -> None:
+        self._restore_rng()
+        self.step_fn(self.trainer, self.crops, self.marks)
+        self.rng = self._rng_state()
+
+    def timed_step(self, track_peak: bool = False) -> None:
+        device = self.trainer.device
+        self._restore_rng()
+        if track_peak:
+            reset_peak_memory(device)
         u0, s0 = cpu_times()
         t0 = time.perf_counter()
-        loss = step_fn(trainer, crops, marks)
-        sync(trainer.device)
-        wall.append(time.perf_counter() - t0)
+        self.loss = self.step_fn(self.trainer, self.crops, self.marks)
+        sync(device)
+        self.wall.append(time.perf_counter() - t0)
+        self.rng = self._rng_state()
         u1, s1 = cpu_times()
-        user.append(u1 - u0)
-        system.append(s1 - s0)
+        self.user.append(u1 - u0)
+        self.system.append(s1 - s0)
         for name, a, b in PHASES:
-            phases[name].append(marks.elapsed(a, b))
-    peak, peak_kind = peak_memory(trainer.device)
+            self.phases[name].append(self.marks.elapsed(a, b))
+        if track_peak:
+            self.peaks.append(peak_memory(device)[0])
 
-    flops = step_flops(args)
-    med = statistics.median(wall)
-    out = {
-        "implementation": "official_style_reference" if reference else "vitdino",
-        "description": ("official DINO execution strategy re-created with the project's modules: explicit softmax attention, "
-                        "per-pair Python loss loop, per-parameter clipping with .item(), Python-loop EMA, AdamW foreach=False, "
-                        "loss.item() every step" if reference else "vitdino_core.train.DINOTrainer.train_step"),
-        "step_s_median": med,
-        "step_s": wall,
-        "user_cpu_s_median": statistics.median(user),
-        "user_cpu_s": user,
-        "sys_cpu_s_median": statistics.median(system),
-        "cpu_utilisation": statistics.median(user) / med / max(torch.get_num_threads(), 1) if device.type == "cpu" else None,
-        "images_per_s": args.batch / med,
-        "crops_per_s": args.batch * (2 + args.local_crops) / med,
-        "breakdown_s_median": {name: statistics.median(v) for name, v in phases.items()},
-        "peak_memory_bytes": peak,
-        "peak_memory_kind": peak_kind,
-        "model_flop_per_step": flops["total"],
-        "model_flop_breakdown": flops,
-        "achieved_flop_per_s": flops["total"] / med,
-        "matmul": matmul,
-        "fraction_of_matmul_peak": flops["total"] / med / matmul["flop_per_s"],
-        "own_matmuls_alone": own_gemms,
-        "fraction_of_step_in_own_matmuls": own_gemms["s"] / med,  # 1.0 = nothing but matmuls at their standalone speed
-        "loss": float(loss),
-        "load_average_before_after": [load_before[0], os.getloadavg()[0]],
-    }
-    del trainer, crops
+    def summary(self, args, matmul: dict, own_gemms: dict, peak: int, peak_kind: str, load: list[float]) -> dict:
+        flops = step_flops(args)
+        med = statistics.median(self.wall)
+        return {
+            "implementation": "official_style_reference" if self.reference else "vitdino",
+            "description": ("official DINO execution strategy re-created with the project's modules: explicit softmax attention, "
+                            "per-pair Python loss loop, per-parameter clipping with .item(), Python-loop EMA, AdamW foreach=False, "
+                            "loss.item() every step" if self.reference else "vitdino_core.train.DINOTrainer.train_step"),
+            "step_s_median": med,
+            "step_s": self.wall,
+            "user_cpu_s_median": statistics.median(self.user),
+            "user_cpu_s": self.user,
+            "sys_cpu_s_median": statistics.median(self.system),
+            "cpu_utilisation": (statistics.median(self.user) / med / max(torch.get_num_threads(), 1)
+                                if self.trainer.device.type == "cpu" else None),
+            "images_per_s": args.batch / med,
+            "crops_per_s": args.batch * (2 + args.local_crops) / med,
+            "breakdown_s_median": {name: statistics.median(v) for name, v in self.phases.items()},
+            "peak_memory_bytes": peak,
+            "peak_memory_kind": peak_kind,
+            "model_flop_per_step": flops["total"],
+            "model_flop_breakdown": flops,
+            "achieved_flop_per_s": flops["total"] / med,
+            "matmul": matmul,
+            "fraction_of_matmul_peak": flops["total"] / med / matmul["flop_per_s"],
+            "own_matmuls_alone": own_gemms,
+            "fraction_of_step_in_own_matmuls": own_gemms["s"] / med,  # 1.0 = nothing but matmuls at their standalone speed
+            "loss": float(self.loss),
+            "load_average_before_after": load,
+        }
+
+
+def reference_rates(args, device: torch.device) -> tuple[dict, dict]:
+    """The attainable matmul rate of the step's dtype, and the step's own matmul shapes timed alone."""
+    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
+    n = args.matmul_size or (8192 if device.type == "cuda" else 2048)
+    return matmul_rate(dtype, device, n), shape_matmul_time(args, dtype, device)
+
+
+def run_mode(args, reference: bool) -> dict:
+    m = Mode(args, reference)
+    device = m.trainer.device
+    matmul, own_gemms = reference_rates(args, device)
+    for _ in range(args.warmup):
+        m.step()
+    sync(device)
+    reset_peak_memory(device)
+    load_before = os.getloadavg()
+    for _ in range(args.repeat):
+        m.timed_step()
+    peak, peak_kind = peak_memory(device)
+    out = m.summary(args, matmul, own_gemms, peak, peak_kind, [load_before[0], os.getloadavg()[0]])
+    del m
     gc.collect()
+    return out
+
+
+def run_paired(args) -> dict:
+    """Both implementations in memory, timed step by step in turn (the order swapped every round), so that a
+    machine whose speed drifts during the run (other tenants, clocks) slows both alike: the ratio of each
+    round's two steps is the figure to trust on a shared machine."""
+    ours, ref = Mode(args, reference=False), Mode(args, reference=True)
+    device = ours.trainer.device
+    matmul, own_gemms = reference_rates(args, device)
+    for _ in range(args.warmup):
+        ours.step()
+        ref.step()
+    sync(device)
+    load_before = os.getloadavg()
+    for i in range(args.repeat):
+        for m in ((ours, ref) if i % 2 == 0 else (ref, ours)):
+            m.timed_step(track_peak=True)
+    load = [load_before[0], os.getloadavg()[0]]
+    kind = ("peak RSS (VmHWM) during this implementation's steps, both implementations resident"
+            if device.type == "cpu" else "torch.cuda.max_memory_allocated during this implementation's steps, both resident")
+    out = {name: m.summary(args, matmul, own_gemms, max(m.peaks), kind, load) for name, m in (("ours", ours), ("reference", ref))}
+    ratios = [a / b for a, b in zip(ours.wall, ref.wall)]
+    out["ours_over_reference_per_round"] = ratios
+    out["ours_over_reference_paired_median"] = statistics.median(ratios)
     return out
 
 
@@ -510,11 +584,15 @@ def main(argv=None) -> dict:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     if args.compare:
-        ours, ref = run_mode(args, reference=False), run_mode(args, reference=True)
+        paired = run_paired(args) if args.paired else {}
+        ours = paired.pop("ours", None) or run_mode(args, reference=False)
+        ref = paired.pop("reference", None) or run_mode(args, reference=True)
         result = {"benchmark": "train_step", **describe(args), "step_s_median": ours["step_s_median"],
                   "images_per_s": ours["images_per_s"], "ours": ours, "reference": ref,
                   "reference_over_ours_wall": ref["step_s_median"] / ours["step_s_median"],
-                  "reference_over_ours_user_cpu": ref["user_cpu_s_median"] / max(ours["user_cpu_s_median"], 1e-12)}
+                  "reference_over_ours_user_cpu": ref["user_cpu_s_median"] / max(ours["user_cpu_s_median"], 1e-12),
+                  "timing": "paired: the two steps in turn, both resident" if args.paired else "one implementation after the other",
+                  **paired}
     else:
         result = {"benchmark": "train_step", **describe(args), **run_mode(args, reference=args.reference)}
     print(json.dumps(result, indent=1))

@@ -61,6 +61,20 @@ def test_train_step_script_compares_ours_with_the_official_style_step():
     assert r["ours"]["loss"] == pytest.approx(r["reference"]["loss"], rel=1e-4)  # the same maths, two execution strategies
 
 
+def test_train_step_paired_comparison_times_both_in_turn():
+    r = run_script("train_step.py", *TINY, "--compare", "--paired", "--repeat", "2")
+    assert r["timing"].startswith("paired")
+    for side in ("ours", "reference"):
+        assert len(r[side]["step_s"]) == 2 and positive(r[side]["peak_memory_bytes"])
+    ratios = r["ours_over_reference_per_round"]
+    assert len(ratios) == 2 and all(positive(x) for x in ratios)
+    assert ratios == [a / b for a, b in zip(r["ours"]["step_s"], r["reference"]["step_s"])]
+    assert r["ours_over_reference_paired_median"] == pytest.approx(sum(ratios) / 2)
+    # each implementation keeps its own random stream (stochastic depth), so interleaving changes no number
+    alone = run_script("train_step.py", *TINY, "--compare", "--repeat", "2")
+    assert r["ours"]["loss"] == alone["ours"]["loss"] and r["reference"]["loss"] == alone["reference"]["loss"]
+
+
 def test_train_step_with_bf16_autocast_and_grad_checkpointing(capsys):
     """In-process (the script's main) to spare a second interpreter start-up."""
     bench, threads = load_train_step(), torch.get_num_threads()
