@@ -414,7 +414,7 @@ assert (random_coverage > 0.45).all(), "so its masks need about 60% of the patch
 # heads show beyond that, lower entropy and smaller masks, was learned from nothing but agreement between crops.
 # How far it gets depends on training time. The official ViT-S/16 trained 300 epochs on ImageNet and its heads pick
 # out objects; the shipped checkpoint trained 111 epochs on a 2-core CPU and is early in that process. Its heads have
-# become more selective than the random network's (their masks cover roughly 17-30% of the patches against 60%, in
+# become more selective than the random network's (their masks cover roughly 17-29% of the patches against 60%, in
 # the numbers above), but in the pictures they follow the objects only now and then: on some images the mean
 # attention peaks on the object, on others in a corner or on the background. A longer run (notebook 09: the GPU
 # configs) is what changes that.

@@ -111,7 +111,8 @@ def test_loss_with_precomputed_teacher_probs_is_the_same():
     # the trainer computes the teacher distribution once, for its logged statistics and for the loss
     torch.manual_seed(0)
     a, b = make_loss(out_dim=50, ncrops=4), make_loss(out_dim=50, ncrops=4)
-    a.center.normal_(), b.center.copy_(a.center)
+    a.center.normal_()
+    b.center.copy_(a.center)
     student, teacher = torch.randn(4 * 5, 50), torch.randn(2 * 5, 50)
     expected = a(student, teacher, epoch=0)
     got = b(student, teacher, epoch=0, teacher_probs=b.teacher_probs(teacher, epoch=0))
