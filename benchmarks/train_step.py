@@ -166,9 +166,9 @@ def cpu_times() -> tuple[float, float]:
 
 def matmul_rate(dtype: torch.dtype, device: torch.device, n: int, budget_s: float = 20.0) -> dict:
     """FLOP/s of an n x n @ n x n matmul: the best of a few runs after one warm-up (fewer if it is slow)."""
-    g = torch.Generator(device="cpu").manual_seed(0)
-    a = torch.randn(n, n, generator=g).to(device, dtype)
-    b = torch.randn(n, n, generator=g).to(device, dtype)
+    g = torch.Generator(device=device).manual_seed(0)  # drawn where they are used: no host-side randn of large matrices
+    a = torch.randn(n, n, generator=g, device=device).to(dtype)
+    b = torch.randn(n, n, generator=g, device=device).to(dtype)
     times, t_start = [], time.perf_counter()
     for _ in range(6):
         sync(device)
@@ -212,7 +212,7 @@ def shape_matmul_time(args, dtype: torch.dtype, device: torch.device, repeat: in
     is matmul work at this library's speed for these shapes; the rest is everything else (norms,
     GELU, softmax, attention, copies, optimizer, framework overhead).
     """
-    g = torch.Generator(device="cpu").manual_seed(0)
+    g = torch.Generator(device=device).manual_seed(0)
 
     def best(fn) -> float:
         times = []
@@ -226,9 +226,9 @@ def shape_matmul_time(args, dtype: torch.dtype, device: torch.device, repeat: in
 
     gemms, total_s, total_flop = step_gemms(args), 0.0, 0.0
     for s in gemms:
-        x = torch.randn(s["M"], s["K"], generator=g).to(device, dtype)  # (M, K)
-        w = torch.randn(s["N"], s["K"], generator=g).to(device, dtype)  # (N, K) as nn.Linear stores it
-        dy = torch.randn(s["M"], s["N"], generator=g).to(device, dtype)  # (M, N)
+        x = torch.randn(s["M"], s["K"], generator=g, device=device).to(dtype)  # (M, K)
+        w = torch.randn(s["N"], s["K"], generator=g, device=device).to(dtype)  # (N, K) as nn.Linear stores it
+        dy = torch.randn(s["M"], s["N"], generator=g, device=device).to(dtype)  # (M, N)
         fwd, grad_in, grad_w = best(lambda: x @ w.t()), best(lambda: dy @ w), best(lambda: dy.t() @ x)  # (M,N) (M,K) (N,K)
         total_s += s["forward_count"] * fwd + s["backward_count"] * (grad_in + grad_w)
         total_flop += 2.0 * s["M"] * s["K"] * s["N"] * (s["forward_count"] + 2 * s["backward_count"])

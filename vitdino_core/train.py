@@ -150,7 +150,7 @@ class DINOTrainer:
         crop_args = (cfg.global_crops_scale, cfg.local_crops_scale, cfg.local_crops_number, cfg.global_crops_size, cfg.local_crops_size)
         self.gpu_augment, self.aug_generator = None, None
         if cfg.gpu_augment:  # workers only decode to uint8; the crops are made in one batched pass on the device
-            self.gpu_augment = GPUMultiCropAugmentation(*crop_args)
+            self.gpu_augment = GPUMultiCropAugmentation(*crop_args, compile=cfg.compile)
             self.aug_generator = torch.Generator(device=self.device).manual_seed(cfg.seed + 1 + self.env.rank)
             self.augment, collate = Uint8Images(cfg.gpu_augment_size or None), collate_uint8
         else:
@@ -174,9 +174,10 @@ class DINOTrainer:
                 self.student, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.teacher = make_teacher(self.student)
         seed_everything(cfg.seed + 1 + self.env.rank)  # drop path: a different stream on every rank
-        if cfg.compile:
-            self.student.backbone.compile()
-            self.teacher.backbone.compile()
+        if cfg.compile:  # one static graph per crop resolution (the student sees two): with automatic dynamic
+            # shapes, torch 2.11's inductor failed an internal assertion on the second resolution on a GPU
+            self.student.backbone.compile(dynamic=False)
+            self.teacher.backbone.compile(dynamic=False)
 
         self.loss_fn = DINOLoss(cfg.out_dim, cfg.ncrops, cfg.warmup_teacher_temp, cfg.teacher_temp,
                                 cfg.warmup_teacher_temp_epochs, cfg.epochs, cfg.student_temp, cfg.center_momentum).to(self.device)
