@@ -50,6 +50,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--device", default="cpu", help="where the batched multi-crop runs: cpu | cuda | cuda:N")
     p.add_argument("--threads", type=int, default=0, help="torch threads in the main process (0 = PyTorch's default)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the device path's pixel work (as train.py does with compile=true)")
     p.add_argument("--skip-cpu-path", action="store_true")
     p.add_argument("--skip-gpu-path", action="store_true")
     return p.parse_args(argv)
@@ -119,10 +120,12 @@ def gpu_path(args, cfg, dataset) -> dict:
     images = torch.stack([to_uint8(dataset[i][0]) for i in range(min(args.batch, len(dataset)))])
     images = images[torch.arange(args.batch) % len(images)].to(device)  # (B, 3, H, W) uint8, one batch
     augment = GPUMultiCropAugmentation(cfg.global_crops_scale, cfg.local_crops_scale, cfg.local_crops_number,
-                                       cfg.global_crops_size, cfg.local_crops_size)
+                                       cfg.global_crops_size, cfg.local_crops_size, compile=args.compile)
     gen = torch.Generator(device=device).manual_seed(0)
-    augment(images, generator=gen)  # warm-up
+    t0 = time.perf_counter()
+    augment(images, generator=gen)  # warm-up (and compiling, with --compile)
     sync(device)
+    first_call_s = time.perf_counter() - t0
     c0, t0 = cpu_seconds(), time.perf_counter()
     for _ in range(args.batches):
         crops = augment(images, generator=gen)
@@ -130,7 +133,7 @@ def gpu_path(args, cfg, dataset) -> dict:
     dt, cpu = time.perf_counter() - t0, cpu_seconds() - c0
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
     n = args.batches * args.batch
-    return {"device": str(device), "augment_images_per_s": n / dt, "augment_crops_per_s": n * cfg.ncrops / dt,
+    return {"device": str(device), "compiled": args.compile, "augment_first_call_s": first_call_s, "augment_images_per_s": n / dt, "augment_crops_per_s": n * cfg.ncrops / dt,
             "augment_s_per_batch": dt / args.batches, "augment_cpu_s_per_image": cpu / n,
             "augment_peak_memory_bytes": peak, "input_image_size": list(images.shape[-2:]),
             "output_shapes": [list(c.shape) for c in crops], "loader_uint8": loaders}
@@ -149,7 +152,7 @@ def main(argv=None) -> dict:
                          "lower --batch or --batches, or raise --images")
     result = {"benchmark": "data_pipeline",
               "config": {k: getattr(args, k) for k in ("dataset", "images", "global_size", "local_size", "local_crops",
-                                                        "batch", "batches", "workers", "device")},
+                                                        "batch", "batches", "workers", "device", "compile")},
               "dataset_images": len(dataset), "crops_per_image": cfg.ncrops, "cpu_count": os.cpu_count(),
               "torch_threads": torch.get_num_threads(), "torch": torch.__version__}
     if not args.skip_cpu_path:

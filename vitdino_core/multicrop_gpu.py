@@ -182,21 +182,27 @@ def adjust_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     return hsv_to_rgb(torch.stack((h, s, v), dim=1))
 
 
-def color_jitter(x: torch.Tensor, apply: torch.Tensor, strength: Sequence[float] = JITTER,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
-    """torchvision's ColorJitter per image: brightness, contrast, saturation, hue in a random order per image.
-
-    Brightness, contrast and saturation are one operation, a blend with a reference: black, the
-    image's mean gray, or its per-pixel gray. Images with apply=False are returned unchanged
-    (blend factor 1 is exact). x: (n, 3, H, W) in [0, 1]; apply: (n,) bool.
-    """
-    n, device = x.shape[0], x.device
+def jitter_params(n: int, apply: torch.Tensor, strength: Sequence[float] = JITTER, generator: torch.Generator | None = None,
+                  device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """ColorJitter's random draws for n images: factors (n, 4) (brightness, contrast, saturation, hue shift;
+    the identity 1, 1, 1, 0 where apply is False) and the order of the four operations (n, 4), a uniform
+    random permutation per image."""
     b, c, s, hue = strength
     u = _rand((n, 4), generator, device)  # (n, 4)
     lo = torch.tensor([1 - b, 1 - c, 1 - s, -hue], device=device)
     factors = lo + u * torch.tensor([2 * b, 2 * c, 2 * s, 2 * hue], device=device)  # (n, 4)
     factors = torch.where(apply[:, None], factors, torch.tensor([1.0, 1.0, 1.0, 0.0], device=device))
-    order = _rand((n, 4), generator, device).argsort(1)  # (n, 4): a uniform random permutation per image
+    order = _rand((n, 4), generator, device).argsort(1)  # (n, 4)
+    return factors, order
+
+
+def apply_color_jitter(x: torch.Tensor, apply: torch.Tensor, factors: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    """The four jitter operations of each image in its own order (no random draws: see jitter_params).
+
+    Brightness, contrast and saturation are one operation, a blend with a reference: black, the
+    image's mean gray, or its per-pixel gray. Images with apply=False are returned unchanged
+    (blend factor 1 is exact). x: (n, 3, H, W) in [0, 1]; apply: (n,) bool; factors, order: (n, 4).
+    """
     for k in range(4):
         op = order[:, k]  # (n,): 0 brightness, 1 contrast, 2 saturation, 3 hue
         f = factors.gather(1, op[:, None])[:, 0]  # (n,)
@@ -208,6 +214,16 @@ def color_jitter(x: torch.Tensor, apply: torch.Tensor, strength: Sequence[float]
         blended = (fb * x + (1.0 - fb) * ref).clamp(0.0, 1.0)  # (n, 3, H, W)
         x = torch.where((is_hue & apply)[:, None, None, None], adjust_hue(x, f), blended)
     return x
+
+
+def color_jitter(x: torch.Tensor, apply: torch.Tensor, strength: Sequence[float] = JITTER,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+    """torchvision's ColorJitter per image: brightness, contrast, saturation, hue in a random order per image.
+
+    x: (n, 3, H, W) in [0, 1]; apply: (n,) bool. The draws (jitter_params), then the pixels (apply_color_jitter).
+    """
+    factors, order = jitter_params(x.shape[0], apply, strength, generator, x.device)
+    return apply_color_jitter(x, apply, factors, order)
 
 
 # ----------------------------------------------------------------------------- blur, solarize, normalise
@@ -257,7 +273,7 @@ class GPUMultiCropAugmentation:
     def __init__(self, global_crops_scale=(0.4, 1.0), local_crops_scale=(0.05, 0.4), local_crops_number: int = 8,
                  global_crops_size: int = 224, local_crops_size: int = 96, mean=IMAGENET_MEAN, std=IMAGENET_STD,
                  flip_p: float = 0.5, jitter_p: float = 0.8, gray_p: float = 0.2, blur_p=(1.0, 0.1, 0.5),
-                 solarize_p: float = 0.2, out_dtype: torch.dtype = torch.float32):
+                 solarize_p: float = 0.2, out_dtype: torch.dtype = torch.float32, compile: bool = False):
         if local_crops_number < 0:
             raise ValueError(f"local_crops_number must be >= 0, got {local_crops_number}")
         for name, (lo, hi) in (("global_crops_scale", global_crops_scale), ("local_crops_scale", local_crops_scale)):
@@ -269,6 +285,9 @@ class GPUMultiCropAugmentation:
         self.mean, self.std = tuple(mean), tuple(std)
         self.flip_p, self.jitter_p, self.gray_p, self.blur_p, self.solarize_p = flip_p, jitter_p, gray_p, tuple(blur_p), solarize_p
         self.out_dtype = out_dtype
+        # compile: the pixel work as a few fused kernels instead of ~1,000 small ones per batch, whose launches
+        # bound the eager version on a GPU; one static graph per view kind (global 1, global 2, locals)
+        self._compiled = torch.compile(render_views, dynamic=False) if compile else None
 
     @property
     def ncrops(self) -> int:
@@ -290,19 +309,35 @@ class GPUMultiCropAugmentation:
 
     def views(self, x: torch.Tensor, nviews: int, size: int, scale, blur_p: float, solarize_p: float,
               generator: torch.Generator | None) -> torch.Tensor:
-        """`nviews` crops of every image, view-major: (nviews*B, 3, size, size), normalised."""
+        """`nviews` crops of every image, view-major: (nviews*B, 3, size, size), normalised.
+
+        All random numbers are drawn first, in a fixed order, and `render_views` turns them into pixels:
+        a function of tensors alone, which torch.compile can fuse into a few kernels (compile=True)."""
         B, _, H, W = x.shape
         n, dev = nviews * B, x.device
         boxes = sample_boxes(n, H, W, scale, generator=generator, device=dev)  # (n, 4)
-        flip = _rand(n, generator, dev) < self.flip_p
-        crops = resized_crops(x, boxes, size, flip)  # (n, 3, S, S)
-        crops = color_jitter(crops, _rand(n, generator, dev) < self.jitter_p, generator=generator)
-        crops = random_grayscale(crops, _rand(n, generator, dev) < self.gray_p)
-        sigma = BLUR_SIGMA[0] + (BLUR_SIGMA[1] - BLUR_SIGMA[0]) * _rand(n, generator, dev)
-        crops = gaussian_blur(crops, sigma, _rand(n, generator, dev) < blur_p)
-        if solarize_p > 0:
-            crops = solarize(crops, _rand(n, generator, dev) < solarize_p)
-        return normalize(crops, self.mean, self.std).to(self.out_dtype)
+        flip = _rand(n, generator, dev) < self.flip_p  # (n,)
+        jitter = _rand(n, generator, dev) < self.jitter_p  # (n,)
+        factors, order = jitter_params(n, jitter, generator=generator, device=dev)  # (n, 4), (n, 4)
+        gray = _rand(n, generator, dev) < self.gray_p  # (n,)
+        sigma = BLUR_SIGMA[0] + (BLUR_SIGMA[1] - BLUR_SIGMA[0]) * _rand(n, generator, dev)  # (n,)
+        blur = _rand(n, generator, dev) < blur_p  # (n,)
+        solar = _rand(n, generator, dev) < solarize_p if solarize_p > 0 else None  # (n,) or None
+        render = self._compiled if self._compiled is not None else render_views
+        return render(x, boxes, size, flip, jitter, factors, order, gray, sigma, blur, solar, self.mean, self.std, self.out_dtype)
+
+
+def render_views(x: torch.Tensor, boxes: torch.Tensor, size: int, flip: torch.Tensor, jitter: torch.Tensor,
+                 factors: torch.Tensor, order: torch.Tensor, gray: torch.Tensor, sigma: torch.Tensor, blur: torch.Tensor,
+                 solar: torch.Tensor | None, mean: Sequence[float], std: Sequence[float], out_dtype: torch.dtype) -> torch.Tensor:
+    """Images x (B, 3, H, W) in [0, 1] and one view's random draws (n = V*B crops) -> (n, 3, size, size), normalised."""
+    crops = resized_crops(x, boxes, size, flip)  # (n, 3, S, S)
+    crops = apply_color_jitter(crops, jitter, factors, order)
+    crops = random_grayscale(crops, gray)
+    crops = gaussian_blur(crops, sigma, blur)
+    if solar is not None:
+        crops = solarize(crops, solar)
+    return normalize(crops, mean, std).to(out_dtype)
 
 
 def to_unit_float(images: torch.Tensor) -> torch.Tensor:
