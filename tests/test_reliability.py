@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from vitdino_core.checkpoint import CheckpointError, load_backbone_weights, load_checkpoint, save_checkpoint
+from vitdino_core.checkpoint import BackgroundWriter, CheckpointError, load_backbone_weights, load_checkpoint, save_checkpoint
 from vitdino_core.config import ConfigError, load_config
 from vitdino_core.data import DatasetNotFoundError, ImageFolderDataset, build_dataset
 from vitdino_core.train import DINOTrainer, collapse_state, main
@@ -180,6 +180,32 @@ def test_failed_write_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
         save_checkpoint({"version": 2, "w": torch.ones(10)}, path)
     assert load_checkpoint(path)["version"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pth"], "the temporary file is cleaned up"
+
+
+def test_background_writer_saves_the_state_as_it_was_submitted(tmp_path, monkeypatch):
+    """The state is copied at submit: a training step changing the tensors in place right after does not
+    reach the file; writes land in order; a failed write is raised by the next wait, not lost."""
+    w = torch.zeros(1000)
+    state = {"step": 1, "model": {"w": w}, "groups": [{"lr": 0.1, "params": [0, 1]}]}
+    writer = BackgroundWriter()
+    writer.submit(state, [tmp_path / "a.pth", tmp_path / "b.pth"])
+    w.add_(1.0)  # the next step, while the file may still be being written
+    state["groups"][0]["lr"] = 0.2
+    writer.submit({**state, "step": 2}, [tmp_path / "a.pth"])  # waits for the first write, then starts
+    writer.wait()
+    first, second = load_checkpoint(tmp_path / "b.pth"), load_checkpoint(tmp_path / "a.pth")
+    assert first["step"] == 1 and torch.all(first["model"]["w"] == 0) and first["groups"][0]["lr"] == 0.1
+    assert second["step"] == 2 and torch.all(second["model"]["w"] == 1) and second["groups"][0]["lr"] == 0.2
+
+    def boom(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", boom)
+    writer.submit({"step": 3}, [tmp_path / "a.pth"])
+    with pytest.raises(OSError, match="disk full"):
+        writer.wait()
+    assert load_checkpoint(tmp_path / "a.pth")["step"] == 2  # the previous file is intact
+    writer.wait()  # the error is raised once
 
 
 def test_sigkill_while_writing_never_corrupts_the_checkpoint(tmp_path):

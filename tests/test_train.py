@@ -117,6 +117,22 @@ def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(data_env, tmp_path
     assert all(torch.equal(kept["teacher"][k], good["teacher"][k]) for k in good["teacher"])
 
 
+def test_a_background_save_holds_the_state_of_its_step(data_env, tmp_path):
+    """save(block=False), as fit does at epoch ends on a GPU: the steps that follow do not leak into the file."""
+    cfg = load_config("workshop_tiny", tiny_overrides(tmp_path))
+    trainer = DINOTrainer(cfg, quiet=True)
+    crops, _ = next(iter(trainer.loader))
+    trainer.train_step(crops)
+    at_save = {k: v.clone() for k, v in trainer.teacher.state_dict().items()}
+    trainer.save(block=False)
+    trainer.train_step(crops)  # moves the teacher in place while the file may be being written
+    trainer.wait_for_save()
+    saved = load_checkpoint(trainer.ckpt_path)
+    assert saved["step"] == 1 and trainer.step == 2
+    assert all(torch.equal(saved["teacher"][k], at_save[k]) for k in at_save)
+    assert not all(torch.equal(at_save[k], v) for k, v in trainer.teacher.state_dict().items())
+
+
 def test_init_weights_starts_student_and_teacher_from_an_exported_backbone(data_env, tmp_path):
     """A warm restart: the backbone comes from an earlier run's exported teacher, the head starts fresh."""
     from vitdino_core.checkpoint import CheckpointError, export_backbone

@@ -12,6 +12,7 @@ import json
 import os
 import pickle
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -50,6 +51,55 @@ def save_checkpoint(obj: Mapping[str, Any], path: str | os.PathLike) -> Path:
     except OSError:
         pass
     return path
+
+
+def snapshot(obj: Any) -> Any:
+    """A copy of a nested dict/list of tensors and plain values that later in-place updates cannot reach:
+    every tensor copied into CPU memory (a GPU tensor is fetched, a CPU one cloned)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, Mapping):
+        return {k: snapshot(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(snapshot(v) for v in obj)
+    return obj  # numbers, strings, None: immutable
+
+
+class BackgroundWriter:
+    """Writes checkpoints on a thread, so that training goes on while the file is written.
+
+    `submit` first waits for the write before it (at most one is in flight, and files land in the
+    order they were submitted), snapshots the state into CPU memory (the next step changes the live
+    tensors in place), and hands the snapshot to a thread that calls `save_checkpoint` for each path.
+    `wait` blocks until the last write is on disk and raises its error, if it had one. Each file is
+    still written atomically: a crash mid-write leaves the previous checkpoint.
+    """
+
+    def __init__(self):
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def submit(self, obj: Mapping[str, Any], paths) -> None:
+        self.wait()
+        state = snapshot(obj)
+
+        def write():
+            try:
+                for path in paths:
+                    save_checkpoint(state, path)
+            except BaseException as e:  # raised in the training thread by the next wait()
+                self._error = e
+
+        self._thread = threading.Thread(target=write, name="checkpoint-writer")
+        self._thread.start()
+
+    def wait(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:

@@ -33,7 +33,7 @@ from torch.distributed.elastic.multiprocessing.errors import record
 from torch.utils.data import Subset
 from tqdm.auto import tqdm
 
-from .checkpoint import CheckpointError, backbone_state_dict, load_backbone_weights, load_checkpoint, save_checkpoint
+from .checkpoint import BackgroundWriter, CheckpointError, backbone_state_dict, load_backbone_weights, load_checkpoint
 from .config import ConfigError, TrainConfig, load_config, make_config, save_config
 from .data import EpochBatchSampler, MultiCropDataset, build_dataset, make_loader
 from .dino_loss import DINOHead, DINOLoss
@@ -195,6 +195,7 @@ class DINOTrainer:
         self.run_dir = Path(cfg.output_dir) / cfg.run_name
         self.ckpt_path = self.run_dir / "checkpoint.pth"
         self.last_good_step: int | None = None
+        self._writer = BackgroundWriter()
         self._stop_signal: int | None = None
         self._reset_meters()
 
@@ -348,15 +349,25 @@ class DINOTrainer:
                 self.aug_generator.manual_seed(self.cfg.seed + 1 + self.env.rank + 7919 * self.step)
         self.last_good_step = self.step
 
-    def save(self) -> None:
-        """Checkpoint (rank 0 only), never after a NaN: check first, then write atomically."""
+    def save(self, block: bool = True) -> None:
+        """Checkpoint (rank 0 only), never after a NaN: check first, then write atomically.
+
+        block=False returns once the state is copied to CPU memory and writes the file on a thread
+        (`fit` does this at epoch ends: the write no longer stalls the GPU); `wait_for_save` joins it."""
         self.check_finite()
         if self.env.is_main:
-            save_checkpoint(self.state_dict(), self.ckpt_path)
+            paths = [self.ckpt_path]
             freq = self.cfg.saveckp_freq
             if freq and self.step % self.steps_per_epoch == 0 and self.epoch % freq == 0:
-                save_checkpoint(self.state_dict(), self.run_dir / f"checkpoint{self.epoch:04d}.pth")
+                paths.append(self.run_dir / f"checkpoint{self.epoch:04d}.pth")
+            self._writer.submit(self.state_dict(), paths)
+            if block:
+                self._writer.wait()
         self.last_good_step = self.step
+
+    def wait_for_save(self) -> None:
+        """Block until the last checkpoint is on disk (raises the writer's error, if any)."""
+        self._writer.wait()
 
     def resume(self, path: str | os.PathLike | None = None) -> bool:
         """Load the run's checkpoint if there is one; returns whether training resumes."""
@@ -438,12 +449,15 @@ class DINOTrainer:
                     periodic = cfg.save_every_steps and self.step % cfg.save_every_steps == 0
                     stop = self._should_stop() if (self.device.type == "cpu" or self.step % cfg.log_every == 0) else False
                     if periodic or stop or last:
-                        self.save()
+                        # on a GPU the epoch-end file is written on a thread while the GPU trains on; a CPU has
+                        # no cores to spare for it, and there the write is short next to a step anyway
+                        self.save(block=stop or self.step >= self.total_steps or self.device.type == "cpu")
                     if stop:
                         bar.close()
                         raise KeyboardInterrupt
                 bar.close()
         finally:
+            self.wait_for_save()  # the file of the last epoch end is on disk before fit returns or raises
             for s, h in old.items():
                 signal.signal(s, h)
         return records
