@@ -133,7 +133,8 @@ def gpu_path(args, cfg, dataset) -> dict:
     dt, cpu = time.perf_counter() - t0, cpu_seconds() - c0
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
     n = args.batches * args.batch
-    return {"device": str(device), "compiled": args.compile, "augment_first_call_s": first_call_s, "augment_images_per_s": n / dt, "augment_crops_per_s": n * cfg.ncrops / dt,
+    return {"device": str(device), "compiled": args.compile, "augment_first_call_s": first_call_s,
+            "augment_images_per_s": n / dt, "augment_crops_per_s": n * cfg.ncrops / dt,
             "augment_s_per_batch": dt / args.batches, "augment_cpu_s_per_image": cpu / n,
             "augment_peak_memory_bytes": peak, "input_image_size": list(images.shape[-2:]),
             "output_shapes": [list(c.shape) for c in crops], "loader_uint8": loaders}

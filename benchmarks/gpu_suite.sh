@@ -5,8 +5,8 @@
 #
 # Writes one JSON file per measurement into out_dir (default benchmarks/results/<date>), and log.txt with
 # the GPU's name, versions and every command's stderr. It needs imagenette-96's train split under
-# $VITDINO_DATA. Each step has its own time limit and a
-# failure does not stop the ones after it, so a partial run still leaves what it measured.
+# $VITDINO_DATA. Each step has its own time limit and a failure does not stop the ones after it,
+# so a partial run still leaves what it measured.
 # ONLY="step_vitb12_compile step_vits16_compile" runs just the steps named.
 set -u
 out=${1:-benchmarks/results/$(date +%F)}
@@ -40,19 +40,19 @@ run step_imagenette_small 100 $py benchmarks/train_step.py --device cuda --threa
     --arch vit_small --patch-size 8 --global-size 96 --local-size 48 --local-crops 8 --batch 256 --out-dim 16384
 # the data pipeline for the ViT-S/16 crops: CPU workers (48 timed batches: a multiple of every worker count) and the GPU path
 run data_pipeline 120 $py benchmarks/data_pipeline.py --device cuda --workers 8 16 --batch 64 --batches 48
-# the real training loop of imagenette_small (GPU augmentation, 12 loader workers) for 80 steps
 # the device path alone, eager and compiled, side by side
 run data_pipeline_gpu 60 $py benchmarks/data_pipeline.py --device cuda --skip-cpu-path --workers 8 --batch 64 --batches 48
 run data_pipeline_gpu_compile 120 $py benchmarks/data_pipeline.py --device cuda --skip-cpu-path --workers 8 --batch 64 --batches 48 --compile
+# the real training loop of imagenette_small (GPU augmentation, 12 loader workers) for 80 steps, eager
 run train_imagenette_small.jsonl 120 bash -c "rm -rf /tmp/vitdino_runs && $py -m vitdino_core.train --config imagenette_small \
-    --set max_steps=80 --set log_every=10 --set output_dir=/tmp/vitdino_runs --set run_name=smoke >&2 \
+    --set compile=false --set max_steps=80 --set log_every=10 --set output_dir=/tmp/vitdino_runs --set run_name=smoke >&2 \
     && cat /tmp/vitdino_runs/smoke/metrics.jsonl"
 # torch.compile last: compiling takes minutes
 run step_vitb12_compile 230 $step --arch vit_base --patch-size 12 --global-size 228 --local-crops 10 --compile
 run step_vits16_compile 200 $step --arch vit_small --patch-size 16 --compile
 run step_imagenette_small_compile 150 $py benchmarks/train_step.py --device cuda --threads 0 --dtype bf16 --warmup 3 --repeat 10 \
     --arch vit_small --patch-size 8 --global-size 96 --local-size 48 --local-crops 8 --batch 256 --out-dim 16384 --compile
-# the real training loop with compile=true (backbones and the GPU augmentation)
+# the same loop with compile=true (backbones and the GPU augmentation)
 run train_imagenette_small_compile.jsonl 200 bash -c "rm -rf /tmp/vitdino_runs && $py -m vitdino_core.train --config imagenette_small \
     --set compile=true --set max_steps=80 --set log_every=10 --set output_dir=/tmp/vitdino_runs --set run_name=smoke >&2 \
     && cat /tmp/vitdino_runs/smoke/metrics.jsonl"
