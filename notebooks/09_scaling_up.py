@@ -311,7 +311,8 @@ assert 0 < rel < 0.1  # close, not equal: the matmuls ran in bf16 (the final Lay
 # %% [markdown]
 # The output is what bf16 promises: the same features to about two or three digits. Whether it was faster is what
 # this CPU's capability line predicts: without AVX-512 BF16 / AMX, bf16 autocast on a CPU is usually *slower* than fp32.
-# On an NVIDIA A100 or H100 it is the default and roughly halves the step time.
+# On a GPU it is the default: on an H200 the bf16 DINO step of a ViT-B/12 (batch 64, 12 crops) ran its
+# 56 TFLOP in 149 ms compiled, 48% of the rate of one large bf16 matrix product (README, Performance).
 #
 # ## 8. `torch.compile`
 #
