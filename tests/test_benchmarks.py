@@ -137,3 +137,11 @@ def test_the_steps_own_matmul_shapes_add_up_to_its_analytic_flops():
     assert gemm == pytest.approx(flops["total"] - attention, rel=1e-12)
     timed = bench.shape_matmul_time(bench.parse_args(TINY), torch.float32, torch.device("cpu"), repeat=1)
     assert positive(timed["s"]) and timed["shapes"] == 18
+
+
+def test_epoch_boundary_script(shared_data, monkeypatch):
+    monkeypatch.setenv("VITDINO_DATA", str(shared_data))  # the subprocess reads imagenette-96 from there
+    r = run_script("epoch_boundary.py", "--images", "48", "--batch", "8", "--epochs", "2",
+                   "--set", "num_workers=1", "--set", "global_crops_size=24", "--set", "local_crops_size=12")
+    assert r["steps_per_epoch"] == 6 and len(r["first_step_of_epoch_s"]) == 1
+    assert positive(r["other_steps_median_s"]) and math.isfinite(r["epoch_end_overhead_s_median"])

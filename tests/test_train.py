@@ -13,6 +13,7 @@ import torch
 
 from vitdino_core.checkpoint import load_checkpoint, save_checkpoint
 from vitdino_core.config import ConfigError, load_config
+from vitdino_core.data import EpochBatchSampler
 from vitdino_core.train import DINOTrainer, TrainingDivergedError, main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -115,6 +116,23 @@ def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(data_env, tmp_path
     kept = load_checkpoint(trainer.ckpt_path)
     assert kept["step"] == good["step"] == 1
     assert all(torch.equal(kept["teacher"][k], good["teacher"][k]) for k in good["teacher"])
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_a_span_of_steps_gives_the_batches_of_each_epoch_in_turn(rank):
+    """set_steps(a, b), which fit uses to run the loader across epoch ends, yields exactly the batches that
+    set_epoch would give epoch by epoch: same images, same order, same per-epoch crop seeds."""
+    sampler = EpochBatchSampler(50, 8, seed=3, rank=rank, world_size=2)  # 25 images per rank: 3 batches per epoch
+    per_epoch = []
+    for epoch in range(4):
+        sampler.set_epoch(epoch)
+        per_epoch += list(sampler)
+    assert len(per_epoch) == 12 and per_epoch[0] != per_epoch[3]  # epochs are shuffled differently
+    for start, stop in ((0, 12), (2, 7), (3, 4), (5, 12)):
+        sampler.set_steps(start, stop)
+        assert list(sampler) == per_epoch[start:stop]
+    sampler.set_epoch(1, 1, 2)  # set_epoch still means one epoch's slice
+    assert list(sampler) == per_epoch[4:5]
 
 
 def test_a_background_save_holds_the_state_of_its_step(data_env, tmp_path):

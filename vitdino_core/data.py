@@ -234,6 +234,7 @@ class EpochBatchSampler:
         self.num_samples, self.batch_size, self.seed = num_samples, batch_size, seed
         self.rank, self.world_size, self.drop_last = rank, world_size, drop_last
         self.epoch, self.start_batch, self.stop_batch = 0, 0, None
+        self.steps: tuple[int, int] | None = None  # set_steps: a span of global steps across epochs
         if len(self) == 0:
             raise ValueError(
                 f"batch_size_per_gpu={batch_size} x {world_size} process(es) is larger than the dataset "
@@ -243,20 +244,42 @@ class EpochBatchSampler:
     def set_epoch(self, epoch: int, start_batch: int = 0, stop_batch: int | None = None) -> None:
         """Yield batches [start_batch, stop_batch) of this epoch's order on the next iteration."""
         self.epoch, self.start_batch, self.stop_batch = epoch, start_batch, stop_batch
+        self.steps = None
+
+    def set_steps(self, start_step: int, stop_step: int) -> None:
+        """Yield the batches of global steps [start_step, stop_step) on the next iteration, epoch after epoch
+        (step s is batch s % len(self) of epoch s // len(self)). One iteration over several epochs keeps the
+        loader's workers busy across epoch ends, where restarting the iteration would make the first batch
+        of every epoch wait for a worker to build it from scratch."""
+        self.steps = (start_step, stop_step)
 
     def __len__(self) -> int:
         per_rank = self.num_samples // self.world_size
         return per_rank // self.batch_size if self.drop_last else -(-per_rank // self.batch_size)
 
-    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        g = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
+    def epoch_order(self, epoch: int) -> list[int]:
+        """This rank's image indices for `epoch`, in order: the shared permutation of (seed, epoch), every world_size-th."""
+        g = torch.Generator().manual_seed(self.seed * 100003 + epoch)
         perm = torch.randperm(self.num_samples, generator=g).tolist()
-        per_rank = self.num_samples // self.world_size
-        mine = perm[self.rank::self.world_size][:per_rank]
-        stop = len(self) if self.stop_batch is None else min(self.stop_batch, len(self))
-        for b in range(self.start_batch, stop):
+        return perm[self.rank::self.world_size][: self.num_samples // self.world_size]
+
+    def _batches(self, epoch: int, start: int, stop: int) -> Iterator[list[tuple[int, int]]]:
+        mine = self.epoch_order(epoch)
+        for b in range(start, min(stop, len(self))):
             idx = mine[b * self.batch_size:(b + 1) * self.batch_size]
-            yield [(i, sample_seed(self.seed, self.epoch, i)) for i in idx]
+            yield [(i, sample_seed(self.seed, epoch, i)) for i in idx]
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        if self.steps is None:
+            yield from self._batches(self.epoch, self.start_batch, len(self) if self.stop_batch is None else self.stop_batch)
+            return
+        step, stop_step = self.steps
+        n = len(self)
+        while step < stop_step:
+            epoch, b = divmod(step, n)
+            end = min(n, b + stop_step - step)  # this epoch's last batch + 1
+            yield from self._batches(epoch, b, end)
+            step += end - b
 
 
 def make_loader(dataset: MultiCropDataset, sampler: EpochBatchSampler, num_workers: int, collate_fn, pin_memory: bool,

@@ -402,6 +402,13 @@ class DINOTrainer:
             flag = bool(t)
         return flag
 
+    def _epoch_bar(self) -> tqdm:
+        """A progress bar over the current epoch's steps, starting where this epoch stands."""
+        start = self.step % self.steps_per_epoch
+        end = min(self.steps_per_epoch, start + self.total_steps - self.step)
+        return tqdm(total=end, initial=start, desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}",
+                    disable=not self.env.is_main or self.quiet, leave=False, dynamic_ncols=True)
+
     def fit(self, callback: Callable[[dict], None] | None = None) -> list[dict]:
         """Train from `self.step` to the end; returns the metrics records of this call."""
         cfg, records = self.cfg, []
@@ -415,46 +422,49 @@ class DINOTrainer:
         self.teacher.train()
         self._reset_meters()
         try:
-            while self.step < self.total_steps:
-                epoch, start = self.epoch, self.step % self.steps_per_epoch
-                end = min(self.steps_per_epoch, start + self.total_steps - self.step)
-                self.sampler.set_epoch(epoch, start, end)
-                bar = tqdm(total=end, initial=start, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not self.env.is_main or self.quiet,
-                           leave=False, dynamic_ncols=True)
-                for crops, _ in self.loader:
-                    self.train_step(crops)
-                    bar.update(1)
-                    last = self.step >= self.total_steps or self.step % self.steps_per_epoch == 0
-                    if self.step % cfg.log_every == 0 or last:
-                        if self.device.type != "cpu":
-                            self.check_finite()
-                        rec = self.collect_metrics()
-                        collapse = collapse_state(rec)
-                        collapse_run = collapse_run + 1 if collapse else 0
-                        rec["collapse"] = collapse if collapse_run >= cfg.collapse_patience else ""
-                        if rec["collapse"] and not warned and self.env.is_main:
-                            warnings.warn(f"step {self.step}: the teacher looks collapsed ({collapse}) for {collapse_run} "
-                                          "log records; see README 'What can go wrong'", stacklevel=2)
-                            warned = True
-                        records.append(rec)
-                        if self.env.is_main:
-                            with open(self.run_dir / "metrics.jsonl", "a") as f:
-                                f.write(json.dumps(rec) + "\n")
-                            bar.set_postfix(loss=f"{rec['loss']:.3f}", img_s=f"{rec['images_per_s']:.1f}",
-                                            **({"warn": f"collapse:{rec['collapse']}"} if rec["collapse"] else {}))
-                            if callback:
-                                callback(rec)
-                    if self.device.type == "cpu":
+            # one pass over the loader for all remaining steps: its workers build the next epoch's first
+            # batches while this epoch ends, instead of starting from scratch at every epoch
+            self.sampler.set_steps(self.step, self.total_steps)
+            bar = None
+            for crops, _ in self.loader:
+                bar = bar or self._epoch_bar()
+                self.train_step(crops)
+                bar.update(1)
+                epoch_end = self.step % self.steps_per_epoch == 0
+                last = self.step >= self.total_steps or epoch_end
+                if self.step % cfg.log_every == 0 or last:
+                    if self.device.type != "cpu":
                         self.check_finite()
-                    periodic = cfg.save_every_steps and self.step % cfg.save_every_steps == 0
-                    stop = self._should_stop() if (self.device.type == "cpu" or self.step % cfg.log_every == 0) else False
-                    if periodic or stop or last:
-                        # on a GPU the epoch-end file is written on a thread while the GPU trains on; a CPU has
-                        # no cores to spare for it, and there the write is short next to a step anyway
-                        self.save(block=stop or self.step >= self.total_steps or self.device.type == "cpu")
-                    if stop:
-                        bar.close()
-                        raise KeyboardInterrupt
+                    rec = self.collect_metrics()
+                    collapse = collapse_state(rec)
+                    collapse_run = collapse_run + 1 if collapse else 0
+                    rec["collapse"] = collapse if collapse_run >= cfg.collapse_patience else ""
+                    if rec["collapse"] and not warned and self.env.is_main:
+                        warnings.warn(f"step {self.step}: the teacher looks collapsed ({collapse}) for {collapse_run} "
+                                      "log records; see README 'What can go wrong'", stacklevel=2)
+                        warned = True
+                    records.append(rec)
+                    if self.env.is_main:
+                        with open(self.run_dir / "metrics.jsonl", "a") as f:
+                            f.write(json.dumps(rec) + "\n")
+                        bar.set_postfix(loss=f"{rec['loss']:.3f}", img_s=f"{rec['images_per_s']:.1f}",
+                                        **({"warn": f"collapse:{rec['collapse']}"} if rec["collapse"] else {}))
+                        if callback:
+                            callback(rec)
+                if self.device.type == "cpu":
+                    self.check_finite()
+                periodic = cfg.save_every_steps and self.step % cfg.save_every_steps == 0
+                stop = self._should_stop() if (self.device.type == "cpu" or self.step % cfg.log_every == 0) else False
+                if periodic or stop or last:
+                    # on a GPU the epoch-end file is written on a thread while the GPU trains on; a CPU has
+                    # no cores to spare for it, and there the write is short next to a step anyway
+                    self.save(block=stop or self.step >= self.total_steps or self.device.type == "cpu")
+                if stop or epoch_end:
+                    bar.close()
+                    bar = None
+                if stop:
+                    raise KeyboardInterrupt
+            if bar is not None:
                 bar.close()
         finally:
             self.wait_for_save()  # the file of the last epoch end is on disk before fit returns or raises
