@@ -427,7 +427,8 @@ class DINOTrainer:
             self.sampler.set_steps(self.step, self.total_steps)
             bar = None
             for crops, _ in self.loader:
-                bar = bar or self._epoch_bar()
+                if bar is None:  # the first step of this call, or of a new epoch
+                    bar = self._epoch_bar()
                 self.train_step(crops)
                 bar.update(1)
                 epoch_end = self.step % self.steps_per_epoch == 0
