@@ -456,6 +456,54 @@ for name, (data, n_images, gpu_counts) in datasets.items():
               f"{steps * c.epochs:9,d} steps for {c.epochs} epochs")
 
 # %% [markdown]
+# And what a GPU does with them, measured: one NVIDIA H200 ran `benchmarks/gpu_suite.sh`, whose JSON files are
+# committed in `benchmarks/results/`. Each DINO step below is the real `train_step` in bf16 autocast, eager and
+# with `compile: true`; "share" is the step's FLOPs per second over that of one large bf16 matrix product timed in
+# the same process, the most this GPU does.
+
+# %%
+from vitdino_core.data import REPO_ROOT
+
+GPU_RESULTS = REPO_ROOT / "benchmarks" / "results" / "h200_2026-11-27"
+
+
+def gpu_step(name: str) -> dict:
+    r = json.loads((GPU_RESULTS / f"{name}.json").read_text())
+    return r.get("ours", r)  # --compare files hold ours and the official-style step
+
+
+steps = {"ViT-S/16, batch 64\n2x224 + 6x96": "step_vits16", "ViT-B/12, batch 64\n2x228 + 10x96": "step_vitb12",
+         "imagenette_small\nViT-S/8, batch 256": "step_imagenette_small"}
+measured = {label: (gpu_step(name), gpu_step(name + "_compile")) for label, name in steps.items()}
+reference = json.loads((GPU_RESULTS / "step_vits16.json").read_text())["reference"]
+print(json.loads((GPU_RESULTS / "step_vitb12.json").read_text())["device_name"], "| torch",
+      json.loads((GPU_RESULTS / "step_vitb12.json").read_text())["torch"])
+for label, (eager, compiled) in measured.items():
+    print(f"{label.replace(chr(10), ', '):42s} eager {eager['step_s_median'] * 1e3:6.1f} ms {eager['images_per_s']:6,.0f} img/s "
+          f"share {eager['fraction_of_matmul_peak']:.1%} | compiled {compiled['step_s_median'] * 1e3:6.1f} ms "
+          f"{compiled['images_per_s']:6,.0f} img/s share {compiled['fraction_of_matmul_peak']:.1%} | "
+          f"peak memory {compiled['peak_memory_bytes'] / 2**30:.1f} GiB")
+print(f"official-style ViT-S/16 step, same run as ours: {reference['step_s_median'] * 1e3:.1f} ms, {reference['images_per_s']:,.0f} img/s")
+assert all(c["step_s_median"] < e["step_s_median"] for e, c in measured.values())  # compiling paid off for all three
+
+fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+x = range(len(measured))
+for i, (which, colour) in enumerate((("eager", "tab:blue"), ("compiled", "tab:green"))):
+    axes[0].bar([k + 0.4 * i - 0.2 for k in x], [m[i]["images_per_s"] for m in measured.values()], 0.4, color=colour, label=which)
+    axes[1].bar([k + 0.4 * i - 0.2 for k in x], [100 * m[i]["fraction_of_matmul_peak"] for m in measured.values()], 0.4,
+                color=colour, label=which)
+axes[0].scatter([-0.2], [reference["images_per_s"]], marker="_", s=900, color="black", label="official-style step (eager)")
+axes[0].set(ylabel="images per second", title="DINO training step on one H200 (bf16)")
+axes[1].axhline(50, ls="--", color="gray", label="50%")
+axes[1].set(ylabel="% of the large-matmul FLOP/s", title="share of what the GPU can do", ylim=(0, 100))
+for ax in axes:
+    ax.set_xticks(list(x), list(measured))
+    ax.legend()
+plt.tight_layout()
+save_figure(fig, "09_gpu_steps")
+plt.show()
+
+# %% [markdown]
 # `imagenette_small` is sized for **one** GPU (its config's own estimate: about 27 minutes on an H200); on 8 GPUs an epoch
 # would be only 4 steps, and the whole run 1,200 steps at a peak learning rate 8 times higher: more GPUs do not
 # help a small dataset much. `dino_vitb12` is sized for **many**: its 400 epochs on ImageNet are 16 million steps on
@@ -498,7 +546,7 @@ assert scores["num_train"] == n_train and scores["num_val"] == n_val and 0 <= sc
 # * **torchrun** with 2 processes on a CPU (gloo): the same command runs N GPUs with NCCL;
 # * measured on this CPU: **bf16 autocast** (a GPU feature), **torch.compile** (compilation cost against step
 #   savings), **gradient checkpointing** (activation memory against recomputation), and the **throughput** of
-#   `workshop_tiny`;
+#   `workshop_tiny`; and, read from the committed benchmark files, what the same training step does on an H200;
 # * the **evaluation CLI**.
 #
 # ## Exercises
