@@ -31,28 +31,28 @@ run() {  # run NAME LIMIT_S CMD...: stdout -> NAME.json (NAME as it is if it has
   nproc; } >> "$log" 2>&1
 
 step="$py benchmarks/train_step.py --device cuda --threads 0 --dtype bf16 --batch 64 --warmup 3 --repeat 10"
+small="--arch vit_small --patch-size 8 --global-size 96 --local-size 48 --local-crops 8 --batch 256 --out-dim 16384"  # imagenette_small (its --batch overrides $step's)
+vitb12="--arch vit_base --patch-size 12 --global-size 228 --local-crops 10"  # dino_vitb12
+train() {  # train true|false: 80 steps of imagenette_small's real loop, compiled or not; prints metrics.jsonl
+    echo "rm -rf /tmp/vitdino_runs && $py -m vitdino_core.train --config imagenette_small --set compile=$1 --set max_steps=80 \
+        --set log_every=10 --set output_dir=/tmp/vitdino_runs --set run_name=smoke >&2 && cat /tmp/vitdino_runs/smoke/metrics.jsonl"
+}
 # ViT-S/16, 2x224 + 6x96 (the CPU anchor's crops), ours against the official-style step in one run
 run step_vits16 100 $step --arch vit_small --patch-size 16 --compare --paired
 # ViT-B/12 as configs/dino_vitb12.yaml: 2x228 + 10x96
-run step_vitb12 100 $step --arch vit_base --patch-size 12 --global-size 228 --local-crops 10
+run step_vitb12 100 $step $vitb12
 # configs/imagenette_small.yaml: ViT-S/8, 2x96 + 8x48, batch 256, 16384 prototypes
-run step_imagenette_small 100 $py benchmarks/train_step.py --device cuda --threads 0 --dtype bf16 --warmup 3 --repeat 10 \
-    --arch vit_small --patch-size 8 --global-size 96 --local-size 48 --local-crops 8 --batch 256 --out-dim 16384
+run step_imagenette_small 100 $step $small
 # the data pipeline for the ViT-S/16 crops: CPU workers (48 timed batches: a multiple of every worker count) and the GPU path
 run data_pipeline 120 $py benchmarks/data_pipeline.py --device cuda --workers 8 16 --batch 64 --batches 48
 # the device path alone, eager and compiled, side by side
 run data_pipeline_gpu 60 $py benchmarks/data_pipeline.py --device cuda --skip-cpu-path --workers 8 --batch 64 --batches 48
 run data_pipeline_gpu_compile 120 $py benchmarks/data_pipeline.py --device cuda --skip-cpu-path --workers 8 --batch 64 --batches 48 --compile
 # the real training loop of imagenette_small (GPU augmentation, 12 loader workers) for 80 steps, eager
-run train_imagenette_small.jsonl 120 bash -c "rm -rf /tmp/vitdino_runs && $py -m vitdino_core.train --config imagenette_small \
-    --set compile=false --set max_steps=80 --set log_every=10 --set output_dir=/tmp/vitdino_runs --set run_name=smoke >&2 \
-    && cat /tmp/vitdino_runs/smoke/metrics.jsonl"
+run train_imagenette_small.jsonl 120 bash -c "$(train false)"
 # torch.compile last: compiling takes minutes
-run step_vitb12_compile 230 $step --arch vit_base --patch-size 12 --global-size 228 --local-crops 10 --compile
+run step_vitb12_compile 230 $step $vitb12 --compile
 run step_vits16_compile 200 $step --arch vit_small --patch-size 16 --compile
-run step_imagenette_small_compile 150 $py benchmarks/train_step.py --device cuda --threads 0 --dtype bf16 --warmup 3 --repeat 10 \
-    --arch vit_small --patch-size 8 --global-size 96 --local-size 48 --local-crops 8 --batch 256 --out-dim 16384 --compile
+run step_imagenette_small_compile 150 $step $small --compile
 # the same loop with compile=true (backbones and the GPU augmentation)
-run train_imagenette_small_compile.jsonl 200 bash -c "rm -rf /tmp/vitdino_runs && $py -m vitdino_core.train --config imagenette_small \
-    --set compile=true --set max_steps=80 --set log_every=10 --set output_dir=/tmp/vitdino_runs --set run_name=smoke >&2 \
-    && cat /tmp/vitdino_runs/smoke/metrics.jsonl"
+run train_imagenette_small_compile.jsonl 200 bash -c "$(train true)"

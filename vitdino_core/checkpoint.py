@@ -79,6 +79,15 @@ class BackgroundWriter:
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
 
+    def write(self, obj: Mapping[str, Any], paths, block: bool = True) -> None:
+        """Write `obj` to each of `paths`: here and now (block=True, after any write in flight; no copy of
+        the state is needed), or on the thread (`submit`)."""
+        if not block:
+            return self.submit(obj, paths)
+        self.wait()
+        for path in paths:
+            save_checkpoint(obj, path)
+
     def submit(self, obj: Mapping[str, Any], paths) -> None:
         self.wait()
         state = snapshot(obj)

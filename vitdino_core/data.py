@@ -227,31 +227,32 @@ class EpochBatchSampler:
     """Shuffled batches of (index, seed) keys; the order depends only on (seed, epoch).
 
     With `world_size` > 1 each rank takes every world_size-th index of the shared permutation
-    (the DistributedSampler rule). `start_batch` skips batches already trained on, for resuming; `stop_batch` ends early (max_steps).
+    (the DistributedSampler rule). What one iteration yields is a span of global steps (step s is batch
+    s % len(self) of epoch s // len(self)): `set_epoch` picks one epoch's batches (or a slice of them, for
+    resuming and max_steps), `set_steps` a span across epochs.
     """
 
     def __init__(self, num_samples: int, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1, drop_last: bool = True):
         self.num_samples, self.batch_size, self.seed = num_samples, batch_size, seed
         self.rank, self.world_size, self.drop_last = rank, world_size, drop_last
-        self.epoch, self.start_batch, self.stop_batch = 0, 0, None
-        self.steps: tuple[int, int] | None = None  # set_steps: a span of global steps across epochs
         if len(self) == 0:
             raise ValueError(
                 f"batch_size_per_gpu={batch_size} x {world_size} process(es) is larger than the dataset "
                 f"({num_samples} images) with drop_last: lower the batch size or use more images"
             )
+        self.set_epoch(0)
 
     def set_epoch(self, epoch: int, start_batch: int = 0, stop_batch: int | None = None) -> None:
         """Yield batches [start_batch, stop_batch) of this epoch's order on the next iteration."""
-        self.epoch, self.start_batch, self.stop_batch = epoch, start_batch, stop_batch
-        self.steps = None
+        n = len(self)
+        stop = n if stop_batch is None else min(stop_batch, n)
+        self.set_steps(epoch * n + start_batch, epoch * n + stop)
 
     def set_steps(self, start_step: int, stop_step: int) -> None:
-        """Yield the batches of global steps [start_step, stop_step) on the next iteration, epoch after epoch
-        (step s is batch s % len(self) of epoch s // len(self)). One iteration over several epochs keeps the
-        loader's workers busy across epoch ends, where restarting the iteration would make the first batch
-        of every epoch wait for a worker to build it from scratch."""
-        self.steps = (start_step, stop_step)
+        """Yield the batches of global steps [start_step, stop_step) on the next iteration, epoch after epoch.
+        One iteration over several epochs keeps the loader's workers busy across epoch ends, where restarting
+        the iteration would make the first batch of every epoch wait for a worker to build it from scratch."""
+        self.start_step, self.stop_step = start_step, stop_step
 
     def __len__(self) -> int:
         per_rank = self.num_samples // self.world_size
@@ -263,23 +264,14 @@ class EpochBatchSampler:
         perm = torch.randperm(self.num_samples, generator=g).tolist()
         return perm[self.rank::self.world_size][: self.num_samples // self.world_size]
 
-    def _batches(self, epoch: int, start: int, stop: int) -> Iterator[list[tuple[int, int]]]:
-        mine = self.epoch_order(epoch)
-        for b in range(start, min(stop, len(self))):
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        n, mine, mine_epoch = len(self), None, None
+        for step in range(self.start_step, self.stop_step):
+            epoch, b = divmod(step, n)
+            if epoch != mine_epoch:  # one permutation per epoch
+                mine, mine_epoch = self.epoch_order(epoch), epoch
             idx = mine[b * self.batch_size:(b + 1) * self.batch_size]
             yield [(i, sample_seed(self.seed, epoch, i)) for i in idx]
-
-    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        if self.steps is None:
-            yield from self._batches(self.epoch, self.start_batch, len(self) if self.stop_batch is None else self.stop_batch)
-            return
-        step, stop_step = self.steps
-        n = len(self)
-        while step < stop_step:
-            epoch, b = divmod(step, n)
-            end = min(n, b + stop_step - step)  # this epoch's last batch + 1
-            yield from self._batches(epoch, b, end)
-            step += end - b
 
 
 def make_loader(dataset: MultiCropDataset, sampler: EpochBatchSampler, num_workers: int, collate_fn, pin_memory: bool,

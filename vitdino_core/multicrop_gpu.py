@@ -287,7 +287,7 @@ class GPUMultiCropAugmentation:
         self.out_dtype = out_dtype
         # compile: the pixel work as a few fused kernels instead of ~1,000 small ones per batch, whose launches
         # bound the eager version on a GPU; one static graph per view kind (global 1, global 2, locals)
-        self._compiled = torch.compile(render_views, dynamic=False) if compile else None
+        self._render = torch.compile(render_views, dynamic=False) if compile else render_views
 
     @property
     def ncrops(self) -> int:
@@ -323,8 +323,7 @@ class GPUMultiCropAugmentation:
         sigma = BLUR_SIGMA[0] + (BLUR_SIGMA[1] - BLUR_SIGMA[0]) * _rand(n, generator, dev)  # (n,)
         blur = _rand(n, generator, dev) < blur_p  # (n,)
         solar = _rand(n, generator, dev) < solarize_p if solarize_p > 0 else None  # (n,) or None
-        render = self._compiled if self._compiled is not None else render_views
-        return render(x, boxes, size, flip, jitter, factors, order, gray, sigma, blur, solar, self.mean, self.std, self.out_dtype)
+        return self._render(x, boxes, size, flip, jitter, factors, order, gray, sigma, blur, solar, self.mean, self.std, self.out_dtype)
 
 
 def render_views(x: torch.Tensor, boxes: torch.Tensor, size: int, flip: torch.Tensor, jitter: torch.Tensor,

@@ -360,9 +360,7 @@ class DINOTrainer:
             freq = self.cfg.saveckp_freq
             if freq and self.step % self.steps_per_epoch == 0 and self.epoch % freq == 0:
                 paths.append(self.run_dir / f"checkpoint{self.epoch:04d}.pth")
-            self._writer.submit(self.state_dict(), paths)
-            if block:
-                self._writer.wait()
+            self._writer.write(self.state_dict(), paths, block)
         self.last_good_step = self.step
 
     def wait_for_save(self) -> None:
