@@ -7,7 +7,10 @@
 # the GPU's name, versions and every command's stderr. It needs imagenette-96's train split under
 # $VITDINO_DATA. Each step has its own time limit and a failure does not stop the ones after it,
 # so a partial run still leaves what it measured.
-# ONLY="step_vitb12_compile step_vits16_compile" runs just the steps named.
+# ONLY="step_vitb12_compile step_vits16_compile" runs just the steps named. Steps after the first block
+# are follow-ups, run only when ONLY names them: SDPA=cudnn|flash|... picks the attention kernel of the
+# max-autotune step, BEFORE=<dir> holds an older vitdino_core (with benchmarks/epoch_boundary.py) to time
+# its epoch ends next to this one's.
 set -u
 out=${1:-benchmarks/results/$(date +%F)}
 mkdir -p "$out"
@@ -56,3 +59,16 @@ run step_vits16_compile 200 $step --arch vit_small --patch-size 16 --compile
 run step_imagenette_small_compile 150 $step $small --compile
 # the same loop with compile=true (backbones and the GPU augmentation)
 run train_imagenette_small_compile.jsonl 200 bash -c "$(train true)"
+
+# ---- follow-ups (only with ONLY=...)
+follow() { [ -n "${ONLY:-}" ] && run "$@"; }
+# scaled_dot_product_attention's kernels at ViT-B/12's shapes, then the compiled ViT-B/12 step with cuDNN attention
+follow attention_vitb12 45 $py benchmarks/attention.py --device cuda
+follow step_vitb12_compile_cudnn 100 $step $vitb12 --compile --sdpa cudnn
+# what an epoch end costs the real loop (imagenette_small eager, 4 steps an epoch, 12 workers), now and in $BEFORE
+eb="--config imagenette_small --images 1024 --batch 256 --epochs 4 --set device=cuda --set num_workers=12 --set compile=false"
+follow epoch_boundary 50 $py benchmarks/epoch_boundary.py $eb
+[ -n "${BEFORE:-}" ] && follow epoch_boundary_before 50 $py "$BEFORE/benchmarks/epoch_boundary.py" $eb
+# inductor's matmul search (Triton templates against cuBLAS, element-wise work fused into the winners): minutes of compiling
+follow step_vitb12_autotune 420 $step $vitb12 --compile --compile-mode max-autotune-no-cudagraphs --sdpa "${SDPA:-auto}"
+exit 0

@@ -49,6 +49,18 @@ from vitdino_core.train import DINOTrainer  # noqa: E402
 
 ARCH_DIMS = {"vit_tiny": (192, 12, 3), "vit_small": (384, 12, 6), "vit_base": (768, 12, 12)}  # (D, depth, heads)
 HEAD_DIMS = (2048, 256)  # DINOHead hidden and bottleneck widths (3 layers)
+SDPA_BACKENDS = {"auto": None, "flash": "flash", "efficient": "mem_efficient", "cudnn": "cudnn", "math": "math"}
+
+
+def allow_only_sdpa(name: str) -> None:
+    """Process-wide: let scaled_dot_product_attention use only this kernel (eager and compiled graphs alike).
+    Compiled graphs get an inductor cache of their own per kernel: torch 2.11's cache key leaves the SDPA
+    choice out (pytorch/pytorch#185449), so a graph compiled earlier with another kernel would be reused."""
+    if SDPA_BACKENDS[name] is None:
+        return
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(tempfile.gettempdir(), f"torchinductor_sdpa_{name}")
+    for backend in ("flash", "mem_efficient", "cudnn", "math"):
+        getattr(torch.backends.cuda, f"enable_{backend}_sdp")(backend == SDPA_BACKENDS[name])
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -62,6 +74,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out-dim", type=int, default=65536)
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="bf16 = autocast, weights stay fp32")
     p.add_argument("--compile", action="store_true", help="torch.compile the backbones (the project's step only)")
+    p.add_argument("--compile-mode", default="default", help="torch.compile mode with --compile, e.g. max-autotune-no-cudagraphs")
+    p.add_argument("--sdpa", default="auto", choices=sorted(SDPA_BACKENDS),
+                   help="the only scaled_dot_product_attention kernel allowed (auto: PyTorch picks)")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (0 = PyTorch's default)")
     p.add_argument("--warmup", type=int, default=2)
@@ -256,7 +271,7 @@ def make_trainer(args, steps: int, compile_backbones: bool = False) -> DINOTrain
         dataset="random", arch=args.arch, patch_size=args.patch_size, out_dim=args.out_dim, drop_path_rate=0.1,
         global_crops_size=args.global_size, local_crops_size=args.local_size, local_crops_number=args.local_crops,
         batch_size_per_gpu=args.batch, epochs=steps + 1, warmup_epochs=0, freeze_last_layer=0,  # steady state: last layer trains
-        device=args.device, precision=args.dtype, compile=compile_backbones,
+        device=args.device, precision=args.dtype, compile=compile_backbones, compile_mode=args.compile_mode,
         grad_checkpointing=args.grad_checkpointing, threads=args.threads, num_workers=0,
         output_dir=tempfile.gettempdir(), run_name="train_step_benchmark"))
     return DINOTrainer(cfg, dataset=SyntheticImages(args.batch), quiet=True)
@@ -565,8 +580,8 @@ def describe(args) -> dict:
     device = torch.device(args.device)
     info = {
         "config": {k: getattr(args, k) for k in ("arch", "patch_size", "global_size", "local_size", "local_crops", "batch",
-                                                  "out_dim", "dtype", "compile", "device", "threads", "warmup", "repeat",
-                                                  "grad_checkpointing")},
+                                                  "out_dim", "dtype", "compile", "compile_mode", "sdpa", "device", "threads",
+                                                  "warmup", "repeat", "grad_checkpointing")},
         "device_name": device_name(device),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
@@ -583,6 +598,7 @@ def main(argv=None) -> dict:
         raise SystemExit(f"--device {args.device}: no CUDA GPU is visible")
     if args.threads > 0:
         torch.set_num_threads(args.threads)
+    allow_only_sdpa(args.sdpa)
     if args.compare:
         if args.paired:
             paired = run_paired(args)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import os
 import subprocess
 import sys
 from argparse import Namespace
@@ -137,6 +138,38 @@ def test_the_steps_own_matmul_shapes_add_up_to_its_analytic_flops():
     assert gemm == pytest.approx(flops["total"] - attention, rel=1e-12)
     timed = bench.shape_matmul_time(bench.parse_args(TINY), torch.float32, torch.device("cpu"), repeat=1)
     assert positive(timed["s"]) and timed["shapes"] == 18
+
+
+@pytest.mark.parametrize("layout", ["step", "contiguous"])
+def test_attention_script_times_each_kernel_and_reports_the_unsupported(layout):
+    r = run_script("attention.py", "--dim", "32", "--heads", "2", "--patch-size", "4", "--sizes", "16", "8", "--crops", "2", "3",
+                   "--batch", "2", "--dtype", "fp32", "--warmup", "0", "--repeat", "1", "--layout", layout)
+    assert [(s["B"], s["H"], s["N"], s["d"]) for s in r["shapes"]] == [(4, 2, 17, 16), (6, 2, 5, 16)]
+    for shape in r["shapes"]:
+        ran = {name: b for name, b in shape["backends"].items() if "error" not in b}
+        assert {"flash", "math", "auto"} <= set(ran)  # these run on a CPU; the CUDA-only kernels say why they did not
+        assert all(b["error"] for name, b in shape["backends"].items() if name not in ran)
+        for b in ran.values():
+            assert positive(b["forward_s"]) and positive(b["forward_backward_tflop_per_s"])
+            assert b["max_abs_diff_to_first"] < 1e-4  # the same attention, whichever kernel computes it
+
+
+def test_train_step_passes_compile_mode_and_sdpa_choice(monkeypatch):
+    bench = load_train_step()
+    seen = []
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: seen.append(kw) or fn)  # record, do not compile
+    args = bench.parse_args([*TINY, "--compile", "--compile-mode", "max-autotune-no-cudagraphs"])
+    bench.make_trainer(args, steps=1, compile_backbones=True)
+    assert seen == [{"dynamic": False, "mode": "max-autotune-no-cudagraphs"}] * 2  # student and teacher backbones
+    flags = {b: getattr(torch.backends.cuda, f"{b}_sdp_enabled")() for b in ("flash", "mem_efficient", "cudnn", "math")}
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "unset-at-teardown")  # monkeypatch restores it afterwards
+    try:
+        bench.allow_only_sdpa("cudnn")
+        assert [getattr(torch.backends.cuda, f"{b}_sdp_enabled")() for b in flags] == [False, False, True, False]
+        assert os.environ["TORCHINDUCTOR_CACHE_DIR"].endswith("torchinductor_sdpa_cudnn")  # no graph compiled for another kernel
+    finally:
+        for b, on in flags.items():
+            getattr(torch.backends.cuda, f"enable_{b}_sdp")(on)
 
 
 def test_epoch_boundary_script(shared_data, monkeypatch):

@@ -76,6 +76,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16
     compile: bool = False
+    compile_mode: str = "default"  # default | max-autotune-no-cudagraphs (searches matmul kernels: over 7 min for ViT-B/12)
     gpu_augment: bool = False  # multi-crop on the device, batched (multicrop_gpu.py); workers only decode
     gpu_augment_size: int = 0  # with gpu_augment: resize+centre-crop images to this square first (0 = as they are)
     grad_checkpointing: bool = False
@@ -100,6 +101,7 @@ CHOICES = {
     "dataset": ("imagenette", "folder", "cifar10", "mnist", "fashion_mnist", "digits", "random"),
     "arch": ("vit_tiny", "vit_small", "vit_base"),
     "precision": ("auto", "fp32", "bf16", "fp16"),
+    "compile_mode": ("default", "max-autotune-no-cudagraphs"),  # the CUDA-graph modes are untested with the EMA teacher
 }
 
 

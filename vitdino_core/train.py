@@ -176,8 +176,8 @@ class DINOTrainer:
         seed_everything(cfg.seed + 1 + self.env.rank)  # drop path: a different stream on every rank
         if cfg.compile:  # one static graph per crop resolution (the student sees two): with automatic dynamic
             # shapes, torch 2.11's inductor failed an internal assertion on the second resolution on a GPU
-            self.student.backbone.compile(dynamic=False)
-            self.teacher.backbone.compile(dynamic=False)
+            self.student.backbone.compile(dynamic=False, mode=cfg.compile_mode)
+            self.teacher.backbone.compile(dynamic=False, mode=cfg.compile_mode)
 
         self.loss_fn = DINOLoss(cfg.out_dim, cfg.ncrops, cfg.warmup_teacher_temp, cfg.teacher_temp,
                                 cfg.warmup_teacher_temp_epochs, cfg.epochs, cfg.student_temp, cfg.center_momentum).to(self.device)
