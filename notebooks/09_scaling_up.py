@@ -504,7 +504,7 @@ save_figure(fig, "09_gpu_steps")
 plt.show()
 
 # %% [markdown]
-# `imagenette_small` is sized for **one** GPU (its config's own estimate: about 27 minutes on an H200); on 8 GPUs an epoch
+# `imagenette_small` is sized for **one** GPU (its config's own estimate: about 23 minutes on an H200); on 8 GPUs an epoch
 # would be only 4 steps, and the whole run 1,200 steps at a peak learning rate 8 times higher: more GPUs do not
 # help a small dataset much. `dino_vitb12` is sized for **many**: its 400 epochs on ImageNet are 16 million steps on
 # a single GPU and half a million on 32. For scale, the official DINO README reports 1.75 days on one node of 8 GPUs
