@@ -322,7 +322,7 @@ assert 0 < rel < 0.1  # close, not equal: the matmuls ran in bf16 (the final Lay
 # from 184 to 149 ms for ViT-B/12 and from 68 to 45 ms for ViT-S/16 (README, Performance). It costs a
 # **compilation** on the first call (tens of seconds to minutes, and again for every new input shape: multi-crop
 # has two), needs a C++ compiler on CPUs, and makes errors harder to read. That is why it is off in every notebook
-# and in `workshop_tiny`; the long runs' configs (`imagenette_cpu`, `imagenette_small`) turn it on, and
+# and in `workshop_tiny`; the long runs' configs (`imagenette_cpu`, `imagenette_small`, `dino_vitb12`) turn it on, and
 # `--set compile=true` does it for any run.
 #
 # A measurement on this CPU: one block's MLP (`FAST`) or a whole ViT-tiny forward and backward (full mode).

@@ -289,6 +289,22 @@ def test_two_processes_end_with_identical_weights(shared_data, tmp_path):
     assert (tmp_path / "runs" / "workshop_tiny" / "checkpoint.pth").is_file()
 
 
+def test_two_processes_with_compiled_backbones_stay_in_sync(shared_data, tmp_path):
+    """compile=true under DDP: the compiled backbones sit inside the DDP-wrapped student, whose gradient hooks
+    must still average every rank's gradients; the weights match an eager run of the same steps (without
+    stochastic depth, whose random masks compiled code draws from another generator)."""
+    out = torchrun(tmp_path / "compiled", shared_data, "compile=true", "drop_path_rate=0", port=29613)
+    assert out.returncode == 0, out.stderr[-3000:]
+    eager = torchrun(tmp_path / "eager", shared_data, "drop_path_rate=0", port=29614)
+    assert eager.returncode == 0, eager.stderr[-3000:]
+    (a, b), (e, _) = ((torch.load(tmp_path / run / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+                      for run in ("compiled", "eager"))
+    assert a["step"] == b["step"] == 4
+    for part in ("student", "teacher"):
+        assert all(torch.equal(a[part][k], b[part][k]) for k in a[part]), part
+        assert max((a[part][k] - e[part][k]).abs().max().item() for k in a[part]) < 1e-4, part
+
+
 def test_a_failing_rank_fails_the_whole_job(shared_data, tmp_path):
     t0 = time.time()
     out = torchrun(tmp_path, shared_data, "--fail-rank", "1", port=29612)
