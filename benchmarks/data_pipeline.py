@@ -24,6 +24,7 @@ import resource
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -33,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from vitdino_core.config import make_config  # noqa: E402
 from vitdino_core.data import EpochBatchSampler, MultiCropDataset, make_loader  # noqa: E402
 from vitdino_core.multicrop import MultiCropAugmentation, collate_multicrop  # noqa: E402
-from vitdino_core.multicrop_gpu import GPUMultiCropAugmentation, Uint8Images, collate_uint8  # noqa: E402
+from vitdino_core.multicrop_gpu import GPUMultiCropAugmentation, PaddedImages, Uint8Images, collate_uint8  # noqa: E402
 from vitdino_core.train import _worker_init, build_train_dataset  # noqa: E402
 
 
@@ -51,6 +52,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu", help="where the batched multi-crop runs: cpu | cuda | cuda:N")
     p.add_argument("--threads", type=int, default=0, help="torch threads in the main process (0 = PyTorch's default)")
     p.add_argument("--compile", action="store_true", help="torch.compile the device path's pixel work (as train.py does with compile=true)")
+    p.add_argument("--max-size", type=int, default=0,
+                   help="device path: shrink images to this longer side and pad batches to a square (gpu_augment_max_size)")
     p.add_argument("--skip-cpu-path", action="store_true")
     p.add_argument("--skip-gpu-path", action="store_true")
     return p.parse_args(argv)
@@ -106,19 +109,20 @@ def cpu_path(args, cfg, dataset) -> list[dict]:
 
 def gpu_path(args, cfg, dataset) -> dict:
     device = torch.device(args.device)
-    to_uint8 = Uint8Images()
+    to_uint8 = Uint8Images(max_size=args.max_size or None)
+    collate = partial(collate_uint8, pad_to=args.max_size or None)  # as train.py builds it
 
     def make(w):
         sampler = EpochBatchSampler(len(dataset), args.batch, cfg.seed)
-        return make_loader(MultiCropDataset(dataset, to_uint8), sampler, w, collate_uint8, pin_memory=device.type == "cuda",
+        return make_loader(MultiCropDataset(dataset, to_uint8), sampler, w, collate, pin_memory=device.type == "cuda",
                            worker_init_fn=_worker_init), sampler
 
     loaders = [{"workers": w, **time_loader(lambda: make(w), args.batches, 1)} for w in args.workers]
     for r in loaders:
         r.pop("crops_per_s")
 
-    images = torch.stack([to_uint8(dataset[i][0]) for i in range(min(args.batch, len(dataset)))])
-    images = images[torch.arange(args.batch) % len(images)].to(device)  # (B, 3, H, W) uint8, one batch
+    images, _ = collate([(to_uint8(dataset[i][0]), 0) for i in range(args.batch)])  # one batch: (B, 3, H, W) or PaddedImages
+    images = images.to(device)
     augment = GPUMultiCropAugmentation(cfg.global_crops_scale, cfg.local_crops_scale, cfg.local_crops_number,
                                        cfg.global_crops_size, cfg.local_crops_size, compile=args.compile)
     gen = torch.Generator(device=device).manual_seed(0)
@@ -136,7 +140,8 @@ def gpu_path(args, cfg, dataset) -> dict:
     return {"device": str(device), "compiled": args.compile, "augment_first_call_s": first_call_s,
             "augment_images_per_s": n / dt, "augment_crops_per_s": n * cfg.ncrops / dt,
             "augment_s_per_batch": dt / args.batches, "augment_cpu_s_per_image": cpu / n,
-            "augment_peak_memory_bytes": peak, "input_image_size": list(images.shape[-2:]),
+            "augment_peak_memory_bytes": peak,
+            "input_image_size": list((images.images if isinstance(images, PaddedImages) else images).shape[-2:]),
             "output_shapes": [list(c.shape) for c in crops], "loader_uint8": loaders}
 
 
@@ -153,7 +158,7 @@ def main(argv=None) -> dict:
                          "lower --batch or --batches, or raise --images")
     result = {"benchmark": "data_pipeline",
               "config": {k: getattr(args, k) for k in ("dataset", "images", "global_size", "local_size", "local_crops",
-                                                        "batch", "batches", "workers", "device", "compile")},
+                                                        "batch", "batches", "workers", "device", "compile", "max_size")},
               "dataset_images": len(dataset), "crops_per_image": cfg.ncrops, "cpu_count": os.cpu_count(),
               "torch_threads": torch.get_num_threads(), "torch": torch.__version__}
     if not args.skip_cpu_path:

@@ -107,7 +107,8 @@ assert "workshop_tiny" in names and "dino_vitb12" in names
 # * `workshop_tiny`: the notebook run of 06, minutes on a laptop CPU (ViT-tiny/12, 72 px global crops);
 # * `imagenette_cpu`: the longest run that makes sense on a CPU (hours);
 # * `imagenette_small`: ViT-S/8 on Imagenette on one GPU, with the crops made on the GPU (`gpu_augment`);
-# * `dino_vitb12`: DINO's ViT-B/16 ImageNet recipe with 12 px patches, for many GPUs.
+# * `dino_vitb12`: DINO's ViT-B/16 ImageNet recipe with 12 px patches, for many GPUs; its crops are made on the GPU
+#   too, from whole images of any size (shrunk to at most 512 px and padded to one batch shape).
 #
 # ## 2. Loading, overriding, validating
 #

@@ -97,6 +97,11 @@ def test_data_pipeline_script():
     assert all(positive(gpu[k]) for k in ("augment_images_per_s", "augment_crops_per_s", "augment_s_per_batch"))
     assert gpu["output_shapes"] == [[8, 3, 16, 16], [4, 3, 8, 8]]
     assert positive(gpu["loader_uint8"][0]["images_per_s"])
+    padded = run_script("data_pipeline.py", "--dataset", "random", "--images", "12", "--global-size", "16", "--local-size", "8",
+                        "--local-crops", "1", "--batch", "4", "--batches", "1", "--workers", "0", "--threads", "1",
+                        "--skip-cpu-path", "--max-size", "20")
+    assert padded["config"]["max_size"] == 20 and padded["gpu_path"]["input_image_size"] == [20, 20]  # shrunk, padded square
+    assert padded["gpu_path"]["output_shapes"] == [[8, 3, 16, 16], [4, 3, 8, 8]]
 
 
 def test_analytic_flops_match_pytorchs_flop_counter():

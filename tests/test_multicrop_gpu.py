@@ -14,8 +14,8 @@ from torchvision.transforms.v2 import functional as TF
 
 from vitdino_core.multicrop import IMAGENET_MEAN, IMAGENET_STD, MultiCropAugmentation
 import vitdino_core.multicrop_gpu as mg
-from vitdino_core.multicrop_gpu import (GPUMultiCropAugmentation, Uint8Images, adjust_hue, collate_uint8, color_jitter,
-                                        gaussian_blur, grayscale, resized_crops, sample_boxes, solarize)
+from vitdino_core.multicrop_gpu import (GPUMultiCropAugmentation, PaddedImages, Uint8Images, adjust_hue, collate_uint8,
+                                        color_jitter, gaussian_blur, grayscale, resized_crops, sample_boxes, solarize)
 
 MEAN = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
 STD = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
@@ -117,8 +117,68 @@ def test_bad_inputs_are_clear_errors():
         aug(torch.zeros(2, 3, 20, 20, dtype=torch.int32))
     with pytest.raises(ValueError, match="local_crops_scale"):
         GPUMultiCropAugmentation(local_crops_scale=(0.5, 0.1))
-    with pytest.raises(ValueError, match="one size"):
-        collate_uint8([(torch.zeros(3, 8, 8, dtype=torch.uint8), 0), (torch.zeros(3, 9, 8, dtype=torch.uint8), 1)])
+    with pytest.raises(ValueError, match="channel counts"):
+        collate_uint8([(torch.zeros(3, 8, 8, dtype=torch.uint8), 0), (torch.zeros(1, 9, 8, dtype=torch.uint8), 1)])
+    with pytest.raises(ValueError, match="does not fit pad_to=8"):
+        collate_uint8([(torch.zeros(3, 8, 8, dtype=torch.uint8), 0), (torch.zeros(3, 9, 8, dtype=torch.uint8), 1)], pad_to=8)
+    with pytest.raises(ValueError, match="within the padded"):
+        aug(PaddedImages(torch.zeros(2, 3, 20, 20, dtype=torch.uint8), torch.tensor([[20, 20], [21, 5]])))
+    with pytest.raises(ValueError, match="not both"):
+        Uint8Images(24, max_size=32)
+
+
+def test_images_of_different_sizes_are_padded_and_carry_their_sizes():
+    a, b = photo((30, 50)), photo((44, 20))
+    padded, labels = collate_uint8([(a, 1), (b, 2)])
+    assert isinstance(padded, PaddedImages) and labels.tolist() == [1, 2]
+    assert padded.images.shape == (2, 3, 44, 50) and padded.sizes.tolist() == [[30, 50], [44, 20]]
+    assert torch.equal(padded.images[0, :, :30], a) and torch.equal(padded.images[1, :, :, :20], b)
+    assert padded.images[0, :, 30:].eq(0).all() and padded.images[1, :, :, 20:].eq(0).all()
+    fixed, _ = collate_uint8([(a, 1), (a, 2)], pad_to=64)  # one shape for every batch, even of equal images
+    assert fixed.images.shape == (2, 3, 64, 64) and fixed.sizes.tolist() == [[30, 50], [30, 50]]
+    pil = Image.fromarray(photo((30, 50)).permute(1, 2, 0).numpy())
+    assert Uint8Images(max_size=25)(pil).shape == (3, 15, 25)  # the longer side shrunk to 25, the aspect kept
+    assert Uint8Images(max_size=64)(pil).shape == (3, 30, 50)  # small enough: untouched
+
+
+def test_boxes_with_a_size_per_crop_follow_each_image():
+    g = lambda: torch.Generator().manual_seed(3)  # noqa: E731
+    same = sample_boxes(64, torch.full((64,), 80), torch.full((64,), 96), (0.05, 0.4), generator=g())
+    assert torch.equal(same, sample_boxes(64, 80, 96, (0.05, 0.4), generator=g()))  # per-crop sizes = one size
+    H, W = torch.tensor([30, 300, 60] * 200), torch.tensor([300, 30, 60] * 200)
+    boxes = sample_boxes(600, H, W, (0.05, 1.0), generator=g())
+    top, left, h, w = boxes.unbind(1)
+    assert (top >= 0).all() and (left >= 0).all() and (h >= 1).all() and (w >= 1).all()
+    assert (top + h <= H).all() and (left + w <= W).all()  # every box inside its own image
+    # no draw fits a 10 x 100 image at full area: torchvision's centred fallback, image by image
+    from torchvision.transforms import RandomResizedCrop
+    fallback = sample_boxes(2, torch.tensor([10, 100]), torch.tensor([100, 10]), (1.0, 1.0), generator=g())
+    for (top, left, h, w), size in zip(fallback.tolist(), [(10, 100), (100, 10)]):
+        assert (top, left, h, w) == RandomResizedCrop.get_params(torch.zeros(1, *size), [1.0, 1.0], [3 / 4, 4 / 3])
+
+
+def test_crops_of_a_padded_batch_never_read_the_padding():
+    """The same draws on images padded with zeros and with 255 give the same crops: every crop stays inside its
+    image, and each image's crops are those of the image alone."""
+    images = [photo((40, 64)), photo((64, 30)), photo((52, 52))]
+    padded, _ = collate_uint8([(im, 0) for im in images])
+    white = PaddedImages(padded.images.clone(), padded.sizes)
+    for i, im in enumerate(images):
+        white.images[i, :, im.shape[1]:] = 255
+        white.images[i, :, :, im.shape[2]:] = 255
+    aug = GPUMultiCropAugmentation(local_crops_number=2, global_crops_size=32, local_crops_size=16)
+    zeros = aug(padded, generator=torch.Generator().manual_seed(1))
+    whites = aug(white, generator=torch.Generator().manual_seed(1))
+    assert [tuple(c.shape) for c in zeros] == [(6, 3, 32, 32), (6, 3, 16, 16)]
+    for a, b in zip(zeros, whites):
+        assert torch.equal(a, b)
+    # crop by crop: the padded batch's resize equals the resize of each image on its own, same boxes
+    boxes = sample_boxes(3, padded.sizes[:, 0], padded.sizes[:, 1], (0.1, 1.0), generator=torch.Generator().manual_seed(2))
+    flip = torch.tensor([True, False, True])
+    together = resized_crops(padded.images.float() / 255, boxes, 24, flip)  # (3, 3, 24, 24)
+    for i, im in enumerate(images):
+        alone = resized_crops(im[None].float() / 255, boxes[i:i + 1], 24, flip[i:i + 1])  # (1, 3, 24, 24)
+        torch.testing.assert_close(together[i:i + 1], alone, atol=1e-6, rtol=0)
 
 
 def test_loader_helpers_give_a_uint8_batch():

@@ -14,7 +14,8 @@ import torch
 from vitdino_core.checkpoint import load_checkpoint, save_checkpoint
 from vitdino_core.config import ConfigError, load_config
 from vitdino_core.data import EpochBatchSampler
-from vitdino_core.train import DINOTrainer, TrainingDivergedError, main
+from vitdino_core.multicrop_gpu import PaddedImages
+from vitdino_core.train import DINOTrainer, TrainingDivergedError, main, train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -86,6 +87,26 @@ def test_gpu_augment_path_trains_and_resumes_exactly(data_env, tmp_path):
     for k in a["teacher"]:
         torch.testing.assert_close(a["teacher"][k], b["teacher"][k], rtol=0, atol=1e-6, msg=k)
     assert all(0 < r["loss"] < 10 for r in read_metrics(tmp_path / "a" / "workshop_tiny"))
+
+
+def test_gpu_augment_on_images_of_different_sizes(shared_data, tmp_path):
+    """gpu_augment_max_size: ImageNet-like photos of different sizes, shrunk to fit 64 px and padded to one
+    64 x 64 batch shape; the crops are made from each image's own pixels."""
+    folder = tmp_path / "photos" / "all"
+    folder.mkdir(parents=True)
+    for i in range(2):  # 7 photos (451 x 300 to 640 x 427), twice: 14 images
+        for f in sorted((shared_data / "photos").iterdir()):
+            (folder / f"{i}_{f.name}").symlink_to(f)
+    overrides = dict(dataset="folder", data_path=str(tmp_path / "photos"), max_images=0, batch_size_per_gpu=4,
+                     max_steps=3, gpu_augment="true", gpu_augment_max_size=64)
+    trainer = train(load_config("workshop_tiny", tiny_overrides(tmp_path / "runs", **overrides)), quiet=True)
+    images, _ = next(iter(trainer.loader))
+    assert isinstance(images, PaddedImages) and images.images.shape == (4, 3, 64, 64)
+    assert images.sizes.max() == 64 and len({tuple(s) for s in images.sizes.tolist()}) > 1  # shrunk, not squared
+    recs = read_metrics(tmp_path / "runs" / "workshop_tiny")
+    assert trainer.step == 3 and all(0 < r["loss"] < 10 for r in recs)
+    with pytest.raises(ConfigError, match="not both"):
+        load_config("workshop_tiny", ["gpu_augment_size=64", "gpu_augment_max_size=64"])
 
 
 def test_metrics_follow_the_schedules(data_env, tmp_path):

@@ -79,6 +79,7 @@ class TrainConfig:
     compile_mode: str = "default"  # default | max-autotune-no-cudagraphs (searches matmul kernels: over 7 min for ViT-B/12)
     gpu_augment: bool = False  # multi-crop on the device, batched (multicrop_gpu.py); workers only decode
     gpu_augment_size: int = 0  # with gpu_augment: resize+centre-crop images to this square first (0 = as they are)
+    gpu_augment_max_size: int = 0  # with gpu_augment: shrink images whose longer side exceeds this, pad to a square (0 = off)
     grad_checkpointing: bool = False
     threads: int = 0  # torch CPU threads (0 = PyTorch's default)
     # --- bookkeeping
@@ -181,10 +182,14 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         need(v > 0 and math.isfinite(v), f"{key} must be > 0, got {v}")
     for key in ("min_lr", "weight_decay", "weight_decay_end", "clip_grad", "drop_path_rate", "warmup_epochs",
                 "warmup_teacher_temp_epochs", "freeze_last_layer", "num_workers", "max_steps", "max_images",
-                "save_every_steps", "saveckp_freq", "threads", "local_crops_number", "gpu_augment_size"):
+                "save_every_steps", "saveckp_freq", "threads", "local_crops_number", "gpu_augment_size",
+                "gpu_augment_max_size"):
         v = getattr(cfg, key)
         need(v >= 0, f"{key} must be >= 0, got {v}")
     need(cfg.warmup_epochs <= cfg.epochs, f"warmup_epochs ({cfg.warmup_epochs}) must be <= epochs ({cfg.epochs})")
+    need(not (cfg.gpu_augment_size and cfg.gpu_augment_max_size),
+         "set gpu_augment_size (a centre square of every image) or gpu_augment_max_size (whole images, shrunk and padded), "
+         "not both")
     for key in ("momentum_teacher", "center_momentum"):
         need(0 <= getattr(cfg, key) <= 1, f"{key} must be in [0, 1], got {getattr(cfg, key)}")
     need(cfg.drop_path_rate < 1, f"drop_path_rate must be < 1, got {cfg.drop_path_rate}")

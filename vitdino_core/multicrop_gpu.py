@@ -2,7 +2,9 @@
 
 The CPU recipe (`multicrop.MultiCropAugmentation`) runs image by image in DataLoader workers; a
 GPU can train faster than a few CPU workers can crop. Here the same recipe is one batched
-computation on uint8 images (B, 3, H, W) already on the device (all images the same size):
+computation on uint8 images (B, 3, H, W) already on the device. Images of different sizes come as
+one zero-padded batch with each image's true size (`PaddedImages`); every crop then lies inside its
+own image, and the padding is never read:
 
     boxes   torchvision's RandomResizedCrop rule (scale, log-uniform aspect 3/4-4/3, 10 tries,
             centre-crop fallback), integer boxes, one per crop
@@ -29,7 +31,7 @@ batch instead of one seed per image. Tests compare the two paths' statistics on 
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -51,37 +53,37 @@ def _rand(shape, generator: torch.Generator | None, device: torch.device, dtype=
 
 # ----------------------------------------------------------------------------- geometry
 
-def sample_boxes(n: int, height: int, width: int, scale: Sequence[float], ratio: Sequence[float] = RATIO, tries: int = 10,
+def sample_boxes(n: int, height, width, scale: Sequence[float], ratio: Sequence[float] = RATIO, tries: int = 10,
                  generator: torch.Generator | None = None, device=None) -> torch.Tensor:
     """(n, 4) integer boxes (top, left, h, w): torchvision's RandomResizedCrop rule, vectorised over n crops.
 
     Each crop tries up to `tries` (area, aspect) draws and keeps the first that fits the image;
     if none fits it falls back to the largest centred crop with an aspect ratio inside `ratio`.
+    height, width: the image size, one for all crops (ints) or one per crop ((n,) tensors).
     """
     device = torch.device(device or "cpu")
+    height = torch.as_tensor(height, dtype=torch.float64, device=device).expand(n)  # (n,)
+    width = torch.as_tensor(width, dtype=torch.float64, device=device).expand(n)  # (n,)
     u = _rand((n, tries, 2), generator, device, torch.float64)  # (n, tries, 2)
-    area = height * width * (scale[0] + (scale[1] - scale[0]) * u[..., 0])  # (n, tries)
+    area = (height * width)[:, None] * (scale[0] + (scale[1] - scale[0]) * u[..., 0])  # (n, tries)
     log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
     aspect = torch.exp(log_lo + (log_hi - log_lo) * u[..., 1])  # (n, tries), log-uniform
     w = torch.round(torch.sqrt(area * aspect))  # round half to even, like Python's round()
     h = torch.round(torch.sqrt(area / aspect))
-    fits = (w > 0) & (w <= width) & (h > 0) & (h <= height)  # (n, tries)
+    fits = (w > 0) & (w <= width[:, None]) & (h > 0) & (h <= height[:, None])  # (n, tries)
     first = fits.to(torch.uint8).argmax(1, keepdim=True)  # (n, 1): the first try that fits
     found = fits.any(1)  # (n,)
     w, h = w.gather(1, first)[:, 0], h.gather(1, first)[:, 0]  # (n,)
 
-    in_ratio = width / height  # the fallback: a centred crop
-    if in_ratio < min(ratio):
-        fw, fh = width, int(round(width / min(ratio)))
-    elif in_ratio > max(ratio):
-        fw, fh = int(round(height * max(ratio))), height
-    else:
-        fw, fh = width, height
-    w = torch.where(found, w, torch.full_like(w, fw))
-    h = torch.where(found, h, torch.full_like(h, fh))
+    in_ratio = width / height  # (n,) the fallback: the largest centred crop with an allowed aspect
+    narrow, wide = in_ratio < min(ratio), in_ratio > max(ratio)
+    fw = torch.where(wide, torch.round(height * max(ratio)), width)  # (n,)
+    fh = torch.where(narrow, torch.round(width / min(ratio)), height)  # (n,)
+    w = torch.where(found, w, fw)
+    h = torch.where(found, h, fh)
     pos = _rand((n, 2), generator, device, torch.float64)  # uniform integer positions, like torch.randint
-    top = torch.where(found, torch.floor(pos[:, 0] * (height - h + 1)), torch.full_like(h, (height - fh) // 2))
-    left = torch.where(found, torch.floor(pos[:, 1] * (width - w + 1)), torch.full_like(w, (width - fw) // 2))
+    top = torch.where(found, torch.floor(pos[:, 0] * (height - h + 1)), torch.div(height - fh, 2, rounding_mode="floor"))
+    left = torch.where(found, torch.floor(pos[:, 1] * (width - w + 1)), torch.div(width - fw, 2, rounding_mode="floor"))
     return torch.stack((top, left, h, w), dim=1).long()  # (n, 4)
 
 
@@ -293,29 +295,39 @@ class GPUMultiCropAugmentation:
     def ncrops(self) -> int:
         return 2 + self.local_crops_number
 
-    def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> list[torch.Tensor]:
+    def __call__(self, images, generator: torch.Generator | None = None) -> list[torch.Tensor]:
+        """images: uint8 (B, 3, H, W), or `PaddedImages` for images of different sizes."""
+        sizes = None
+        if isinstance(images, PaddedImages):
+            images, sizes = images
+            sizes = sizes.to(images.device)
+            check_sizes(images, sizes)
         with torch.autocast(images.device.type, enabled=False), torch.no_grad():  # fp32 pixels even inside autocast
-            return self._crops(to_unit_float(images), generator)
+            return self._crops(to_unit_float(images), sizes, generator)
 
-    def _crops(self, x: torch.Tensor, generator: torch.Generator | None) -> list[torch.Tensor]:
-        """x: (B, 3, H, W) float in [0, 1]."""
-        g1 = self.views(x, 1, self.global_crops_size, self.global_crops_scale, self.blur_p[0], 0.0, generator)
-        g2 = self.views(x, 1, self.global_crops_size, self.global_crops_scale, self.blur_p[1], self.solarize_p, generator)
+    def _crops(self, x: torch.Tensor, sizes: torch.Tensor | None, generator: torch.Generator | None) -> list[torch.Tensor]:
+        """x: (B, 3, H, W) float in [0, 1]; sizes: (B, 2) true (height, width) of each image, or None (all H x W)."""
+        g1 = self.views(x, sizes, 1, self.global_crops_size, self.global_crops_scale, self.blur_p[0], 0.0, generator)
+        g2 = self.views(x, sizes, 1, self.global_crops_size, self.global_crops_scale, self.blur_p[1], self.solarize_p, generator)
         out = [torch.cat((g1, g2))]  # (2B, 3, G, G)
         if self.local_crops_number:
-            out.append(self.views(x, self.local_crops_number, self.local_crops_size, self.local_crops_scale,
+            out.append(self.views(x, sizes, self.local_crops_number, self.local_crops_size, self.local_crops_scale,
                                   self.blur_p[2], 0.0, generator))  # (N*B, 3, L, L)
         return out
 
-    def views(self, x: torch.Tensor, nviews: int, size: int, scale, blur_p: float, solarize_p: float,
-              generator: torch.Generator | None) -> torch.Tensor:
+    def views(self, x: torch.Tensor, sizes: torch.Tensor | None, nviews: int, size: int, scale, blur_p: float,
+              solarize_p: float, generator: torch.Generator | None) -> torch.Tensor:
         """`nviews` crops of every image, view-major: (nviews*B, 3, size, size), normalised.
 
         All random numbers are drawn first, in a fixed order, and `render_views` turns them into pixels:
         a function of tensors alone, which torch.compile can fuse into a few kernels (compile=True)."""
         B, _, H, W = x.shape
         n, dev = nviews * B, x.device
-        boxes = sample_boxes(n, H, W, scale, generator=generator, device=dev)  # (n, 4)
+        if sizes is None:
+            boxes = sample_boxes(n, H, W, scale, generator=generator, device=dev)  # (n, 4)
+        else:  # crop v*B + b is of image b: its boxes lie inside that image's true size
+            hw = sizes.repeat(nviews, 1)  # (n, 2)
+            boxes = sample_boxes(n, hw[:, 0], hw[:, 1], scale, generator=generator, device=dev)  # (n, 4)
         flip = _rand(n, generator, dev) < self.flip_p  # (n,)
         jitter = _rand(n, generator, dev) < self.jitter_p  # (n,)
         factors, order = jitter_params(n, jitter, generator=generator, device=dev)  # (n, 4), (n, 4)
@@ -357,30 +369,74 @@ def to_unit_float(images: torch.Tensor) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------- feeding it from a DataLoader
 
-class Uint8Images:
-    """PIL image or tensor -> uint8 (3, size, size) tensor: what the loader's workers do when crops are made on the GPU.
+class PaddedImages(NamedTuple):
+    """Images of different sizes as one batch: zero-padded at the bottom and right to the largest.
 
-    `size=None` keeps the image as it is (every image must then have the same size, like imagenette-96);
-    otherwise the short side is resized to `size` (antialiased bicubic) and the centre square kept.
+    images: uint8 (B, 3, H_max, W_max); sizes: int64 (B, 2), each image's (height, width)."""
+
+    images: torch.Tensor
+    sizes: torch.Tensor
+
+    def to(self, device, non_blocking: bool = False) -> "PaddedImages":
+        return PaddedImages(self.images.to(device, non_blocking=non_blocking), self.sizes.to(device, non_blocking=non_blocking))
+
+
+def check_sizes(images: torch.Tensor, sizes: torch.Tensor) -> None:
+    if sizes.shape != (images.shape[0], 2):
+        raise ValueError(f"sizes must be (B, 2) = ({images.shape[0]}, 2) for {images.shape[0]} images, got {tuple(sizes.shape)}")
+    H, W = images.shape[-2:]
+    if (sizes < 1).any() or (sizes[:, 0] > H).any() or (sizes[:, 1] > W).any():
+        raise ValueError(f"every image size must lie within the padded {H} x {W}, got {sizes.tolist()}")
+
+
+class Uint8Images:
+    """PIL image or tensor -> uint8 (3, H, W) tensor: what the loader's workers do when crops are made on the GPU.
+
+    `size=None` keeps the image as it is; `size` resizes the short side to `size` (antialiased bicubic)
+    and keeps the centre square. `max_size` instead shrinks an image whose longer side exceeds it,
+    keeping its aspect ratio and all of its content (a bound on the padded batch's size).
     """
 
-    def __init__(self, size: int | None = None):
+    def __init__(self, size: int | None = None, max_size: int | None = None):
         from torchvision.transforms import v2
 
+        if size is not None and max_size is not None:
+            raise ValueError("give size (a centre square) or max_size (the whole image, shrunk), not both")
         steps = [v2.ToImage(), v2.RGB()]
         if size is not None:
             steps += [v2.Resize(size, interpolation=v2.InterpolationMode.BICUBIC, antialias=True), v2.CenterCrop(size)]
-        self.transform = v2.Compose(steps)
+        self.transform, self.max_size = v2.Compose(steps), max_size
 
     def __call__(self, image) -> torch.Tensor:
-        return self.transform(image).as_subclass(torch.Tensor)
+        x = self.transform(image).as_subclass(torch.Tensor)  # (3, H, W) uint8
+        H, W = x.shape[-2:]
+        if self.max_size is not None and max(H, W) > self.max_size:
+            from torchvision.transforms.v2 import functional as TF
+
+            h, w = max(1, round(H * self.max_size / max(H, W))), max(1, round(W * self.max_size / max(H, W)))
+            x = TF.resize(x, [h, w], interpolation=TF.InterpolationMode.BICUBIC, antialias=True)  # (3, h, w)
+        return x
 
 
-def collate_uint8(batch):
-    """[(uint8 (3, H, W), label), ...] -> (uint8 (B, 3, H, W), labels (B,)); images must share one size."""
+def collate_uint8(batch, pad_to: int | None = None):
+    """[(uint8 (3, H, W), label), ...] -> (uint8 (B, 3, H, W), labels (B,)) for images of one size, or
+    (PaddedImages, labels) for images of different sizes, padded to the largest. `pad_to` pads every
+    batch to pad_to x pad_to instead (images up to that size, e.g. from Uint8Images(max_size=pad_to)):
+    one shape for every batch, so that a compiled multi-crop compiles once."""
     images, labels = zip(*batch)
-    sizes = {tuple(im.shape) for im in images}
-    if len(sizes) > 1:
-        raise ValueError(f"gpu_augment needs images of one size, got {sorted(sizes)}; "
-                         "resize them in the loader with Uint8Images(size)")
-    return torch.stack(images), torch.as_tensor(labels)
+    labels = torch.as_tensor(labels)
+    shapes = [tuple(im.shape) for im in images]
+    if pad_to is None and len(set(shapes)) == 1:
+        return torch.stack(images), labels  # (B, 3, H, W)
+    channels = {c for c, _, _ in shapes}
+    if len(channels) > 1:
+        raise ValueError(f"images with different channel counts in one batch: {sorted(channels)}; convert them to RGB")
+    H, W = max(h for _, h, _ in shapes), max(w for _, _, w in shapes)
+    if pad_to is not None:
+        if max(H, W) > pad_to:
+            raise ValueError(f"an image of {H} x {W} does not fit pad_to={pad_to}; shrink it first (Uint8Images(max_size=...))")
+        H = W = pad_to
+    padded = images[0].new_zeros(len(images), shapes[0][0], H, W)  # (B, 3, H, W), zero below and right of each image
+    for i, im in enumerate(images):
+        padded[i, :, : im.shape[1], : im.shape[2]] = im
+    return PaddedImages(padded, torch.tensor([s[1:] for s in shapes])), labels

@@ -22,6 +22,7 @@ import time
 import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -40,7 +41,7 @@ from .dino_loss import DINOHead, DINOLoss
 from .ema_training import (cancel_gradients_last_layer, clip_gradients, cosine_scheduler, get_params_groups, make_teacher,
                            update_teacher)
 from .multicrop import MultiCropAugmentation, MultiCropWrapper, collate_multicrop
-from .multicrop_gpu import GPUMultiCropAugmentation, Uint8Images, collate_uint8
+from .multicrop_gpu import GPUMultiCropAugmentation, PaddedImages, Uint8Images, collate_uint8
 from .vision_transformer import build_vit
 
 
@@ -152,7 +153,8 @@ class DINOTrainer:
         if cfg.gpu_augment:  # workers only decode to uint8; the crops are made in one batched pass on the device
             self.gpu_augment = GPUMultiCropAugmentation(*crop_args, compile=cfg.compile)
             self.aug_generator = torch.Generator(device=self.device).manual_seed(cfg.seed + 1 + self.env.rank)
-            self.augment, collate = Uint8Images(cfg.gpu_augment_size or None), collate_uint8
+            self.augment = Uint8Images(cfg.gpu_augment_size or None, cfg.gpu_augment_max_size or None)
+            collate = partial(collate_uint8, pad_to=cfg.gpu_augment_max_size or None)  # one padded shape: one compiled graph
         else:
             self.augment, collate = MultiCropAugmentation(*crop_args), collate_multicrop
         self.sampler = EpochBatchSampler(len(self.dataset), cfg.batch_size_per_gpu, cfg.seed, self.env.rank, self.env.world_size)
@@ -232,7 +234,7 @@ class DINOTrainer:
             group["lr"] = float(self.lr_schedule[it])
             if i == 0:  # only the regularised group has weight decay
                 group["weight_decay"] = float(self.wd_schedule[it])
-        if isinstance(crops, torch.Tensor):  # uint8 images: multi-crop on the device
+        if isinstance(crops, (torch.Tensor, PaddedImages)):  # uint8 images: multi-crop on the device
             if self.gpu_augment is None:
                 raise ValueError("train_step got a batch of images, not crops; set gpu_augment=true to crop on the device")
             crops = self.gpu_augment(crops.to(self.device, non_blocking=True), generator=self.aug_generator)
