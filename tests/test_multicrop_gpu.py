@@ -134,6 +134,7 @@ def test_images_of_different_sizes_are_padded_and_carry_their_sizes():
     assert padded.images.shape == (2, 3, 44, 50) and padded.sizes.tolist() == [[30, 50], [44, 20]]
     assert torch.equal(padded.images[0, :, :30], a) and torch.equal(padded.images[1, :, :, :20], b)
     assert padded.images[0, :, 30:].eq(0).all() and padded.images[1, :, :, 20:].eq(0).all()
+    assert padded.to("cpu").sizes is padded.sizes  # .to moves the pixels; the sizes stay on the host (checked there)
     fixed, _ = collate_uint8([(a, 1), (a, 2)], pad_to=64)  # one shape for every batch, even of equal images
     assert fixed.images.shape == (2, 3, 64, 64) and fixed.sizes.tolist() == [[30, 50], [30, 50]]
     pil = Image.fromarray(photo((30, 50)).permute(1, 2, 0).numpy())

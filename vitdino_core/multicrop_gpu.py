@@ -300,8 +300,9 @@ class GPUMultiCropAugmentation:
         sizes = None
         if isinstance(images, PaddedImages):
             images, sizes = images
-            sizes = sizes.to(images.device)
-            check_sizes(images, sizes)
+            if sizes.device.type == "cpu":  # checked on the host, where the loader made them: no device sync
+                check_sizes(images, sizes)
+            sizes = sizes.to(images.device, non_blocking=True)  # (B, 2)
         with torch.autocast(images.device.type, enabled=False), torch.no_grad():  # fp32 pixels even inside autocast
             return self._crops(to_unit_float(images), sizes, generator)
 
@@ -372,13 +373,14 @@ def to_unit_float(images: torch.Tensor) -> torch.Tensor:
 class PaddedImages(NamedTuple):
     """Images of different sizes as one batch: zero-padded at the bottom and right to the largest.
 
-    images: uint8 (B, 3, H_max, W_max); sizes: int64 (B, 2), each image's (height, width)."""
+    images: uint8 (B, 3, H_max, W_max); sizes: int64 (B, 2), each image's (height, width).
+    `.to(device)` moves the images; the sizes stay on the host, where GPUMultiCropAugmentation checks them."""
 
     images: torch.Tensor
     sizes: torch.Tensor
 
     def to(self, device, non_blocking: bool = False) -> "PaddedImages":
-        return PaddedImages(self.images.to(device, non_blocking=non_blocking), self.sizes.to(device, non_blocking=non_blocking))
+        return PaddedImages(self.images.to(device, non_blocking=non_blocking), self.sizes)
 
 
 def check_sizes(images: torch.Tensor, sizes: torch.Tensor) -> None:
