@@ -69,6 +69,17 @@ follow step_vitb12_compile_cudnn 100 $step $vitb12 --compile --sdpa cudnn
 eb="--config imagenette_small --images 1024 --batch 256 --epochs 4 --set device=cuda --set num_workers=12 --set compile=false"
 follow epoch_boundary 50 $py benchmarks/epoch_boundary.py $eb
 [ -n "${BEFORE:-}" ] && follow epoch_boundary_before 50 $py "$BEFORE/benchmarks/epoch_boundary.py" $eb
+# dino_vitb12's crops on the GPU from ImageNet-sized photos ($VITDINO_DATA/photos, each linked 500 times into one
+# ImageFolder class), shrunk to at most 512 px and padded to 512 x 512 (gpu_augment_max_size), eager and compiled
+photos=/tmp/vitdino_photos
+if [[ " ${ONLY:-} " == *" data_pipeline_gpu_photos"* ]]; then
+    mkdir -p $photos/all && for f in "${VITDINO_DATA:-.}"/photos/*; do
+        src=$(realpath "$f") name=$(basename "$f")
+        for i in $(seq 500); do ln -sf "$src" "$photos/all/${i}_$name"; done; done
+fi
+dpv="$py benchmarks/data_pipeline.py --device cuda --dataset folder --data-path $photos --global-size 228 --local-size 96 --local-crops 10 --batch 64 --batches 48 --max-size 512 --skip-cpu-path"
+follow data_pipeline_gpu_photos 90 $dpv --workers 8 16
+follow data_pipeline_gpu_photos_compile 150 $dpv --workers 16 --compile
 # inductor's matmul search (Triton templates against cuBLAS, element-wise work fused into the winners): minutes of compiling
 follow step_vitb12_autotune 420 $step $vitb12 --compile --compile-mode max-autotune-no-cudagraphs --sdpa "${SDPA:-auto}"
 exit 0
