@@ -460,7 +460,10 @@ for name, (data, n_images, gpu_counts) in datasets.items():
 # And what a GPU does with them, measured: one NVIDIA H200 ran `benchmarks/gpu_suite.sh`, whose JSON files are
 # committed in `benchmarks/results/`. Each DINO step below is the real `train_step` in bf16 autocast, eager and
 # with `compile: true`; "share" is the step's FLOPs per second over that of one large bf16 matrix product timed in
-# the same process, the most this GPU does.
+# the same process, the most this GPU does. The third panel is what an epoch end costs the real training loop
+# (`benchmarks/epoch_boundary.py`): the checkpoint, and the loader's workers starting the next epoch. "Before" is
+# the code that wrote the checkpoint in the loop and restarted the loader each epoch; "after" writes it on a thread
+# and keeps the loader running across epoch ends.
 
 # %%
 from vitdino_core.data import REPO_ROOT
@@ -486,8 +489,15 @@ for label, (eager, compiled) in measured.items():
           f"peak memory {compiled['peak_memory_bytes'] / 2**30:.1f} GiB")
 print(f"official-style ViT-S/16 step, same run as ours: {reference['step_s_median'] * 1e3:.1f} ms, {reference['images_per_s']:,.0f} img/s")
 assert all(c["step_s_median"] < e["step_s_median"] for e, c in measured.values())  # compiling paid off for all three
+# epoch ends in the real loop (imagenette_small, eager): the code before and after the checkpoint thread and the
+# loader's single pass across epochs, same machine
+ends = {when: json.loads((GPU_RESULTS / f"epoch_boundary{suffix}.json").read_text())
+        for when, suffix in (("before", "_before"), ("after", ""))}
+for when, r in ends.items():
+    print(f"epoch end {when:6s}: {r['epoch_end_overhead_s_median']:.2f} s on top of a {r['other_steps_median_s']:.2f} s step")
+assert ends["after"]["epoch_end_overhead_s_median"] < ends["before"]["epoch_end_overhead_s_median"]
 
-fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+fig, axes = plt.subplots(1, 3, figsize=(17, 4), gridspec_kw={"width_ratios": [3, 3, 1.4]})
 x = range(len(measured))
 for i, (which, colour) in enumerate((("eager", "tab:blue"), ("compiled", "tab:green"))):
     axes[0].bar([k + 0.4 * i - 0.2 for k in x], [m[i]["images_per_s"] for m in measured.values()], 0.4, color=colour, label=which)
@@ -497,9 +507,13 @@ axes[0].scatter([-0.2], [reference["images_per_s"]], marker="_", s=900, color="b
 axes[0].set(ylabel="images per second", title="DINO training step on one H200 (bf16)")
 axes[1].axhline(50, ls="--", color="gray", label="50%")
 axes[1].set(ylabel="% of the large-matmul FLOP/s", title="share of what the GPU can do", ylim=(0, 100))
-for ax in axes:
+for ax in axes[:2]:
     ax.set_xticks(list(x), list(measured))
     ax.legend()
+axes[2].bar(list(ends), [r["epoch_end_overhead_s_median"] for r in ends.values()], color=["tab:gray", "tab:green"])
+axes[2].axhline(ends["after"]["other_steps_median_s"], ls=":", color="black", label="one step")
+axes[2].set(ylabel="seconds lost per epoch end", title="epoch ends (imagenette_small)")
+axes[2].legend()
 plt.tight_layout()
 save_figure(fig, "09_gpu_steps")
 plt.show()
