@@ -30,7 +30,7 @@ run() {  # run NAME LIMIT_S CMD...: stdout -> NAME.json (NAME as it is if it has
 }
 
 { nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
-  $py -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__, torch.cuda.get_device_name())"
+  $py -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'cudnn', torch.backends.cudnn.version(), torch.cuda.get_device_name())"
   nproc; } >> "$log" 2>&1
 
 step="$py benchmarks/train_step.py --device cuda --threads 0 --dtype bf16 --batch 64 --warmup 3 --repeat 10"
