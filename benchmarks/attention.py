@@ -21,6 +21,7 @@ import json
 import statistics
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -85,9 +86,7 @@ def make_qkv(B: int, H: int, N: int, d: int, args, device, dtype, g) -> tuple[to
 def time_backend(name: str, leaf: torch.Tensor, qkv: tuple, args, device) -> dict:
     """Forward and forward + backward of one kernel; its output for the comparison."""
     def forward():
-        if BACKENDS[name] is None:
-            return F.scaled_dot_product_attention(*qkv)  # (B, H, N, d)
-        with sdpa_kernel(BACKENDS[name]):
+        with nullcontext() if BACKENDS[name] is None else sdpa_kernel(BACKENDS[name]):
             return F.scaled_dot_product_attention(*qkv)  # (B, H, N, d)
 
     def forward_backward():

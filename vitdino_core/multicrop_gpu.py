@@ -31,6 +31,7 @@ batch instead of one seed per image. Tests compare the two paths' statistics on 
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import NamedTuple, Sequence
 
 import torch
@@ -324,11 +325,9 @@ class GPUMultiCropAugmentation:
         a function of tensors alone, which torch.compile can fuse into a few kernels (compile=True)."""
         B, _, H, W = x.shape
         n, dev = nviews * B, x.device
-        if sizes is None:
-            boxes = sample_boxes(n, H, W, scale, generator=generator, device=dev)  # (n, 4)
-        else:  # crop v*B + b is of image b: its boxes lie inside that image's true size
-            hw = sizes.repeat(nviews, 1)  # (n, 2)
-            boxes = sample_boxes(n, hw[:, 0], hw[:, 1], scale, generator=generator, device=dev)  # (n, 4)
+        # crop v*B + b is of image b: its box lies inside that image's true size (all H x W without sizes)
+        height, width = (H, W) if sizes is None else sizes.repeat(nviews, 1).unbind(1)  # ints, or 2 x (n,)
+        boxes = sample_boxes(n, height, width, scale, generator=generator, device=dev)  # (n, 4)
         flip = _rand(n, generator, dev) < self.flip_p  # (n,)
         jitter = _rand(n, generator, dev) < self.jitter_p  # (n,)
         factors, order = jitter_params(n, jitter, generator=generator, device=dev)  # (n, 4), (n, 4)
@@ -401,6 +400,7 @@ class Uint8Images:
 
     def __init__(self, size: int | None = None, max_size: int | None = None):
         from torchvision.transforms import v2
+        from torchvision.transforms.v2 import functional as TF
 
         if size is not None and max_size is not None:
             raise ValueError("give size (a centre square) or max_size (the whole image, shrunk), not both")
@@ -408,15 +408,14 @@ class Uint8Images:
         if size is not None:
             steps += [v2.Resize(size, interpolation=v2.InterpolationMode.BICUBIC, antialias=True), v2.CenterCrop(size)]
         self.transform, self.max_size = v2.Compose(steps), max_size
+        self._shrink = partial(TF.resize, interpolation=v2.InterpolationMode.BICUBIC, antialias=True)
 
     def __call__(self, image) -> torch.Tensor:
         x = self.transform(image).as_subclass(torch.Tensor)  # (3, H, W) uint8
         H, W = x.shape[-2:]
         if self.max_size is not None and max(H, W) > self.max_size:
-            from torchvision.transforms.v2 import functional as TF
-
             h, w = max(1, round(H * self.max_size / max(H, W))), max(1, round(W * self.max_size / max(H, W)))
-            x = TF.resize(x, [h, w], interpolation=TF.InterpolationMode.BICUBIC, antialias=True)  # (3, h, w)
+            x = self._shrink(x, [h, w])  # (3, h, w)
         return x
 
 
