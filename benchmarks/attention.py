@@ -9,7 +9,9 @@ at the (B, H, N, d) shapes a DINO step gives its backbones: one per crop size, B
 of that size. `--layout step` (the default) feeds q, k, v as `Attention` makes them, views of one
 (B, N, 3C) tensor, i.e. laid out (B, N, H, d) in memory, which the flash kernel takes as it is;
 `--layout contiguous` feeds (B, H, N, d)-contiguous tensors, which some kernels copy first. An
-unsupported kernel is reported with PyTorch's reason. FLOPs count the two
+unsupported kernel is reported with PyTorch's reason. `explicit` is `Attention`'s own softmax path
+(the N x N matrix in memory), `explicit_compiled` the same under torch.compile: for short sequences
+(a 96 px crop has 65 tokens at patch 12) a fused kernel's tiles are mostly empty. FLOPs count the two
 matmuls, 4 B H N^2 d forward and three times that for forward + backward, as train_step.py counts.
 Every kernel's output is compared with the first kernel that ran (max absolute difference).
 """
@@ -32,6 +34,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 BACKENDS = {"flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
             "cudnn": SDPBackend.CUDNN_ATTENTION, "math": SDPBackend.MATH, "auto": None}  # auto: whichever PyTorch picks
+EXPLICIT = ["explicit", "explicit_compiled"]  # Attention's own softmax path, eager and under torch.compile
+
+
+def explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Attention's explicit path (attention maps, bf16 on a CPU): the (B, H, N, N) matrix in the input dtype."""
+    attn = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)  # (B, H, N, N)
+    return attn.softmax(dim=-1) @ v  # (B, H, N, d)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -42,7 +51,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--sizes", type=int, nargs="+", default=[228, 96], help="crop sizes (tokens = (size/patch)^2 + 1)")
     p.add_argument("--crops", type=int, nargs="+", default=[2, 10], help="crops per image at each size")
     p.add_argument("--batch", type=int, default=64, help="images")
-    p.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=list(BACKENDS))
+    p.add_argument("--backends", nargs="+", default=None, choices=list(BACKENDS) + EXPLICIT,
+                   help="default: all (explicit_compiled only on a GPU: compiling takes a while on a CPU)")
     p.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"])
     p.add_argument("--layout", default="step", choices=["step", "contiguous"], help="memory layout of q, k, v (see above)")
     p.add_argument("--device", default="cpu")
@@ -53,6 +63,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(f"--crops needs one count per --sizes entry, got {len(args.crops)} for {len(args.sizes)}")
     if args.dim % args.heads:
         p.error(f"--dim {args.dim} must be divisible by --heads {args.heads}")
+    if args.backends is None:
+        args.backends = list(BACKENDS) + EXPLICIT[:1] + (EXPLICIT[1:] if args.device.startswith("cuda") else [])
     return args
 
 
@@ -85,9 +97,15 @@ def make_qkv(B: int, H: int, N: int, d: int, args, device, dtype, g) -> tuple[to
 
 def time_backend(name: str, leaf: torch.Tensor, qkv: tuple, args, device) -> dict:
     """Forward and forward + backward of one kernel; its output for the comparison."""
-    def forward():
-        with nullcontext() if BACKENDS[name] is None else sdpa_kernel(BACKENDS[name]):
-            return F.scaled_dot_product_attention(*qkv)  # (B, H, N, d)
+    if name in EXPLICIT:
+        fn = torch.compile(explicit_attention, dynamic=False) if name == "explicit_compiled" else explicit_attention
+
+        def forward():
+            return fn(*qkv)  # (B, H, N, d)
+    else:
+        def forward():
+            with nullcontext() if BACKENDS[name] is None else sdpa_kernel(BACKENDS[name]):
+                return F.scaled_dot_product_attention(*qkv)  # (B, H, N, d)
 
     def forward_backward():
         out = forward()  # (B, H, N, d)

@@ -42,8 +42,8 @@ train() {  # train true|false: 80 steps of imagenette_small's real loop, compile
 }
 # ViT-S/16, 2x224 + 6x96 (the CPU anchor's crops), ours against the official-style step in one run
 run step_vits16 100 $step --arch vit_small --patch-size 16 --compare --paired
-# ViT-B/12 as configs/dino_vitb12.yaml: 2x228 + 10x96
-run step_vitb12 100 $step $vitb12
+# ViT-B/12 as configs/dino_vitb12.yaml: 2x228 + 10x96; then 3 steps under torch.profiler: its kernels by kind
+run step_vitb12 100 $step $vitb12 --profile 3
 # configs/imagenette_small.yaml: ViT-S/8, 2x96 + 8x48, batch 256, 16384 prototypes
 run step_imagenette_small 100 $step $small
 # the data pipeline for the ViT-S/16 crops: CPU workers (48 timed batches: a multiple of every worker count) and the GPU path
@@ -54,7 +54,7 @@ run data_pipeline_gpu_compile 120 $py benchmarks/data_pipeline.py --device cuda 
 # the real training loop of imagenette_small (GPU augmentation, 12 loader workers) for 80 steps, eager
 run train_imagenette_small.jsonl 120 bash -c "$(train false)"
 # torch.compile last: compiling takes minutes
-run step_vitb12_compile 230 $step $vitb12 --compile
+run step_vitb12_compile 230 $step $vitb12 --compile --profile 3
 run step_vits16_compile 200 $step --arch vit_small --patch-size 16 --compile
 run step_imagenette_small_compile 150 $step $small --compile
 # the same loop with compile=true (backbones and the GPU augmentation)
@@ -65,6 +65,8 @@ follow() { [ -n "${ONLY:-}" ] && run "$@"; }
 # scaled_dot_product_attention's kernels at ViT-B/12's shapes, then the compiled ViT-B/12 step with cuDNN attention
 follow attention_vitb12 45 $py benchmarks/attention.py --device cuda
 follow step_vitb12_compile_cudnn 100 $step $vitb12 --compile --sdpa cudnn
+# the compiled ViT-B/12 step with the 96 px crops' attention (65 tokens) computed explicitly, the globals' fused
+follow step_vitb12_compile_explicit_local 230 $step $vitb12 --compile --explicit-attention-upto 65 --profile 3
 # what an epoch end costs the real loop (imagenette_small eager, 4 steps an epoch, 12 workers), now and in $BEFORE
 eb="--config imagenette_small --images 1024 --batch 256 --epochs 4 --set device=cuda --set num_workers=12 --set compile=false"
 follow epoch_boundary 50 $py benchmarks/epoch_boundary.py $eb

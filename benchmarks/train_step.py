@@ -18,6 +18,8 @@ on the same device in the same run. Small models multiply small matrices, which 
 the large-matmul rate, so the script also times the step's own matmul shapes alone
 (`own_matmuls_alone`): `fraction_of_step_in_own_matmuls` near 1 means the step is all matmul at the
 speed this library reaches for those shapes, and what is left to win is in the matmuls themselves.
+`--profile N` then runs N more steps under torch.profiler and sorts their kernels (GPU) or operators
+(CPU) by kind: matmul, attention, element-wise, normalisation, optimizer, copies.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import json
 import math
 import os
 import platform
+import re
 import resource
 import statistics
 import sys
@@ -63,6 +66,18 @@ def allow_only_sdpa(name: str) -> None:
         getattr(torch.backends.cuda, f"enable_{backend}_sdp")(backend == SDPA_BACKENDS[name])
 
 
+def explicit_attention_upto(max_tokens: int) -> None:
+    """Process-wide experiment: `Attention` takes its explicit softmax path for sequences of at most `max_tokens`
+    tokens. A fused kernel works in tiles of 64-128 tokens, so a 96 px crop at patch 12 (65 tokens) leaves most
+    of each tile empty; the explicit path's (N x N) matrices are small there. 0 leaves the rule as it is."""
+    if max_tokens <= 0:
+        return
+    import vitdino_core.attention as attention
+
+    rule = attention._explicit_is_faster
+    attention._explicit_is_faster = lambda q: q.shape[-2] <= max_tokens or rule(q)
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--arch", default="vit_small", choices=sorted(ARCH_DIMS))
@@ -77,12 +92,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--compile-mode", default="default", help="torch.compile mode with --compile, e.g. max-autotune-no-cudagraphs")
     p.add_argument("--sdpa", default="auto", choices=sorted(SDPA_BACKENDS),
                    help="the only scaled_dot_product_attention kernel allowed (auto: PyTorch picks)")
+    p.add_argument("--explicit-attention-upto", type=int, default=0, metavar="N",
+                   help="the project's step computes attention explicitly (softmax of the N x N matrix) for sequences "
+                        "of at most N tokens, the fused kernel above (0: the project's own rule)")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (0 = PyTorch's default)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--repeat", type=int, default=5)
     p.add_argument("--grad-checkpointing", action="store_true")
     p.add_argument("--matmul-size", type=int, default=0, help="n of the n x n x n peak matmul (0: 2048 on CPU, 8192 on GPU)")
+    p.add_argument("--profile", type=int, default=0, metavar="N",
+                   help="after timing, run N more steps under torch.profiler and add where their time went (kernels on a "
+                        "GPU, operators on a CPU, by kind) to the JSON as `profile`")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--reference", action="store_true", help="time the official-style step instead of the project's")
     mode.add_argument("--compare", action="store_true", help="time both and report reference / ours")
@@ -92,6 +113,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.paired and not args.compare:
         p.error("--paired only applies to --compare")
+    if args.profile < 0:
+        p.error(f"--profile takes a number of steps >= 0, got {args.profile}")
     return args
 
 
@@ -435,6 +458,93 @@ def per_view(crops: list[torch.Tensor], args) -> list[torch.Tensor]:
     return [v for c in crops for v in c.split(args.batch)]
 
 
+# ----------------------------------------------------------------------------- where the time goes
+
+# the first pattern that matches a kernel's (GPU) or operator's (CPU) name gives its kind. Order matters: cuDNN's
+# attention kernels contain "gemm", inductor names a fused pointwise kernel after the ops it absorbed
+# (triton_poi_fused_convolution_gelu is element-wise work), and convolutions run as implicit GEMMs
+KINDS = [
+    ("attention", r"flash|fmha|sdpa|scaled_dot_product|attention|_attn"),
+    ("matmul", r"^triton_tem"),  # inductor's matmul templates
+    ("elementwise", r"^triton_poi"),
+    ("normalization_softmax", r"layer_norm|softmax|welford|_norm"),
+    ("reduction", r"^triton_(red|per)|reduce|\bsum\b|^aten::(sum|mean|amax|max)$"),
+    ("convolution", r"conv|fprop|dgrad|wgrad|implicit_gemm|im2col"),
+    ("matmul", r"gemm|nvjet|cutlass|cublas|xmma|splitk|^aten::(mm|addmm|bmm|baddbmm|matmul|linear)$"),
+    ("optimizer_ema", r"adam|multi_tensor|foreach|lerp"),
+    ("copy_fill", r"copy|memcpy|memset|fill|cat|clone|contiguous|index|gather|scatter|^aten::to$"),
+    ("views_allocation", r"^aten::(view|_unsafe_view|reshape|_reshape_alias|transpose|as_strided|t|expand|unsqueeze|squeeze|"
+                         r"select|slice|detach|alias|permute|unbind|split|split_with_sizes|chunk|narrow|empty\w*|resize_)$"),
+    ("elementwise", r"elementwise|vectorized|gelu|add|mul|div|sub|where|exp|pow|sqrt|clamp|neg|bernoulli|uniform"),
+]
+
+
+COMPILED_REGION = re.compile(r"CompiledFunction|Torch-Compiled Region|cpp_fused")
+
+
+def kind_of(name: str) -> str:
+    low = name.lower()
+    return next((kind for kind, pattern in KINDS if re.search(pattern, low)), "other")
+
+
+def profile_steps(m: "Mode", steps: int, top: int = 25) -> dict:
+    """Run `steps` steps under torch.profiler: per step, the time of each kernel (GPU) or operator's own time
+    (CPU), summed by name and by kind. On a GPU `device_busy_s` against the step's wall time shows idle gaps
+    (the host not keeping up); on a CPU the operators' self times sum to about the step (intra-op threads
+    run inside their operator)."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    device = m.trainer.device
+    cuda = device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    sync(device)
+    t0 = time.perf_counter()
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            m.step()
+        sync(device)
+    wall = (time.perf_counter() - t0) / steps
+    rows = []
+    for e in prof.key_averages():
+        if cuda:  # kernels only: a CPU operator's device time repeats that of the kernels it launched
+            if e.device_type != DeviceType.CUDA:
+                continue
+            t = getattr(e, "self_device_time_total", 0) or getattr(e, "device_time_total", 0)  # the same for a kernel
+        elif e.key.startswith(("aten::", "mkldnn::")):
+            t = e.self_cpu_time_total
+        elif COMPILED_REGION.search(e.key):  # inductor's C++ kernels are not recorded one by one: their time is here
+            t = e.self_cpu_time_total
+        else:
+            continue  # Python-side ranges and autograd wrappers: their own time is bookkeeping, the work is in the ops
+        if t > 0:
+            kind = "compiled_cpu_kernels" if not cuda and COMPILED_REGION.search(e.key) else kind_of(e.key)
+            rows.append({"name": e.key, "kind": kind, "calls_per_step": e.count / steps, "s_per_step": t / 1e6 / steps})
+    rows.sort(key=lambda r: -r["s_per_step"])
+    busy = sum(r["s_per_step"] for r in rows)
+    kinds: dict[str, float] = {}
+    for r in rows:
+        kinds[r["kind"]] = kinds.get(r["kind"], 0.0) + r["s_per_step"]
+    return {
+        "steps": steps,
+        "what": "CUDA kernels (device time)" if cuda else "aten operators (self CPU time, main thread)",
+        "profiled_step_s": wall,  # with the profiler's own overhead
+        "device_busy_s" if cuda else "operators_s": busy,
+        "by_kind_s": dict(sorted(kinds.items(), key=lambda kv: -kv[1])),
+        "by_kind_fraction": {k: v / busy for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])} if busy else {},
+        "top": [{**r, "name": r["name"][:160]} for r in rows[:top]],
+        "distinct_names": len(rows),
+    }
+
+
+def profile_or_error(m: "Mode", steps: int) -> dict:
+    try:
+        return profile_steps(m, steps)
+    except Exception as e:  # the timings stand without it
+        return {"error": f"{type(e).__name__}: {e}"}
+
+
+
 # ----------------------------------------------------------------------------- timing
 
 class Mode:
@@ -442,7 +552,7 @@ class Mode:
 
     def __init__(self, args, reference: bool):
         self.reference = reference
-        steps = args.warmup + args.repeat
+        steps = args.warmup + args.repeat + args.profile
         self.trainer = make_trainer(args, steps, compile_backbones=args.compile and not reference)  # the reference never compiles
         self.trainer.student.train()
         self.trainer.teacher.train()
@@ -546,6 +656,8 @@ def run_mode(args, reference: bool) -> dict:
         m.timed_step()
     peak, peak_kind = peak_memory(device)
     out = m.summary(args, matmul, own_gemms, peak, peak_kind, [load_before[0], os.getloadavg()[0]])
+    if args.profile:
+        out["profile"] = profile_or_error(m, args.profile)
     del m
     gc.collect()
     return out
@@ -570,6 +682,9 @@ def run_paired(args) -> dict:
     kind = ("peak RSS (VmHWM) during this implementation's steps, both implementations resident"
             if device.type == "cpu" else "torch.cuda.max_memory_allocated during this implementation's steps, both resident")
     out = {name: m.summary(args, matmul, own_gemms, max(m.peaks), kind, load) for name, m in (("ours", ours), ("reference", ref))}
+    if args.profile:
+        for name, m in (("ours", ours), ("reference", ref)):
+            out[name]["profile"] = profile_or_error(m, args.profile)
     ratios = [a / b for a, b in zip(ours.wall, ref.wall)]
     out["ours_over_reference_per_round"] = ratios
     out["ours_over_reference_paired_median"] = statistics.median(ratios)
@@ -581,7 +696,8 @@ def describe(args) -> dict:
     info = {
         "config": {k: getattr(args, k) for k in ("arch", "patch_size", "global_size", "local_size", "local_crops", "batch",
                                                   "out_dim", "dtype", "compile", "compile_mode", "sdpa", "device", "threads",
-                                                  "warmup", "repeat", "grad_checkpointing")},
+                                                  "warmup", "repeat", "grad_checkpointing", "profile",
+                                                  "explicit_attention_upto")},
         "device_name": device_name(device),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
@@ -599,6 +715,7 @@ def main(argv=None) -> dict:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     allow_only_sdpa(args.sdpa)
+    explicit_attention_upto(args.explicit_attention_upto)
     if args.compare:
         if args.paired:
             paired = run_paired(args)

@@ -63,8 +63,9 @@ def test_train_step_script_compares_ours_with_the_official_style_step():
 
 
 def test_train_step_paired_comparison_times_both_in_turn():
-    r = run_script("train_step.py", *TINY, "--compare", "--paired", "--repeat", "2")
+    r = run_script("train_step.py", *TINY, "--compare", "--paired", "--repeat", "2", "--profile", "1")
     assert r["timing"].startswith("paired")
+    assert r["ours"]["profile"]["by_kind_s"]["matmul"] > 0 and r["reference"]["profile"]["by_kind_s"]["matmul"] > 0
     for side in ("ours", "reference"):
         assert len(r[side]["step_s"]) == 2 and positive(r[side]["peak_memory_bytes"])
     ratios = r["ours_over_reference_per_round"]
@@ -86,6 +87,64 @@ def test_train_step_with_bf16_autocast_and_grad_checkpointing(capsys):
     assert json.loads(capsys.readouterr().out) == json.loads(json.dumps(r))
     check_step(r)
     assert r["matmul"]["dtype"] == "bfloat16" and r["config"]["grad_checkpointing"] is True
+
+
+def test_train_step_profile_says_where_the_time_went(capsys):
+    bench, threads = load_train_step(), torch.get_num_threads()
+    try:
+        r = bench.main([*TINY, "--profile", "2"])
+    finally:
+        torch.set_num_threads(threads)
+    capsys.readouterr()
+    prof = r["profile"]
+    assert prof["steps"] == 2 and r["config"]["profile"] == 2
+    assert prof["by_kind_s"]["matmul"] > 0 and prof["by_kind_s"]["attention"] > 0
+    assert sum(prof["by_kind_s"].values()) == pytest.approx(prof["operators_s"])
+    assert sum(prof["by_kind_fraction"].values()) == pytest.approx(1.0)
+    assert prof["operators_s"] <= prof["profiled_step_s"] * 1.05  # own times on one thread cannot exceed the wall time
+    tops = [row["s_per_step"] for row in prof["top"]]
+    assert tops == sorted(tops, reverse=True) and all(row["kind"] in prof["by_kind_s"] for row in prof["top"])
+    with pytest.raises(SystemExit):
+        bench.parse_args([*TINY, "--profile", "-1"])
+
+
+@pytest.mark.parametrize("name, kind", [
+    ("cudnn_generated_fort_native_sdpa_sm90_knob_7_64x128x64_4x1x1_kernel0_0", "attention"),
+    ("void pytorch_flash::flash_bwd_dq_dk_dv_loop_seqk_parallel_kernel<Flash_bwd_kernel_traits<64>>", "attention"),
+    ("nvjet_tst_128x256_64x4_1x2_h_bz_coopA_NTN", "matmul"),
+    ("sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x256x64", "matmul"),
+    ("sm90_xmma_fprop_implicit_gemm_bf16bf16_bf16f32_f32_nhwckrsc_nchw", "convolution"),
+    ("triton_poi_fused_convolution_gelu_3", "elementwise"),  # a fused pointwise kernel, whatever ops it absorbed
+    ("triton_red_fused_add_native_layer_norm_5", "normalization_softmax"),
+    ("triton_tem_fused_mm_4", "matmul"),
+    ("void at::native::(anonymous namespace)::multi_tensor_apply_kernel<FusedAdamW>", "optimizer_ema"),
+    ("aten::addmm", "matmul"), ("aten::_scaled_dot_product_flash_attention_for_cpu_backward", "attention"),
+    ("aten::transpose", "views_allocation"), ("aten::gelu_backward", "elementwise"), ("aten::copy_", "copy_fill"),
+])
+def test_profile_kinds(name, kind):
+    assert load_train_step().kind_of(name) == kind
+
+
+def test_explicit_attention_for_short_sequences_is_the_same_step(capsys, monkeypatch):
+    import vitdino_core.attention as attention
+
+    bench, threads = load_train_step(), torch.get_num_threads()
+    monkeypatch.setattr(attention, "_explicit_is_faster", attention._explicit_is_faster)  # undone after the test
+    fused_calls, sdpa = [], attention.F.scaled_dot_product_attention
+    monkeypatch.setattr(attention.F, "scaled_dot_product_attention", lambda *a, **k: fused_calls.append(1) or sdpa(*a, **k))
+    try:
+        fused = bench.main(TINY)
+        assert fused_calls
+        bench.explicit_attention_upto(2)  # TINY's local crops: 1 patch + CLS; its global crops have 5 tokens
+        seq = lambda n: torch.zeros(1, 1, n, 4)  # (B, H, N, d)
+        assert attention._explicit_is_faster(seq(2)) and not attention._explicit_is_faster(seq(5))
+        fused_calls.clear()
+        mixed = bench.main([*TINY, "--explicit-attention-upto", "5"])  # every sequence explicit
+    finally:
+        torch.set_num_threads(threads)
+    capsys.readouterr()
+    assert mixed["config"]["explicit_attention_upto"] == 5 and not fused_calls
+    assert mixed["loss"] == pytest.approx(fused["loss"], rel=1e-5)
 
 
 def test_data_pipeline_script():
