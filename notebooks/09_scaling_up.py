@@ -47,11 +47,14 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import torch
+from torch.profiler import ProfilerActivity, profile
 
 from vitdino_core import DINOHead, load_checkpoint, vit_base, vit_small, vit_tiny
 from vitdino_core.config import CONFIG_DIR, ConfigError, load_config, shipped_configs
+from vitdino_core.data import REPO_ROOT
 from vitdino_core.evaluate import parse_args as evaluate_args
-from vitdino_core.notebook import save_figure, setup
+from vitdino_core.notebook import native_stderr_silenced, save_figure, setup
+from vitdino_core.train import DINOTrainer
 from vitdino_core.train import main as train_main
 
 env = setup(seed=0)
@@ -226,6 +229,105 @@ for name in ("workshop_tiny", "imagenette_cpu"):
     print(f"  {name:15s}: one epoch of Imagenette ~{n_images / ips / 60:5.1f} min, all {c.epochs} epochs ~{c.epochs * n_images / ips / 3600:5.1f} h"
           + ("  (different crop sizes and batch: a rough guide)" if name != "workshop_tiny" else ""))
 assert ips > 0
+
+# %% [markdown]
+# ### Where a step's time goes
+#
+# Images per second says *how fast*; a profiler says *where the time goes*. `torch.profiler` records every operator a
+# step runs, with its own time. We run two `train_step`s of `workshop_tiny` (one batch from its real loader) under
+# it and sort the operators into four kinds: matrix products (`mm`, `addmm`, `bmm`: every linear layer, forward and
+# backward), fused attention (`scaled_dot_product_attention`), the optimiser and the EMA (`_fused_adamw_`,
+# `lerp_`), and everything else (GELU, LayerNorm, residual additions, copies, the loss).
+
+# %%
+MATMULS = {"aten::mm", "aten::addmm", "aten::bmm"}
+
+
+def kind(op: str) -> str:
+    if op in MATMULS:
+        return "matmul"
+    if "scaled_dot_product" in op:
+        return "attention"
+    return "optimiser + EMA" if ("adam" in op or "lerp" in op) else "everything else"
+
+
+prof_trainer = DINOTrainer(load_config("workshop_tiny", [f"output_dir={RUNS}", "run_name=profile", "max_images=64",
+                                                         f"batch_size_per_gpu={batch}", "num_workers=0"]), quiet=True)
+prof_crops = next(iter(prof_trainer.loader))[0]  # [(2B, 3, 72, 72), (4B, 3, 36, 36)]
+prof_trainer.train_step(prof_crops)  # warm-up: the first step allocates
+t0 = time.perf_counter()
+for _ in range(2):
+    prof_trainer.train_step(prof_crops)
+live_step_s = (time.perf_counter() - t0) / 2  # timed without the profiler, whose own overhead grows with each operator call
+with native_stderr_silenced(), profile(activities=[ProfilerActivity.CPU]) as prof:  # (the profiler's C++ log lines)
+    for _ in range(2):
+        prof_trainer.train_step(prof_crops)
+live = {}  # kind -> seconds per step, the operators' own time
+for e in prof.key_averages():
+    if e.key.startswith("aten::"):
+        live[kind(e.key)] = live.get(kind(e.key), 0.0) + e.self_cpu_time_total / 1e6 / 2
+top = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)[:6]
+print("largest operators:", ", ".join(f"{e.key} {e.self_cpu_time_total / 2e3:.0f} ms" for e in top))
+print({k: f"{v * 1e3:.0f} ms" for k, v in live.items()})
+assert live["matmul"] > 0 and live["attention"] > 0
+
+# %% [markdown]
+# Next to it, the committed profile of the CPU anchor (`benchmarks/train_step.py --compare --paired --profile 2`: a
+# ViT-S/16 with a 65536-prototype head, batch 8, 2 x 224 + 6 x 96 crops, fp32, measured on a 2-core Xeon), for this
+# project's step and for the official DINO code's way of running the same maths. The official-style step computes
+# attention explicitly: its attention is in its `bmm` (matmul) and softmax (everything else) rows.
+
+# %%
+anchor_run = json.loads((REPO_ROOT / "benchmarks" / "results" / "cpu_2026-11-27" / "paired_repeat6_profile2_session2.json").read_text())
+GROUPS = {"matmul": "matmul", "attention": "attention", "optimizer_ema": "optimiser + EMA"}
+
+
+def grouped(by_kind: dict) -> dict:
+    out = {}
+    for k, v in by_kind.items():
+        out[GROUPS.get(k, "everything else")] = out.get(GROUPS.get(k, "everything else"), 0.0) + v
+    return out
+
+
+bars = {f"workshop_tiny, batch {batch}\n(this machine, now)": live,
+        "ViT-S/16 anchor, batch 8\n(this project's step)": grouped(anchor_run["ours"]["profile"]["by_kind_s"]),
+        "ViT-S/16 anchor, batch 8\n(official-style step)": grouped(anchor_run["reference"]["profile"]["by_kind_s"])}
+timed = [live_step_s, anchor_run["ours"]["step_s_median"], anchor_run["reference"]["step_s_median"]]  # without the profiler
+order = ["matmul", "attention", "everything else", "optimiser + EMA"]
+colours = {"matmul": "tab:blue", "attention": "tab:orange", "everything else": "tab:gray", "optimiser + EMA": "tab:green"}
+fig, ax = plt.subplots(figsize=(11, 3.2))
+for row, (label, secs) in enumerate(bars.items()):
+    total, left = sum(secs.values()), 0.0
+    for k in order:
+        share = 100 * secs.get(k, 0.0) / total
+        ax.barh(row, share, left=left, color=colours[k], label=k if row == 0 else None)
+        if share > 6:
+            ax.text(left + share / 2, row, f"{share:.0f}%", ha="center", va="center", color="white")
+        left += share
+    ax.text(101, row, f"step {timed[row]:.2f} s", va="center")
+    print(f"{label.replace(chr(10), ' '):55s} step {timed[row]:5.2f} s timed, {total:5.2f} s in operators under the profiler, "
+          f"matmul {100 * secs['matmul'] / total:4.1f}%")
+ax.set_yticks(range(len(bars)), list(bars))
+ax.invert_yaxis()
+ax.set(xlim=(0, 116), xlabel="% of the step's operator time (under the profiler)",
+       title="Where a DINO training step's time goes on a CPU")
+ax.legend(loc="lower center", bbox_to_anchor=(0.5, -0.55), ncol=4)
+plt.tight_layout()
+save_figure(fig, "09_step_profile")
+plt.show()
+assert timed[1] < timed[2]  # the same maths in less time
+
+# %% [markdown]
+# Two things to read from it. First, a DINO step on a CPU is mostly matrix products (how much depends on the model's
+# width: a ViT-tiny's 192-wide matrices are small, so its other operators weigh more); no change *around* the matmuls
+# can make a step much faster than its matmuls alone. Second, where the official-style step loses: the explicit
+# attention's softmax and the copies around it (its grey part), and Python loops (over view pairs in the loss, over
+# parameters with one `.item()` each when clipping, and for the EMA) whose cost lies *between* operators, so that
+# only the timed step shows it. The project's step fuses those, which is all that can be won here at the same
+# precision; bf16 (section 7) makes the matmuls themselves faster on CPUs with bf16 units. (The profiler adds a
+# little time to every operator call, more to the step with more calls: compare the timed steps, not the bars' widths.)
+# On a GPU the matmuls are so fast that everything else weighs far more, which is where fused attention kernels and
+# `torch.compile` (section 8) pay off.
 
 # %% [markdown]
 # ## 6. Many processes: `torchrun` and DistributedDataParallel
@@ -466,8 +568,6 @@ for name, (data, n_images, gpu_counts) in datasets.items():
 # and keeps the loader running across epoch ends.
 
 # %%
-from vitdino_core.data import REPO_ROOT
-
 GPU_RESULTS = REPO_ROOT / "benchmarks" / "results" / "h200_2026-11-27"
 
 
@@ -561,7 +661,8 @@ assert scores["num_train"] == n_train and scores["num_val"] == n_val and 0 <= sc
 # * **torchrun** with 2 processes on a CPU (gloo): the same command runs N GPUs with NCCL;
 # * measured on this CPU: **bf16 autocast** (a GPU feature), **torch.compile** (compilation cost against step
 #   savings), **gradient checkpointing** (activation memory against recomputation), and the **throughput** of
-#   `workshop_tiny`; and, read from the committed benchmark files, what the same training step does on an H200;
+#   `workshop_tiny`, with a **profile** of where its step's time goes next to the CPU anchor's; and, read from the
+#   committed benchmark files, what the same training step does on an H200;
 # * the **evaluation CLI**.
 #
 # ## Exercises

@@ -80,3 +80,21 @@ def test_readme_gives_the_ci_test_command():
     readme = REPO / "README.md"
     assert readme.is_file(), "README.md is missing"
     assert "make test" in readme.read_text(), "README.md does not give the test command `make test`"
+
+
+def test_native_stderr_silenced_hides_fd_level_output_only_while_active(capfd):
+    import os
+
+    from vitdino_core.notebook import native_stderr_silenced
+
+    with native_stderr_silenced():
+        os.write(2, b"from C++\n")
+    os.write(2, b"after\n")
+    assert capfd.readouterr().err == "after\n"
+    try:
+        with native_stderr_silenced():
+            raise ValueError("still raised")
+    except ValueError as e:
+        assert str(e) == "still raised"
+    os.write(2, b"restored\n")
+    assert capfd.readouterr().err == "restored\n"

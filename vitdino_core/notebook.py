@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import random
+import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -110,3 +112,18 @@ def save_figure(fig, name: str) -> Path | None:
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, bbox_inches="tight", dpi=110)
     return out
+
+
+@contextmanager
+def native_stderr_silenced():
+    """Silence what C++ code writes straight to the process's stderr for the duration, e.g. torch.profiler's
+    start and stop lines, which Jupyter would show under the cell. Python exceptions still propagate."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
