@@ -62,8 +62,9 @@ run train_imagenette_small_compile.jsonl 200 bash -c "$(train true)"
 
 # ---- follow-ups (only with ONLY=...)
 follow() { [ -n "${ONLY:-}" ] && run "$@"; }
-# scaled_dot_product_attention's kernels at ViT-B/12's shapes, then the compiled ViT-B/12 step with cuDNN attention
-follow attention_vitb12 45 $py benchmarks/attention.py --device cuda
+# scaled_dot_product_attention's kernels and the explicit path (eager and compiled) at ViT-B/12's shapes, then the compiled
+# ViT-B/12 step with cuDNN attention
+follow attention_vitb12 120 $py benchmarks/attention.py --device cuda
 follow step_vitb12_compile_cudnn 100 $step $vitb12 --compile --sdpa cudnn
 # the compiled ViT-B/12 step with the 96 px crops' attention (65 tokens) computed explicitly, the globals' fused
 follow step_vitb12_compile_explicit_local 230 $step $vitb12 --compile --explicit-attention-upto 65 --profile 3
@@ -76,6 +77,7 @@ follow epoch_boundary 50 $py benchmarks/epoch_boundary.py $eb
 photos=/tmp/vitdino_photos
 if [[ " ${ONLY:-} " == *" data_pipeline_gpu_photos"* ]]; then
     mkdir -p $photos/all && for f in "${VITDINO_DATA:-.}"/photos/*; do
+        [ -f "$f" ] || continue
         src=$(realpath "$f") name=$(basename "$f")
         for i in $(seq 500); do ln -sf "$src" "$photos/all/${i}_$name"; done; done
 fi

@@ -242,3 +242,29 @@ def test_epoch_boundary_script(shared_data, monkeypatch):
                    "--set", "num_workers=1", "--set", "global_crops_size=24", "--set", "local_crops_size=12")
     assert r["steps_per_epoch"] == 6 and len(r["first_step_of_epoch_s"]) == 1
     assert positive(r["other_steps_median_s"]) and math.isfinite(r["epoch_end_overhead_s_median"])
+
+
+def test_gpu_suite_commands_parse(tmp_path, monkeypatch):
+    """benchmarks/gpu_suite.sh runs where device time is scarce: run it with a stand-in python that only prints its
+    arguments, and check that every benchmark command it would run parses, with the steps ONLY names and no others."""
+    stub = tmp_path / "py"
+    stub.write_text('#!/bin/sh\nprintf "%s\\n" "$*"\n')
+    stub.chmod(0o755)
+    steps = ["step_vits16", "step_vitb12", "step_imagenette_small", "data_pipeline", "data_pipeline_gpu",
+             "data_pipeline_gpu_compile", "step_vitb12_compile", "step_vits16_compile", "step_imagenette_small_compile",
+             "attention_vitb12", "step_vitb12_compile_cudnn", "step_vitb12_compile_explicit_local", "epoch_boundary",
+             "data_pipeline_gpu_photos", "data_pipeline_gpu_photos_compile", "step_vitb12_autotune"]
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHON": str(stub), "ONLY": " ".join(steps), "VITDINO_DATA": str(tmp_path)}  # no photos to link
+    proc = subprocess.run(["bash", str(BENCH / "gpu_suite.sh"), str(out)], env=env, capture_output=True, text=True,
+                          timeout=120, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert sorted(p.name for p in out.iterdir()) == sorted([f"{s}.json" for s in steps] + ["log.txt"])
+    for step in steps:
+        script, *argv = (out / f"{step}.json").read_text().split()
+        spec = importlib.util.spec_from_file_location(f"suite_{step}", REPO / script)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        mod.parse_args(argv)  # exits (SystemExit) on an unknown flag or a bad value
+    assert "--explicit-attention-upto 65" in (out / "step_vitb12_compile_explicit_local.json").read_text()
+    assert "--profile 3" in (out / "step_vitb12_compile.json").read_text()
