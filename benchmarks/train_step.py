@@ -94,7 +94,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="the only scaled_dot_product_attention kernel allowed (auto: PyTorch picks)")
     p.add_argument("--explicit-attention-upto", type=int, default=0, metavar="N",
                    help="the project's step computes attention explicitly (softmax of the N x N matrix) for sequences "
-                        "of at most N tokens, the fused kernel above (0: the project's own rule)")
+                        "of at most N tokens, with the fused kernel for longer ones (0: the project's own rule)")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (0 = PyTorch's default)")
     p.add_argument("--warmup", type=int, default=2)
@@ -470,7 +470,8 @@ KINDS = [
     ("normalization_softmax", r"layer_norm|softmax|welford|_norm"),
     ("reduction", r"^triton_(red|per)|reduce|\bsum\b|^aten::(sum|mean|amax|max)$"),
     ("convolution", r"conv|fprop|dgrad|wgrad|implicit_gemm|im2col"),
-    ("matmul", r"gemm|nvjet|cutlass|cublas|xmma|splitk|^aten::(mm|addmm|bmm|baddbmm|matmul|linear)$"),
+    ("matmul", r"gemm|nvjet|cutlass|cublas|xmma|splitk|linear|^aten::(mm|addmm|bmm|baddbmm|matmul)$"),  # linear: also
+    # mkl::_mkl_linear and mkldnn::_linear_pointwise, which compiled CPU graphs call
     ("optimizer_ema", r"adam|multi_tensor|foreach|lerp"),
     ("copy_fill", r"copy|memcpy|memset|fill|cat|clone|contiguous|index|gather|scatter|^aten::to$"),
     ("views_allocation", r"^aten::(view|_unsafe_view|reshape|_reshape_alias|transpose|as_strided|t|expand|unsqueeze|squeeze|"
@@ -511,7 +512,7 @@ def profile_steps(m: "Mode", steps: int, top: int = 25) -> dict:
             if e.device_type != DeviceType.CUDA:
                 continue
             t = getattr(e, "self_device_time_total", 0) or getattr(e, "device_time_total", 0)  # the same for a kernel
-        elif e.key.startswith(("aten::", "mkldnn::")):
+        elif e.key.startswith(("aten::", "mkldnn::", "mkl::", "onednn::")):
             t = e.self_cpu_time_total
         elif COMPILED_REGION.search(e.key):  # inductor's C++ kernels are not recorded one by one: their time is here
             t = e.self_cpu_time_total

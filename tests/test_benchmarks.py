@@ -120,6 +120,7 @@ def test_train_step_profile_says_where_the_time_went(capsys):
     ("void at::native::(anonymous namespace)::multi_tensor_apply_kernel<FusedAdamW>", "optimizer_ema"),
     ("aten::addmm", "matmul"), ("aten::_scaled_dot_product_flash_attention_for_cpu_backward", "attention"),
     ("aten::transpose", "views_allocation"), ("aten::gelu_backward", "elementwise"), ("aten::copy_", "copy_fill"),
+    ("mkl::_mkl_linear", "matmul"), ("aten::layer_norm", "normalization_softmax"),
 ])
 def test_profile_kinds(name, kind):
     assert load_train_step().kind_of(name) == kind
