@@ -98,3 +98,18 @@ def test_native_stderr_silenced_hides_fd_level_output_only_while_active(capfd):
         assert str(e) == "still raised"
     os.write(2, b"restored\n")
     assert capfd.readouterr().err == "restored\n"
+
+
+def test_relative_links_in_the_docs_resolve():
+    """Every relative link and image in the project's Markdown files points at a file or folder that exists."""
+    import subprocess
+
+    tracked = subprocess.run(["git", "ls-files", "*.md"], cwd=REPO, capture_output=True, text=True).stdout.split()
+    docs = [REPO / f for f in tracked] or sorted(REPO.glob("**/*.md"))
+    assert REPO / "README.md" in docs
+    broken = []
+    for doc in docs:
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", doc.read_text()):
+            if not re.match(r"[a-z]+://|mailto:", target) and not (doc.parent / target).exists():
+                broken.append(f"{doc.relative_to(REPO)} -> {target}")
+    assert not broken, broken
