@@ -148,6 +148,17 @@ def test_explicit_attention_for_short_sequences_is_the_same_step(capsys, monkeyp
     assert mixed["loss"] == pytest.approx(fused["loss"], rel=1e-5)
 
 
+def test_patch_embed_script_times_both_layouts():
+    r = run_script("patch_embed.py", "--dim", "16", "--patch-size", "4", "--sizes", "16", "8", "--crops", "2", "3",
+                   "--warmup", "0", "--repeat", "1", "--threads", "1")
+    assert [(s["crops"], s["size"]) for s in r["shapes"]] == [(2, 16), (3, 8)]
+    for s in r["shapes"]:
+        for layout in ("default", "channels_last"):
+            assert positive(s[layout]["forward_ms"]) and positive(s[layout]["forward_backward_ms"])
+        assert s["max_abs_diff"] < 1e-5  # the same tokens in either layout
+        assert positive(s["channels_last_over_default_forward_backward"])
+
+
 def test_data_pipeline_script():
     r = run_script("data_pipeline.py", "--dataset", "random", "--images", "12", "--global-size", "16", "--local-size", "8",
                    "--local-crops", "1", "--batch", "4", "--batches", "1", "--workers", "0", "--threads", "1")
@@ -254,7 +265,7 @@ def test_gpu_suite_commands_parse(tmp_path, monkeypatch):
     steps = ["step_vits16", "step_vitb12", "step_imagenette_small", "data_pipeline", "data_pipeline_gpu",
              "data_pipeline_gpu_compile", "step_vitb12_compile", "step_vits16_compile", "step_imagenette_small_compile",
              "attention_vitb12", "step_vitb12_compile_cudnn", "step_vitb12_compile_explicit_local", "epoch_boundary",
-             "data_pipeline_gpu_photos", "data_pipeline_gpu_photos_compile", "step_vitb12_autotune"]
+             "data_pipeline_gpu_photos", "data_pipeline_gpu_photos_compile", "step_vitb12_autotune", "patch_embed_vitb12"]
     out = tmp_path / "out"
     env = {**os.environ, "PYTHON": str(stub), "ONLY": " ".join(steps), "VITDINO_DATA": str(tmp_path)}  # no photos to link
     proc = subprocess.run(["bash", str(BENCH / "gpu_suite.sh"), str(out)], env=env, capture_output=True, text=True,

@@ -1,0 +1,108 @@
+"""Time the patch embedding in both memory layouts and print one JSON object.
+
+    python benchmarks/patch_embed.py                       # ViT-S/16 at the CPU anchor's crops, fp32, CPU
+    python benchmarks/patch_embed.py --device cuda --dtype bf16 --dim 768 --patch-size 12 --sizes 228 96 --crops 128 640
+
+The patch embedding is a ViT's only convolution (kernel = stride = patch). `channels_last` stores
+images as (B, H, W, C), which convolution libraries often prefer; the conv's output is then already
+token-major, so (B, D, h, w) -> (B, N, D) needs no transpose copy. This times `PatchEmbed` plus the
+class-token concatenation that follows it in `prepare_tokens`, forward and forward + backward (weights
+only: images need no gradient), in the default layout and in channels_last (input and weight
+converted; the input's conversion is timed too, as a loader would have to do it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from vitdino_core.patch_embedding import PatchEmbed  # noqa: E402
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--dim", type=int, default=384)
+    p.add_argument("--patch-size", type=int, default=16)
+    p.add_argument("--sizes", type=int, nargs="+", default=[224, 96], help="crop sizes")
+    p.add_argument("--crops", type=int, nargs="+", default=[16, 48], help="crops at each size (the anchor: batch 8)")
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="bf16 = autocast")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=2, help="CPU threads (0 = PyTorch's default)")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--repeat", type=int, default=15)
+    args = p.parse_args(argv)
+    if len(args.crops) != len(args.sizes):
+        p.error(f"--crops needs one count per --sizes entry, got {len(args.crops)} for {len(args.sizes)}")
+    return args
+
+
+def median_ms(fn, device: torch.device, warmup: int, repeat: int) -> float:
+    times = []
+    for i in range(warmup + repeat):
+        t0 = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    return 1e3 * statistics.median(times)
+
+
+def time_layout(embed: PatchEmbed, images: torch.Tensor, channels_last: bool, args) -> dict:
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    embed = embed.to(memory_format=fmt)
+    cls = torch.zeros(1, 1, args.dim, device=images.device)  # (1, 1, D)
+    autocast = torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=args.dtype == "bf16")
+
+    def tokens() -> torch.Tensor:
+        with autocast:
+            x = embed(images.contiguous(memory_format=fmt))  # (B, N, D)
+            return torch.cat((cls.expand(x.shape[0], -1, -1).to(x.dtype), x), dim=1)  # (B, N+1, D)
+
+    def forward():
+        with torch.no_grad():
+            tokens()
+
+    def forward_backward():
+        tokens().float().sum().backward()
+
+    out = tokens().detach().float()
+    return {"forward_ms": median_ms(forward, images.device, args.warmup, args.repeat),
+            "forward_backward_ms": median_ms(forward_backward, images.device, args.warmup, args.repeat), "out": out}
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"--device {args.device}: no CUDA GPU is visible")
+    if device.type == "cpu" and args.threads > 0:
+        torch.set_num_threads(args.threads)
+    result = {"benchmark": "patch_embed", "config": vars(args), "torch": torch.__version__,
+              "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", "shapes": []}
+    g = torch.Generator().manual_seed(0)
+    for size, crops in zip(args.sizes, args.crops):
+        torch.manual_seed(0)
+        embed = PatchEmbed(size, args.patch_size, 3, args.dim).to(device)
+        images = torch.randn(crops, 3, size, size, generator=g).to(device)  # (B, 3, S, S)
+        default, channels_last = (time_layout(embed, images, cl, args) for cl in (False, True))
+        diff = (default.pop("out") - channels_last.pop("out")).abs().max().item()
+        entry = {"crops": crops, "size": size, "default": default, "channels_last": channels_last,
+                 "max_abs_diff": diff,
+                 "channels_last_over_default_forward_backward": channels_last["forward_backward_ms"] / default["forward_backward_ms"]}
+        result["shapes"].append(entry)
+        print(f"{crops} x {size} px: {entry}", file=sys.stderr)
+    print(json.dumps(result, indent=1))
+    return result
+
+
+if __name__ == "__main__":
+    main()
