@@ -327,7 +327,8 @@ assert timed[1] < timed[2]  # the same maths in less time
 # precision; bf16 (section 7) makes the matmuls themselves faster on CPUs with bf16 units. (The profiler adds a
 # little time to every operator call, more to the step with more calls: compare the timed steps, not the bars' widths.)
 # On a GPU the matmuls are so fast that everything else weighs far more, which is where fused attention kernels and
-# `torch.compile` (section 8) pay off.
+# `torch.compile` (section 8) pay off. `python benchmarks/train_step.py --profile 2` profiles any configuration this
+# way (`--device cuda`: every GPU kernel, sorted into the same kinds and a few more).
 
 # %% [markdown]
 # ## 6. Many processes: `torchrun` and DistributedDataParallel
