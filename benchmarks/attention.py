@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import time
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -31,6 +29,11 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # timing.py
+
+from timing import median_seconds  # noqa: E402
+
+from vitdino_core.attention import softmax_attention  # noqa: E402
 
 BACKENDS = {"flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
             "cudnn": SDPBackend.CUDNN_ATTENTION, "math": SDPBackend.MATH, "auto": None}  # auto: whichever PyTorch picks
@@ -39,8 +42,7 @@ EXPLICIT = ["explicit", "explicit_compiled"]  # Attention's own softmax path, ea
 
 def explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """Attention's explicit path (attention maps, bf16 on a CPU): the (B, H, N, N) matrix in the input dtype."""
-    attn = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)  # (B, H, N, N)
-    return attn.softmax(dim=-1) @ v  # (B, H, N, d)
+    return softmax_attention(q, k, v, q.shape[-1] ** -0.5)[0]  # (B, H, N, d)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -66,24 +68,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.backends is None:
         args.backends = list(BACKENDS) + EXPLICIT[:1] + (EXPLICIT[1:] if args.device.startswith("cuda") else [])
     return args
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def median_time(fn, device: torch.device, warmup: int, repeat: int) -> float:
-    for _ in range(warmup):
-        fn()
-    sync(device)
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def make_qkv(B: int, H: int, N: int, d: int, args, device, dtype, g) -> tuple[torch.Tensor, tuple]:
@@ -117,8 +101,8 @@ def time_backend(name: str, leaf: torch.Tensor, qkv: tuple, args, device) -> dic
             out = forward()
     except RuntimeError as e:  # this kernel does not support these inputs or this device
         return {"error": str(e).strip().splitlines()[0]}
-    fwd = median_time(lambda: forward().sum(), device, args.warmup, args.repeat)
-    fwd_bwd = median_time(forward_backward, device, args.warmup, args.repeat)
+    fwd = median_seconds(lambda: forward().sum(), device, args.warmup, args.repeat)
+    fwd_bwd = median_seconds(forward_backward, device, args.warmup, args.repeat)
     leaf.grad = None
     return {"forward_s": fwd, "forward_backward_s": fwd_bwd, "out": out}
 

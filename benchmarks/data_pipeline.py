@@ -30,6 +30,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # timing.py
+
+from timing import sync  # noqa: E402
 
 from vitdino_core.config import make_config  # noqa: E402
 from vitdino_core.data import EpochBatchSampler, MultiCropDataset, make_loader  # noqa: E402
@@ -62,11 +65,6 @@ def parse_args(argv=None) -> argparse.Namespace:
 def cpu_seconds(children: bool = False) -> float:
     r = resource.getrusage(resource.RUSAGE_CHILDREN if children else resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def make_cfg(args):

@@ -15,14 +15,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # timing.py
+
+from timing import median_seconds  # noqa: E402
 
 from vitdino_core.patch_embedding import PatchEmbed  # noqa: E402
 
@@ -44,18 +45,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def median_ms(fn, device: torch.device, warmup: int, repeat: int) -> float:
-    times = []
-    for i in range(warmup + repeat):
-        t0 = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        if i >= warmup:
-            times.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(times)
-
-
 def time_layout(embed: PatchEmbed, images: torch.Tensor, channels_last: bool, args) -> dict:
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     embed = embed.to(memory_format=fmt)
@@ -75,8 +64,8 @@ def time_layout(embed: PatchEmbed, images: torch.Tensor, channels_last: bool, ar
         tokens().float().sum().backward()
 
     out = tokens().detach().float()
-    return {"forward_ms": median_ms(forward, images.device, args.warmup, args.repeat),
-            "forward_backward_ms": median_ms(forward_backward, images.device, args.warmup, args.repeat), "out": out}
+    return {"forward_ms": 1e3 * median_seconds(forward, images.device, args.warmup, args.repeat),
+            "forward_backward_ms": 1e3 * median_seconds(forward_backward, images.device, args.warmup, args.repeat), "out": out}
 
 
 def main(argv=None) -> dict:

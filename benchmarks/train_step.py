@@ -43,6 +43,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # timing.py
+
+from timing import sync  # noqa: E402
 
 from vitdino_core.attention import Attention  # noqa: E402
 from vitdino_core.config import make_config  # noqa: E402
@@ -151,11 +154,6 @@ def step_flops(args) -> dict[str, float]:
 
 
 # ----------------------------------------------------------------------------- device helpers
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
 
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
@@ -512,27 +510,28 @@ def profile_steps(m: "Mode", steps: int, top: int = 25) -> dict:
             if e.device_type != DeviceType.CUDA:
                 continue
             t = getattr(e, "self_device_time_total", 0) or getattr(e, "device_time_total", 0)  # the same for a kernel
+            kind = kind_of(e.key)
         elif e.key.startswith(("aten::", "mkldnn::", "mkl::", "onednn::")):
-            t = e.self_cpu_time_total
+            t, kind = e.self_cpu_time_total, kind_of(e.key)
         elif COMPILED_REGION.search(e.key):  # inductor's C++ kernels are not recorded one by one: their time is here
-            t = e.self_cpu_time_total
+            t, kind = e.self_cpu_time_total, "compiled_cpu_kernels"
         else:
             continue  # Python-side ranges and autograd wrappers: their own time is bookkeeping, the work is in the ops
         if t > 0:
-            kind = "compiled_cpu_kernels" if not cuda and COMPILED_REGION.search(e.key) else kind_of(e.key)
             rows.append({"name": e.key, "kind": kind, "calls_per_step": e.count / steps, "s_per_step": t / 1e6 / steps})
     rows.sort(key=lambda r: -r["s_per_step"])
     busy = sum(r["s_per_step"] for r in rows)
     kinds: dict[str, float] = {}
     for r in rows:
         kinds[r["kind"]] = kinds.get(r["kind"], 0.0) + r["s_per_step"]
+    by_kind = dict(sorted(kinds.items(), key=lambda kv: -kv[1]))
     return {
         "steps": steps,
         "what": "CUDA kernels (device time)" if cuda else "aten operators (self CPU time, main thread)",
         "profiled_step_s": wall,  # with the profiler's own overhead
         "device_busy_s" if cuda else "operators_s": busy,
-        "by_kind_s": dict(sorted(kinds.items(), key=lambda kv: -kv[1])),
-        "by_kind_fraction": {k: v / busy for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])} if busy else {},
+        "by_kind_s": by_kind,
+        "by_kind_fraction": {k: v / busy for k, v in by_kind.items()} if busy else {},
         "top": [{**r, "name": r["name"][:160]} for r in rows[:top]],
         "distinct_names": len(rows),
     }

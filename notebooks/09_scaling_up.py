@@ -265,7 +265,8 @@ with native_stderr_silenced(), profile(activities=[ProfilerActivity.CPU]) as pro
 live = {}  # kind -> seconds per step, the operators' own time
 for e in prof.key_averages():
     if e.key.startswith("aten::"):
-        live[kind(e.key)] = live.get(kind(e.key), 0.0) + e.self_cpu_time_total / 1e6 / 2
+        k = kind(e.key)
+        live[k] = live.get(k, 0.0) + e.self_cpu_time_total / 1e6 / 2
 top = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)[:6]
 print("largest operators:", ", ".join(f"{e.key} {e.self_cpu_time_total / 2e3:.0f} ms" for e in top))
 print({k: f"{v * 1e3:.0f} ms" for k, v in live.items()})
@@ -285,7 +286,8 @@ GROUPS = {"matmul": "matmul", "attention": "attention", "optimizer_ema": "optimi
 def grouped(by_kind: dict) -> dict:
     out = {}
     for k, v in by_kind.items():
-        out[GROUPS.get(k, "everything else")] = out.get(GROUPS.get(k, "everything else"), 0.0) + v
+        group = GROUPS.get(k, "everything else")
+        out[group] = out.get(group, 0.0) + v
     return out
 
 

@@ -35,15 +35,21 @@ class Attention(nn.Module):
         q, k, v = (t.view(B, N, self.num_heads, self.head_dim).transpose(1, 2) for t in qkv.chunk(3, dim=-1))  # 3 x (B, H, N, d)
         attn = None
         if return_attention or _explicit_is_faster(q):
-            attn = (q * self.scale) @ k.transpose(-2, -1)  # (B, H, N, N)
-            attn = attn.softmax(dim=-1)  # each row sums to 1
-            x = self.attn_drop(attn) @ v  # (B, H, N, d)
+            x, attn = softmax_attention(q, k, v, self.scale, self.attn_drop)  # (B, H, N, d), (B, H, N, N)
         else:
             p = self.attn_drop.p if self.training else 0.0
             x = F.scaled_dot_product_attention(q, k, v, dropout_p=p)  # (B, H, N, d)
         x = x.transpose(1, 2).reshape(B, N, C)  # (B, N, C)
         x = self.proj_drop(self.proj(x))  # (B, N, C)
         return (x, attn) if return_attention else x
+
+
+def softmax_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
+                      dropout: nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The explicit path: softmax(q k^T * scale) v, with the attention weights materialised and returned."""
+    attn = (q * scale) @ k.transpose(-2, -1)  # (B, H, N, N)
+    attn = attn.softmax(dim=-1)  # each row sums to 1
+    return (attn if dropout is None else dropout(attn)) @ v, attn  # (B, H, N, d), (B, H, N, N)
 
 
 def _explicit_is_faster(q: torch.Tensor) -> bool:
