@@ -8,8 +8,8 @@
 A step is what training runs: teacher forward (2 global crops), student forward (all crops), DINO
 loss, backward, per-parameter gradient clipping, AdamW, EMA update of the teacher. The project's step
 is `vitdino_core.train.DINOTrainer.train_step` itself, fed a fixed synthetic batch. `--reference`
-re-creates the execution strategy of the official DINO code (explicit softmax attention, a Python
-loop over view pairs in the loss, a `.item()` per parameter in clipping, a Python loop for the EMA,
+re-creates the execution strategy of the official DINO code (explicit softmax attention, the residual
+add and drop path as three passes, a Python loop over view pairs in the loss, a `.item()` per parameter in clipping, a Python loop for the EMA,
 for-loop AdamW) with the project's modules, so both can be timed on the same machine in one run.
 
 Times are the median of --repeat steps after --warmup steps. FLOPs are counted analytically (matmuls
@@ -52,6 +52,7 @@ from vitdino_core.config import make_config  # noqa: E402
 from vitdino_core.dino_loss import DINOLoss  # noqa: E402
 from vitdino_core.ema_training import cancel_gradients_last_layer, get_params_groups  # noqa: E402
 from vitdino_core.train import DINOTrainer  # noqa: E402
+from vitdino_core.vision_transformer import Block  # noqa: E402
 
 ARCH_DIMS = {"vit_tiny": (192, 12, 3), "vit_small": (384, 12, 6), "vit_base": (768, 12, 12)}  # (D, depth, heads)
 HEAD_DIMS = (2048, 256)  # DINOHead hidden and bottleneck widths (3 layers)
@@ -367,6 +368,25 @@ def official_attention_forward(self: Attention, x: torch.Tensor) -> torch.Tensor
     return self.proj_drop(self.proj(x))
 
 
+def official_drop_path(x: torch.Tensor, drop_prob: float = 0.0, training: bool = False) -> torch.Tensor:
+    """Official DINO drop_path: three passes over the branch (div, mul, then the residual add in the block)."""
+    if drop_prob == 0.0 or not training:
+        return x
+    keep_prob = 1 - drop_prob
+    shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+    random_tensor = keep_prob + torch.rand(shape, dtype=x.dtype, device=x.device)  # (B, 1, 1)
+    random_tensor.floor_()  # binarize
+    return x.div(keep_prob) * random_tensor  # (B, N, D)
+
+
+def official_block_forward(self: Block, x: torch.Tensor) -> torch.Tensor:
+    """Official DINO Block.forward: x + drop_path(branch), not the project's fused addcmul."""
+    y = self.attn(self.norm1(x))  # (B, N, D)
+    p, training = getattr(self.drop_path, "drop_prob", 0.0), self.drop_path.training
+    x = x + official_drop_path(y, p, training)  # (B, N, D)
+    return x + official_drop_path(self.mlp(self.norm2(x)), p, training)  # (B, N, D)
+
+
 class OfficialDINOLoss(DINOLoss):
     """Official DINOLoss.forward: a Python loop over (teacher view, student view) pairs, log_softmax inside it."""
 
@@ -405,10 +425,12 @@ def official_clip_gradients(model: nn.Module, clip: float) -> list[float]:
 
 
 def to_official_style(trainer: DINOTrainer) -> None:
-    """Swap in the official execution strategy: attention, loss, optimizer (for-loop AdamW)."""
+    """Swap in the official execution strategy: attention, residual + drop path, loss, optimizer (for-loop AdamW)."""
     for m in list(trainer.student.modules()) + list(trainer.teacher.modules()):
         if isinstance(m, Attention):
             m.forward = official_attention_forward.__get__(m)
+        elif isinstance(m, Block):
+            m.forward = official_block_forward.__get__(m)
     cfg = trainer.cfg
     trainer.loss_fn = OfficialDINOLoss(cfg.out_dim, cfg.ncrops, cfg.warmup_teacher_temp, cfg.teacher_temp,
                                        cfg.warmup_teacher_temp_epochs, cfg.epochs, cfg.student_temp,
@@ -610,7 +632,7 @@ class Mode:
         return {
             "implementation": "official_style_reference" if self.reference else "vitdino",
             "description": ("official DINO execution strategy re-created with the project's modules: explicit softmax attention, "
-                            "per-pair Python loss loop, per-parameter clipping with .item(), Python-loop EMA, AdamW foreach=False, "
+                            "x + drop_path(branch) in three passes, per-pair Python loss loop, per-parameter clipping with .item(), Python-loop EMA, AdamW foreach=False, "
                             "loss.item() every step" if self.reference else "vitdino_core.train.DINOTrainer.train_step"),
             "step_s_median": med,
             "step_s": self.wall,

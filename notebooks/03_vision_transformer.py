@@ -132,7 +132,8 @@ def drop_path_by_hand(x: torch.Tensor, p: float, training: bool) -> torch.Tensor
     if p == 0.0 or not training:
         return x
     keep = 1 - p
-    mask = torch.empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)  # (B, 1, 1): one coin per sample
+    u = torch.rand((x.shape[0],) + (1,) * (x.ndim - 1))  # (B, 1, 1): one coin per sample, uniform in [0, 1)
+    mask = (keep + u).floor()  # 1 when u >= p, i.e. with probability keep (drawn as the official DINO code does)
     return x * mask / keep  # (B, N, D)
 
 

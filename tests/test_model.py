@@ -14,6 +14,7 @@ from torch.testing import assert_close
 
 from vitdino_core import Attention, Block, DropPath, VisionTransformer, vit_base, vit_small
 from vitdino_core.sanity import main as sanity_main
+from vitdino_core.vision_transformer import add_drop_path
 
 
 @contextmanager
@@ -281,6 +282,19 @@ def test_drop_path_preserves_the_expectation_in_train_mode():
     assert ((per_sample == 0).all(1) | torch.isclose(per_sample, torch.tensor(1 / (1 - p))).all(1)).all()
     assert abs((per_sample[:, 0] == 0).float().mean().item() - p) < 0.02
     assert abs(y.mean().item() - 1.0) < 0.03  # std of the mean is about 0.005
+
+
+def test_drop_path_drops_the_samples_the_official_dino_code_drops():
+    """Same random state, same coins: DINO draws floor(keep_prob + U) and computes x.div(keep_prob) * coins."""
+    p, keep = 0.3, 0.7
+    x, branch = torch.randn(256, 5, 8), torch.randn(256, 5, 8)
+    torch.manual_seed(3)
+    official = branch.div(keep) * (keep + torch.rand(256, 1, 1)).floor_()  # (256, 5, 8)
+    torch.manual_seed(3)
+    assert_close(DropPath(p).train()(branch), official)
+    torch.manual_seed(3)
+    assert_close(add_drop_path(x, branch, p, training=True), x + official)  # the block's fused residual + drop path
+    assert 0 < (official.flatten(1) == 0).all(1).sum() < 256  # some samples dropped, some kept
 
 
 # ----------------------------------------------------------------------------- init

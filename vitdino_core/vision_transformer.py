@@ -24,10 +24,14 @@ from .patch_embedding import PatchEmbed, check_image_batch
 
 
 def drop_path_scale(x: torch.Tensor, drop_prob: float) -> torch.Tensor:
-    """Per-sample factor (B, 1, ..., 1): 0 for a dropped sample, 1/keep_prob for a kept one (same expectation)."""
+    """Per-sample factor (B, 1, ..., 1): 0 for a dropped sample, 1/keep_prob for a kept one (same expectation).
+
+    The coins are drawn as the official DINO code draws them, floor(keep_prob + U) with U ~ U[0, 1) (1 with
+    probability keep_prob), so that from the same random state the same samples are dropped."""
     keep_prob = 1 - drop_prob
     shape = (x.shape[0],) + (1,) * (x.ndim - 1)  # (B, 1, 1): one coin per sample
-    return x.new_empty(shape).bernoulli_(keep_prob).div_(keep_prob)
+    coins = (keep_prob + torch.rand(shape, device=x.device)).floor_()  # (B, 1, 1), fp32 even under autocast: 1 = keep
+    return coins.div_(keep_prob).to(x.dtype)
 
 
 def drop_path(x: torch.Tensor, drop_prob: float = 0.0, training: bool = False) -> torch.Tensor:
