@@ -521,13 +521,18 @@ plt.show()
 # token's entry as it is. Patches then get the embedding of the place they occupy *relative to the image*.
 # This is how DINO's networks, trained at 224 pixels, are used on 480-pixel images for attention maps, and how the
 # same network sees 224-pixel global crops and 96-pixel local crops (notebook 04).
+#
+# One detail decides whether official weights give official features: DINO asks for the resize by *scale
+# factor*, $(h + 0.1)/s$, not by output size. The $0.1$ guards against $s \cdot h/s$ rounding down to $h - 1$,
+# and the factor also fixes where the new grid reads the old one: output row $i$ samples input row
+# $(i + \tfrac12)\, s/(h + 0.1) - \tfrac12$, a little off the $(i + \tfrac12)\, s/h - \tfrac12$ that `size=(h, w)` would give.
 
 # %%
 def interpolate_positions_by_hand(pos: torch.Tensor, h: int, w: int) -> torch.Tensor:
     """(1, 1+s*s, D) -> (1, 1+h*w, D): bicubic resize of the patch grid, class-token entry unchanged."""
     s = math.isqrt(pos.shape[1] - 1)
     grid = pos[:, 1:].reshape(1, s, s, -1).permute(0, 3, 1, 2)  # (1, D, s, s): a D-channel image
-    grid = F.interpolate(grid, size=(h, w), mode="bicubic", align_corners=False)  # (1, D, h, w)
+    grid = F.interpolate(grid, scale_factor=((h + 0.1) / s, (w + 0.1) / s), mode="bicubic")  # (1, D, h, w), as DINO
     grid = grid.permute(0, 2, 3, 1).reshape(1, h * w, -1)  # (1, h*w, D)
     return torch.cat([pos[:, :1], grid], dim=1)  # (1, 1+h*w, D)
 

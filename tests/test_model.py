@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch.testing import assert_close
 
 from vitdino_core import Attention, Block, DropPath, VisionTransformer, vit_base, vit_small
+from vitdino_core.checkpoint import resize_pos_embed
 from vitdino_core.sanity import main as sanity_main
 from vitdino_core.vision_transformer import add_drop_path
 
@@ -248,8 +249,24 @@ def test_pos_embedding_interpolation_keeps_cls_and_resizes_grid(h, w):
     assert pos.shape == (1, h0 * w0 + 1, 32)
     assert torch.equal(pos[:, 0], model.pos_embed[:, 0].detach())
     grid = model.pos_embed.detach()[0, 1:].reshape(4, 4, 32).permute(2, 0, 1)[None]  # (1, D, 4, 4)
-    want = F.interpolate(grid, size=(h0, w0), mode="bicubic", align_corners=False)[0].permute(1, 2, 0).reshape(-1, 32)
-    assert_close(pos[0, 1:], want)  # row-major: the token of patch (r, c) takes the resized grid's (r, c)
+    # the official DINO code: scale factors (h0 + 0.1) / 4 and (w0 + 0.1) / 4, not the output size
+    want = F.interpolate(grid, scale_factor=((h0 + 0.1) / 4, (w0 + 0.1) / 4), mode="bicubic")
+    assert_close(pos[0, 1:], want[0].permute(1, 2, 0).reshape(-1, 32))  # row-major: patch (r, c) takes grid (r, c)
+    by_size = F.interpolate(grid, size=(h0, w0), mode="bicubic", align_corners=False)[0].permute(1, 2, 0).reshape(-1, 32)
+    assert (pos[0, 1:] - by_size).abs().max() > 1e-4  # the two sample the old grid at different places
+
+
+def test_pos_embedding_resized_at_load_matches_the_forward_interpolation():
+    torch.manual_seed(0)
+    small = tiny_vit(patch_size=8, img_size=32)  # 4 x 4 grid
+    big = tiny_vit(patch_size=8, img_size=56)  # 7 x 7 grid
+    big.load_state_dict({**small.state_dict(), "pos_embed": resize_pos_embed(small.pos_embed.detach(), 50)})
+    with torch.no_grad():
+        on_the_fly = small.interpolate_pos_encoding(torch.zeros(1, 50, 32), 56, 56)  # (1, 50, 32)
+    assert_close(big.pos_embed.detach(), on_the_fly)
+    img = torch.randn(2, 3, 56, 56)
+    small.eval(), big.eval()
+    assert_close(big(img), small(img))  # a model built at 56 px = the 32 px model fed 56 px images
 
 
 # ----------------------------------------------------------------------------- drop path

@@ -18,7 +18,8 @@ from typing import Any, Mapping
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
+
+from .vision_transformer import resize_pos_grid
 
 
 class CheckpointError(ValueError):
@@ -183,9 +184,7 @@ def resize_pos_embed(pos_embed: torch.Tensor, num_tokens: int) -> torch.Tensor:
     new = int((num_tokens - 1) ** 0.5)
     if old * old + 1 != pos_embed.shape[1] or new * new + 1 != num_tokens:
         raise CheckpointError(f"cannot resize pos_embed {tuple(pos_embed.shape)} to {num_tokens} tokens: not square grids")
-    grid = pos_embed[:, 1:].float().reshape(1, old, old, -1).permute(0, 3, 1, 2)  # (1, D, old, old)
-    grid = F.interpolate(grid, size=(new, new), mode="bicubic", align_corners=False)  # (1, D, new, new)
-    grid = grid.permute(0, 2, 3, 1).reshape(1, new * new, -1).to(pos_embed.dtype)  # (1, new*new, D)
+    grid = resize_pos_grid(pos_embed[:, 1:], new, new)  # (1, new*new, D): what the forward pass would interpolate
     return torch.cat([pos_embed[:, :1], grid], dim=1)  # (1, 1+new*new, D)
 
 

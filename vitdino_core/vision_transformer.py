@@ -100,6 +100,21 @@ class Block(nn.Module):
         return (x, attn) if return_attention else x
 
 
+def resize_pos_grid(grid_pos: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+    """(1, s*s, D) patch position embeddings -> (1, rows*cols, D), resized bicubically as the official DINO code does.
+
+    DINO passes scale factors (rows + 0.1) / s and (cols + 0.1) / s, not the output size: the 0.1 keeps
+    floor(s * scale) from falling one short, and the factors also set where the new grid samples the old one
+    (output row i reads input row (i + 0.5) * s / (rows + 0.1) - 0.5), so official weights give official features."""
+    s = math.isqrt(grid_pos.shape[1])
+    if s * s != grid_pos.shape[1]:
+        raise ValueError(f"position embeddings of {grid_pos.shape[1]} patches are not a square grid")
+    grid = grid_pos.reshape(1, s, s, -1).permute(0, 3, 1, 2)  # (1, D, s, s): a D-channel image
+    grid = F.interpolate(grid.float(), scale_factor=((rows + 0.1) / s, (cols + 0.1) / s), mode="bicubic",
+                         align_corners=False)  # (1, D, rows, cols)
+    return grid.to(grid_pos.dtype).permute(0, 2, 3, 1).reshape(1, rows * cols, -1)  # (1, rows*cols, D), row-major
+
+
 def default_img_size(patch_size: int, target: int = 224) -> int:
     """The multiple of `patch_size` nearest to `target` (224 for /16 and /8, 228 for /12)."""
     return max(1, round(target / patch_size)) * patch_size
@@ -151,12 +166,8 @@ class VisionTransformer(nn.Module):
         h0, w0 = h // self.patch_size, w // self.patch_size
         if npatch == N and h0 == w0:
             return self.pos_embed
-        cls_pos = self.pos_embed[:, :1]  # (1, 1, D)
-        side = int(math.sqrt(N))
-        grid = self.pos_embed[:, 1:].reshape(1, side, side, -1).permute(0, 3, 1, 2)  # (1, D, s, s)
-        grid = F.interpolate(grid.float(), size=(h0, w0), mode="bicubic", align_corners=False)  # (1, D, h0, w0)
-        grid = grid.to(self.pos_embed.dtype).permute(0, 2, 3, 1).reshape(1, h0 * w0, -1)  # (1, h0*w0, D)
-        return torch.cat((cls_pos, grid), dim=1)  # (1, 1+h0*w0, D)
+        grid = resize_pos_grid(self.pos_embed[:, 1:], h0, w0)  # (1, h0*w0, D)
+        return torch.cat((self.pos_embed[:, :1], grid), dim=1)  # (1, 1+h0*w0, D): the CLS entry as it is
 
     def prepare_tokens(self, x: torch.Tensor) -> torch.Tensor:
         check_image_batch(x, self.patch_size, self.patch_embed.in_chans)
