@@ -9,7 +9,8 @@ A step is what training runs: teacher forward (2 global crops), student forward 
 loss, backward, per-parameter gradient clipping, AdamW, EMA update of the teacher. The project's step
 is `vitdino_core.train.DINOTrainer.train_step` itself, fed a fixed synthetic batch. `--reference`
 re-creates the execution strategy of the official DINO code (explicit softmax attention, the residual
-add and drop path as three passes, a Python loop over view pairs in the loss, a `.item()` per parameter in clipping, a Python loop for the EMA,
+add and drop path as three passes, the head's weight-normalised weight written out on every call, a
+Python loop over view pairs in the loss, a `.item()` per parameter in clipping, a Python loop for the EMA,
 for-loop AdamW) with the project's modules, so both can be timed on the same machine in one run.
 
 Times are the median of --repeat steps after --warmup steps. FLOPs are counted analytically (matmuls
@@ -49,7 +50,7 @@ from timing import sync  # noqa: E402
 
 from vitdino_core.attention import Attention  # noqa: E402
 from vitdino_core.config import make_config  # noqa: E402
-from vitdino_core.dino_loss import DINOLoss  # noqa: E402
+from vitdino_core.dino_loss import DINOHead, DINOLoss  # noqa: E402
 from vitdino_core.ema_training import cancel_gradients_last_layer, get_params_groups  # noqa: E402
 from vitdino_core.train import DINOTrainer  # noqa: E402
 from vitdino_core.vision_transformer import Block  # noqa: E402
@@ -387,6 +388,13 @@ def official_block_forward(self: Block, x: torch.Tensor) -> torch.Tensor:
     return x + official_drop_path(self.mlp(self.norm2(x)), p, training)  # (B, N, D)
 
 
+def official_head_forward(self: DINOHead, x: torch.Tensor) -> torch.Tensor:
+    """Official DINOHead.forward: the weight-normalised last layer writes out its weight W = g v / ||v|| every call."""
+    x = self.mlp(x)  # (B, bottleneck)
+    x = F.normalize(x, dim=-1, p=2)  # (B, bottleneck)
+    return self.last_layer(x)  # (B, K)
+
+
 class OfficialDINOLoss(DINOLoss):
     """Official DINOLoss.forward: a Python loop over (teacher view, student view) pairs, log_softmax inside it."""
 
@@ -431,6 +439,8 @@ def to_official_style(trainer: DINOTrainer) -> None:
             m.forward = official_attention_forward.__get__(m)
         elif isinstance(m, Block):
             m.forward = official_block_forward.__get__(m)
+        elif isinstance(m, DINOHead):
+            m.forward = official_head_forward.__get__(m)
     cfg = trainer.cfg
     trainer.loss_fn = OfficialDINOLoss(cfg.out_dim, cfg.ncrops, cfg.warmup_teacher_temp, cfg.teacher_temp,
                                        cfg.warmup_teacher_temp_epochs, cfg.epochs, cfg.student_temp,
@@ -632,7 +642,7 @@ class Mode:
         return {
             "implementation": "official_style_reference" if self.reference else "vitdino",
             "description": ("official DINO execution strategy re-created with the project's modules: explicit softmax attention, "
-                            "x + drop_path(branch) in three passes, per-pair Python loss loop, per-parameter clipping with .item(), Python-loop EMA, AdamW foreach=False, "
+                            "x + drop_path(branch) in three passes, the head's weight-normalised W written out, per-pair Python loss loop, per-parameter clipping with .item(), Python-loop EMA, AdamW foreach=False, "
                             "loss.item() every step" if self.reference else "vitdino_core.train.DINOTrainer.train_step"),
             "step_s_median": med,
             "step_s": self.wall,

@@ -16,6 +16,7 @@ from torch.testing import assert_close
 from vitdino_core import (DINOHead, DINOLoss, DropPath, MultiCropAugmentation, MultiCropWrapper, VisionTransformer,
                           cancel_gradients_last_layer, clip_gradients, collate_multicrop, cosine_scheduler,
                           get_params_groups, make_teacher, update_teacher)
+from vitdino_core.dino_loss import _WeightNormLinear, weight_norm_linear
 from vitdino_core.multicrop import IMAGENET_MEAN, IMAGENET_STD
 
 
@@ -74,6 +75,50 @@ def test_dino_head_output_is_bounded_by_the_normalised_last_layer():
     out = head(torch.randn(7, 32) * 100)
     assert out.shape == (7, 64)
     assert out.abs().max().item() <= 1 + 1e-5  # unit input, unit rows: cosine similarities
+
+
+@pytest.mark.parametrize("norm_last_layer", [True, False])
+def test_weight_norm_last_layer_matches_the_layer_in_value_and_gradients(norm_last_layer):
+    """The head computes its last layer as (x v^T) * g / ||v|| with gradients by hand; calling the layer (W written
+    out, autograd through weight_norm) must give the same output and the same gradients for x, g and v."""
+    torch.manual_seed(0)
+    layer = small_head(norm_last_layer=norm_last_layer).last_layer.double()
+    with torch.no_grad():  # rows of different lengths and a non-trivial g
+        layer.parametrizations.weight.original1.mul_(torch.rand(64, 1, dtype=torch.float64) * 3 + 0.1)
+        layer.parametrizations.weight.original0.uniform_(0.5, 2.0)
+    g, v = layer.parametrizations.weight.original0, layer.parametrizations.weight.original1
+    x = torch.randn(6, 16, dtype=torch.float64, requires_grad=True)
+    dy = torch.randn(6, 64, dtype=torch.float64)
+
+    def value_and_grads(fn):
+        for t in (x, g, v):
+            t.grad = None
+        out = fn(x)
+        out.backward(dy)
+        return out.detach(), [None if t.grad is None else t.grad.clone() for t in (x, g, v)]
+
+    out, grads = value_and_grads(lambda x: weight_norm_linear(x, layer))
+    want, want_grads = value_and_grads(layer)
+    assert_close(out, want)
+    for got, exp in zip(grads, want_grads):
+        assert (got is None) == (exp is None)
+        if got is not None:
+            assert_close(got, exp)
+    assert (grads[1] is None) == norm_last_layer  # g frozen when the last layer is normalised
+    assert torch.autograd.gradcheck(lambda x, g, v: _WeightNormLinear.apply(x, g, v),
+                                    (x.detach().requires_grad_(), g.detach().requires_grad_(), v.detach().requires_grad_()))
+    with torch.no_grad():  # the teacher's path (no graph) scales in place
+        assert_close(weight_norm_linear(x, layer), want)
+
+
+def test_weight_norm_last_layer_under_autocast_calls_the_layer():
+    torch.manual_seed(0)
+    head = small_head()
+    x = torch.randn(4, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = head(x)
+    assert out.dtype == torch.bfloat16
+    assert_close(out.float(), head(x), atol=2e-2, rtol=0)
 
 
 # ----------------------------------------------------------------------------- loss

@@ -62,7 +62,50 @@ class DINOHead(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.mlp(x)  # (B, bottleneck)
         x = F.normalize(x, dim=-1, p=2)  # (B, bottleneck), unit length
-        return self.last_layer(x)  # (B, out_dim)
+        return weight_norm_linear(x, self.last_layer)  # (B, out_dim): self.last_layer(x), W never written out
+
+
+def weight_norm_linear(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
+    """`layer(x)` for a bias-free linear layer under weight_norm, W = g v / ||v|| row by row, computed as
+
+        x W^T = (x v^T) * (g / ||v||)^T
+
+    with the gradients written by hand (_WeightNormLinear): the same maths without ever materialising W or its
+    gradient (out_dim x bottleneck: 65536 x 256, 67 MB each in fp32). Calling the layer writes W on every
+    forward and dL/dW on every backward, and on a CPU each fresh 67 MB buffer also costs ~16k page faults.
+    Under autocast the layer is called as it is (its matmul then runs in the autocast dtype)."""
+    wn = layer.parametrizations.weight
+    if torch.is_autocast_enabled(x.device.type):
+        return layer(x)  # (B, K)
+    return _WeightNormLinear.apply(x, wn.original0, wn.original1)  # (B, K)
+
+
+class _WeightNormLinear(torch.autograd.Function):
+    """y = (x v^T) * s^T with s_k = g_k / ||v_k||; only v's own gradient is ever out_dim x bottleneck."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, g: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        inv_norm = v.norm(dim=1, keepdim=True).reciprocal()  # (K, 1): 1 / ||v_k||
+        scale = g * inv_norm  # (K, 1): s_k, the length of W's row k
+        xv = x @ v.t()  # (B, K)
+        if not any(ctx.needs_input_grad):  # no graph (the teacher): scale in place
+            return xv.mul_(scale.t())
+        ctx.save_for_backward(x, g, v, inv_norm, xv)
+        return xv * scale.t()  # (B, K)
+
+    @staticmethod
+    def backward(ctx, dy: torch.Tensor):
+        x, g, v, inv_norm, xv = ctx.saved_tensors
+        scale = g * inv_norm  # (K, 1)
+        dxv = dy * scale.t()  # (B, K): dL/d(x v^T)
+        ds = (dy * xv).sum(0).unsqueeze(1)  # (K, 1): dL/ds_k
+        dx = dxv @ v if ctx.needs_input_grad[0] else None  # (B, D)
+        dg = ds * inv_norm if ctx.needs_input_grad[1] else None  # (K, 1): ds_k/dg_k = 1 / ||v_k||
+        dv = None
+        if ctx.needs_input_grad[2]:
+            dv = dxv.t() @ x  # (K, D): through x . v_k
+            dv.addcmul_(v, ds * scale * inv_norm.square(), value=-1)  # (K, D): through ||v_k||, ds_k/dv_k = -s_k v_k / ||v_k||^2
+        return dx, dg, dv
 
 
 def _rename_legacy_weight_norm(state_dict, prefix, *args, **kwargs) -> None:
