@@ -159,6 +159,16 @@ def test_patch_embed_script_times_both_layouts():
         assert positive(s["channels_last_over_default_forward_backward"])
 
 
+def test_head_last_layer_script_times_both_ways():
+    r = run_script("head_last_layer.py", "--bottleneck", "8", "--out-dim", "32", "--student-rows", "4", "--teacher-rows", "2",
+                   "--warmup", "0", "--repeat", "1", "--threads", "1")
+    assert set(r["ways"]) == {"layer", "by_hand"}
+    for way in r["ways"].values():
+        for call in ("student_forward_backward", "teacher_forward"):
+            assert positive(way[call]["ms"]) and way[call]["minor_faults_per_call"] >= 0
+    assert r["max_abs_diff_by_hand_vs_layer"] < 1e-5  # the same logits either way
+
+
 def test_data_pipeline_script():
     r = run_script("data_pipeline.py", "--dataset", "random", "--images", "12", "--global-size", "16", "--local-size", "8",
                    "--local-crops", "1", "--batch", "4", "--batches", "1", "--workers", "0", "--threads", "1")
