@@ -101,6 +101,20 @@ assert out.abs().max() <= 1 + 1e-5
 print(f"MyDINOHead == vitdino_core.DINOHead; output {tuple(out.shape)}, scores in [{out.min():.2f}, {out.max():.2f}] within [-1, 1]")
 
 # %% [markdown]
+# The core computes the last layer without ever writing $w$ out: $z \cdot w_k = (z \cdot v_k)\, g_k / \lVert v_k \rVert$,
+# so it multiplies by $v$ and rescales the $K$ scores instead of the $K$ rows. At $K = 65536$, $w$ is a 67 MB matrix
+# that calling the layer would write on every forward, and its gradient another 67 MB on every backward;
+# `vitdino_core.dino_loss.weight_norm_linear` writes the gradients by hand so that neither exists
+# (`benchmarks/head_last_layer.py` times both ways).
+
+# %%
+with torch.no_grad():
+    z = F.normalize(my_head.mlp(feats), dim=-1)  # (8, 256)
+    scores = (z @ my_head.v.T) * (my_head.g / my_head.v.norm(dim=1, keepdim=True)).T  # (8, K): rescaled scores
+torch.testing.assert_close(scores, out.detach())
+print("rescaling the scores == multiplying by the unit-length prototypes w")
+
+# %% [markdown]
 # At DINO's size, $K = 65536$, the head is larger than a ViT-S backbone (21.67M), almost all of it in the
 # last layer ($256 \times 65536$). We count on the `meta` device (shapes only): the official number is 22.35M.
 
