@@ -279,7 +279,7 @@ assert live["matmul"] > 0 and live["attention"] > 0
 # attention explicitly: its attention is in its `bmm` (matmul) and softmax (everything else) rows.
 
 # %%
-anchor_run = json.loads((REPO_ROOT / "benchmarks" / "results" / "cpu_2026-11-27" / "paired_repeat6_profile2_session2.json").read_text())
+anchor_run = json.loads((REPO_ROOT / "benchmarks" / "results" / "cpu_2026-11-28" / "paired_repeat6_profile2.json").read_text())
 GROUPS = {"matmul": "matmul", "attention": "attention", "optimizer_ema": "optimiser + EMA"}
 
 
@@ -325,8 +325,8 @@ assert timed[1] < timed[2]  # the same maths in less time
 # can make a step much faster than its matmuls alone. Second, where the official-style step loses: the explicit
 # attention's softmax and the copies around it (its grey part), and Python loops (over view pairs in the loss, over
 # parameters with one `.item()` each when clipping, and for the EMA) whose cost lies *between* operators, so that
-# only the timed step shows it. The project's step fuses those, which is all that can be won here at the same
-# precision; bf16 (section 7) makes the matmuls themselves faster on CPUs with bf16 units. (The profiler adds a
+# only the timed step shows it. The project's step fuses those, and its head never writes out the 67 MB weight of
+# its last layer (notebook 05), which is about all that can be won here at the same precision; bf16 (section 7) makes the matmuls themselves faster on CPUs with bf16 units. (The profiler adds a
 # little time to every operator call, more to the step with more calls: compare the timed steps, not the bars' widths.)
 # On a GPU the matmuls are so fast that everything else weighs far more, which is where fused attention kernels and
 # `torch.compile` (section 8) pay off. `python benchmarks/train_step.py --profile 2` profiles any configuration this
