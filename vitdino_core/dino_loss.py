@@ -90,13 +90,12 @@ class _WeightNormLinear(torch.autograd.Function):
         xv = x @ v.t()  # (B, K)
         if not any(ctx.needs_input_grad):  # no graph (the teacher): scale in place
             return xv.mul_(scale.t())
-        ctx.save_for_backward(x, g, v, inv_norm, xv)
+        ctx.save_for_backward(x, v, scale, inv_norm, xv)
         return xv * scale.t()  # (B, K)
 
     @staticmethod
     def backward(ctx, dy: torch.Tensor):
-        x, g, v, inv_norm, xv = ctx.saved_tensors
-        scale = g * inv_norm  # (K, 1)
+        x, v, scale, inv_norm, xv = ctx.saved_tensors
         dxv = dy * scale.t()  # (B, K): dL/d(x v^T)
         ds = (dy * xv).sum(0).unsqueeze(1)  # (K, 1): dL/ds_k
         dx = dxv @ v if ctx.needs_input_grad[0] else None  # (B, D)

@@ -30,7 +30,7 @@ def drop_path_scale(x: torch.Tensor, drop_prob: float) -> torch.Tensor:
     probability keep_prob), so that from the same random state the same samples are dropped."""
     keep_prob = 1 - drop_prob
     shape = (x.shape[0],) + (1,) * (x.ndim - 1)  # (B, 1, 1): one coin per sample
-    coins = (keep_prob + torch.rand(shape, device=x.device)).floor_()  # (B, 1, 1), fp32 even under autocast: 1 = keep
+    coins = torch.rand(shape, device=x.device).add_(keep_prob).floor_()  # (B, 1, 1), fp32 even under autocast: 1 = keep
     return coins.div_(keep_prob).to(x.dtype)
 
 
