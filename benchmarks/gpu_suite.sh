@@ -68,7 +68,7 @@ follow attention_vitb12 120 $py benchmarks/attention.py --device cuda
 follow step_vitb12_compile_cudnn 100 $step $vitb12 --compile --sdpa cudnn
 # the compiled ViT-B/12 step with the 96 px crops' attention (65 tokens) computed explicitly, the globals' fused
 follow step_vitb12_compile_explicit_local 230 $step $vitb12 --compile --explicit-attention-upto 65 --profile 3
-# the patch embedding (the only convolution) in the default layout and in channels_last, at ViT-B/12's crops, bf16
+# the patch embedding (the only convolution) in the default layout, in channels_last and as one matmul, at ViT-B/12's crops, bf16
 follow patch_embed_vitb12 60 $py benchmarks/patch_embed.py --device cuda --dtype bf16 --dim 768 --patch-size 12 --sizes 228 96 --crops 128 640
 # what an epoch end costs the real loop (imagenette_small eager, 4 steps an epoch, 12 workers), now and in $BEFORE
 eb="--config imagenette_small --images 1024 --batch 256 --epochs 4 --set device=cuda --set num_workers=12 --set compile=false"

@@ -1,14 +1,17 @@
-"""Time the patch embedding in both memory layouts and print one JSON object.
+"""Time the patch embedding three ways and print one JSON object.
 
     python benchmarks/patch_embed.py                       # ViT-S/16 at the CPU anchor's crops, fp32, CPU
     python benchmarks/patch_embed.py --device cuda --dtype bf16 --dim 768 --patch-size 12 --sizes 228 96 --crops 128 640
 
-The patch embedding is a ViT's only convolution (kernel = stride = patch). `channels_last` stores
-images as (B, H, W, C), which convolution libraries often prefer; the conv's output is then already
-token-major, so (B, D, h, w) -> (B, N, D) needs no transpose copy. This times `PatchEmbed` plus the
-class-token concatenation that follows it in `prepare_tokens`, forward and forward + backward (weights
-only: images need no gradient), in the default layout and in channels_last (input and weight
-converted; the input's conversion is timed too, as a loader would have to do it).
+The patch embedding is a ViT's only convolution (kernel = stride = patch), and the same maths as one
+linear layer on the flattened patches. This times it, plus the class-token concatenation that follows
+it in `prepare_tokens`, forward and forward + backward (weights only: images need no gradient), as
+* `default`: the convolution, `patch_embed.proj`, in the default memory layout;
+* `channels_last`: the convolution with images stored (B, H, W, C), which convolution libraries often
+  prefer, so that its output is already token-major (input and weight converted; the input's
+  conversion is timed too, as a loader would have to do it);
+* `matmul`: `patchify` (a reshape copy) and one matmul with the conv's weight flattened to (D, C*p*p),
+  what `PatchEmbed` runs on a CPU.
 """
 
 from __future__ import annotations
@@ -19,13 +22,16 @@ import sys
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # timing.py
 
 from timing import median_seconds  # noqa: E402
 
-from vitdino_core.patch_embedding import PatchEmbed  # noqa: E402
+from vitdino_core.patch_embedding import PatchEmbed, patchify  # noqa: E402
+
+WAYS = ("default", "channels_last", "matmul")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -45,15 +51,23 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def time_layout(embed: PatchEmbed, images: torch.Tensor, channels_last: bool, args) -> dict:
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    embed = embed.to(memory_format=fmt)
+def embed_fn(embed: PatchEmbed, way: str):
+    """(B, 3, S, S) images -> (B, N, D) tokens, computed `way`, whatever PatchEmbed.forward picks on this device."""
+    fmt = torch.channels_last if way == "channels_last" else torch.contiguous_format
+    embed.proj.to(memory_format=fmt)
+    if way == "matmul":
+        return lambda x: F.linear(patchify(x, embed.patch_size), embed.proj.weight.flatten(1), embed.proj.bias)  # (B, N, D)
+    return lambda x: embed.proj(x.contiguous(memory_format=fmt)).flatten(2).transpose(1, 2)  # (B, D, h, w) -> (B, N, D)
+
+
+def time_way(embed: PatchEmbed, images: torch.Tensor, way: str, args) -> dict:
+    embed_tokens = embed_fn(embed, way)
     cls = torch.zeros(1, 1, args.dim, device=images.device)  # (1, 1, D)
     autocast = torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=args.dtype == "bf16")
 
     def tokens() -> torch.Tensor:
         with autocast:
-            x = embed(images.contiguous(memory_format=fmt))  # (B, N, D)
+            x = embed_tokens(images)  # (B, N, D)
             return torch.cat((cls.expand(x.shape[0], -1, -1).to(x.dtype), x), dim=1)  # (B, N+1, D)
 
     def forward():
@@ -82,11 +96,13 @@ def main(argv=None) -> dict:
         torch.manual_seed(0)
         embed = PatchEmbed(size, args.patch_size, 3, args.dim).to(device)
         images = torch.randn(crops, 3, size, size, generator=g).to(device)  # (B, 3, S, S)
-        default, channels_last = (time_layout(embed, images, cl, args) for cl in (False, True))
-        diff = (default.pop("out") - channels_last.pop("out")).abs().max().item()
-        entry = {"crops": crops, "size": size, "default": default, "channels_last": channels_last,
-                 "max_abs_diff": diff,
-                 "channels_last_over_default_forward_backward": channels_last["forward_backward_ms"] / default["forward_backward_ms"]}
+        timed = {way: time_way(embed, images, way, args) for way in WAYS}
+        outs = {way: t.pop("out") for way, t in timed.items()}
+        diff = max((outs[way] - outs["default"]).abs().max().item() for way in WAYS)
+        fb = {way: t["forward_backward_ms"] for way, t in timed.items()}
+        entry = {"crops": crops, "size": size, **timed, "max_abs_diff": diff,
+                 "channels_last_over_default_forward_backward": fb["channels_last"] / fb["default"],
+                 "matmul_over_default_forward_backward": fb["matmul"] / fb["default"]}
         result["shapes"].append(entry)
         print(f"{crops} x {size} px: {entry}", file=sys.stderr)
     print(json.dumps(result, indent=1))

@@ -8,10 +8,10 @@
 A step is what training runs: teacher forward (2 global crops), student forward (all crops), DINO
 loss, backward, per-parameter gradient clipping, AdamW, EMA update of the teacher. The project's step
 is `vitdino_core.train.DINOTrainer.train_step` itself, fed a fixed synthetic batch. `--reference`
-re-creates the execution strategy of the official DINO code (explicit softmax attention, the residual
-add and drop path as three passes, the head's weight-normalised weight written out on every call, a
-Python loop over view pairs in the loss, a `.item()` per parameter in clipping, a Python loop for the EMA,
-for-loop AdamW) with the project's modules, so both can be timed on the same machine in one run.
+re-creates the execution strategy of the official DINO code (the patch embedding as a convolution, explicit
+softmax attention, the residual add and drop path as three passes, the head's weight-normalised weight written
+out on every call, a Python loop over view pairs in the loss, a `.item()` per parameter in clipping, a Python
+loop for the EMA, for-loop AdamW) with the project's modules, so both can be timed on the same machine in one run.
 
 Times are the median of --repeat steps after --warmup steps. FLOPs are counted analytically (matmuls
 and the patch-embedding convolution only) and compared with a large matmul of the same dtype timed
@@ -52,6 +52,7 @@ from vitdino_core.attention import Attention  # noqa: E402
 from vitdino_core.config import make_config  # noqa: E402
 from vitdino_core.dino_loss import DINOHead, DINOLoss  # noqa: E402
 from vitdino_core.ema_training import cancel_gradients_last_layer, get_params_groups  # noqa: E402
+from vitdino_core.patch_embedding import PatchEmbed  # noqa: E402
 from vitdino_core.train import DINOTrainer  # noqa: E402
 from vitdino_core.vision_transformer import Block  # noqa: E402
 
@@ -358,6 +359,11 @@ def ours_step(trainer: DINOTrainer, crops, marks: Marks) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------- the official-style step
 
+def official_patch_embed_forward(self: PatchEmbed, x: torch.Tensor) -> torch.Tensor:
+    """Official DINO PatchEmbed.forward: the strided convolution, on every device."""
+    return self.proj(x).flatten(2).transpose(1, 2)  # (B, D, h, w) -> (B, N, D)
+
+
 def official_attention_forward(self: Attention, x: torch.Tensor) -> torch.Tensor:
     """Official DINO Attention.forward: the N x N attention matrix is materialised in forward and backward."""
     B, N, C = x.shape
@@ -433,9 +439,12 @@ def official_clip_gradients(model: nn.Module, clip: float) -> list[float]:
 
 
 def to_official_style(trainer: DINOTrainer) -> None:
-    """Swap in the official execution strategy: attention, residual + drop path, loss, optimizer (for-loop AdamW)."""
+    """Swap in the official execution strategy: patch embedding, attention, residual + drop path, head, loss,
+    optimizer (for-loop AdamW)."""
     for m in list(trainer.student.modules()) + list(trainer.teacher.modules()):
-        if isinstance(m, Attention):
+        if isinstance(m, PatchEmbed):
+            m.forward = official_patch_embed_forward.__get__(m)
+        elif isinstance(m, Attention):
             m.forward = official_attention_forward.__get__(m)
         elif isinstance(m, Block):
             m.forward = official_block_forward.__get__(m)
@@ -641,7 +650,7 @@ class Mode:
         med = statistics.median(self.wall)
         return {
             "implementation": "official_style_reference" if self.reference else "vitdino",
-            "description": ("official DINO execution strategy re-created with the project's modules: explicit softmax attention, "
+            "description": ("official DINO execution strategy re-created with the project's modules: the patch embedding as a convolution, explicit softmax attention, "
                             "x + drop_path(branch) in three passes, the head's weight-normalised W written out, per-pair Python loss loop, per-parameter clipping with .item(), Python-loop EMA, AdamW foreach=False, "
                             "loss.item() every step" if self.reference else "vitdino_core.train.DINOTrainer.train_step"),
             "step_s_median": med,

@@ -169,6 +169,32 @@ def test_image_size_not_a_multiple_of_the_patch_at_construction():
         VisionTransformer(img_size=100, patch_size=12, embed_dim=32, depth=1, num_heads=2)
 
 
+def test_patch_embed_on_cpu_is_the_convolution_as_a_matmul():
+    """On a CPU PatchEmbed computes its conv as a linear layer on flattened patches: the same tokens and the
+    same weight and bias gradients as the conv itself, in fp32 and under bf16 autocast."""
+    from vitdino_core import PatchEmbed
+
+    torch.manual_seed(0)
+    embed = PatchEmbed(img_size=24, patch_size=6, in_chans=3, embed_dim=16)
+    with torch.no_grad():
+        embed.proj.bias.normal_()  # a zero bias would hide a bias left out
+    x = torch.randn(3, 3, 24, 36)  # not square: rows and columns must not be swapped
+    g = torch.randn(3, 4 * 6, 16)  # (B, N, D)
+
+    def run(fn, autocast=False):
+        embed.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            y = fn(x)  # (B, N, D)
+        (y.float() * g).sum().backward()
+        return y.float(), embed.proj.weight.grad.clone(), embed.proj.bias.grad.clone()
+
+    conv = lambda t: embed.proj(t).flatten(2).transpose(1, 2)  # (B, D, h, w) -> (B, N, D)
+    for autocast, tol in ((False, 1e-5), (True, 3e-2)):
+        ours, ref = run(embed, autocast), run(conv, autocast)
+        for a, b in zip(ours, ref):
+            assert_close(a, b, atol=tol * b.abs().max().item(), rtol=tol)
+
+
 # ----------------------------------------------------------------------------- attention paths
 
 def test_attention_fused_and_explicit_paths_agree():
