@@ -1,0 +1,124 @@
+"""Multi-head self-attention, the only place where tokens talk to each other.
+
+    Attention(Q, K, V) = softmax(Q K^T / sqrt(d)) V,   one such map per head.
+
+Three paths compute the same thing:
+- PyTorch's fused `scaled_dot_product_attention` (never materialises the N x N matrix): the default,
+  and the fastest forward everywhere we measured;
+- the explicit softmax, `softmax_attention`, when the attention weights are wanted (attention maps,
+  notebooks 02 and 07);
+- `explicit_attention`, the explicit softmax with its backward written out, for training on a CPU:
+  it keeps the N x N weights from the forward, so the backward is four batched matmuls and one
+  element-wise pass, where PyTorch's CPU kernel recomputes the weights tile by tile.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, num_heads: int = 8, qkv_bias: bool = False, attn_drop: float = 0.0, proj_drop: float = 0.0):
+        super().__init__()
+        if dim % num_heads != 0:
+            raise ValueError(f"dim {dim} must be divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = self.head_dim**-0.5
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.attn_drop = nn.Dropout(attn_drop)
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def forward(self, x: torch.Tensor, return_attention: bool = False):
+        B, N, C = x.shape
+        qkv = self.qkv(x)  # (B, N, 3C): [q | k | v], each C = H heads of d
+        p = self.attn_drop.p if self.training else 0.0
+        attn = None
+        if not return_attention and p == 0.0 and _by_hand_is_faster(qkv):
+            x = explicit_attention(qkv, self.num_heads, self.scale)  # (B, N, C)
+        else:
+            # the same views as DINO's reshape(B, N, 3, H, d).permute(2, 0, 3, 1, 4), but split with chunk: its
+            # backward writes the three gradients straight into one (B, N, 3C) tensor (one copy, not two)
+            q, k, v = (t.view(B, N, self.num_heads, self.head_dim).transpose(1, 2) for t in qkv.chunk(3, dim=-1))  # 3 x (B, H, N, d)
+            if return_attention or _explicit_is_faster(q):
+                x, attn = softmax_attention(q, k, v, self.scale, self.attn_drop)  # (B, H, N, d), (B, H, N, N)
+            else:
+                x = F.scaled_dot_product_attention(q, k, v, dropout_p=p)  # (B, H, N, d)
+            x = x.transpose(1, 2).reshape(B, N, C)  # (B, N, C)
+        x = self.proj_drop(self.proj(x))  # (B, N, C)
+        return (x, attn) if return_attention else x
+
+
+def softmax_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
+                      dropout: nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The explicit path: softmax(q k^T * scale) v, with the attention weights materialised and returned."""
+    attn = (q * scale) @ k.transpose(-2, -1)  # (B, H, N, N)
+    attn = attn.softmax(dim=-1)  # each row sums to 1
+    return (attn if dropout is None else dropout(attn)) @ v, attn  # (B, H, N, d), (B, H, N, N)
+
+
+def explicit_attention(qkv: torch.Tensor, num_heads: int, scale: float) -> torch.Tensor:
+    """softmax(q k^T * scale) v straight from the (B, N, 3C) output of `qkv`, returned as (B, N, C), with the
+    backward written by hand (_ExplicitAttention). No attention dropout."""
+    return _ExplicitAttention.apply(qkv, num_heads, scale)
+
+
+class _ExplicitAttention(torch.autograd.Function):
+    """O = P V with P = softmax(S), S = scale * Q K^T, per head. Given dO, with P kept from the forward:
+
+        dV = P^T dO,   dP = dO V^T,   dS = P * (dP - rowsum(P * dP)),   dQ = scale * dS K,   dK = scale * dS^T Q
+
+    (dS is the softmax's backward, dS_ij = P_ij (dP_ij - sum_l P_il dP_il), computed by PyTorch's own kernel)."""
+
+    @staticmethod
+    def forward(ctx, qkv: torch.Tensor, num_heads: int, scale: float) -> torch.Tensor:
+        B, N, C3 = qkv.shape
+        C = C3 // 3
+        H, d = num_heads, C // num_heads
+        qkvh = qkv.view(B, N, 3, H, d).permute(2, 0, 3, 1, 4).reshape(3, B * H, N, d)  # (3, B*H, N, d): one copy
+        q, k, v = qkvh.unbind(0)  # 3 x (B*H, N, d)
+        s = torch.baddbmm(qkv.new_empty(1, 1, 1), q, k.transpose(1, 2), beta=0, alpha=scale)  # (B*H, N, N): scale * q k^T
+        attn = s.softmax(dim=-1)  # (B*H, N, N), rows sum to 1
+        del s
+        out = torch.bmm(attn, v)  # (B*H, N, d)
+        if any(ctx.needs_input_grad):
+            ctx.save_for_backward(qkvh, attn)
+            ctx.scale = scale
+        return out.view(B, H, N, d).transpose(1, 2).reshape(B, N, C)  # (B, N, C): heads side by side
+
+    @staticmethod
+    def backward(ctx, d_out: torch.Tensor):
+        qkvh, attn = ctx.saved_tensors
+        q, k, v = qkvh.unbind(0)  # 3 x (B*H, N, d)
+        BH, N, d = q.shape
+        B, C = d_out.shape[0], d_out.shape[2]
+        H = BH // B
+        dO = d_out.reshape(B, N, H, d).transpose(1, 2).reshape(BH, N, d)  # (B*H, N, d)
+        d_attn = torch.bmm(dO, v.transpose(1, 2))  # (B*H, N, N): dP = dO V^T
+        ds = torch._softmax_backward_data(d_attn, attn, -1, attn.dtype)  # (B*H, N, N): P * (dP - rowsum(P * dP)), one pass
+        dqkvh = torch.empty_like(qkvh)  # (3, B*H, N, d)
+        torch.baddbmm(dqkvh[0], ds, k, beta=0, alpha=ctx.scale, out=dqkvh[0])  # dQ = scale * dS K
+        torch.baddbmm(dqkvh[1], ds.transpose(1, 2), q, beta=0, alpha=ctx.scale, out=dqkvh[1])  # dK = scale * dS^T Q
+        torch.bmm(attn.transpose(1, 2), dO, out=dqkvh[2])  # dV = P^T dO
+        d_qkv = dqkvh.view(3, B, H, N, d).permute(1, 3, 0, 2, 4).reshape(B, N, 3 * C)  # (B, N, 3C): one copy
+        return d_qkv, None, None
+
+
+def _by_hand_is_faster(qkv: torch.Tensor) -> bool:
+    """True when training on a CPU at sequence lengths where `explicit_attention` beat the fused kernel, forward and
+    backward of one ViT-S/16 attention on 2 threads of an AVX-512/AMX CPU (torch 2.14; batch x tokens ~ 3,150):
+    fp32 14 vs 16 ms at 101 tokens, 21 vs 22 ms at 197 (even at 65, slower at 37 and 257 tokens and above); bf16
+    10 vs 27 ms at 197 tokens and 7 vs 45 ms at 37, where the fused backward is slow at every length measured.
+    Without gradients (the teacher, evaluation) the fused forward is the faster one."""
+    if qkv.device.type != "cpu" or not (qkv.requires_grad and torch.is_grad_enabled()):
+        return False
+    return qkv.dtype == torch.bfloat16 or 64 < qkv.shape[1] <= 256
+
+
+def _explicit_is_faster(q: torch.Tensor) -> bool:
+    """True on a CPU in bf16 when gradients are needed but `explicit_attention` cannot serve (attention dropout):
+    there the fused kernel's backward is the slow one. Benchmarks override this rule to try other cases."""
+    return q.device.type == "cpu" and q.dtype == torch.bfloat16 and q.requires_grad and torch.is_grad_enabled()
