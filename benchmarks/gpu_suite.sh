@@ -68,6 +68,8 @@ follow attention_vitb12 120 $py benchmarks/attention.py --device cuda
 follow step_vitb12_compile_cudnn 100 $step $vitb12 --compile --sdpa cudnn
 # the compiled ViT-B/12 step with the 96 px crops' attention (65 tokens) computed explicitly, the globals' fused
 follow step_vitb12_compile_explicit_local 230 $step $vitb12 --compile --explicit-attention-upto 65 --profile 3
+# the compiled ViT-B/12 step with 6 local crops instead of 10 (2x228 + 6x96, the CPU anchor's crop count)
+follow step_vitb12_6local_compile 200 $step ${vitb12/--local-crops 10/--local-crops 6} --compile
 # the patch embedding (the only convolution) in the default layout, in channels_last and as one matmul, at ViT-B/12's crops, bf16
 follow patch_embed_vitb12 60 $py benchmarks/patch_embed.py --device cuda --dtype bf16 --dim 768 --patch-size 12 --sizes 228 96 --crops 128 640
 # what an epoch end costs the real loop (imagenette_small eager, 4 steps an epoch, 12 workers), now and in $BEFORE

@@ -276,7 +276,8 @@ def test_gpu_suite_commands_parse(tmp_path, monkeypatch):
     stub.chmod(0o755)
     steps = ["step_vits16", "step_vitb12", "step_imagenette_small", "data_pipeline", "data_pipeline_gpu",
              "data_pipeline_gpu_compile", "step_vitb12_compile", "step_vits16_compile", "step_imagenette_small_compile",
-             "attention_vitb12", "step_vitb12_compile_cudnn", "step_vitb12_compile_explicit_local", "epoch_boundary",
+             "attention_vitb12", "step_vitb12_compile_cudnn", "step_vitb12_compile_explicit_local",
+             "step_vitb12_6local_compile", "epoch_boundary",
              "data_pipeline_gpu_photos", "data_pipeline_gpu_photos_compile", "step_vitb12_autotune", "patch_embed_vitb12"]
     out = tmp_path / "out"
     env = {**os.environ, "PYTHON": str(stub), "ONLY": " ".join(steps), "VITDINO_DATA": str(tmp_path)}  # no photos to link
@@ -292,3 +293,5 @@ def test_gpu_suite_commands_parse(tmp_path, monkeypatch):
         mod.parse_args(argv)  # exits (SystemExit) on an unknown flag or a bad value
     assert "--explicit-attention-upto 65" in (out / "step_vitb12_compile_explicit_local.json").read_text()
     assert "--profile 3" in (out / "step_vitb12_compile.json").read_text()
+    six = load_train_step().parse_args((out / "step_vitb12_6local_compile.json").read_text().split()[1:])
+    assert (six.arch, six.local_crops, six.compile) == ("vit_base", 6, True)
