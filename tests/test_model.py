@@ -171,22 +171,23 @@ def test_image_size_not_a_multiple_of_the_patch_at_construction():
 
 def test_patch_embed_on_cpu_is_the_convolution_as_a_matmul():
     """On a CPU PatchEmbed computes its conv as a linear layer on flattened patches: the same tokens and the
-    same weight and bias gradients as the conv itself, in fp32 and under bf16 autocast."""
+    same weight, bias and input gradients as the conv itself, in fp32 and under bf16 autocast."""
     from vitdino_core import PatchEmbed
 
     torch.manual_seed(0)
     embed = PatchEmbed(img_size=24, patch_size=6, in_chans=3, embed_dim=16)
     with torch.no_grad():
         embed.proj.bias.normal_()  # a zero bias would hide a bias left out
-    x = torch.randn(3, 3, 24, 36)  # not square: rows and columns must not be swapped
+    x = torch.randn(3, 3, 24, 36, requires_grad=True)  # not square: rows and columns must not be swapped
     g = torch.randn(3, 4 * 6, 16)  # (B, N, D)
 
     def run(fn, autocast=False):
         embed.zero_grad(set_to_none=True)
+        x.grad = None
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
             y = fn(x)  # (B, N, D)
         (y.float() * g).sum().backward()
-        return y.float(), embed.proj.weight.grad.clone(), embed.proj.bias.grad.clone()
+        return y.float(), embed.proj.weight.grad.clone(), embed.proj.bias.grad.clone(), x.grad.clone()
 
     conv = lambda t: embed.proj(t).flatten(2).transpose(1, 2)  # (B, D, h, w) -> (B, N, D)
     for autocast, tol in ((False, 1e-5), (True, 3e-2)):
