@@ -218,11 +218,11 @@ print("strided conv == linear layer on flattened patches")
 # %% [markdown]
 # Equal up to float rounding (the two compute the sums in different orders). Which one runs faster
 # depends on the hardware. The conv reads the image once, with no reshaped copy of the patches in memory;
-# the linear layer is one plain matrix multiply, the operation CPUs are best at. On a 2-core CPU, forward
-# and backward for the 16 crops of 224 px in one ViT-S/16 training step took 14.0 ms as a linear layer
-# and 16.4 ms as a conv in fp32, and 5.5 against 14.4 ms in bf16 (`benchmarks/patch_embed.py`). The
-# weights are stored the conv's way either way: the official DINO and timm code use the conv, so their
-# weights (`patch_embed.proj.weight`, shape $(D, 3, p, p)$) load into ours unchanged.
+# the linear layer is one plain matrix multiply, the operation CPUs are best at. On a 2-core Intel Xeon,
+# forward and backward for the 16 crops of 224 px in one ViT-S/16 training step took 14.0 ms as a linear
+# layer and 16.4 ms as a conv in fp32, and 5.5 against 14.4 ms in bf16 (`benchmarks/patch_embed.py`).
+# The weights are stored the conv's way either way: the official DINO and timm code use the conv, so
+# their weights (`patch_embed.proj.weight`, shape $(D, 3, p, p)$) load into ours unchanged.
 #
 # ## 5. The core module: `vitdino_core.PatchEmbed`
 #
