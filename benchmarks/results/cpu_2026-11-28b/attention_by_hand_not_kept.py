@@ -1,63 +1,25 @@
-"""Multi-head self-attention, the only place where tokens talk to each other.
+"""Attention with its backward written by hand: tried on CPUs and not kept (see README.md).
 
-    Attention(Q, K, V) = softmax(Q K^T / sqrt(d)) V,   one such map per head.
-
-Three paths compute the same thing:
-- PyTorch's fused `scaled_dot_product_attention` (never materialises the N x N matrix): the default,
-  and the fastest forward everywhere we measured;
-- the explicit softmax, `softmax_attention`, when the attention weights are wanted (attention maps,
-  notebooks 02 and 07);
-- `explicit_attention`, the explicit softmax with its backward written out, for training on a CPU:
-  it keeps the N x N weights from the forward, so the backward is four batched matmuls and one
-  element-wise pass, where PyTorch's CPU kernel recomputes the weights tile by tile.
+Not a copy of vitdino_core/attention.py but what this variant added to it: a third path, `explicit_attention`, and
+the rule that picks it. `forward` replaces `Attention.forward` (ab_step.py's `attention_by_hand` swaps it in,
+with this file's `_explicit_is_faster`); anything the new path does not serve goes to the original forward.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
+
+from vitdino_core.attention import Attention
+
+_original_forward = Attention.forward
 
 
-class Attention(nn.Module):
-    def __init__(self, dim: int, num_heads: int = 8, qkv_bias: bool = False, attn_drop: float = 0.0, proj_drop: float = 0.0):
-        super().__init__()
-        if dim % num_heads != 0:
-            raise ValueError(f"dim {dim} must be divisible by num_heads {num_heads}")
-        self.num_heads = num_heads
-        self.head_dim = dim // num_heads
-        self.scale = self.head_dim**-0.5
-        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
-        self.attn_drop = nn.Dropout(attn_drop)
-        self.proj = nn.Linear(dim, dim)
-        self.proj_drop = nn.Dropout(proj_drop)
-
-    def forward(self, x: torch.Tensor, return_attention: bool = False):
-        B, N, C = x.shape
-        qkv = self.qkv(x)  # (B, N, 3C): [q | k | v], each C = H heads of d
-        p = self.attn_drop.p if self.training else 0.0
-        attn = None
-        if not return_attention and p == 0.0 and _by_hand_is_faster(qkv):
-            x = explicit_attention(qkv, self.num_heads, self.scale)  # (B, N, C)
-        else:
-            # the same views as DINO's reshape(B, N, 3, H, d).permute(2, 0, 3, 1, 4), but split with chunk: its
-            # backward writes the three gradients straight into one (B, N, 3C) tensor (one copy, not two)
-            q, k, v = (t.view(B, N, self.num_heads, self.head_dim).transpose(1, 2) for t in qkv.chunk(3, dim=-1))  # 3 x (B, H, N, d)
-            if return_attention or _explicit_is_faster(q):
-                x, attn = softmax_attention(q, k, v, self.scale, self.attn_drop)  # (B, H, N, d), (B, H, N, N)
-            else:
-                x = F.scaled_dot_product_attention(q, k, v, dropout_p=p)  # (B, H, N, d)
-            x = x.transpose(1, 2).reshape(B, N, C)  # (B, N, C)
-        x = self.proj_drop(self.proj(x))  # (B, N, C)
-        return (x, attn) if return_attention else x
-
-
-def softmax_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
-                      dropout: nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The explicit path: softmax(q k^T * scale) v, with the attention weights materialised and returned."""
-    attn = (q * scale) @ k.transpose(-2, -1)  # (B, H, N, N)
-    attn = attn.softmax(dim=-1)  # each row sums to 1
-    return (attn if dropout is None else dropout(attn)) @ v, attn  # (B, H, N, d), (B, H, N, N)
+def forward(self: Attention, x: torch.Tensor, return_attention: bool = False):
+    """Attention.forward with one more path: training on a CPU, where `_by_hand_is_faster` says so."""
+    p = self.attn_drop.p if self.training else 0.0
+    if return_attention or p > 0.0 or not _by_hand_is_faster(self, x):
+        return _original_forward(self, x, return_attention)
+    return self.proj_drop(self.proj(explicit_attention(self.qkv(x), self.num_heads, self.scale)))  # (B, N, C)
 
 
 def explicit_attention(qkv: torch.Tensor, num_heads: int, scale: float) -> torch.Tensor:
@@ -107,15 +69,17 @@ class _ExplicitAttention(torch.autograd.Function):
         return d_qkv, None, None
 
 
-def _by_hand_is_faster(qkv: torch.Tensor) -> bool:
+def _by_hand_is_faster(attn: Attention, x: torch.Tensor) -> bool:
     """True when training on a CPU at sequence lengths where `explicit_attention` beat the fused kernel, forward and
     backward of one ViT-S/16 attention on 2 threads of an AVX-512/AMX CPU (torch 2.14; batch x tokens ~ 3,150):
     fp32 14 vs 16 ms at 101 tokens, 21 vs 22 ms at 197 (even at 65, slower at 37 and 257 tokens and above); bf16
     10 vs 27 ms at 197 tokens and 7 vs 45 ms at 37, where the fused backward is slow at every length measured.
     Without gradients (the teacher, evaluation) the fused forward is the faster one."""
-    if qkv.device.type != "cpu" or not (qkv.requires_grad and torch.is_grad_enabled()):
+    if x.device.type != "cpu" or not (torch.is_grad_enabled() and attn.qkv.weight.requires_grad):
         return False
-    return qkv.dtype == torch.bfloat16 or 64 < qkv.shape[1] <= 256
+    autocast = torch.is_autocast_enabled("cpu")
+    dtype = torch.get_autocast_dtype("cpu") if autocast else x.dtype  # the dtype qkv comes out in
+    return dtype == torch.bfloat16 or 64 < x.shape[1] <= 256
 
 
 def _explicit_is_faster(q: torch.Tensor) -> bool:
