@@ -279,7 +279,7 @@ assert live["matmul"] > 0 and live["attention"] > 0
 # attention explicitly: its attention is in its `bmm` (matmul) and softmax (everything else) rows.
 
 # %%
-anchor_run = json.loads((REPO_ROOT / "benchmarks" / "results" / "cpu_2026-11-28" / "paired_repeat6_profile2.json").read_text())
+anchor_run = json.loads((REPO_ROOT / "benchmarks" / "results" / "cpu_2026-11-28c" / "paired_repeat6_profile2.json").read_text())
 GROUPS = {"matmul": "matmul", "attention": "attention", "optimizer_ema": "optimiser + EMA"}
 
 
