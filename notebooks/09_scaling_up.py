@@ -326,8 +326,9 @@ assert timed[1] < timed[2]  # the same maths in less time
 # attention's softmax and the copies around it (its grey part), and Python loops (over view pairs in the loss, over
 # parameters with one `.item()` each when clipping, and for the EMA) whose cost lies *between* operators, so that
 # only the timed step shows it. The project's step fuses those, and its head never writes out the 67 MB weight of
-# its last layer (notebook 05), which is about all that can be won here at the same precision; bf16 (section 7) makes the matmuls themselves faster on CPUs with bf16 units. (The profiler adds a
-# little time to every operator call, more to the step with more calls: compare the timed steps, not the bars' widths.)
+# its last layer (notebook 05), which is about all that can be won here at the same precision; bf16 (section 7)
+# makes the matmuls themselves faster on CPUs with bf16 units. (The profiler adds a little time to every operator
+# call, more to the step with more calls: compare the timed steps, not the bars' widths.)
 # On a GPU the matmuls are so fast that everything else weighs far more, which is where fused attention kernels and
 # `torch.compile` (section 8) pay off. `python benchmarks/train_step.py --profile 2` profiles any configuration this
 # way (`--device cuda`: every GPU kernel, sorted into the same kinds and a few more).
