@@ -359,11 +359,6 @@ def ours_step(trainer: DINOTrainer, crops, marks: Marks) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------- the official-style step
 
-def official_patch_embed_forward(self: PatchEmbed, x: torch.Tensor) -> torch.Tensor:
-    """Official DINO PatchEmbed.forward: the strided convolution, on every device."""
-    return self.proj(x).flatten(2).transpose(1, 2)  # (B, D, h, w) -> (B, N, D)
-
-
 def official_attention_forward(self: Attention, x: torch.Tensor) -> torch.Tensor:
     """Official DINO Attention.forward: the N x N attention matrix is materialised in forward and backward."""
     B, N, C = x.shape
@@ -443,7 +438,7 @@ def to_official_style(trainer: DINOTrainer) -> None:
     optimizer (for-loop AdamW)."""
     for m in list(trainer.student.modules()) + list(trainer.teacher.modules()):
         if isinstance(m, PatchEmbed):
-            m.forward = official_patch_embed_forward.__get__(m)
+            m.forward = m.forward_conv  # official DINO's PatchEmbed: the strided convolution, on every device
         elif isinstance(m, Attention):
             m.forward = official_attention_forward.__get__(m)
         elif isinstance(m, Block):

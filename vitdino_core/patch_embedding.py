@@ -75,7 +75,15 @@ class PatchEmbed(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_image_batch(x, self.patch_size, self.in_chans)
         if x.device.type == "cpu":  # the same maths as one matmul, which a CPU runs faster than the convolution
-            weight = self.proj.weight.flatten(1)  # (D, C*p*p): each row one output channel's C x p x p filter
-            return F.linear(_patchify(x, self.patch_size), weight, self.proj.bias)  # (B, N, D)
+            return self.forward_matmul(x)  # (B, N, D)
+        return self.forward_conv(x)  # (B, N, D)
+
+    def forward_conv(self, x: torch.Tensor) -> torch.Tensor:
+        """The strided convolution, as DINO and timm compute it (no shape check)."""
         x = self.proj(x)  # (B, D, H/p, W/p)
         return x.flatten(2).transpose(1, 2)  # (B, N, D)
+
+    def forward_matmul(self, x: torch.Tensor) -> torch.Tensor:
+        """The same maths as one linear layer on the flattened patches (no shape check)."""
+        weight = self.proj.weight.flatten(1)  # (D, C*p*p): each row one output channel's C x p x p filter
+        return F.linear(_patchify(x, self.patch_size), weight, self.proj.bias)  # (B, N, D)
