@@ -52,7 +52,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
 from vitdino_core import DINOHead, MultiCropAugmentation, MultiCropWrapper, VisionTransformer, build_dataset, collate_multicrop
-from vitdino_core.multicrop import IMAGENET_MEAN, IMAGENET_STD
+from vitdino_core.multicrop import IMAGENET_MEAN, IMAGENET_STD, crop_box
 from vitdino_core.notebook import photo, save_figure, setup
 
 torch.set_num_threads(1)  # like a DataLoader worker, which augments one image at a time on one thread
@@ -209,7 +209,8 @@ plt.show()
 # ## 3. Where the crops come from
 #
 # `RandomResizedCrop` first draws a box $(top, left, height, width)$ and then resizes what is inside. In
-# `torchvision.transforms.v2` the first half is the method `make_params`; we check that drawing the box and
+# `torchvision.transforms.v2` the first half is the method `make_params` (`_get_params` before torchvision 0.21;
+# `crop_box` from `vitdino_core.multicrop` calls whichever yours has). We check that drawing the box and
 # cropping it ourselves gives exactly the transform's output, so the boxes we draw are the real ones.
 
 # %%
@@ -219,7 +220,7 @@ global_rrc = v2.RandomResizedCrop(G, scale=(0.4, 1.0), interpolation=bicubic, an
 local_rrc = v2.RandomResizedCrop(L, scale=(0.05, 0.4), interpolation=bicubic, antialias=True)
 
 torch.manual_seed(7)
-box = global_rrc.make_params([x])  # {'top', 'left', 'height', 'width'} in pixels of the original
+box = crop_box(global_rrc, x)  # {'top', 'left', 'height', 'width'} in pixels of the original
 by_hand = TF.resized_crop(x, **box, size=[G, G], interpolation=bicubic, antialias=True)  # (3, 224, 224)
 torch.manual_seed(7)
 assert torch.equal(by_hand, global_rrc(x))
@@ -227,7 +228,7 @@ print("box", box, "-> crop", tuple(by_hand.shape), "== RandomResizedCrop's outpu
 
 # %%
 torch.manual_seed(1)
-boxes = [("global", global_rrc.make_params([x])) for _ in range(2)] + [("local", local_rrc.make_params([x])) for _ in range(6)]
+boxes = [("global", crop_box(global_rrc, x)) for _ in range(2)] + [("local", crop_box(local_rrc, x)) for _ in range(6)]
 colors = plt.cm.tab10(np.arange(len(boxes)))
 
 mosaic = [["orig", "orig", "v0", "v1"], ["orig", "orig", "v2", "v3"], ["orig", "orig", "v4", "v5"], ["orig", "orig", "v6", "v7"]]
@@ -265,7 +266,7 @@ n_boxes = 1000 if FAST else 5000
 torch.manual_seed(0)
 areas = {}
 for kind, rrc in (("global", global_rrc), ("local", local_rrc)):
-    bs = [rrc.make_params([x]) for _ in range(n_boxes)]
+    bs = [crop_box(rrc, x) for _ in range(n_boxes)]
     areas[kind] = np.array([b["height"] * b["width"] / (H * W) for b in bs])  # (n_boxes,)
 
 fig, ax = plt.subplots(figsize=(7, 3.2))

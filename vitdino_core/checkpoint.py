@@ -112,15 +112,26 @@ class BackgroundWriter:
             raise error
 
 
+def _torch_load_weights_only(path: Path, map_location: str | torch.device) -> Any:
+    """`torch.load(..., weights_only=True)` that also accepts an `argparse.Namespace`.
+
+    Official DINO training checkpoints hold their argparse.Namespace of arguments: plain data.
+    torch >= 2.5 allows it for this one call; torch 2.4 only has the process-wide allow-list.
+    """
+    if hasattr(torch.serialization, "safe_globals"):  # torch >= 2.5
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    torch.serialization.add_safe_globals([argparse.Namespace])  # torch 2.4
+    return torch.load(path, map_location=map_location, weights_only=True)
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
     """Load a checkpoint with `weights_only=True`; clear errors for missing, corrupt or unsafe files."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
-        # official DINO training checkpoints also hold their argparse.Namespace of arguments: plain data
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            obj = torch.load(path, map_location=map_location, weights_only=True)
+        obj = _torch_load_weights_only(path, map_location)
     except pickle.UnpicklingError as e:
         reason = next((ln.strip() for ln in str(e).splitlines() if "Unsupported" in ln or "global" in ln), "")
         raise CheckpointError(

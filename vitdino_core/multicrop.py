@@ -36,6 +36,15 @@ def normalize(mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAG
     return v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)])
 
 
+def crop_box(rrc: v2.RandomResizedCrop, image: torch.Tensor) -> dict[str, int]:
+    """The box `rrc(image)` would crop with the same random state: {'top', 'left', 'height', 'width'} in pixels.
+
+    torchvision >= 0.21 calls this half of the transform `make_params`; older versions `_get_params`.
+    """
+    make_params = getattr(rrc, "make_params", None) or rrc._get_params
+    return make_params([image])
+
+
 class MultiCropAugmentation:
     """PIL image or uint8 (C, H, W) tensor -> [global_1, global_2, local_1, ..., local_N] float tensors.
 
