@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 NOTEBOOKS := $(wildcard notebooks/[0-9][0-9]_*.py)
 IPYNB     := $(NOTEBOOKS:.py=.ipynb)
 
-.PHONY: lab test unit nbtest notebooks sanity bench clean
+.PHONY: lab test unit nbtest compat notebooks sanity bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,17 @@ unit: $(STAMP)
 nbtest: notebooks
 	$(BIN)/python -m pytest $(IPYNB) --nbval-lax --nbval-current-env
 
+## compat: unit tests and notebooks with another torch/torchvision pair, in .venv-torch<TORCH>;
+##         the default is the oldest pair the package supports (pyproject: torch>=2.4, torchvision>=0.19)
+TORCH       ?= 2.4.1
+TORCHVISION ?= 0.19.1
+COMPAT      := .venv-torch$(TORCH)
+compat: notebooks
+	test -x $(COMPAT)/bin/python || $(PYTHON) -m venv $(COMPAT)
+	$(COMPAT)/bin/python -m pip install -q "torch==$(TORCH)" "torchvision==$(TORCHVISION)"
+	$(COMPAT)/bin/python -m pip install -q -e ".[dev]"
+	$(COMPAT)/bin/python -m pytest tests $(IPYNB) --nbval-lax --nbval-current-env -p no:cacheprovider
+
 sanity: $(STAMP)
 	$(BIN)/python -m vitdino_core.sanity
 
@@ -41,4 +52,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/train_step.py
 
 clean:
-	rm -rf $(VENV) notebooks/*.ipynb .pytest_cache
+	rm -rf $(VENV) .venv-torch* notebooks/*.ipynb .pytest_cache
