@@ -54,7 +54,7 @@ from vitdino_core.dino_loss import DINOHead, DINOLoss  # noqa: E402
 from vitdino_core.ema_training import cancel_gradients_last_layer, get_params_groups  # noqa: E402
 from vitdino_core.patch_embedding import PatchEmbed  # noqa: E402
 from vitdino_core.train import DINOTrainer  # noqa: E402
-from vitdino_core.vision_transformer import Block  # noqa: E402
+from vitdino_core.vision_transformer import Block, VisionTransformer  # noqa: E402
 
 ARCH_DIMS = {"vit_tiny": (192, 12, 3), "vit_small": (384, 12, 6), "vit_base": (768, 12, 12)}  # (D, depth, heads)
 HEAD_DIMS = (2048, 256)  # DINOHead hidden and bottleneck widths (3 layers)
@@ -126,15 +126,21 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 # ----------------------------------------------------------------------------- analytic FLOPs
 
-def vit_forward_flops(arch: str, patch: int, size: int) -> dict[str, float]:
-    """Matmul FLOPs (2 per multiply-add) of one image through the backbone; norms, GELU, softmax left out."""
+def vit_forward_flops(arch: str, patch: int, size: int, cls_only_last_block: bool = True) -> dict[str, float]:
+    """Matmul FLOPs (2 per multiply-add) of one image through the backbone; norms, GELU, softmax left out.
+
+    `cls_only_last_block`: the last block computes the CLS token's row alone, as `VisionTransformer.forward`
+    does (keys and values of all T tokens; query, attention row, proj and MLP of one). False: every token through
+    every block, as the official code (and the official-style reference) computes it."""
     D, depth, _ = ARCH_DIMS[arch]
     n = (size // patch) ** 2  # patches
     T = n + 1  # tokens incl. CLS
+    full = depth - 1 if cls_only_last_block else depth  # blocks that compute every token
+    last = 2.0 * (T * 2 * D * D + (D * D + D * D + 2 * D * 4 * D)) if cls_only_last_block else 0.0  # k, v of T; q, proj, MLP of 1
     return {
         "patch_embed": 2.0 * n * (3 * patch * patch) * D,
-        "qkv_proj_mlp": depth * 2.0 * T * (3 * D * D + D * D + 2 * D * 4 * D),  # qkv, proj, fc1, fc2
-        "attention": depth * 2 * 2.0 * T * T * D,  # Q K^T and A V over all heads
+        "qkv_proj_mlp": full * 2.0 * T * (3 * D * D + D * D + 2 * D * 4 * D) + last,  # qkv, proj, fc1, fc2
+        "attention": full * 2 * 2.0 * T * T * D + (2 * 2.0 * T * D if cls_only_last_block else 0.0),  # Q K^T and A V, all heads
     }
 
 
@@ -145,11 +151,12 @@ def head_forward_flops(arch: str, out_dim: int) -> dict[str, float]:
     return {"head_mlp": 2.0 * (D * hidden + hidden * hidden + hidden * bottleneck), "head_last_layer": 2.0 * bottleneck * out_dim}
 
 
-def step_flops(args) -> dict[str, float]:
-    """FLOPs of one step: student forward of all crops, teacher forward of the globals, backward = 2x student forward."""
-    B = args.batch
-    per_global = {**vit_forward_flops(args.arch, args.patch_size, args.global_size), **head_forward_flops(args.arch, args.out_dim)}
-    per_local = {**vit_forward_flops(args.arch, args.patch_size, args.local_size), **head_forward_flops(args.arch, args.out_dim)}
+def step_flops(args, cls_only_last_block: bool = True) -> dict[str, float]:
+    """FLOPs of one step: student forward of all crops, teacher forward of the globals, backward = 2x student forward.
+    `cls_only_last_block` as in `vit_forward_flops`: True counts what the project's step computes, False the official."""
+    B, c = args.batch, cls_only_last_block
+    per_global = {**vit_forward_flops(args.arch, args.patch_size, args.global_size, c), **head_forward_flops(args.arch, args.out_dim)}
+    per_local = {**vit_forward_flops(args.arch, args.patch_size, args.local_size, c), **head_forward_flops(args.arch, args.out_dim)}
     teacher = 2 * B * sum(per_global.values())
     student = 2 * B * sum(per_global.values()) + args.local_crops * B * sum(per_local.values())
     return {"teacher_forward": teacher, "student_forward": student, "student_backward": 2 * student,
@@ -221,15 +228,17 @@ def matmul_rate(dtype: torch.dtype, device: torch.device, n: int, budget_s: floa
     return {"n": n, "dtype": str(dtype).replace("torch.", ""), "s": best, "flop_per_s": 2.0 * n**3 / best, "runs": len(times)}
 
 
-def step_gemms(args) -> list[dict]:
-    """Every distinct matmul shape (M, K, N) of one step, with how often the step runs it forward.
+def step_gemms(args, cls_only_last_block: bool = True) -> list[dict]:
+    """Every matmul shape (M, K, N) of one step, with how often the step runs it forward.
 
     Rows M are tokens of all crops of one resolution (the backbone's linears), patches (the patch
-    embedding as a matmul) or crops (the head). The teacher runs the globals' matmuls forward; the
-    student runs all of them forward and backward (two more matmuls each: input and weight gradients).
+    embedding as a matmul) or crops (the head, and the last block's CLS rows with `cls_only_last_block`).
+    The teacher runs the globals' matmuls forward; the student runs all of them forward and backward (two
+    more matmuls each: input and weight gradients).
     """
     D, depth, _ = ARCH_DIMS[args.arch]
     hidden, bottleneck = HEAD_DIMS
+    full = depth - 1 if cls_only_last_block else depth  # blocks that compute every token
     gemms = []
     for size, crops, teacher in ((args.global_size, 2 * args.batch, True), (args.local_size, args.local_crops * args.batch, False)):
         if crops == 0:
@@ -237,13 +246,15 @@ def step_gemms(args) -> list[dict]:
         n = (size // args.patch_size) ** 2
         M = crops * (n + 1)
         shapes = [(crops * n, 3 * args.patch_size ** 2, D, 1),  # patch embedding
-                  (M, D, 3 * D, depth), (M, D, D, depth), (M, D, 4 * D, depth), (M, 4 * D, D, depth),  # qkv, proj, fc1, fc2
-                  (crops, D, hidden, 1), (crops, hidden, hidden, 1), (crops, hidden, bottleneck, 1), (crops, bottleneck, args.out_dim, 1)]
+                  (M, D, 3 * D, full), (M, D, D, full), (M, D, 4 * D, full), (M, 4 * D, D, full)]  # qkv, proj, fc1, fc2
+        if cls_only_last_block:  # the last block: k, v of every token; q, proj, fc1, fc2 of the CLS rows
+            shapes += [(M, D, 2 * D, 1), (crops, D, D, 2), (crops, D, 4 * D, 1), (crops, 4 * D, D, 1)]
+        shapes += [(crops, D, hidden, 1), (crops, hidden, hidden, 1), (crops, hidden, bottleneck, 1), (crops, bottleneck, args.out_dim, 1)]
         gemms += [dict(M=m, K=k, N=nn_, forward_count=c * (2 if teacher else 1), backward_count=c) for m, k, nn_, c in shapes]
     return gemms
 
 
-def shape_matmul_time(args, dtype: torch.dtype, device: torch.device, repeat: int = 3) -> dict:
+def shape_matmul_time(args, dtype: torch.dtype, device: torch.device, repeat: int = 3, cls_only_last_block: bool = True) -> dict:
     """Seconds the step's own matmuls take when run alone, back to back: the attainable floor for its shapes.
 
     Each shape is timed forward (x @ W^T), for the input gradient (dy @ W) and for the weight gradient
@@ -263,7 +274,7 @@ def shape_matmul_time(args, dtype: torch.dtype, device: torch.device, repeat: in
             times.append(time.perf_counter() - t)
         return min(times[1:])
 
-    gemms, total_s, total_flop = step_gemms(args), 0.0, 0.0
+    gemms, total_s, total_flop = step_gemms(args, cls_only_last_block), 0.0, 0.0
     for s in gemms:
         x = torch.randn(s["M"], s["K"], generator=g, device=device).to(dtype)  # (M, K)
         w = torch.randn(s["N"], s["K"], generator=g, device=device).to(dtype)  # (N, K) as nn.Linear stores it
@@ -433,11 +444,22 @@ def official_clip_gradients(model: nn.Module, clip: float) -> list[float]:
     return norms
 
 
+def official_vit_forward(self: VisionTransformer, x: torch.Tensor) -> torch.Tensor:
+    """Official DINO VisionTransformer.forward: every token through every block, then the CLS token is taken."""
+    x = self.prepare_tokens(x)  # (B, N+1, D)
+    for blk in self.blocks:
+        x = blk(x)  # (B, N+1, D)
+    x = self.norm(x)  # (B, N+1, D)
+    return x[:, 0]  # (B, D)
+
+
 def to_official_style(trainer: DINOTrainer) -> None:
-    """Swap in the official execution strategy: patch embedding, attention, residual + drop path, head, loss,
-    optimizer (for-loop AdamW)."""
+    """Swap in the official execution strategy: backbone forward (all tokens through the last block), patch
+    embedding, attention, residual + drop path, head, loss, optimizer (for-loop AdamW)."""
     for m in list(trainer.student.modules()) + list(trainer.teacher.modules()):
-        if isinstance(m, PatchEmbed):
+        if isinstance(m, VisionTransformer):
+            m.forward = official_vit_forward.__get__(m)
+        elif isinstance(m, PatchEmbed):
             m.forward = m.forward_conv  # official DINO's PatchEmbed: the strided convolution, on every device
         elif isinstance(m, Attention):
             m.forward = official_attention_forward.__get__(m)
@@ -641,11 +663,11 @@ class Mode:
             self.peaks.append(peak_memory(device)[0])
 
     def summary(self, args, matmul: dict, own_gemms: dict, peak: int, peak_kind: str, load: list[float]) -> dict:
-        flops = step_flops(args)
+        flops = step_flops(args, cls_only_last_block=not self.reference)  # what this implementation computes
         med = statistics.median(self.wall)
         return {
             "implementation": "official_style_reference" if self.reference else "vitdino",
-            "description": ("official DINO execution strategy re-created with the project's modules: the patch embedding as a convolution, explicit softmax attention, "
+            "description": ("official DINO execution strategy re-created with the project's modules: every token through the last block, the patch embedding as a convolution, explicit softmax attention, "
                             "x + drop_path(branch) in three passes, the head's weight-normalised W written out, per-pair Python loss loop, per-parameter clipping with .item(), Python-loop EMA, AdamW foreach=False, "
                             "loss.item() every step" if self.reference else "vitdino_core.train.DINOTrainer.train_step"),
             "step_s_median": med,
@@ -662,6 +684,7 @@ class Mode:
             "peak_memory_kind": peak_kind,
             "model_flop_per_step": flops["total"],
             "model_flop_breakdown": flops,
+            "all_tokens_flop_per_step": step_flops(args, cls_only_last_block=False)["total"],  # the official count
             "achieved_flop_per_s": flops["total"] / med,
             "matmul": matmul,
             "fraction_of_matmul_peak": flops["total"] / med / matmul["flop_per_s"],
@@ -672,17 +695,19 @@ class Mode:
         }
 
 
-def reference_rates(args, device: torch.device) -> tuple[dict, dict]:
-    """The attainable matmul rate of the step's dtype, and the step's own matmul shapes timed alone."""
+def reference_rates(args, device: torch.device, implementations: tuple[bool, ...]) -> tuple[dict, dict]:
+    """The attainable matmul rate of the step's dtype, and each implementation's own matmul shapes timed alone
+    ({reference: timing}; the reference's last block computes every token, ours the CLS rows)."""
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
     n = args.matmul_size or (8192 if device.type == "cuda" else 2048)
-    return matmul_rate(dtype, device, n), shape_matmul_time(args, dtype, device)
+    own = {ref: shape_matmul_time(args, dtype, device, cls_only_last_block=not ref) for ref in implementations}
+    return matmul_rate(dtype, device, n), own
 
 
 def run_mode(args, reference: bool) -> dict:
     m = Mode(args, reference)
     device = m.trainer.device
-    matmul, own_gemms = reference_rates(args, device)
+    matmul, own_gemms = reference_rates(args, device, (reference,))
     for _ in range(args.warmup):
         m.step()
     sync(device)
@@ -691,7 +716,7 @@ def run_mode(args, reference: bool) -> dict:
     for _ in range(args.repeat):
         m.timed_step()
     peak, peak_kind = peak_memory(device)
-    out = m.summary(args, matmul, own_gemms, peak, peak_kind, [load_before[0], os.getloadavg()[0]])
+    out = m.summary(args, matmul, own_gemms[reference], peak, peak_kind, [load_before[0], os.getloadavg()[0]])
     if args.profile:
         out["profile"] = profile_or_error(m, args.profile)
     del m
@@ -705,7 +730,7 @@ def run_paired(args) -> dict:
     round's two steps is the figure to trust on a shared machine."""
     ours, ref = Mode(args, reference=False), Mode(args, reference=True)
     device = ours.trainer.device
-    matmul, own_gemms = reference_rates(args, device)
+    matmul, own_gemms = reference_rates(args, device, (False, True))
     for _ in range(args.warmup):
         ours.step()
         ref.step()
@@ -717,7 +742,7 @@ def run_paired(args) -> dict:
     load = [load_before[0], os.getloadavg()[0]]
     kind = ("peak RSS (VmHWM) during this implementation's steps, both implementations resident"
             if device.type == "cpu" else "torch.cuda.max_memory_allocated during this implementation's steps, both resident")
-    out = {name: m.summary(args, matmul, own_gemms, max(m.peaks), kind, load) for name, m in (("ours", ours), ("reference", ref))}
+    out = {name: m.summary(args, matmul, own_gemms[m.reference], max(m.peaks), kind, load) for name, m in (("ours", ours), ("reference", ref))}
     if args.profile:
         for name, m in (("ours", ours), ("reference", ref)):
             out[name]["profile"] = profile_or_error(m, args.profile)

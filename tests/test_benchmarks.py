@@ -58,6 +58,9 @@ def test_train_step_script_compares_ours_with_the_official_style_step():
     assert r["ours"]["implementation"] == "vitdino" and r["reference"]["implementation"] == "official_style_reference"
     check_step(r["ours"])
     check_step(r["reference"])
+    # the reference computes every token through the last block, as the official code does; ours the CLS rows
+    assert r["reference"]["model_flop_per_step"] == r["reference"]["all_tokens_flop_per_step"] == r["ours"]["all_tokens_flop_per_step"]
+    assert r["ours"]["model_flop_per_step"] < r["reference"]["model_flop_per_step"]
     assert positive(r["reference_over_ours_wall"]) and positive(r["reference_over_ours_user_cpu"])
     assert r["ours"]["loss"] == pytest.approx(r["reference"]["loss"], rel=1e-4)  # the same maths, two execution strategies
 
@@ -205,13 +208,21 @@ def test_analytic_flops_match_pytorchs_flop_counter():
     assert flops["student_forward"] == student.get_total_flops()
     assert flops["teacher_forward"] == teacher.get_total_flops()
     assert flops["total"] == flops["teacher_forward"] + 3 * flops["student_forward"]
+    # the official forward (every token through the last block too), as the official-style reference runs it
+    model.backbone.forward = bench.official_vit_forward.__get__(model.backbone)
+    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as official:
+        model(crops)
+    assert bench.step_flops(args, cls_only_last_block=False)["student_forward"] == official.get_total_flops()
+    assert official.get_total_flops() > 1.05 * student.get_total_flops()
 
 
 def test_anchor_step_is_about_810_gflop():
-    """The anchor step was estimated at ~810 GFLOP; this count (which includes the head and attention) gives 831."""
+    """The anchor step was estimated at ~810 GFLOP; this count (which includes the head and attention) gives 831 for
+    the official computation, and 774 for ours, whose last block computes the CLS rows alone."""
     bench = load_train_step()
     args = bench.parse_args([])  # the defaults are the anchor: ViT-S/16, batch 8, 2x224 + 6x96, out_dim 65536
-    assert bench.step_flops(args)["total"] / 1e9 == pytest.approx(810, rel=0.03)
+    assert bench.step_flops(args, cls_only_last_block=False)["total"] / 1e9 == pytest.approx(810, rel=0.03)
+    assert bench.step_flops(args)["total"] / 1e9 == pytest.approx(774.5, abs=0.1)
 
 
 def test_the_steps_own_matmul_shapes_add_up_to_its_analytic_flops():
@@ -219,13 +230,16 @@ def test_the_steps_own_matmul_shapes_add_up_to_its_analytic_flops():
     analytic step count minus the attention products, which are batched per head and not timed."""
     bench = load_train_step()
     args = bench.parse_args([])
-    flops = bench.step_flops(args)
-    globals_, locals_ = 2 * args.batch * flops["per_global_crop_forward"]["attention"], args.local_crops * args.batch * flops["per_local_crop_forward"]["attention"]
-    attention = globals_ + 3 * (globals_ + locals_)  # teacher forward; student forward + backward
-    gemm = sum(2.0 * s["M"] * s["K"] * s["N"] * (s["forward_count"] + 2 * s["backward_count"]) for s in bench.step_gemms(args))
-    assert gemm == pytest.approx(flops["total"] - attention, rel=1e-12)
-    timed = bench.shape_matmul_time(bench.parse_args(TINY), torch.float32, torch.device("cpu"), repeat=1)
-    assert positive(timed["s"]) and timed["shapes"] == 18
+    for cls_only in (True, False):  # ours, and the official computation
+        flops = bench.step_flops(args, cls_only)
+        globals_ = 2 * args.batch * flops["per_global_crop_forward"]["attention"]
+        locals_ = args.local_crops * args.batch * flops["per_local_crop_forward"]["attention"]
+        attention = globals_ + 3 * (globals_ + locals_)  # teacher forward; student forward + backward
+        gemm = sum(2.0 * s["M"] * s["K"] * s["N"] * (s["forward_count"] + 2 * s["backward_count"]) for s in bench.step_gemms(args, cls_only))
+        assert gemm == pytest.approx(flops["total"] - attention, rel=1e-12)
+    for cls_only, shapes in ((True, 26), (False, 18)):  # the CLS rows of the last block: 4 more shapes per resolution
+        timed = bench.shape_matmul_time(bench.parse_args(TINY), torch.float32, torch.device("cpu"), repeat=1, cls_only_last_block=cls_only)
+        assert positive(timed["s"]) and timed["shapes"] == shapes
 
 
 @pytest.mark.parametrize("layout", ["step", "contiguous"])

@@ -147,6 +147,53 @@ def test_intermediate_layers_are_the_last_n_blocks_normalised(n):
     assert_close(outs[-1], model.forward_features(x))
 
 
+def full_forward(model: VisionTransformer, x: torch.Tensor) -> torch.Tensor:
+    """The feature as the official code computes it: every token through every block, then the CLS token."""
+    return model.forward_features(x)[:, 0]
+
+
+@pytest.mark.parametrize("grad_checkpointing", [False, True])
+def test_forward_computes_only_the_cls_row_of_the_last_block_with_the_same_value_and_gradients(grad_checkpointing):
+    """forward() runs the last block for the CLS token alone; in training (drop path on, same random state) it
+    gives forward_features(x)[:, 0] and the same gradient for every parameter, the last block's included."""
+    torch.manual_seed(0)
+    model = tiny_vit(patch_size=8, img_size=32, depth=3, drop_path_rate=0.5).train()
+    model.grad_checkpointing = grad_checkpointing
+    x = torch.randn(6, 3, 40, 24)  # not the native size: positions interpolated
+    grads = []
+    for fn in (VisionTransformer.forward, full_forward):
+        model.zero_grad(set_to_none=True)
+        torch.manual_seed(1)  # the same samples dropped by both
+        out = fn(model, x)  # (6, 32)
+        (out * torch.linspace(-1, 1, 32)).square().sum().backward()
+        grads.append((out.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (cls_only, g_cls), (full, g_full) = grads
+    assert cls_only.shape == (6, 32) and cls_only.std() > 0.1
+    assert_close(cls_only, full)
+    assert g_cls.keys() == g_full.keys() and all(g.abs().sum() > 0 for g in g_cls.values())  # every weight is trained
+    for name in g_full:
+        assert_close(g_cls[name], g_full[name], rtol=1e-4, atol=1e-6, msg=name)
+    model.eval()
+    with torch.no_grad():
+        assert_close(model(x), full_forward(model, x))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_block_and_attention_forward_cls_are_the_first_row_of_forward(dtype):
+    """The CLS-only paths on both attention rules of a CPU (fp32: fused kernel; bf16 autocast: explicit)."""
+    torch.manual_seed(0)
+    blk = Block(32, num_heads=4, qkv_bias=True).eval()
+    x = torch.randn(3, 17, 32)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+        a_cls, a_all = blk.attn.forward_cls(blk.norm1(x)), blk.attn(blk.norm1(x))  # (3, 1, 32), (3, 17, 32)
+        b_cls, b_all = blk.forward_cls(x), blk(x)
+    tol = {} if dtype == torch.float32 else {"rtol": 2e-2, "atol": 2e-2}
+    assert a_cls.shape == b_cls.shape == (3, 1, 32)
+    assert_close(a_cls.float(), a_all[:, :1].float(), **tol)
+    assert_close(b_cls.float(), b_all[:, :1].float(), **tol)
+    assert (b_all[:, 1:] - b_all[:, :1]).abs().max() > 0.1  # the other rows differ: the first one was compared
+
+
 @pytest.mark.parametrize("size", [100, 224])
 def test_size_not_a_multiple_of_the_patch_is_a_clear_error(size):
     model = tiny_vit(patch_size=12, img_size=228)

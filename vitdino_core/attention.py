@@ -44,6 +44,23 @@ class Attention(nn.Module):
         return (x, attn) if return_attention else x
 
 
+    def forward_cls(self, x: torch.Tensor) -> torch.Tensor:
+        """The attention output of the CLS token alone, (B, N, C) -> (B, 1, C): what `forward(x)[:, :1]` is,
+        with one query instead of N. The CLS token still attends to every token, so k and v are computed for all."""
+        B, N, C = x.shape
+        w, b = self.qkv.weight, self.qkv.bias  # (3C, C), (3C,): rows [q | k | v]
+        q = F.linear(x[:, :1], w[:C], None if b is None else b[:C])  # (B, 1, C): the CLS token's query only
+        kv = F.linear(x, w[C:], None if b is None else b[C:])  # (B, N, 2C): keys and values of every token
+        q = q.view(B, 1, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, 1, d)
+        k, v = (t.view(B, N, self.num_heads, self.head_dim).transpose(1, 2) for t in kv.chunk(2, dim=-1))  # 2 x (B, H, N, d)
+        if _explicit_is_faster(k):  # the same rule as forward's, read off the keys: N tokens, not one query
+            x, _ = softmax_attention(q, k, v, self.scale, self.attn_drop)  # (B, H, 1, d)
+        else:
+            x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop.p if self.training else 0.0)  # (B, H, 1, d)
+        x = x.transpose(1, 2).reshape(B, 1, C)  # (B, 1, C)
+        return self.proj_drop(self.proj(x))  # (B, 1, C)
+
+
 def softmax_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
                       dropout: nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The explicit path: softmax(q k^T * scale) v, with the attention weights materialised and returned."""

@@ -99,6 +99,13 @@ class Block(nn.Module):
         x = add_drop_path(x, self.mlp(self.norm2(x)), p, train)  # (B, N, D)
         return (x, attn) if return_attention else x
 
+    def forward_cls(self, x: torch.Tensor) -> torch.Tensor:
+        """The block's output for the CLS token alone, (B, N, D) -> (B, 1, D): `forward(x)[:, :1]` without the
+        other N - 1 rows. After the last block only the CLS token is read, so the rest of its work is never used."""
+        p, train = getattr(self.drop_path, "drop_prob", 0.0), self.drop_path.training
+        x = add_drop_path(x[:, :1], self.attn.forward_cls(self.norm1(x)), p, train)  # (B, 1, D): every token's k, v
+        return add_drop_path(x, self.mlp(self.norm2(x)), p, train)  # (B, 1, D): the MLP of one token
+
 
 def resize_pos_grid(grid_pos: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
     """(1, s*s, D) patch position embeddings -> (1, rows*cols, D), resized bicubically as the official DINO code does.
@@ -177,10 +184,11 @@ class VisionTransformer(nn.Module):
         x = x + self.interpolate_pos_encoding(x, h, w)  # (B, N+1, D)
         return self.pos_drop(x)
 
-    def _run_block(self, blk: Block, x: torch.Tensor) -> torch.Tensor:
+    def _run_block(self, blk: Block, x: torch.Tensor, cls_only: bool = False) -> torch.Tensor:
+        fn = blk.forward_cls if cls_only else blk
         if self.grad_checkpointing and self.training and torch.is_grad_enabled():
-            return torch.utils.checkpoint.checkpoint(blk, x, use_reentrant=False)
-        return blk(x)
+            return torch.utils.checkpoint.checkpoint(fn, x, use_reentrant=False)
+        return fn(x)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """All tokens after the final norm: (B, N+1, D)."""
@@ -190,7 +198,16 @@ class VisionTransformer(nn.Module):
         return self.norm(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.forward_features(x)[:, 0])  # (B, D): the CLS token
+        """The CLS token after the final norm, (B, D): `forward_features(x)[:, 0]`, computed with less work.
+
+        Nothing reads the last block's other N - 1 outputs, so that block computes the CLS row alone: its query,
+        attention, projection and MLP for one token (keys and values for all). For ViT-S/16 at 224 px this skips
+        10/12 of the last block's matrix products, about 7% of the backbone's, in forward and backward alike."""
+        x = self.prepare_tokens(x)  # (B, N+1, D)
+        for blk in self.blocks[:-1]:
+            x = self._run_block(blk, x)  # (B, N+1, D)
+        x = self._run_block(self.blocks[-1], x, cls_only=True)  # (B, 1, D)
+        return self.head(self.norm(x[:, 0]))  # (B, D): the CLS token
 
     @torch.no_grad()
     def get_last_selfattention(self, x: torch.Tensor) -> torch.Tensor:
