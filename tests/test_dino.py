@@ -111,14 +111,33 @@ def test_weight_norm_last_layer_matches_the_layer_in_value_and_gradients(norm_la
         assert_close(weight_norm_linear(x, layer), want)
 
 
-def test_weight_norm_last_layer_under_autocast_calls_the_layer():
+@pytest.mark.parametrize("norm_last_layer", [True, False])
+def test_weight_norm_last_layer_under_cpu_autocast_multiplies_in_bf16_by_hand(norm_last_layer):
+    """Under CPU autocast the by-hand path casts x and v to bf16 for its matmuls (as the layer would cast W) and
+    scales in fp32: the output is fp32 and within bf16 rounding of the fp32 head, with gradients to match."""
     torch.manual_seed(0)
-    head = small_head()
+    head = small_head(norm_last_layer=norm_last_layer)
+    with torch.no_grad():
+        head.last_layer.parametrizations.weight.original0.uniform_(0.5, 2.0)
     x = torch.randn(4, 32)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = head(x)
-    assert out.dtype == torch.bfloat16
-    assert_close(out.float(), head(x), atol=2e-2, rtol=0)
+    params = [p for p in head.last_layer.parameters() if p.requires_grad]
+    dy = torch.randn(4, 64)
+
+    def run(autocast: bool):
+        head.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            out = head(x)  # (4, 64)
+        out.backward(dy)
+        return out.detach(), [p.grad.clone() for p in params]
+
+    (out, grads), (want, want_grads) = run(True), run(False)
+    assert out.dtype == torch.float32 and len(grads) == (1 if norm_last_layer else 2)
+    assert_close(out, want, atol=3e-2, rtol=0)
+    assert (out - want).abs().max() > 0  # the products ran in bf16, not fp32
+    for got, exp in zip(grads, want_grads):
+        assert_close(got, exp, atol=3e-2, rtol=3e-2)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):  # the teacher's path
+        assert_close(head(x), out)
 
 
 # ----------------------------------------------------------------------------- loss

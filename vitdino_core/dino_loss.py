@@ -73,38 +73,49 @@ def weight_norm_linear(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
     with the gradients written by hand (_WeightNormLinear): the same maths without ever materialising W or its
     gradient (out_dim x bottleneck: 65536 x 256, 67 MB each in fp32). Calling the layer writes W on every
     forward and dL/dW on every backward, and on a CPU each fresh 67 MB buffer also costs ~16k page faults.
-    Under autocast the layer is called as it is (its matmul then runs in the autocast dtype)."""
+    Under CPU autocast the same path multiplies in the autocast dtype (x and v cast to it, as the layer would cast
+    W) and scales in fp32, which returns fp32 logits; under GPU autocast the layer is called as it is."""
     wn = layer.parametrizations.weight
     if torch.is_autocast_enabled(x.device.type):
-        return layer(x)  # (B, K)
+        if x.device.type != "cpu":
+            return layer(x)  # (B, K)
+        with torch.autocast("cpu", enabled=False):  # by hand: matmuls in the autocast dtype, scale and output in fp32
+            return _WeightNormLinear.apply(x, wn.original0, wn.original1, _autocast_dtype("cpu"))  # (B, K)
     return _WeightNormLinear.apply(x, wn.original0, wn.original1)  # (B, K)
+
+
+def _autocast_dtype(device_type: str) -> torch.dtype:
+    get = getattr(torch, "get_autocast_dtype", None)  # torch >= 2.4
+    return get(device_type) if get is not None else torch.get_autocast_cpu_dtype()
 
 
 class _WeightNormLinear(torch.autograd.Function):
     """y = (x v^T) * s^T with s_k = g_k / ||v_k||; only v's own gradient is ever out_dim x bottleneck."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, g: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, g: torch.Tensor, v: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """dtype: the matmuls' dtype under autocast (x and v cast to it; x v^T is then rounded to it), else None."""
         inv_norm = v.norm(dim=1, keepdim=True).reciprocal()  # (K, 1): 1 / ||v_k||
         scale = g * inv_norm  # (K, 1): s_k, the length of W's row k
-        xv = x @ v.t()  # (B, K)
-        if not any(ctx.needs_input_grad):  # no graph (the teacher): scale in place
-            return xv.mul_(scale.t())
-        ctx.save_for_backward(x, v, scale, inv_norm, xv)
-        return xv * scale.t()  # (B, K)
+        vc = v if dtype is None else v.to(dtype)  # (K, D)
+        xv = x.to(vc.dtype) @ vc.t()  # (B, K)
+        if not any(ctx.needs_input_grad):  # no graph (the teacher): scale in place when it keeps the dtype
+            return xv.mul_(scale.t()) if dtype is None else xv * scale.t()  # (B, K), fp32
+        ctx.save_for_backward(x, v, vc, scale, inv_norm, xv)
+        return xv * scale.t()  # (B, K), fp32
 
     @staticmethod
     def backward(ctx, dy: torch.Tensor):
-        x, v, scale, inv_norm, xv = ctx.saved_tensors
+        x, v, vc, scale, inv_norm, xv = ctx.saved_tensors
         dxv = dy * scale.t()  # (B, K): dL/d(x v^T)
         ds = (dy * xv).sum(0).unsqueeze(1)  # (K, 1): dL/ds_k
-        dx = dxv @ v if ctx.needs_input_grad[0] else None  # (B, D)
+        dx = (dxv.to(vc.dtype) @ vc).to(x.dtype) if ctx.needs_input_grad[0] else None  # (B, D)
         dg = ds * inv_norm if ctx.needs_input_grad[1] else None  # (K, 1): ds_k/dg_k = 1 / ||v_k||
         dv = None
         if ctx.needs_input_grad[2]:
-            dv = dxv.t() @ x  # (K, D): through x . v_k
+            dv = dxv.t() @ x.to(dxv.dtype)  # (K, D), fp32: through x . v_k
             dv.addcmul_(v, ds * scale * inv_norm.square(), value=-1)  # (K, D): through ||v_k||, ds_k/dv_k = -s_k v_k / ||v_k||^2
-        return dx, dg, dv
+        return dx, dg, dv, None
 
 
 def _rename_legacy_weight_norm(state_dict, prefix, *args, **kwargs) -> None:
