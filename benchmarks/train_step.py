@@ -116,7 +116,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--paired", action="store_true",
                    help="with --compare: keep both in memory and time their steps in turn, for a ratio that a machine "
                         "whose speed drifts (a shared host) does not skew")
+    p.add_argument("--reference-dtype", choices=["fp32", "bf16"], default=None,
+                   help="the official-style step's dtype (default: --dtype), e.g. --dtype bf16 --reference-dtype fp32 pairs "
+                        "ours in bf16 with the reference in fp32")
     args = p.parse_args(argv)
+    if args.reference_dtype is None:
+        args.reference_dtype = args.dtype
     if args.paired and not args.compare:
         p.error("--paired only applies to --compare")
     if args.profile < 0:
@@ -605,10 +610,16 @@ def profile_or_error(m: "Mode", steps: int) -> dict:
 
 # ----------------------------------------------------------------------------- timing
 
+def args_for(args, reference: bool) -> argparse.Namespace:
+    """The arguments one implementation runs with: the reference's dtype is --reference-dtype."""
+    return argparse.Namespace(**{**vars(args), "dtype": args.reference_dtype}) if reference else args
+
+
 class Mode:
     """One implementation's trainer, crops and step function, and the measurements of its timed steps."""
 
     def __init__(self, args, reference: bool):
+        args = args_for(args, reference)
         self.reference = reference
         steps = args.warmup + args.repeat + args.profile
         self.trainer = make_trainer(args, steps, compile_backbones=args.compile and not reference)  # the reference never compiles
@@ -696,12 +707,13 @@ class Mode:
 
 
 def reference_rates(args, device: torch.device, implementations: tuple[bool, ...]) -> tuple[dict, dict]:
-    """The attainable matmul rate of the step's dtype, and each implementation's own matmul shapes timed alone
-    ({reference: timing}; the reference's last block computes every token, ours the CLS rows)."""
-    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
+    """Per implementation ({reference: ...}): the attainable matmul rate of its dtype, and its own matmul shapes timed
+    alone (the reference's last block computes every token, ours the CLS rows)."""
     n = args.matmul_size or (8192 if device.type == "cuda" else 2048)
-    own = {ref: shape_matmul_time(args, dtype, device, cls_only_last_block=not ref) for ref in implementations}
-    return matmul_rate(dtype, device, n), own
+    dtypes = {ref: torch.bfloat16 if args_for(args, ref).dtype == "bf16" else torch.float32 for ref in implementations}
+    rates = {dtype: matmul_rate(dtype, device, n) for dtype in set(dtypes.values())}
+    own = {ref: shape_matmul_time(args, dtypes[ref], device, cls_only_last_block=not ref) for ref in implementations}
+    return {ref: rates[dtypes[ref]] for ref in implementations}, own
 
 
 def run_mode(args, reference: bool) -> dict:
@@ -716,7 +728,7 @@ def run_mode(args, reference: bool) -> dict:
     for _ in range(args.repeat):
         m.timed_step()
     peak, peak_kind = peak_memory(device)
-    out = m.summary(args, matmul, own_gemms[reference], peak, peak_kind, [load_before[0], os.getloadavg()[0]])
+    out = m.summary(args_for(args, reference), matmul[reference], own_gemms[reference], peak, peak_kind, [load_before[0], os.getloadavg()[0]])
     if args.profile:
         out["profile"] = profile_or_error(m, args.profile)
     del m
@@ -742,7 +754,8 @@ def run_paired(args) -> dict:
     load = [load_before[0], os.getloadavg()[0]]
     kind = ("peak RSS (VmHWM) during this implementation's steps, both implementations resident"
             if device.type == "cpu" else "torch.cuda.max_memory_allocated during this implementation's steps, both resident")
-    out = {name: m.summary(args, matmul, own_gemms[m.reference], max(m.peaks), kind, load) for name, m in (("ours", ours), ("reference", ref))}
+    out = {name: m.summary(args_for(args, m.reference), matmul[m.reference], own_gemms[m.reference], max(m.peaks), kind, load)
+           for name, m in (("ours", ours), ("reference", ref))}
     if args.profile:
         for name, m in (("ours", ours), ("reference", ref)):
             out[name]["profile"] = profile_or_error(m, args.profile)
@@ -756,7 +769,7 @@ def describe(args) -> dict:
     device = torch.device(args.device)
     info = {
         "config": {k: getattr(args, k) for k in ("arch", "patch_size", "global_size", "local_size", "local_crops", "batch",
-                                                  "out_dim", "dtype", "compile", "compile_mode", "sdpa", "device", "threads",
+                                                  "out_dim", "dtype", "reference_dtype", "compile", "compile_mode", "sdpa", "device", "threads",
                                                   "warmup", "repeat", "grad_checkpointing", "profile",
                                                   "explicit_attention_upto")},
         "device_name": device_name(device),

@@ -82,6 +82,20 @@ def test_train_step_paired_comparison_times_both_in_turn():
     assert r["ours"]["loss"] == alone["ours"]["loss"] and r["reference"]["loss"] == alone["reference"]["loss"]
 
 
+def test_train_step_pairs_ours_in_bf16_with_the_reference_in_fp32(capsys):
+    """The issue's bf16 target compares ours in bf16 with the official step in fp32: --reference-dtype."""
+    bench, threads = load_train_step(), torch.get_num_threads()
+    try:
+        r = bench.main([*TINY, "--dtype", "bf16", "--reference-dtype", "fp32", "--compare", "--paired", "--repeat", "2"])
+    finally:
+        torch.set_num_threads(threads)
+    capsys.readouterr()
+    assert r["config"]["dtype"] == "bf16" and r["config"]["reference_dtype"] == "fp32"
+    assert r["ours"]["matmul"]["dtype"] == "bfloat16" and r["reference"]["matmul"]["dtype"] == "float32"
+    assert r["ours"]["loss"] != r["reference"]["loss"] and r["ours"]["loss"] == pytest.approx(r["reference"]["loss"], rel=2e-2)
+    assert bench.parse_args(TINY).reference_dtype == "fp32" and bench.parse_args([*TINY, "--dtype", "bf16"]).reference_dtype == "bf16"
+
+
 def test_train_step_with_bf16_autocast_and_grad_checkpointing(capsys):
     """In-process (the script's main) to spare a second interpreter start-up."""
     bench, threads = load_train_step(), torch.get_num_threads()
