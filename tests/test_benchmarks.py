@@ -96,6 +96,32 @@ def test_train_step_pairs_ours_in_bf16_with_the_reference_in_fp32(capsys):
     assert bench.parse_args(TINY).reference_dtype == "fp32" and bench.parse_args([*TINY, "--dtype", "bf16"]).reference_dtype == "bf16"
 
 
+def test_ab_steps_runs_each_variant_with_its_own_swaps():
+    """benchmarks/ab.py: each variant's swaps are in place during its own steps only; the per-round ratios are the
+    step times' ratios; the A/B scripts in results/ run on it."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        import ab
+        import vitdino_core.dino_loss as L
+    finally:
+        sys.path.remove(str(BENCH))
+    bench = load_train_step()
+    seen = []
+    new_fn = L.weight_norm_linear
+    ways = {"old": [(L, "weight_norm_linear", lambda x, layer: seen.append("old") or ab.head_layer_under_autocast(x, layer))],
+            "new": [(L, "weight_norm_linear", lambda x, layer: seen.append("new") or new_fn(x, layer))]}
+    threads = torch.get_num_threads()
+    try:
+        r = ab.ab_steps(ways, 3, bench.parse_args(TINY))
+    finally:
+        torch.set_num_threads(threads)
+        L.weight_norm_linear = new_fn
+    assert r["rounds"] == 3 and len(r["old_s"]) == len(r["new_s"]) == 3
+    assert r["new_over_old_per_round"] == [n / o for n, o in zip(r["new_s"], r["old_s"])]
+    assert seen.count("old") == seen.count("new") == 2 * (2 + 3)  # teacher + student head per step, 2 warm-ups + 3 rounds
+    assert r["last_loss"]["old"] == pytest.approx(r["last_loss"]["new"], rel=1e-5)  # fp32: the same maths
+
+
 def test_train_step_with_bf16_autocast_and_grad_checkpointing(capsys):
     """In-process (the script's main) to spare a second interpreter start-up."""
     bench, threads = load_train_step(), torch.get_num_threads()

@@ -71,6 +71,6 @@ def softmax_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: 
 def _explicit_is_faster(q: torch.Tensor) -> bool:
     """True on a CPU in bf16, where PyTorch's fused attention kernel is the slow path: forward + backward
     of one ViT-S/16 block's attention on 2 threads (torch 2.14) took 29 ms fused vs 12 ms explicit at 197
-    tokens, 23 ms vs 3.4 ms at 37 tokens on an Intel CPU with AMX; 57 vs 21 ms and 34 vs 5.1 ms on an AMD
+    tokens, 23 ms vs 3.4 ms at 37 tokens on an Intel CPU with AMX; 50 vs 20 ms and 33 vs 4.0 ms on an AMD
     Zen 4 CPU (AVX512-BF16, no AMX). In fp32 and on GPUs the fused kernel wins."""
     return q.device.type == "cpu" and q.dtype == torch.bfloat16

@@ -10,12 +10,10 @@ VARIANT (each swaps one function of vitdino_core for the "new" trainer's steps):
   attention_by_hand  attention_by_hand_not_kept.py: training on a CPU, attention with a hand-written backward
                    (new, tried and not kept) against vitdino_core's attention (old)
   head_last_layer  bf16 autocast on a CPU: the head's last layer by hand in fp32 (new, tried and not kept) against
-                   the layer in bf16, as vitdino_core calls it (old)
+                   the layer in bf16, as vitdino_core called it then (old; it now multiplies by hand in bf16)
 """
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[3]  # the repository
@@ -24,6 +22,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 import train_step as ts  # noqa: E402
+from ab import ab_steps, head_layer_under_autocast  # noqa: E402
 import vitdino_core.attention as A  # noqa: E402
 import vitdino_core.dino_loss as L  # noqa: E402
 from vitdino_core.patch_embedding import PatchEmbed, check_image_batch  # noqa: E402
@@ -53,34 +52,9 @@ VARIANTS = {  # name: the swaps that make the "new" step, (owner, attribute, val
     "attention_by_hand": [(A.Attention, "forward", by_hand.forward), (A, "_explicit_is_faster", by_hand._explicit_is_faster)],
     "head_last_layer": [(L, "weight_norm_linear", head_by_hand_in_fp32)],
 }
-OLD = {"patch_embed": [(PatchEmbed, "forward", conv_patch_embed)]}  # the others: "old" is vitdino_core as it is
+OLD = {"patch_embed": [(PatchEmbed, "forward", conv_patch_embed)],  # the others: "old" is vitdino_core as it is
+       "head_last_layer": [(L, "weight_norm_linear", head_layer_under_autocast)]}
 
 swaps = VARIANTS[sys.argv[1]]
 ways = {"new": swaps, "old": OLD.get(sys.argv[1], [(o, a, getattr(o, a)) for o, a, _ in swaps])}
-rounds = int(sys.argv[2])
-args = ts.parse_args(sys.argv[3:])
-torch.set_num_threads(2)
-modes = {w: ts.Mode(args, reference=False) for w in ("old", "new")}
-
-
-def step(w):
-    for owner, attr, value in ways[w]:
-        setattr(owner, attr, value)
-    t0 = time.perf_counter()
-    loss = modes[w].step()
-    return time.perf_counter() - t0, float(loss)
-
-
-for _ in range(2):
-    for w in modes:
-        step(w)
-t, losses = {"old": [], "new": []}, {}
-for r in range(rounds):
-    for w in (("old", "new") if r % 2 == 0 else ("new", "old")):
-        dt, losses[w] = step(w)
-        t[w].append(dt)
-ratio = [n / o for n, o in zip(t["new"], t["old"])]
-print(json.dumps({"command": " ".join(sys.argv), "old_median_s": statistics.median(t["old"]),
-                  "new_median_s": statistics.median(t["new"]), "new_over_old_median": statistics.median(ratio),
-                  "min": min(ratio), "max": max(ratio), "rounds": rounds, "last_loss": losses,
-                  "new_over_old_per_round": ratio}))
+print(json.dumps({"command": " ".join(sys.argv), **ab_steps(ways, int(sys.argv[2]), ts.parse_args(sys.argv[3:]))}))
