@@ -274,12 +274,12 @@ assert live["matmul"] > 0 and live["attention"] > 0
 
 # %% [markdown]
 # Next to it, the committed profile of the CPU anchor (`benchmarks/train_step.py --compare --paired --profile 2`: a
-# ViT-S/16 with a 65536-prototype head, batch 8, 2 x 224 + 6 x 96 crops, fp32, measured on a 2-core Xeon), for this
+# ViT-S/16 with a 65536-prototype head, batch 8, 2 x 224 + 6 x 96 crops, fp32, measured on a 2-core AMD EPYC), for this
 # project's step and for the official DINO code's way of running the same maths. The official-style step computes
 # attention explicitly: its attention is in its `bmm` (matmul) and softmax (everything else) rows.
 
 # %%
-anchor_run = json.loads((REPO_ROOT / "benchmarks" / "results" / "cpu_2026-11-28c" / "paired_repeat6_profile2.json").read_text())
+anchor_run = json.loads((REPO_ROOT / "benchmarks" / "results" / "cpu_2026-12-01" / "paired_repeat6_profile2.json").read_text())
 GROUPS = {"matmul": "matmul", "attention": "attention", "optimizer_ema": "optimiser + EMA"}
 
 
@@ -325,9 +325,10 @@ assert timed[1] < timed[2]  # the same maths in less time
 # can make a step much faster than its matmuls alone. Second, where the official-style step loses: the explicit
 # attention's softmax and the copies around it (its grey part), and Python loops (over view pairs in the loss, over
 # parameters with one `.item()` each when clipping, and for the EMA) whose cost lies *between* operators, so that
-# only the timed step shows it. The project's step fuses those, and its head never writes out the 67 MB weight of
-# its last layer (notebook 05), which is about all that can be won here at the same precision; bf16 (section 7)
-# makes the matmuls themselves faster on CPUs with bf16 units. (The profiler adds a little time to every operator
+# only the timed step shows it. The project's step fuses those, its head never writes out the 67 MB weight of its
+# last layer (notebook 05), and its last block computes the class token's row alone (notebook 03), which skips 7% of
+# the matmul work itself; past that little can be won at the same precision. bf16 (section 7) makes the matmuls
+# themselves faster on CPUs with bf16 units. (The profiler adds a little time to every operator
 # call, more to the step with more calls: compare the timed steps, not the bars' widths.)
 # On a GPU the matmuls are so fast that everything else weighs far more, which is where fused attention kernels and
 # `torch.compile` (section 8) pay off. `python benchmarks/train_step.py --profile 2` profiles any configuration this
