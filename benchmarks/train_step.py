@@ -81,7 +81,7 @@ def explicit_attention_upto(max_tokens: int) -> None:
     import vitdino_core.attention as attention
 
     rule = attention._explicit_is_faster
-    attention._explicit_is_faster = lambda q: q.shape[-2] <= max_tokens or rule(q)
+    attention._explicit_is_faster = lambda k: k.shape[-2] <= max_tokens or rule(k)  # k: (B, H, N, d)
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -80,13 +80,8 @@ def weight_norm_linear(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
         if x.device.type != "cpu":
             return layer(x)  # (B, K)
         with torch.autocast("cpu", enabled=False):  # by hand: matmuls in the autocast dtype, scale and output in fp32
-            return _WeightNormLinear.apply(x, wn.original0, wn.original1, _autocast_dtype("cpu"))  # (B, K)
+            return _WeightNormLinear.apply(x, wn.original0, wn.original1, torch.get_autocast_dtype("cpu"))  # (B, K)
     return _WeightNormLinear.apply(x, wn.original0, wn.original1)  # (B, K)
-
-
-def _autocast_dtype(device_type: str) -> torch.dtype:
-    get = getattr(torch, "get_autocast_dtype", None)  # torch >= 2.4
-    return get(device_type) if get is not None else torch.get_autocast_cpu_dtype()
 
 
 class _WeightNormLinear(torch.autograd.Function):
