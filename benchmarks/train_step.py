@@ -619,7 +619,7 @@ class Mode:
     """One implementation's trainer, crops and step function, and the measurements of its timed steps."""
 
     def __init__(self, args, reference: bool):
-        args = args_for(args, reference)
+        self.args = args = args_for(args, reference)  # this implementation's arguments (its dtype)
         self.reference = reference
         steps = args.warmup + args.repeat + args.profile
         self.trainer = make_trainer(args, steps, compile_backbones=args.compile and not reference)  # the reference never compiles
@@ -673,7 +673,8 @@ class Mode:
         if track_peak:
             self.peaks.append(peak_memory(device)[0])
 
-    def summary(self, args, matmul: dict, own_gemms: dict, peak: int, peak_kind: str, load: list[float]) -> dict:
+    def summary(self, matmul: dict, own_gemms: dict, peak: int, peak_kind: str, load: list[float]) -> dict:
+        args = self.args
         flops = step_flops(args, cls_only_last_block=not self.reference)  # what this implementation computes
         med = statistics.median(self.wall)
         return {
@@ -728,7 +729,7 @@ def run_mode(args, reference: bool) -> dict:
     for _ in range(args.repeat):
         m.timed_step()
     peak, peak_kind = peak_memory(device)
-    out = m.summary(args_for(args, reference), matmul[reference], own_gemms[reference], peak, peak_kind, [load_before[0], os.getloadavg()[0]])
+    out = m.summary(matmul[reference], own_gemms[reference], peak, peak_kind, [load_before[0], os.getloadavg()[0]])
     if args.profile:
         out["profile"] = profile_or_error(m, args.profile)
     del m
@@ -754,7 +755,7 @@ def run_paired(args) -> dict:
     load = [load_before[0], os.getloadavg()[0]]
     kind = ("peak RSS (VmHWM) during this implementation's steps, both implementations resident"
             if device.type == "cpu" else "torch.cuda.max_memory_allocated during this implementation's steps, both resident")
-    out = {name: m.summary(args_for(args, m.reference), matmul[m.reference], own_gemms[m.reference], max(m.peaks), kind, load)
+    out = {name: m.summary(matmul[m.reference], own_gemms[m.reference], max(m.peaks), kind, load)
            for name, m in (("ours", ours), ("reference", ref))}
     if args.profile:
         for name, m in (("ours", ours), ("reference", ref)):
