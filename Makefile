@@ -26,9 +26,9 @@ lab: notebooks
 test: notebooks
 	$(BIN)/python -m pytest tests $(IPYNB) --nbval-lax --nbval-current-env -p no:cacheprovider
 
-## unit: unit tests only
+## unit: the fast unit tests (no subprocesses, torchrun or torch.compile)
 unit: $(STAMP)
-	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest tests -m "not slow"
 
 ## nbtest: notebooks only
 nbtest: notebooks

@@ -19,10 +19,11 @@ from typing import Any, Mapping
 import torch
 import torch.nn as nn
 
+from .cli import UserError
 from .vision_transformer import resize_pos_grid
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint that is missing, unreadable, untrusted or does not fit the model."""
 
 

@@ -20,12 +20,13 @@ from typing import Any
 
 import yaml
 
+from .cli import UserError
 from .patch_embedding import nearest_multiples
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config file or override that is not valid; the message names the key and the fix."""
 
 

@@ -17,6 +17,8 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 
+from .cli import UserError
+
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 DATASETS = ("imagenette", "folder", "cifar10", "mnist", "fashion_mnist", "digits", "random")
 IMAGENETTE_FOLDERS = ("imagenette-96", "imagenette2-160", "imagenette2-320", "imagenette2", "imagenette")
@@ -28,7 +30,7 @@ IMAGENETTE_CLASSES = {
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
-class DatasetNotFoundError(FileNotFoundError):
+class DatasetNotFoundError(UserError, FileNotFoundError):
     """A dataset that is not where we looked; the message says where we looked and how to fix it."""
 
 

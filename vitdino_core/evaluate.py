@@ -29,6 +29,7 @@ from torch.utils.data import Dataset, Subset
 
 from .checkpoint import CheckpointError, backbone_state_dict, load_backbone_weights, load_checkpoint
 from .data import build_dataset, eval_transform
+from .device import resolve_device
 from .linear_probe import extract_features, knn_classifier, linear_probe, raw_pixel_features
 from .vision_transformer import ARCHS, build_vit, default_img_size
 
@@ -206,7 +207,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def run(args: argparse.Namespace) -> dict:
     t0 = time.perf_counter()
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    device = resolve_device(args.device)
     common = dict(dataset=args.dataset, data_path=args.data_path, max_train=args.max_train, max_val=args.max_val,
                   probe=not args.no_probe, k=args.k, T=args.temperature)
     if args.raw_pixels is not None:

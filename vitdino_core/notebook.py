@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 from .data import REPO_ROOT, data_root
+from .device import resolve_device
 
 SHIPPED_CHECKPOINT = REPO_ROOT / "checkpoints" / "dino_imagenette96.pth"
 
@@ -38,7 +39,7 @@ def setup(seed: int = 0, dpi: int = 90) -> NotebookEnv:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device("auto")
     plt.rcParams.update({"figure.dpi": dpi, "axes.grid": False, "image.interpolation": "nearest"})
     env = NotebookEnv(fast_mode(), device, data_root(), seed)
     print(f"torch {torch.__version__} | device {device} | {torch.get_num_threads()} threads | data root {env.data_root}"

@@ -34,6 +34,7 @@ from torch.distributed.elastic.multiprocessing.errors import record
 from torch.utils.data import Subset
 from tqdm.auto import tqdm
 
+from .cli import UserError
 from .checkpoint import BackgroundWriter, CheckpointError, backbone_state_dict, load_backbone_weights, load_checkpoint
 from .config import ConfigError, TrainConfig, load_config, make_config, save_config
 from .data import EpochBatchSampler, MultiCropDataset, build_dataset, make_loader
@@ -42,59 +43,12 @@ from .ema_training import (cancel_gradients_last_layer, clip_gradients, cosine_s
                            update_teacher)
 from .multicrop import MultiCropAugmentation, MultiCropWrapper, collate_multicrop
 from .multicrop_gpu import GPUMultiCropAugmentation, PaddedImages, Uint8Images, collate_uint8
+from .device import DistEnv, resolve_device, resolve_precision, setup_distributed
 from .vision_transformer import build_vit
 
 
-class TrainingDivergedError(RuntimeError):
+class TrainingDivergedError(UserError, RuntimeError):
     """The loss or the gradients became NaN/inf; the last good checkpoint was kept."""
-
-
-# ----------------------------------------------------------------------------- processes and devices
-
-@dataclass
-class DistEnv:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
-
-
-def setup_distributed(device: str) -> DistEnv:
-    """Join the process group when started by torchrun (WORLD_SIZE > 1): NCCL on GPUs, gloo on CPUs."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return DistEnv()
-    env = DistEnv(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
-    use_cuda = device != "cpu" and torch.cuda.is_available()
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-    if use_cuda:
-        torch.cuda.set_device(env.local_rank)
-    return env
-
-
-def resolve_device(name: str, env: DistEnv) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ConfigError(f"device={name!r} but no CUDA GPU is visible; use device=cpu or device=auto")
-        return torch.device("cuda", env.local_rank if env.distributed or name == "cuda" else int(name.split(":")[1]))
-    return torch.device("cpu")
-
-
-def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
-    """auto: bf16 autocast on GPU, fp32 on CPU. bf16 on CPU is an opt-in for CPUs with bf16 units."""
-    if precision == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
 def seed_everything(seed: int) -> None:
