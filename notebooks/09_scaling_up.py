@@ -679,3 +679,13 @@ assert scores["num_train"] == n_train and scores["num_val"] == n_val and 0 <= sc
 #    `metrics.jsonl` with an uninterrupted run of the same config.
 # 3. Measure `grad_checkpointing` for ViT-S at 224 px with batch 64: how many GiB of activations does it save, and
 #    what would that mean for `batch_size_per_gpu` on a 24 GB GPU?
+
+# %% [markdown]
+# ## Appendix A: engineering notes on the Vision Transformer (notebooks 01-04)
+#
+# Notebooks 01-04 teach the model as the paper writes it. What it costs to run, and why, is collected here.
+
+# %% [markdown]
+# ## Appendix B: engineering notes on DINO training and evaluation (notebooks 05-08)
+#
+# The same for notebooks 05-08: sizes, timings and the choices made to keep a CPU run short.

@@ -79,7 +79,7 @@ def test_denormalize_inverts_normalize_and_load_image(tmp_path):
     img = load_image(path, size=24, patch_size=12)
     assert img.shape == (1, 3, 24, 24)
     torch.testing.assert_close(denormalize(img)[0, :, 12, 12], torch.tensor([200, 30, 30]) / 255.0, atol=0.01, rtol=0)
-    with pytest.raises(ValueError, match="multiple of patch_size"):
+    with pytest.raises(ValueError, match="not a multiple of the patch size"):
         load_image(path, size=25, patch_size=12)
     with pytest.raises(FileNotFoundError):
         load_image(tmp_path / "missing.jpg")

@@ -25,6 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .multicrop import IMAGENET_MEAN, IMAGENET_STD
+from .patch_embedding import check_image_size
 
 
 # ----------------------------------------------------------------------------- images
@@ -39,9 +40,8 @@ def load_image(path_or_image, size: int = 224, patch_size: int | None = None) ->
 
     from .data import eval_transform
 
-    if patch_size is not None and size % patch_size:
-        lo, hi = (size // patch_size) * patch_size, (size // patch_size + 1) * patch_size
-        raise ValueError(f"size={size} is not a multiple of patch_size={patch_size}; use {lo or hi} or {hi}")
+    if patch_size is not None:
+        check_image_size(size, patch_size, what="size")
     if isinstance(path_or_image, (str, os.PathLike)):
         if not Path(path_or_image).is_file():
             raise FileNotFoundError(f"image not found: {path_or_image}")
@@ -80,8 +80,8 @@ def cls_attention(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     """
     p = model.patch_size
     B, _, H, W = images.shape
-    if H % p or W % p:
-        raise ValueError(f"image size {H}x{W} is not a multiple of the patch size {p}; resize or crop to a multiple")
+    check_image_size(H, p, what="image height")
+    check_image_size(W, p, what="image width")
     attn = model.get_last_selfattention(images)  # (B, heads, N+1, N+1)
     cls = attn[:, :, 0, 1:]  # (B, heads, N): what CLS draws from each patch
     return cls.reshape(B, attn.shape[1], H // p, W // p).float()  # (B, heads, h, w)

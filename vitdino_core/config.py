@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 
 from .cli import UserError
-from .patch_embedding import nearest_multiples
+from .patch_embedding import check_image_size
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
@@ -200,10 +200,10 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     p = cfg.patch_size
     for key in ("global_crops_size", "local_crops_size"):
         size = getattr(cfg, key)
-        if size % p != 0 or size < p:
-            lo, hi = nearest_multiples(size, p)
-            what = "is smaller than one patch" if size < p else "is not a multiple of"
-            raise ConfigError(f"{key}={size} {what} patch_size={p}: use {lo} or {hi}")
+        try:
+            check_image_size(size, p, what=key)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
     need(cfg.dataset != "folder" or bool(cfg.data_path), "dataset 'folder' needs data_path: the folder of images to train on")
     need(cfg.device == "auto" or cfg.device == "cpu" or cfg.device.startswith("cuda"), f"device: {cfg.device!r} is not auto, cpu or cuda[:N]")
     return cfg

@@ -31,6 +31,7 @@ from .checkpoint import CheckpointError, backbone_state_dict, load_backbone_weig
 from .data import build_dataset, eval_transform
 from .device import resolve_device
 from .linear_probe import extract_features, knn_classifier, linear_probe, raw_pixel_features
+from .patch_embedding import check_image_size
 from .vision_transformer import ARCHS, build_vit, default_img_size
 
 EMBED_DIMS = {192: "vit_tiny", 384: "vit_small", 768: "vit_base"}
@@ -108,13 +109,6 @@ def subset(dataset: Dataset, max_items: int | None, seed: int = 0) -> Dataset:
     g = torch.Generator().manual_seed(seed)
     idx = torch.randperm(len(dataset), generator=g)[:max_items].sort().values  # (max_items,)
     return Subset(dataset, idx.tolist())
-
-
-def check_image_size(image_size: int, patch_size: int) -> None:
-    if image_size <= 0 or image_size % patch_size:
-        lo = max(patch_size, (image_size // patch_size) * patch_size)
-        raise ValueError(f"image size {image_size} is not a positive multiple of the patch size {patch_size}; "
-                         f"try {lo} or {lo + patch_size}")
 
 
 def evaluate_features(model: nn.Module, dataset: str = "imagenette", data_path: str | None = None, image_size: int = 224,

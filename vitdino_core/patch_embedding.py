@@ -29,13 +29,16 @@ def check_image_batch(x: torch.Tensor, patch_size: int, in_chans: int) -> None:
         hint = " (grayscale? repeat it: x.expand(-1, 3, -1, -1), or load with .convert('RGB'))" if C == 1 else ""
         raise ValueError(f"expected {in_chans} channels, got {C} in an input of shape {tuple(x.shape)}{hint}")
     for name, size in (("height", H), ("width", W)):
-        if size < patch_size or size % patch_size != 0:
-            lo, hi = nearest_multiples(size, patch_size)
-            what = "is smaller than one patch" if size < patch_size else "is not a multiple of the patch size"
-            raise ValueError(
-                f"image {name} {size} {what} ({patch_size}); resize or crop to {lo} or {hi} "
-                f"(any multiple of {patch_size} works)"
-            )
+        check_image_size(size, patch_size, what=f"image {name}")
+
+
+def check_image_size(size: int, patch_size: int, what: str = "image size") -> None:
+    """The package's one "multiple of the patch" rule: a ValueError that names the two nearest valid sizes."""
+    if size < patch_size or size % patch_size != 0:
+        lo, hi = nearest_multiples(size, patch_size)
+        problem = "is smaller than one patch" if size < patch_size else "is not a multiple of the patch size"
+        raise ValueError(f"{what} {size} {problem} ({patch_size}); use {lo} or {hi} "
+                         f"(any multiple of {patch_size} works)")
 
 
 def nearest_multiples(size: int, patch_size: int) -> tuple[int, int]:
@@ -64,8 +67,7 @@ class PatchEmbed(nn.Module):
 
     def __init__(self, img_size: int = 224, patch_size: int = 16, in_chans: int = 3, embed_dim: int = 768):
         super().__init__()
-        if img_size % patch_size != 0:
-            raise ValueError(f"img_size {img_size} is not a multiple of patch_size {patch_size}")
+        check_image_size(img_size, patch_size, what="img_size")
         self.img_size = img_size
         self.patch_size = patch_size
         self.in_chans = in_chans
