@@ -20,6 +20,7 @@ notebooks: $(STAMP)
 
 ## lab: open the curriculum in JupyterLab
 lab: notebooks
+	@$(BIN)/python -m vitdino_core.data where || true
 	$(BIN)/jupyter lab notebooks/
 
 ## test: unit tests, then every notebook top to bottom under nbval

@@ -332,22 +332,28 @@ def test_a_source_image_that_cannot_be_read_is_skipped_by_name(tmp_path):
     assert counts == {"train": 6, "val": 4}
 
 
-def test_is_course_copy_on_the_real_copy(shared_data, tmp_path):
-    real = shared_data / IMAGENETTE_96
-    assert is_course_copy(real)
-    # the same names at another size are not the course copy; one file fewer is not either
-    names = data.split_files(real)
-    assert len(names) == 9469 + 3925
-    other = tmp_path / "other"
-    for rel in names:
-        (other / rel).parent.mkdir(parents=True, exist_ok=True)
-        if rel == names[0]:
-            Image.new("RGB", (160, 160)).save(other / rel, "JPEG")
-        else:
-            (other / rel).symlink_to(real / rel)
-    assert not is_course_copy(other)
-    (other / names[0]).unlink()
-    (other / names[0]).symlink_to(real / names[0])
-    assert is_course_copy(other)  # links to the real files: the same copy
-    (other / names[-1]).unlink()
-    assert not is_course_copy(other)
+def test_is_course_copy_on_the_real_copy(shared_data):
+    assert is_course_copy(shared_data / IMAGENETTE_96)
+    assert len(data.split_files(shared_data / IMAGENETTE_96)) == 9469 + 3925
+
+
+def test_is_course_copy_needs_the_exact_names_and_the_recipe(tmp_path, monkeypatch):
+    copy = tmp_path / IMAGENETTE_96
+    for rel in ("train/n01440764/a.JPEG", "train/n02102040/b.JPEG", "val/n01440764/c.JPEG"):
+        (copy / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (96, 96)).save(copy / rel, "JPEG")
+    names = data.split_files(copy)
+    monkeypatch.setattr(data, "IMAGENETTE_96_COUNTS", {"train": 2, "val": 1})
+    monkeypatch.setattr(data, "IMAGENETTE_V2_FILES_SHA256", data.files_sha256(names))
+    assert is_course_copy(copy)  # the names, 96x96, no marker: a copy made elsewhere
+    Image.new("RGB", (160, 160)).save(copy / names[0], "JPEG")
+    assert not is_course_copy(copy)  # the same names at another size (e.g. imagenette2-160)
+    (copy / MARKER).write_text(json.dumps({"recipe": data.IMAGENETTE_96_RECIPE}))
+    assert is_course_copy(copy)  # the marker of our recipe decides
+    (copy / MARKER).write_text(json.dumps({"recipe": "something else"}))
+    assert not is_course_copy(copy)
+    (copy / MARKER).write_text(json.dumps({"recipe": data.IMAGENETTE_96_RECIPE}))
+    (copy / names[-1]).unlink()
+    assert not is_course_copy(copy)  # a file fewer
+    Image.new("RGB", (96, 96)).save(copy / "val" / "n01440764" / "other.JPEG", "JPEG")
+    assert not is_course_copy(copy)  # as many files, another name
