@@ -201,3 +201,12 @@ def test_the_module_runs_through_run_cli(tmp_path, repo_root):
                          capture_output=True, text=True, timeout=120)  # a missing source: nothing is downloaded
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert bad.stderr.strip().splitlines()[-1].startswith(f"error: {tmp_path / 'nowhere' / 'train'} not found")
+
+
+def test_the_course_copy_already_there_is_not_downloaded_again(shared_data, tmp_path, monkeypatch, capsys):
+    (tmp_path / "imagenette-96").symlink_to(shared_data / "imagenette-96")
+    monkeypatch.setattr(downloads, "IMAGENETTE2_URL", "http://127.0.0.1:9/imagenette2.tgz")  # would fail if used
+    monkeypatch.setenv("VITDINO_DATA", str(tmp_path))
+    assert run_cli(data.main, ["download", "imagenette-96", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "imagenette-96: 9,469 train / 3,925 val images\n" in out and str(tmp_path / "imagenette-96") in out

@@ -22,7 +22,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from .cli import UserError, one_line, run_cli
@@ -326,7 +326,7 @@ def is_course_copy(folder: str | os.PathLike) -> bool:
         return False
     try:
         info = json.loads((folder / MARKER).read_text())
-        return info.get("recipe") == IMAGENETTE_96_RECIPE
+        return isinstance(info, dict) and info.get("recipe") == IMAGENETTE_96_RECIPE
     except (OSError, ValueError):  # no marker (a copy made elsewhere): judge by the images
         with Image.open(folder / names[0]) as img:
             return img.size == (IMAGENETTE_96_SIZE, IMAGENETTE_96_SIZE)
@@ -413,7 +413,7 @@ def download_imagenette_96(root: Path, source: str | os.PathLike | None = None, 
     from .downloads import IMAGENETTE2_MD5, IMAGENETTE2_URL, DownloadError, download_file
 
     dest = root / IMAGENETTE_96
-    if (dest / MARKER).is_file() and is_course_copy(dest):
+    if is_course_copy(dest):  # already there: nothing to do
         return dest
     if source is not None:
         src = Path(source).expanduser()
@@ -601,7 +601,8 @@ def main(argv: list[str] | None = None) -> int:
         path = download_dino(args.name, root, quiet=args.quiet)
     elif args.name in (IMAGENETTE_96, "imagenette"):
         path = download_imagenette_96(root, source=args.source, quiet=args.quiet)
-        counts = json.loads((path / MARKER).read_text())["counts"]
+        names = split_files(path)
+        counts = {split: sum(n.startswith(split + "/") for n in names) for split in ("train", "val")}
         print(f"{IMAGENETTE_96}: {counts['train']:,} train / {counts['val']:,} val images"
               f"{'' if is_course_copy(path) else ' (not the exact course copy: the source had other files)'}")
     else:
