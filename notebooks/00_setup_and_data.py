@@ -133,7 +133,7 @@ assert root == env.data_root
 # ```
 #
 # It downloads Imagenette (1.5 GB, resumable: run it again after an interruption), makes the 96 px
-# copy (about 30 MB) in `<data root>/imagenette-96/` and prints where it put it. Without a network
+# copy (about 50 MB) in `<data root>/imagenette-96/` and prints where it put it. Without a network
 # it says so in one line; then copy an `imagenette-96/` folder from a machine that has it and point
 # `VITDINO_DATA` at the folder that holds it.
 #

@@ -38,6 +38,10 @@ IMAGENETTE_CLASSES = {
 }
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
+# `python -m vitdino_core.data` runs this module as __main__ after the package has imported it; the second
+# copy is harmless here (errors are caught through cli.UserError), so runpy's note about it is not shown.
+warnings.filterwarnings("ignore", message="'vitdino_core.data' found in sys.modules", category=RuntimeWarning)
+
 
 class DatasetNotFoundError(UserError, FileNotFoundError):
     """A dataset that is not where we looked (or holds no usable image); the message says what to do.
@@ -562,7 +566,7 @@ def where_lines(root: Path | None = None) -> list[str]:
             lines += [f"    {w.name:<40} {_describe(w)}" for w in sorted(path.glob("*.pth"))]
     if not any((root / name / "train").is_dir() for name in IMAGENETTE_FOLDERS):
         lines.append(f"Imagenette, the course dataset, is missing. Get it with: python -m vitdino_core.data download {IMAGENETTE_96}"
-                     f"  (once; needs a network: a 1.5 GB download becomes a 30 MB folder)")
+                     f"  (once; needs a network: a 1.5 GB download becomes a 50 MB folder)")
     return lines
 
 

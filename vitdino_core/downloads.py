@@ -90,7 +90,6 @@ def download_file(url: str, dest: str | os.PathLike, md5: str | None = None, des
     dest = Path(dest)
     if dest.is_file():
         return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
     have = part.stat().st_size if part.is_file() else 0
     headers = {"User-Agent": "vitdino", **({"Range": f"bytes={have}-"} if have else {})}
@@ -106,6 +105,7 @@ def download_file(url: str, dest: str | os.PathLike, md5: str | None = None, des
         raise DownloadError(f"download of {url} failed: HTTP {e.code} {e.reason}") from None
     except (urllib.error.URLError, socket.timeout, ConnectionError) as e:
         raise _offline_hint(url, dest, e) from None
+    dest.parent.mkdir(parents=True, exist_ok=True)
     with resp:
         resumed = have > 0 and resp.status == 206
         start = have if resumed else 0
