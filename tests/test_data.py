@@ -237,7 +237,10 @@ def test_workers_stop_with_the_one_line_when_nothing_is_usable(tmp_path):
 def test_datasets_and_normalisation_live_in_one_place(repo_root):
     from vitdino_core.multicrop import IMAGENET_MEAN, IMAGENET_STD
 
+    from vitdino_core.config import CHOICES
+
     assert data.TORCHVISION_DATASETS.keys() <= set(data.DATASETS)
+    assert tuple(CHOICES["dataset"]) == data.DATASETS  # the config's choices must not drift from the one list
     with pytest.raises(ValueError, match="choose one of " + ", ".join(data.DATASETS)):
         build_dataset("imagenet")
     mine = [repo_root / "vitdino_core" / "data.py", repo_root / "vitdino_core" / "downloads.py",
@@ -287,10 +290,13 @@ def expected_pixels(path: Path, crop: bool = False) -> np.ndarray:
 
 
 def test_make_imagenette_96_follows_the_recipe_and_resumes(tmp_path):
+    from torchvision.datasets import Imagenette
+
     src = fake_imagenette2(tmp_path)
+    tv = {split: Imagenette(str(tmp_path), split=split, size="full") for split in ("train", "val")}  # no download
     dest = tmp_path / IMAGENETTE_96
     counts = make_imagenette_96(src, dest, quiet=True)
-    assert counts == {"train": 6, "val": 4}
+    assert counts == {"train": 6, "val": 4} == {split: len(ds) for split, ds in tv.items()}
     out = sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*.JPEG"))
     assert out == sorted(p.relative_to(src).as_posix() for p in src.rglob("*.JPEG"))  # same layout and names
     for rel in out:
