@@ -209,3 +209,13 @@ def test_threads_like_training(capsys, monkeypatch):
     before = torch.get_num_threads()
     code, _, _ = run_main(["--raw-pixels", "4", "--no-probe", *TINY, "--threads", "1"], capsys)
     assert code == 0 and calls == [1, before] and torch.get_num_threads() == before  # set for the run, then restored
+
+
+def test_imagenette_data_path_may_be_the_data_root(tmp_path):
+    from vitdino_core.evaluate import eval_datasets
+
+    image_folder(tmp_path / "imagenette-96" / "train", per_class=4)
+    image_folder(tmp_path / "imagenette-96" / "val", per_class=2)
+    (tmp_path / "photos").mkdir()  # another folder of the data root: not a class
+    train, val, data = eval_datasets("imagenette", str(tmp_path))
+    assert (len(train), len(val)) == (8, 4) and data["val"] == str(tmp_path / "imagenette-96" / "val")

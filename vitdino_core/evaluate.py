@@ -3,7 +3,7 @@
     python -m vitdino_core.evaluate --ckpt checkpoints/dino_imagenette96.pth        # the shipped weights
     python -m vitdino_core.evaluate --ckpt checkpoints/dino/checkpoint.pth          # a run, on the data it trained on
     python -m vitdino_core.evaluate --ckpt dino_deitsmall16_pretrain.pth            # official DINO weights
-    python -m vitdino_core.evaluate --ckpt FILE --data-path my_images/ --holdout 0.2   # your own labelled folder
+    python -m vitdino_core.evaluate --ckpt FILE --data-path my_images/ --holdout 0.2   # a class-per-folder set, no val/
     python -m vitdino_core.evaluate --ckpt FILE --save-features feats/              # ... and keep the features
     python -m vitdino_core.evaluate --features feats/                               # kNN + probe, no model
     python -m vitdino_core.evaluate --random-init --arch vit_tiny --patch-size 12   # an untrained baseline
@@ -17,7 +17,9 @@ Files `--ckpt` reads (always with `weights_only=True`); the model is read from t
   - bare backbone state dicts, as the official dino_deitsmall16_pretrain.pth and friends.
 Data: the kNN memory and the probe's training set are the train images, scores are on the val images,
 never the same ones. A folder without val/ is split (--holdout, stratified by class, --seed); the JSON
-says which images were used. Progress bars go to stderr; stdout holds only the JSON.
+says which images were used. Progress bars go to stderr; stdout holds only the JSON. A mistake (a file
+that is not a checkpoint, a folder without labels) is one line on stderr and exit code 2; --debug adds
+the traceback.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from torch.utils.data import Dataset, Subset
 from .checkpoint import (CheckpointError, backbone_state_dict, checkpoint_layout, load_backbone_weights, load_checkpoint,
                          vit_shape)
 from .cli import UserError, run_cli
-from .data import DATASETS, DatasetNotFoundError, ImageFolderDataset, build_dataset, eval_transform
+from .data import DATASETS, IMAGENETTE_FOLDERS, DatasetNotFoundError, ImageFolderDataset, build_dataset, eval_transform
 from .device import resolve_device
 from .features import load_features, sample_ids, save_features
 from .linear_probe import extract_features, knn_classifier, linear_probe, raw_pixel_features
@@ -173,7 +175,10 @@ def eval_datasets(dataset: str = "imagenette", data_path: str | None = None, tra
         raise UserError("--dataset folder needs --data-path: a folder with one subfolder of images per class")
     split_note = None
     if data_path and dataset in ("folder", "imagenette"):
-        train_dir, val_dir = _folder_splits(Path(data_path).expanduser())
+        root = Path(data_path).expanduser()
+        if dataset == "imagenette" and not (root / "train").is_dir() and root.name != "train":  # a data root
+            root = next((root / n for n in IMAGENETTE_FOLDERS if (root / n / "train").is_dir()), root)
+        train_dir, val_dir = _folder_splits(root)
         if not train_dir.is_dir():
             raise DatasetNotFoundError(f"image folder not found: {train_dir}; --data-path should be a folder with "
                                        "train/ and val/ (or one subfolder per class)")
@@ -197,7 +202,8 @@ def eval_datasets(dataset: str = "imagenette", data_path: str | None = None, tra
         train = build_dataset(dataset, "train", data_path, transform=transform)
         val = build_dataset(dataset, "val", data_path, transform=transform)
         where = f" under {data_path}" if data_path else ""
-        train_desc, val_desc = f"{dataset} train split{where}", f"{dataset} val split{where}"
+        train_desc, val_desc = (str(getattr(ds, "root", f"{dataset} {split} split{where}")) for ds, split in
+                                ((train, "train"), (val, "val")))  # an image folder's path, else the split's name
     _need_two_classes(train, train_desc)
     train, val = subset(train, max_train, seed), subset(val, max_val, seed)
     _check_disjoint(train, val)
