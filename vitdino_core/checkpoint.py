@@ -8,6 +8,7 @@ objects or run code, so a checkpoint downloaded from a stranger cannot execute a
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import pickle
@@ -208,7 +209,18 @@ def checkpoint_layout(ckpt: Mapping[str, Any]) -> str:
     return "backbone"
 
 
-VIT_EMBED_DIMS = {192: "vit_tiny", 384: "vit_small", 768: "vit_base"}  # heads = embed_dim // 64, as in DINO
+@functools.cache
+def arch_by_embed_dim() -> dict[int, tuple[str, int]]:
+    """{embed dim: (arch name, heads)} of `vision_transformer.ARCHS` (192: vit_tiny, 3 heads; 384: vit_small, 6;
+    768: vit_base, 12), read from the models themselves, built on the meta device (no memory, no init)."""
+    from .vision_transformer import ARCHS
+
+    out = {}
+    with torch.device("meta"):
+        for name, make in ARCHS.items():
+            m = make(patch_size=16, img_size=16)
+            out[m.embed_dim] = (name, m.num_heads)
+    return out
 
 
 def vit_shape(sd: Mapping[str, torch.Tensor], source: str = "the checkpoint") -> dict:
@@ -216,7 +228,7 @@ def vit_shape(sd: Mapping[str, torch.Tensor], source: str = "the checkpoint") ->
 
     embed dim, input channels and patch size from `patch_embed.proj.weight` (D, C, p, p); depth from the
     `blocks.N` keys; the pretraining image size from the length of `pos_embed` (1, 1 + g*g, D), g*p pixels;
-    MLP ratio from `blocks.0.mlp.fc1`; heads from the embed dim (192 -> 3, 384 -> 6, 768 -> 12).
+    MLP ratio from `blocks.0.mlp.fc1`; arch name and heads from the embed dim, as in DINO (`arch_by_embed_dim`).
     """
     need = ("patch_embed.proj.weight", "pos_embed", "cls_token", "norm.weight", "blocks.0.mlp.fc1.weight")
     lacking = next((k for k in need if k not in sd), None)
@@ -232,12 +244,14 @@ def vit_shape(sd: Mapping[str, torch.Tensor], source: str = "the checkpoint") ->
                               f"{tuple(w.shape)}, pos_embed {tuple(pos.shape)}): square patches and a square "
                               "position grid are supported")
     embed_dim, patch_size = int(w.shape[0]), int(w.shape[3])
-    if embed_dim not in VIT_EMBED_DIMS:
-        known = ", ".join(f"{a} ({d})" for d, a in VIT_EMBED_DIMS.items())
+    archs = arch_by_embed_dim()
+    if embed_dim not in archs:
+        known = ", ".join(f"{a} ({d})" for d, (a, _) in archs.items())
         raise CheckpointError(f"{source} holds a ViT with embed dim {embed_dim}; supported: {known}")
-    return {"arch": VIT_EMBED_DIMS[embed_dim], "patch_size": patch_size, "image_size": grid * patch_size,
+    arch, num_heads = archs[embed_dim]
+    return {"arch": arch, "patch_size": patch_size, "image_size": grid * patch_size,
             "embed_dim": embed_dim, "depth": 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("blocks.")),
-            "num_heads": embed_dim // 64, "in_chans": int(w.shape[1]),
+            "num_heads": num_heads, "in_chans": int(w.shape[1]),
             "mlp_ratio": sd["blocks.0.mlp.fc1.weight"].shape[0] / embed_dim, "qkv_bias": "blocks.0.attn.qkv.bias" in sd}
 
 
