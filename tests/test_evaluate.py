@@ -147,10 +147,11 @@ FOLDER = ["--random-init", "--arch", "vit_tiny", "--patch-size", "12", "--image-
 def test_folder_without_val_is_split_and_says_so(tmp_path, capsys):
     data = image_folder(tmp_path / "pets")
     feats = tmp_path / "feats"
-    code, out, err = run_main([*FOLDER, "--dataset", "folder", "--data-path", str(data), "--save-features", str(feats)], capsys)
+    code, out, err = run_main([*FOLDER, "--data-path", str(data), "--save-features", str(feats)], capsys)
     assert code == 0, err
     res = json.loads(out)
-    assert res["data"]["split"] == {"holdout": 0.2, "seed": 0, "of": str(data)} and res["data"]["chosen_by"] == "the command line"
+    assert res["data"]["split"] == {"holdout": 0.2, "seed": 0, "of": str(data)} and res["data"]["chosen_by"] == "--data-path"
+    assert res["dataset"] == "folder" and res["data"]["val"] == f"20% of {data} per class"
     assert (res["num_train"], res["num_val"]) == (16, 4)  # 2 of each class's 10 images scored
     train = set((feats / "train_paths.txt").read_text().splitlines())
     val = set((feats / "val_paths.txt").read_text().splitlines())

@@ -344,7 +344,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "from the weights (an error if it disagrees)")
     p.add_argument("--patch-size", type=int, help="with --random-init: the patch size; with --ckpt: optional, read from "
                    "the weights (an error if it disagrees)")
-    p.add_argument("--dataset", choices=DATASETS, help="default: the dataset a run's checkpoint trained on, else imagenette")
+    p.add_argument("--dataset", choices=DATASETS, help="default: the dataset a run's checkpoint trained on, else "
+                   "imagenette (folder when only --data-path is given)")
     p.add_argument("--data-path", default=None, help="a folder with train/ and val/, or one subfolder per class to be split "
                    "(default: a run's data_path, else the data root $VITDINO_DATA)")
     p.add_argument("--holdout", type=float, help=f"share of each class scored when the folder has no val/ "
@@ -385,8 +386,9 @@ def choose_data(args: argparse.Namespace, config: dict) -> tuple[str, str | None
     """(dataset, data_path, where the choice came from): the command line, else the run's config, else imagenette."""
     if args.dataset is None and args.data_path is None and config.get("dataset"):
         return config["dataset"], config.get("data_path") or None, "the checkpoint's training config"
-    if args.dataset is None and args.data_path is not None:
-        return config.get("dataset") or "imagenette", args.data_path, "--data-path"
+    if args.dataset is None and args.data_path is not None:  # a folder of images, or a named download stored there
+        named = config.get("dataset") not in (None, "imagenette", "folder")
+        return config["dataset"] if named else "folder", args.data_path, "--data-path"
     return args.dataset or "imagenette", args.data_path, "the command line" if args.dataset else "the default"
 
 
