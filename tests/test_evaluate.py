@@ -6,12 +6,13 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
 from vitdino_core import DINOHead, MultiCropWrapper, save_checkpoint, vit_tiny
 from vitdino_core.checkpoint import CheckpointError, export_backbone
-from vitdino_core.evaluate import build_backbone_from_checkpoint, main
+from vitdino_core.evaluate import build_backbone_from_checkpoint, holdout_split, main
 from vitdino_core.notebook import checkpoint_story
 
 TINY = ["--dataset", "random", "--image-size", "24", "--max-train", "40", "--max-val", "20", "--batch-size", "20"]
@@ -58,17 +59,17 @@ def test_training_checkpoint_teacher_and_student(tmp_path):
             torch.testing.assert_close(model(x), net.backbone.eval()(x))
 
 
-def test_config_less_checkpoint_needs_arch(tmp_path, capsys):
+def test_config_less_checkpoint_is_read_from_its_shapes(tmp_path, capsys):
     torch.manual_seed(0)
     backbone = vit_tiny(patch_size=12, img_size=24)
     path = tmp_path / "official_style.pth"
     torch.save({f"module.backbone.{k}": v for k, v in backbone.state_dict().items()}, path)
-    with pytest.raises(CheckpointError, match="--arch vit_tiny --patch-size 12"):
-        build_backbone_from_checkpoint(path)
-    code, out, err = run_main(["--ckpt", str(path), *TINY, "--no-probe"], capsys)
-    assert code == 2 and out == "" and "--arch" in err
-    code, out, _ = run_main(["--ckpt", str(path), "--arch", "vit_tiny", "--patch-size", "12", *TINY, "--no-probe"], capsys)
+    model, info = build_backbone_from_checkpoint(path)
+    assert (info["arch"], info["patch_size"], info["image_size"]) == ("vit_tiny", 12, 24)
+    code, out, _ = run_main(["--ckpt", str(path), *TINY, "--no-probe"], capsys)
     assert code == 0 and json.loads(out)["feature_dim"] == 192
+    code, out, err = run_main(["--ckpt", str(path), "--arch", "vit_small", *TINY, "--no-probe"], capsys)
+    assert code == 2 and out == "" and "--arch vit_small does not match" in err
 
 
 def test_shipped_fp16_backbone_and_attention_maps(tmp_path, capsys):
@@ -103,7 +104,7 @@ def test_exported_backbone_describes_itself_for_the_notebooks(tmp_path):
 
 def test_image_size_must_fit_the_patch(capsys):
     code, out, err = run_main(["--random-init", "--arch", "vit_tiny", "--patch-size", "12", *TINY, "--image-size", "30"], capsys)
-    assert code == 2 and "multiple of the patch size" in err
+    assert code == 2 and "multiple of the patch size" in err and err.count("\n") == 1
 
 
 def test_shipped_checkpoint_is_small_loads_and_its_record_adds_up():
@@ -123,3 +124,99 @@ def test_shipped_checkpoint_is_small_loads_and_its_record_adds_up():
     assert record["knn_top1"] == stages[-1]["knn_top1"] and record["linear_top1"] == stages[-1]["linear_top1"]
     for s in stages:  # every stage's curves ship beside the weights
         assert (path.parent / s["metrics"]).is_file()
+
+
+# ----------------------------------------------------------------------------- which images are scored
+
+def image_folder(root, classes=("cat", "dog"), per_class=10, size=16):
+    """One subfolder per class of small PNGs, each class its own colour (so kNN can tell them apart)."""
+    from PIL import Image
+
+    g = np.random.default_rng(0)
+    for c, name in enumerate(classes):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            pixels = np.clip(g.normal(60 + 120 * c, 30, size=(size, size, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(root / name / f"{name}_{i:02d}.png")
+    return root
+
+
+FOLDER = ["--random-init", "--arch", "vit_tiny", "--patch-size", "12", "--image-size", "24", "--batch-size", "20"]
+
+
+def test_folder_without_val_is_split_and_says_so(tmp_path, capsys):
+    data = image_folder(tmp_path / "pets")
+    feats = tmp_path / "feats"
+    code, out, err = run_main([*FOLDER, "--data-path", str(data), "--save-features", str(feats)], capsys)
+    assert code == 0, err
+    res = json.loads(out)
+    assert res["data"]["split"] == {"holdout": 0.2, "seed": 0, "of": str(data)} and res["data"]["chosen_by"] == "--data-path"
+    assert res["dataset"] == "folder" and res["data"]["val"] == f"20% of {data} per class"
+    assert (res["num_train"], res["num_val"]) == (16, 4)  # 2 of each class's 10 images scored
+    train = set((feats / "train_paths.txt").read_text().splitlines())
+    val = set((feats / "val_paths.txt").read_text().splitlines())
+    assert not train & val and train | val == {str(p) for p in data.rglob("*.png")}
+    assert {p.split("/")[-2] for p in val} == {"cat", "dog"}  # stratified: both classes scored
+
+
+def test_holdout_split_is_seeded_and_stratified():
+    targets = [0] * 10 + [1] * 5 + [2] * 1
+    train, val = holdout_split(targets, 0.2, seed=0)
+    assert sorted(train + val) == list(range(16)) and not set(train) & set(val)
+    assert [sum(targets[i] == c for i in val) for c in range(3)] == [2, 1, 0]  # a single image stays in train
+    assert holdout_split(targets, 0.2, seed=0) == (train, val) and holdout_split(targets, 0.2, seed=1) != (train, val)
+
+
+def test_folder_data_mistakes_are_one_line(tmp_path, capsys):
+    one = image_folder(tmp_path / "one", classes=("cat",))
+    both = image_folder(tmp_path / "both" / "train")
+    (tmp_path / "both" / "val").symlink_to(both, target_is_directory=True)  # val/ = the very same images
+    image_folder(tmp_path / "sep" / "train", per_class=3)
+    image_folder(tmp_path / "sep" / "val", per_class=3)
+    pets = image_folder(tmp_path / "pets", per_class=3)
+    cases = {
+        "holds a single class of images": ["--dataset", "folder", "--data-path", str(one)],
+        "images are both in the train and the val images": ["--dataset", "folder", "--data-path", str(tmp_path / "both")],
+        "--holdout is for folders without val/": ["--dataset", "folder", "--data-path", str(tmp_path / "sep"),
+                                                  "--holdout", "0.3"],
+        "--holdout must be between 0 and 1": ["--dataset", "folder", "--data-path", str(pets), "--holdout", "1.5"],
+        "--dataset folder needs --data-path": ["--dataset", "folder"],
+        "has its own val split": ["--dataset", "random", "--holdout", "0.2"],
+    }
+    for expected, argv in cases.items():
+        code, out, err = run_main([*FOLDER, *argv], capsys)
+        assert code == 2 and out == "" and err.count("\n") == 1 and expected in err, (expected, err)
+
+
+def test_a_run_is_evaluated_on_its_own_data(tmp_path, capsys):
+    data = image_folder(tmp_path / "imagenet" / "train", per_class=6)
+    image_folder(tmp_path / "imagenet" / "val", per_class=3)
+    config = {"arch": "vit_tiny", "patch_size": 12, "global_crops_size": 24, "dataset": "folder", "data_path": str(data)}
+    path = save_checkpoint({"teacher": wrapper(0).state_dict(), "config": config}, tmp_path / "checkpoint.pth")
+    code, out, err = run_main(["--ckpt", str(path), "--batch-size", "20"], capsys)
+    assert code == 0, err
+    res = json.loads(out)
+    assert res["data"] == {"dataset": "folder", "train": str(data), "val": str(tmp_path / "imagenet" / "val"),
+                           "split": None, "chosen_by": "the checkpoint's training config"}
+    assert (res["num_train"], res["num_val"]) == (12, 6)  # train/ beside val/: val/ is what gets scored
+    code, out, _ = run_main(["--ckpt", str(path), "--dataset", "random", "--max-train", "20", "--max-val", "10",
+                             "--no-probe"], capsys)
+    assert code == 0 and json.loads(out)["data"]["chosen_by"] == "the command line"
+
+
+def test_threads_like_training(capsys, monkeypatch):
+    calls, real = [], torch.set_num_threads
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: (calls.append(n), real(n)))
+    before = torch.get_num_threads()
+    code, _, _ = run_main(["--raw-pixels", "4", "--no-probe", *TINY, "--threads", "1"], capsys)
+    assert code == 0 and calls == [1, before] and torch.get_num_threads() == before  # set for the run, then restored
+
+
+def test_imagenette_data_path_may_be_the_data_root(tmp_path):
+    from vitdino_core.evaluate import eval_datasets
+
+    image_folder(tmp_path / "imagenette-96" / "train", per_class=4)
+    image_folder(tmp_path / "imagenette-96" / "val", per_class=2)
+    (tmp_path / "photos").mkdir()  # another folder of the data root: not a class
+    train, val, data = eval_datasets("imagenette", str(tmp_path))
+    assert (len(train), len(val)) == (8, 4) and data["val"] == str(tmp_path / "imagenette-96" / "val")

@@ -8,6 +8,7 @@ objects or run code, so a checkpoint downloaded from a stranger cannot execute a
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import pickle
@@ -129,22 +130,48 @@ def _torch_load_weights_only(path: Path, map_location: str | torch.device) -> An
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
     """Load a checkpoint with `weights_only=True`; clear errors for missing, corrupt or unsafe files."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
+    _check_checkpoint_file(path)
     try:
         obj = _torch_load_weights_only(path, map_location)
     except pickle.UnpicklingError as e:
+        if "Weights only load failed" not in str(e):
+            raise CheckpointError(f"could not read checkpoint {path}: {_short_reason(e)}. The file may be truncated or "
+                                  "not a PyTorch file.") from None
         reason = next((ln.strip() for ln in str(e).splitlines() if "Unsupported" in ln or "global" in ln), "")
         raise CheckpointError(
             f"refused to load {path}: it holds objects other than tensors and plain containers, which could "
             f"run code when unpickled ({reason or 'weights_only=True rejected it'}). Only load files you trust; "
             "re-save trusted ones as a plain state dict."
         ) from None
-    except (RuntimeError, EOFError, OSError) as e:
-        raise CheckpointError(f"could not read checkpoint {path}: {e}. The file may be truncated or not a PyTorch file.") from None
+    except (RuntimeError, EOFError, OSError, KeyError, ValueError, IndexError) as e:
+        raise CheckpointError(f"could not read checkpoint {path}: {_short_reason(e)}. The file may be truncated or not a "
+                              "PyTorch file.") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path} holds a {type(obj).__name__}, expected a dict (a state dict or a checkpoint)")
     return obj
+
+
+def _check_checkpoint_file(path: Path) -> None:
+    """Missing, a folder, empty, or not a file `torch.save` wrote (a zip archive or a pickle): one clear error."""
+    if path.is_dir():
+        inside = next((p for p in (path / "checkpoint.pth", *sorted(path.glob("*.pth"))) if p.is_file()), None)
+        hint = f"; did you mean {inside}?" if inside else "; give the .pth file, not the folder"
+        raise CheckpointError(f"{path} is a folder, not a checkpoint file{hint}")
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not head:
+        raise CheckpointError(f"{path} is empty (0 bytes): an interrupted download or copy? Get the file again")
+    if head != b"PK\x03\x04" and head[:1] != b"\x80":  # torch.save writes a zip archive (or, before 1.6, a pickle)
+        kind = "text" if all(32 <= b < 127 or b in b"\t\r\n" for b in head) else "some other format"
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint (it starts like {kind}); give a .pth file "
+                              "written by torch.save")
+
+
+def _short_reason(e: BaseException) -> str:
+    """An exception's message on one line, without the long advice some torch errors append."""
+    return " ".join(str(e).split(". ")[0].split()) or type(e).__name__
 
 
 def backbone_state_dict(ckpt: Mapping[str, Any], key: str = "teacher") -> dict[str, torch.Tensor]:
@@ -169,6 +196,63 @@ def backbone_state_dict(ckpt: Mapping[str, Any], key: str = "teacher") -> dict[s
     if not out:
         raise CheckpointError(f"no {key!r} backbone weights found; the checkpoint has keys {sorted(ckpt)[:20]}")
     return out
+
+
+def checkpoint_layout(ckpt: Mapping[str, Any]) -> str:
+    """Which kind of file this is: "vitdino" (ours: a `config` dict beside the weights), "dino-full" (an
+    official DINO training checkpoint: student, teacher, optimizer, epoch, args) or "backbone" (a bare
+    backbone state dict, as the official `dino_*_pretrain.pth` files are)."""
+    if isinstance(ckpt.get("config"), Mapping):
+        return "vitdino"
+    if isinstance(ckpt.get("teacher"), Mapping) or isinstance(ckpt.get("student"), Mapping):
+        return "dino-full"
+    return "backbone"
+
+
+@functools.cache
+def arch_by_embed_dim() -> dict[int, tuple[str, int]]:
+    """{embed dim: (arch name, heads)} of `vision_transformer.ARCHS` (192: vit_tiny, 3 heads; 384: vit_small, 6;
+    768: vit_base, 12), read from the models themselves, built on the meta device (no memory, no init)."""
+    from .vision_transformer import ARCHS
+
+    out = {}
+    with torch.device("meta"):
+        for name, make in ARCHS.items():
+            m = make(patch_size=16, img_size=16)
+            out[m.embed_dim] = (name, m.num_heads)
+    return out
+
+
+def vit_shape(sd: Mapping[str, torch.Tensor], source: str = "the checkpoint") -> dict:
+    """The Vision Transformer a backbone state dict belongs to, read from its keys and shapes.
+
+    embed dim, input channels and patch size from `patch_embed.proj.weight` (D, C, p, p); depth from the
+    `blocks.N` keys; the pretraining image size from the length of `pos_embed` (1, 1 + g*g, D), g*p pixels;
+    MLP ratio from `blocks.0.mlp.fc1`; arch name and heads from the embed dim, as in DINO (`arch_by_embed_dim`).
+    """
+    need = ("patch_embed.proj.weight", "pos_embed", "cls_token", "norm.weight", "blocks.0.mlp.fc1.weight")
+    lacking = next((k for k in need if k not in sd), None)
+    if lacking:
+        keys = ", ".join(sorted(sd)[:4])
+        raise CheckpointError(f"{source} does not hold Vision Transformer weights (no {lacking}; its keys begin "
+                              f"{keys}, ...); give a DINO ViT checkpoint or backbone file")
+    w = sd["patch_embed.proj.weight"]  # (D, C, p, p)
+    pos = sd["pos_embed"]  # (1, 1 + g*g, D)
+    grid = int((pos.shape[1] - 1) ** 0.5) if pos.ndim == 3 else 0
+    if w.ndim != 4 or w.shape[2] != w.shape[3] or grid * grid + 1 != pos.shape[1] or pos.shape[2] != w.shape[0]:
+        raise CheckpointError(f"{source} holds ViT-like weights of an unsupported shape (patch_embed.proj.weight "
+                              f"{tuple(w.shape)}, pos_embed {tuple(pos.shape)}): square patches and a square "
+                              "position grid are supported")
+    embed_dim, patch_size = int(w.shape[0]), int(w.shape[3])
+    archs = arch_by_embed_dim()
+    if embed_dim not in archs:
+        known = ", ".join(f"{a} ({d})" for d, (a, _) in archs.items())
+        raise CheckpointError(f"{source} holds a ViT with embed dim {embed_dim}; supported: {known}")
+    arch, num_heads = archs[embed_dim]
+    return {"arch": arch, "patch_size": patch_size, "image_size": grid * patch_size,
+            "embed_dim": embed_dim, "depth": 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("blocks.")),
+            "num_heads": num_heads, "in_chans": int(w.shape[1]),
+            "mlp_ratio": sd["blocks.0.mlp.fc1.weight"].shape[0] / embed_dim, "qkv_bias": "blocks.0.attn.qkv.bias" in sd}
 
 
 def load_backbone_weights(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> None:
