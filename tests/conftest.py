@@ -17,16 +17,16 @@ def repo_root() -> Path:
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    """The folder that holds imagenette-96/ and photos/: $VITDINO_DATA, else ../shared/data beside the repo.
+    """The data root holding imagenette-96/ and photos/: $VITDINO_DATA, else data/ in the repo.
 
     Missing data skips the test on a laptop but fails it in CI (`CI` set), where it must be there.
     """
     env = os.environ.get("VITDINO_DATA")
-    root = Path(env).expanduser() if env else REPO_ROOT.parent / "shared" / "data"
+    root = Path(env).expanduser() if env else REPO_ROOT / "data"
     missing = [name for name in ("imagenette-96", "photos") if not (root / name).is_dir()]
     if missing:
-        msg = (f"shared data not found: {root} lacks {', '.join(missing)}/ "
-               "(set VITDINO_DATA or put shared/data beside the repository)")
+        msg = (f"course data not found: {root} lacks {', '.join(missing)}/ (set VITDINO_DATA to a folder "
+               "that holds them; python -m vitdino_core.data download imagenette-96 makes imagenette-96/)")
         if os.environ.get("CI"):
             pytest.fail(msg)
         pytest.skip(msg)
