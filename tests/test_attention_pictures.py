@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 
 from vitdino_core import VisionTransformer, cls_attention
-from vitdino_core.attention_maps import (attention_entropy, cls_attention_by_layer, mutual_nearest_patches,
-                                         patch_features, pca_foreground, pca_rgb)
+from vitdino_core.attention_maps import (attention_entropy, center_per_image, cls_attention_by_layer,
+                                         mutual_nearest_patches, patch_features, pca_foreground, pca_rgb)
 
 
 def small_model(seed=0):
@@ -66,6 +66,18 @@ def test_pca_foreground_finds_the_planted_object_whatever_the_sign():
         first, mask = pca_foreground(sign * feats)
         assert first.shape == (2, 6, 6) and first.min() == 0 and first.max() == 1
         assert torch.equal(mask, fg)
+
+
+def test_centring_each_image_removes_an_image_wide_offset():
+    feats, fg = planted_features()
+    g = torch.Generator().manual_seed(1)
+    feats[1] += 5 * torch.randn(16, generator=g)  # the second image differs as a whole (its light, its colour)
+    _, mask = pca_foreground(feats)
+    assert not torch.equal(mask, fg)  # the first component now tells the images apart
+    centred = center_per_image(feats)
+    torch.testing.assert_close(centred.mean(dim=(1, 2)), torch.zeros(2, 16), atol=1e-5, rtol=0)
+    _, mask = pca_foreground(centred)
+    assert torch.equal(mask, fg)
 
 
 def test_pca_rgb_colours_the_foreground_and_leaves_the_background_black():

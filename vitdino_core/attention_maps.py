@@ -266,13 +266,22 @@ def _pca(x: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     return mean, comps * signs  # (D,), (n, D)
 
 
+def center_per_image(features: torch.Tensor) -> torch.Tensor:
+    """Subtract each image's mean patch feature: (B, h, w, D) -> (B, h, w, D).
+
+    With a small model, the largest variation among the patches of several images is often which
+    image they come from (its overall colour and light); after centring, PCA sees what varies inside
+    each image."""
+    return features - features.mean(dim=(1, 2), keepdim=True)  # (B, h, w, D)
+
+
 def pca_foreground(features: torch.Tensor, threshold: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
     """Foreground patches from the first principal component of patch features, as in DINOv2's figures.
 
-    `features`: (B, h, w, D) from `patch_features`. The first component is fitted over the patches of
-    all B images together and min-max scaled to [0, 1] over them. Its sign is arbitrary, so it is
-    flipped to make the border patches (more often background) the low end. Returns the scaled
-    component (B, h, w) and the mask `component > threshold` (B, h, w) bool.
+    `features`: (B, h, w, D) from `patch_features` (or `center_per_image` of them). The first
+    component is fitted over the patches of all B images together and min-max scaled to [0, 1] over
+    them. Its sign is arbitrary, so it is flipped to make the border patches (more often background)
+    the low end. Returns the scaled component (B, h, w) and the mask `component > threshold` (B, h, w) bool.
     """
     B, h, w, D = features.shape
     flat = features.reshape(-1, D)  # (B*h*w, D)

@@ -130,7 +130,9 @@ def checkpoint_story(path: Path) -> tuple[str, str, dict]:
     from .checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(path)
-    cfg = ckpt.get("config") or {}
+    cfg = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
+    if not cfg:  # an official DINO file: weights only, no record of how they were trained
+        return f"DINO teacher weights from {Path(path).name} (the file carries no training config)", Path(path).name, {}
     record_file = Path(path).with_suffix(".json")
     record = json.loads(record_file.read_text()) if record_file.is_file() else {}
     epochs = record.get("epochs", ckpt.get("epoch"))
