@@ -211,3 +211,127 @@ def overlay_masks(image: torch.Tensor, masks: torch.Tensor, title: str | None = 
         fig.suptitle(title)
     _save(fig, save)
     return fig
+
+
+# ----------------------------------------------------------------------------- attention across depth
+
+@torch.no_grad()
+def cls_attention_by_layer(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """The CLS token's attention to the patches in every block: (B, 3, H, W) -> (B, depth, heads, H/p, W/p).
+
+    The tokens go through the blocks one by one, as in `forward_features`; each block is called with
+    `return_attention=True`, so its own explicit softmax path gives the weights. The last entry equals
+    `cls_attention(model, images)`.
+    """
+    p = model.patch_size
+    B, _, H, W = images.shape
+    check_image_size(H, p, what="image height")
+    check_image_size(W, p, what="image width")
+    x = model.prepare_tokens(images)  # (B, N+1, D)
+    maps = []
+    for blk in model.blocks:
+        x, attn = blk(x, return_attention=True)  # (B, N+1, D), (B, heads, N+1, N+1)
+        maps.append(attn[:, :, 0, 1:].reshape(B, attn.shape[1], H // p, W // p))  # (B, heads, h, w)
+    return torch.stack(maps, dim=1).float()  # (B, depth, heads, h, w)
+
+
+def attention_entropy(maps: torch.Tensor) -> torch.Tensor:
+    """Normalised entropy of each (h, w) map: (..., h, w) -> (...,); 1 for a flat map, 0 for one patch.
+
+    Each map is first rescaled to sum 1 (CLS keeps part of its attention for itself)."""
+    p = maps.flatten(-2) / maps.flatten(-2).sum(-1, keepdim=True)  # (..., N), sums to 1
+    return -(p * p.clamp_min(1e-12).log()).sum(-1) / math.log(p.shape[-1])  # (...,)
+
+
+# ----------------------------------------------------------------------------- patch features: PCA, correspondences
+
+@torch.no_grad()
+def patch_features(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """Last-layer patch tokens after the final norm: (B, 3, H, W) -> (B, H/p, W/p, D)."""
+    p = model.patch_size
+    B, _, H, W = images.shape
+    check_image_size(H, p, what="image height")
+    check_image_size(W, p, what="image width")
+    tokens = model.forward_features(images)  # (B, N+1, D)
+    return tokens[:, 1:].reshape(B, H // p, W // p, -1).float()  # (B, h, w, D): drop CLS, fold the grid
+
+
+def _pca(x: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Principal directions of the rows of x (M, D): (mean (D,), components (n, D)), each component's sign
+    fixed so that its largest loading is positive (SVD signs are arbitrary)."""
+    mean = x.mean(0)  # (D,)
+    _, _, vh = torch.linalg.svd(x - mean, full_matrices=False)  # vh: (min(M, D), D)
+    comps = vh[:n]  # (n, D)
+    signs = comps.gather(1, comps.abs().argmax(1, keepdim=True)).sign()  # (n, 1)
+    return mean, comps * signs  # (D,), (n, D)
+
+
+def center_per_image(features: torch.Tensor) -> torch.Tensor:
+    """Subtract each image's mean patch feature: (B, h, w, D) -> (B, h, w, D).
+
+    With a small model, the largest variation among the patches of several images is often which
+    image they come from (its overall colour and light); after centring, PCA sees what varies inside
+    each image."""
+    return features - features.mean(dim=(1, 2), keepdim=True)  # (B, h, w, D)
+
+
+def pca_foreground(features: torch.Tensor, threshold: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
+    """Foreground patches from the first principal component of patch features, as in DINOv2's figures.
+
+    `features`: (B, h, w, D) from `patch_features` (or `center_per_image` of them). The first
+    component is fitted over the patches of all B images together and min-max scaled to [0, 1] over
+    them. Its sign is arbitrary, so it is flipped to make the border patches (more often background)
+    the low end. Returns the scaled component (B, h, w) and the mask `component > threshold` (B, h, w) bool.
+    """
+    B, h, w, D = features.shape
+    flat = features.reshape(-1, D)  # (B*h*w, D)
+    mean, comps = _pca(flat, 1)  # (D,), (1, D)
+    first = ((flat - mean) @ comps[0]).reshape(B, h, w)  # (B, h, w)
+    border = torch.ones(h, w, dtype=torch.bool)
+    border[1:-1, 1:-1] = False  # (h, w): the outer ring of patches
+    if h > 2 and w > 2 and first[:, border].mean() > first[:, ~border].mean():
+        first = -first
+    first = (first - first.min()) / (first.max() - first.min()).clamp_min(1e-12)  # (B, h, w) in [0, 1]
+    return first, first > threshold
+
+
+def pca_rgb(features: torch.Tensor, foreground: torch.Tensor, n_components: int = 3) -> torch.Tensor:
+    """Patch features as colours: 3 principal components of the foreground patches, background black.
+
+    `features` (B, h, w, D), `foreground` (B, h, w) bool. The components are fitted over the
+    foreground patches of all B images together, so one colour means one direction in feature space
+    in every image; each component is min-max scaled to [0, 1] over those patches. Returns (B, h, w, 3).
+    """
+    B, h, w, D = features.shape
+    fg = features[foreground]  # (M, D): foreground patches of all images
+    if fg.shape[0] < n_components + 1:
+        raise ValueError(f"only {fg.shape[0]} foreground patches; need more than {n_components} to fit "
+                         f"{n_components} components (lower the threshold of pca_foreground)")
+    mean, comps = _pca(fg, n_components)  # (D,), (n, D)
+    proj = (fg - mean) @ comps.T  # (M, n)
+    lo, hi = proj.min(0).values, proj.max(0).values  # (n,), (n,)
+    proj = (proj - lo) / (hi - lo).clamp_min(1e-12)  # (M, n) in [0, 1]
+    rgb = torch.zeros(B, h, w, 3)  # black background
+    rgb[foreground] = proj[:, :3]  # (M, 3)
+    return rgb  # (B, h, w, 3)
+
+
+def mutual_nearest_patches(feats_a: torch.Tensor, feats_b: torch.Tensor, top: int = 20) -> tuple[torch.Tensor, ...]:
+    """Patch-to-patch correspondences between two images: the `top` mutual nearest neighbours.
+
+    `feats_a` (h1, w1, D), `feats_b` (h2, w2, D) from `patch_features`. Cosine similarity of every
+    patch pair; patch i of A and j of B match when j is i's nearest in B and i is j's nearest in A.
+    Returns (index in A, index in B, similarity), each (k,) with k <= top, most similar first;
+    indices are row-major positions on each patch grid.
+    """
+    a = F.normalize(feats_a.reshape(-1, feats_a.shape[-1]).float(), dim=1)  # (N1, D)
+    b = F.normalize(feats_b.reshape(-1, feats_b.shape[-1]).float(), dim=1)  # (N2, D)
+    sim = a @ b.T  # (N1, N2) cosine similarities
+    best_b = sim.argmax(1)  # (N1,): each A patch's nearest in B
+    best_a = sim.argmax(0)  # (N2,): each B patch's nearest in A
+    idx_a = torch.arange(a.shape[0])  # (N1,)
+    mutual = best_a[best_b] == idx_a  # (N1,): the nearest's nearest is the patch itself
+    idx_a, idx_b = idx_a[mutual], best_b[mutual]  # (m,), (m,)
+    s = sim[idx_a, idx_b]  # (m,)
+    order = s.argsort(descending=True)[:top]  # (k,)
+    return idx_a[order], idx_b[order], s[order]

@@ -220,3 +220,67 @@ def _held_out_split(x: np.ndarray, y: np.ndarray, val_fraction: float, seed: int
     if len(np.unique(y_fit)) < 2:
         raise ValueError(f"too few training samples ({len(y)}) to hold some out for choosing C; pass a single C, e.g. Cs=(0.1,)")
     return x_fit, x_val, y_fit, y_val
+
+
+# ----------------------------------------------------------------------------- label efficiency
+
+def few_shot_indices(labels: torch.Tensor, shots: int, seed: int = 0) -> torch.Tensor:
+    """`shots` random indices per class of `labels` (N,), drawn with a fixed seed: (shots * C,) sorted.
+
+    A class with fewer than `shots` samples gives all of them."""
+    g = torch.Generator().manual_seed(seed)
+    picks = []
+    for c in labels.unique().tolist():
+        idx = (labels == c).nonzero().squeeze(1)  # (n_c,) this class's samples
+        picks.append(idx[torch.randperm(len(idx), generator=g)[:shots]])  # (<= shots,)
+    return torch.cat(picks).sort().values
+
+
+def label_efficiency(train_feats: torch.Tensor, train_labels: torch.Tensor, val_feats: torch.Tensor,
+                     val_labels: torch.Tensor, shots: Iterable[int | None] = (1, 2, 5, 10, 50, None), draws: int = 5,
+                     seed: int = 0, k: int = 20, T: float = 0.07, Cs: Iterable[float] = (0.01, 0.1, 1.0),
+                     few_shot_C: float = 0.1, desc: str = "label efficiency") -> list[dict]:
+    """kNN and linear-probe accuracy with few labels: one row per (shots, draw).
+
+    For each number of labelled training samples per class in `shots` (None = the whole training
+    set, one draw), `draws` seeded draws of that many samples per class (`few_shot_indices`, seed
+    `seed + draw`), then on the same labelled subset:
+      - weighted kNN with k = min(k, number of labelled samples), temperature T;
+      - the linear probe; with at least 5 samples per class its C is chosen among `Cs` on held-out
+        labelled samples as in `linear_probe`; with fewer there is nothing to hold out, so C is
+        fixed to `few_shot_C`.
+    The validation set is only scored, never used to choose. Rows: {"shots", "draw", "n_train",
+    "knn_top1", "linear_top1", "C"}; `summarize_label_efficiency` turns them into mean and std.
+    """
+    shots = list(shots)
+    if draws < 1:
+        raise ValueError(f"draws must be at least 1, got {draws}")
+    jobs = [(s, d) for s in shots for d in range(1 if s is None else draws)]
+    rows = []
+    for s, d in tqdm(jobs, desc=desc, leave=False):
+        if s is not None and s < 1:
+            raise ValueError(f"shots must be positive numbers of labels per class (or None for all), got {s}")
+        idx = torch.arange(len(train_labels)) if s is None else few_shot_indices(train_labels, s, seed + d)  # (n,)
+        x, y = train_feats[idx], train_labels[idx]  # (n, D), (n,)
+        knn = knn_classifier(x, y, val_feats, val_labels, k=min(k, len(idx)), T=T)
+        per_class = int(torch.bincount(y).min())
+        probe = linear_probe(x, y, val_feats, val_labels, Cs=Cs if per_class >= 5 else (few_shot_C,), seed=seed + d)
+        rows.append({"shots": s, "draw": d, "n_train": len(idx), "knn_top1": knn, "linear_top1": probe["top1"],
+                     "C": probe["C"]})
+    return rows
+
+
+def summarize_label_efficiency(rows: list[dict]) -> list[dict]:
+    """Mean and standard deviation over the draws of `label_efficiency` rows, one row per number of shots:
+    {"shots", "draws", "n_train", "knn_mean", "knn_std", "linear_mean", "linear_std"}; the std is the sample
+    standard deviation over the draws (0 for one draw)."""
+    out = []
+    for s in dict.fromkeys(r["shots"] for r in rows):  # in the order given
+        group = [r for r in rows if r["shots"] == s]
+        knn = np.array([r["knn_top1"] for r in group])
+        lin = np.array([r["linear_top1"] for r in group])
+        ddof = 1 if len(group) > 1 else 0
+        out.append({"shots": s, "draws": len(group), "n_train": group[0]["n_train"], "knn_mean": float(knn.mean()),
+                    "knn_std": float(knn.std(ddof=ddof)), "linear_mean": float(lin.mean()),
+                    "linear_std": float(lin.std(ddof=ddof))})
+    return out

@@ -76,6 +76,46 @@ def shipped_checkpoint() -> Path | None:
     return path if path.is_file() else None
 
 
+CHECKPOINT_ENV = "VITDINO_CHECKPOINT"
+SHIPPED_LABEL = "shipped ViT-Ti/12 (imagenette-96, CPU)"
+
+
+def course_checkpoint() -> tuple[Path | None, str]:
+    """The weights notebooks 07 and 08 show, and a short label for figure titles: (path, label).
+
+    `$VITDINO_CHECKPOINT` names any checkpoint or backbone file, official DINO files included
+    (e.g. dino_deitsmall8_pretrain.pth); its label is the file name. Unset, the shipped
+    checkpoints/dino_imagenette96.pth, labelled as the small CPU-trained model it is. The path is
+    None only when the variable is unset and the shipped file is missing.
+    """
+    from .checkpoint import CheckpointError
+
+    env = os.environ.get(CHECKPOINT_ENV)
+    if env:
+        path = Path(env).expanduser()
+        if not path.is_file():
+            raise CheckpointError(f"{CHECKPOINT_ENV}={env} is not a file; point it at a checkpoint (e.g. "
+                                  f"dino_deitsmall8_pretrain.pth) or unset it to use the shipped one")
+        return path, path.name
+    return (SHIPPED_CHECKPOINT, SHIPPED_LABEL) if SHIPPED_CHECKPOINT.is_file() else (None, "no checkpoint")
+
+
+def load_course_backbone(device: str | torch.device = "cpu") -> tuple[torch.nn.Module | None, dict]:
+    """The teacher backbone of `course_checkpoint()` in eval mode, and its info: (model, info).
+
+    info holds "arch", "patch_size", "image_size" (the training resolution), "path" and "label".
+    Architecture and patch size come from the file (its config, or the weights' shapes for official
+    files). Returns (None, {"path": None, "label": ...}) when there is no checkpoint at all.
+    """
+    from .evaluate import build_backbone_from_checkpoint
+
+    path, label = course_checkpoint()
+    if path is None:
+        return None, {"path": None, "label": label}
+    model, info = build_backbone_from_checkpoint(path, which="teacher", arch=None, patch_size=None, device=device)
+    return model, info | {"path": str(path), "label": label}
+
+
 def short_path(path: Path) -> str:
     """The path relative to the repository when it lies inside it."""
     try:
@@ -90,7 +130,9 @@ def checkpoint_story(path: Path) -> tuple[str, str, dict]:
     from .checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(path)
-    cfg = ckpt.get("config") or {}
+    cfg = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
+    if not cfg:  # an official DINO file: weights only, no record of how they were trained
+        return f"DINO teacher weights from {Path(path).name} (the file carries no training config)", Path(path).name, {}
     record_file = Path(path).with_suffix(".json")
     record = json.loads(record_file.read_text()) if record_file.is_file() else {}
     epochs = record.get("epochs", ckpt.get("epoch"))
