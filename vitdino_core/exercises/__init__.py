@@ -60,6 +60,7 @@ def check(name: str) -> Callable[[Callable], Callable]:
     def decorate(body: Callable) -> Callable:
         @functools.wraps(body)
         def run(fn: Callable, *args, **kwargs) -> None:
+            __tracebackhide__ = True  # IPython and pytest show the learner's cell, not this frame
             try:
                 detail = body(fn, *args, **kwargs)
             except NotImplementedError as e:

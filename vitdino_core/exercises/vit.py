@@ -326,7 +326,7 @@ def check_drop_path(fn: Callable) -> str:
         if abs(scale - 1 / (1 - p)) > 1e-4:
             raise mistake(f"kept samples are scaled by {scale:.4g}; it should be 1 / (1 - p) = {1 / (1 - p):.4g}")
         torch.manual_seed(0)
-        if not torch.equal(got, drop_path(x, p, True)):
+        if not close(got, drop_path(x, p, True)):
             raise mistake("right behaviour, but other coins than vitdino_core's for the same seed: draw them "
                           "as DINO does, u = torch.rand((B, 1, ...)), keep a sample where floor(1 - p + u) = 1")
     return "eval mode, p = 0, whole samples, the drop rate, the 1/(1-p) scale and the coins all match"
@@ -413,15 +413,16 @@ def _vit(seed: int, img: int = 32, patch: int = 8, D: int = 24, depth: int = 2, 
 
 
 @reference("prepare_tokens")
-def reference_prepare_tokens(images: torch.Tensor, vit: nn.Module) -> torch.Tensor:
-    x = vit.patch_embed(images)  # (B, N, D)
-    x = torch.cat([vit.cls_token.expand(x.shape[0], -1, -1), x], dim=1)  # (B, N+1, D)
-    return x + vit.pos_embed  # (B, N+1, D)
+def reference_prepare_tokens(images: torch.Tensor, patch_embed: nn.Module, cls_token: torch.Tensor,
+                             pos_embed: torch.Tensor) -> torch.Tensor:
+    x = patch_embed(images)  # (B, N, D)
+    x = torch.cat([cls_token.expand(x.shape[0], -1, -1), x], dim=1)  # (B, N+1, D)
+    return x + pos_embed  # (B, N+1, D)
 
 
 @check("prepare_tokens")
 def check_prepare_tokens(fn: Callable) -> str:
-    """fn(images (B, 3, H, W), vit with patch_embed, cls_token, pos_embed) -> (B, N+1, D)."""
+    """fn(images (B, 3, H, W), patch_embed, cls_token (1, 1, D), pos_embed (1, N+1, D)) -> (B, N+1, D)."""
     cases = [(1, 32, 8, 24), (3, 32, 8, 24), (2, 36, 12, 16)]
     for seed, (B, img, p, D) in enumerate(cases):
         vit = _vit(seed, img, p, D, depth=1)
@@ -429,7 +430,7 @@ def check_prepare_tokens(fn: Callable) -> str:
         with torch.no_grad():
             want = vit.prepare_tokens(x)
             try:
-                got = expect_tensor(fn(x.clone(), vit))
+                got = expect_tensor(fn(x.clone(), vit.patch_embed, vit.cls_token, vit.pos_embed))
             except RuntimeError as e:
                 if B > 1 and "ize" in str(e):
                     raise mistake(f"works for one image, not for a batch of {B}: expand cls_token "
@@ -447,7 +448,7 @@ def check_prepare_tokens(fn: Callable) -> str:
                 "shifted": torch.cat([cls, tokens + vit.pos_embed[:, :N]], 1),
             })
         raise mistake({
-            "no_pos": "the position embeddings are not added: add vit.pos_embed (1, N+1, D) to every token",
+            "no_pos": "the position embeddings are not added: add pos_embed (1, N+1, D) to every token",
             "cls_no_pos": "the class token got no position embedding: pos_embed has N+1 rows and row 0 is "
                           "the class token's; concatenate first, then add",
             "cls_last": "the class token is at the end; put it first, as token 0",
@@ -460,7 +461,7 @@ def check_prepare_tokens(fn: Callable) -> str:
 
 @reference("vit_forward")
 def reference_vit_forward(images: torch.Tensor, vit: nn.Module) -> torch.Tensor:
-    x = reference_prepare_tokens(images, vit)  # (B, N+1, D)
+    x = reference_prepare_tokens(images, vit.patch_embed, vit.cls_token, vit.pos_embed)  # (B, N+1, D)
     for blk in vit.blocks:
         x = blk(x)  # (B, N+1, D)
     return vit.norm(x)[:, 0]  # (B, D)
