@@ -575,7 +575,7 @@ def reference_stack_views(crops: list[list[torch.Tensor]]) -> list[torch.Tensor]
 @check("stack_views")
 def check_stack_views(fn: Callable) -> str:
     """fn(crops: B lists of 2 + N views) -> [globals (2B, 3, G, G), locals (N*B, 3, L, L)], view-major."""
-    cases = [(3, 4, 8, 4), (2, 2, 6, 3), (4, 0, 8, 4)]
+    cases = [(3, 4, 8, 4), (2, 2, 6, 3), (4, 1, 8, 4), (1, 3, 6, 2)]
     for seed, (B, n_local, G, L) in enumerate(cases):
         g = _gen(seed)
         crops = [[torch.randn(3, G, G, generator=g) for _ in range(2)]
