@@ -32,9 +32,10 @@ exercises: $(STAMP)
 	$(BIN)/python -m vitdino_core.exercises.generate
 
 ## lab: JupyterLab on notebooks/, opened at exercises/; a double-click opens a .py as a notebook
+##      (more options: make lab LAB_ARGS="--no-browser --port 8899")
 lab: $(STAMP)
 	JUPYTER_CONFIG_PATH=$(CURDIR)/notebooks/exercises/.jupyter $(BIN)/jupyter lab \
-	  --ServerApp.root_dir=notebooks --LabApp.default_url=/lab/tree/exercises
+	  --ServerApp.root_dir=notebooks --LabApp.default_url=/lab/tree/exercises $(LAB_ARGS)
 
 ## test: unit tests, then every notebook top to bottom under nbval: solutions and exercises
 test: notebooks
