@@ -104,7 +104,7 @@ plt.show()
 # %% [markdown]
 # The tokens are numbered row by row ("raster order"): patch $(i, j)$ of an $h \times w$ grid is
 # token $i \cdot w + j$. The order itself carries no meaning for the Transformer (we come back to
-# that in section 6); it only has to be the same everywhere.
+# that in section 7); it only has to be the same everywhere.
 #
 # ## 2. Patchify by hand
 #
