@@ -131,3 +131,22 @@ def test_the_learner_version_holds_no_solution(path):
 def test_exercise_notebooks_keep_lines_short(path):
     long = [i for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if len(line) > 100]
     assert not long, f"lines over 100 characters: {long[:10]}"
+
+
+def test_the_lab_opens_each_notebook_once_and_as_a_notebook():
+    """`make lab`: python files open with jupytext's notebook view, and no .ipynb copy is listed."""
+    import fnmatch
+    import json
+
+    root = NOTEBOOK_DIR.parent
+    config = EXERCISE_DIR / ".jupyter"
+    overrides = json.loads((config / "labconfig" / "default_setting_overrides.json").read_text())
+    assert overrides["@jupyterlab/docmanager-extension:plugin"]["defaultViewers"]["python"] == "Jupytext Notebook"
+    hidden = json.loads((config / "jupyter_server_config.json").read_text())["ContentsManager"]["hide_globs"]
+    assert any(fnmatch.fnmatch("01_patch_embedding.ipynb", g) for g in hidden)
+    assert not any(fnmatch.fnmatch(p.name, g) for g in hidden for p in EXERCISE_DIR.glob("*.py"))
+    formats = re.search(r'^formats\s*=\s*"([^"]*)"', (root / "jupytext.toml").read_text(), re.M)[1]
+    assert "ipynb" not in formats, "pairing would write an .ipynb beside every .py the lab saves"
+    recipe = (root / "Makefile").read_text().split("\nlab:", 1)[1].split("\n\n", 1)[0]
+    assert "JUPYTER_CONFIG_PATH=$(CURDIR)/notebooks/exercises/.jupyter" in recipe
+    assert "--LabApp.default_url=/lab/tree/exercises" in recipe
