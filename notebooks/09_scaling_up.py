@@ -686,6 +686,182 @@ assert scores["num_train"] == n_train and scores["num_val"] == n_val and 0 <= sc
 # Notebooks 01-04 teach the model as the paper writes it. What it costs to run, and why, is collected here.
 
 # %% [markdown]
+# ### A.1 Patch embedding: a convolution or one matrix product
+#
+# Notebook 01 shows that the strided `Conv2d` and a linear layer on the flattened patches compute
+# the same tokens. Which one is faster depends on the hardware. The conv reads the image once, with
+# no reshaped copy of the patches in memory; the linear layer is one plain matrix multiply, the
+# operation CPUs are best at. `PatchEmbed.forward` therefore runs `forward_conv` on a GPU and
+# `forward_matmul` (the conv's weight flattened to $(D, C p^2)$) on a CPU; the weights are the
+# conv's either way, so official checkpoints load unchanged. `benchmarks/patch_embed.py` times both:
+# on a 2-core Intel Xeon, forward and backward for the 16 crops of 224 px in one ViT-S/16 training
+# step took 14.0 ms as a linear layer and 16.4 ms as a conv in fp32, and 5.5 against 14.4 ms in
+# bf16. Here, a quick forward-only measurement on the machine running this notebook:
+
+# %%
+from vitdino_core import PatchEmbed
+from vitdino_core.attention import softmax_attention
+
+
+def best_time(fn, budget_s: float, min_repeats: int = 2) -> float:
+    """The fastest of several runs (at least `min_repeats`, more within `budget_s`)."""
+    fn()  # warm-up
+    times, spent = [], 0.0
+    while len(times) < min_repeats or (spent < budget_s and len(times) < 50):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+        spent += times[-1]
+    return min(times)
+
+
+embed = PatchEmbed(img_size=224, patch_size=16, in_chans=3, embed_dim=384)
+crops = torch.randn(4 if FAST else 16, 3, 224, 224)  # (B, 3, 224, 224)
+with torch.no_grad():
+    torch.testing.assert_close(embed.forward_matmul(crops), embed.forward_conv(crops),
+                               rtol=1e-4, atol=1e-4)
+    for name, fn in (("conv", embed.forward_conv), ("matmul", embed.forward_matmul)):
+        t = best_time(lambda: fn(crops), 0.2 if FAST else 1.0)
+        print(f"{name:>6}: {1e3 * t:6.1f} ms for {crops.shape[0]} crops of 224 px (forward only)")
+
+# %% [markdown]
+# ### A.2 Attention: the explicit softmax or the fused kernel
+#
+# Notebook 02 computes attention explicitly, storing the $N \times N$ weights. PyTorch's fused
+# `F.scaled_dot_product_attention` computes the same result block by block with a running softmax,
+# so the matrix never exists in memory. We time both for one image with $H = 6$ heads of $d = 64$
+# (ViT-S), on **one thread**: with several threads, a machine busy with other work makes the
+# threads wait for each other and the curve shows the scheduler rather than the algorithm. Each
+# point is the fastest of several runs.
+
+# %%
+H, d = 6, 64
+Ns = [64, 256, 1024] if FAST else [64, 128, 256, 512, 1024, 2048, 4096]
+budget = 0.1 if FAST else 0.5  # seconds of timing per point and path
+timings = {"explicit": [], "fused": []}
+threads = torch.get_num_threads()
+torch.set_num_threads(1)
+with torch.no_grad():
+    for n in Ns:
+        q, k, v = torch.randn(3, 1, H, n, d).unbind(0)  # 3 x (1, H, n, d)
+        explicit = lambda: softmax_attention(q, k, v, d**-0.5)  # noqa: E731
+        fused = lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v)  # noqa: E731
+        timings["explicit"].append(best_time(explicit, budget))
+        timings["fused"].append(best_time(fused, budget))
+        torch.testing.assert_close(explicit()[0], fused(), rtol=1e-4, atol=1e-5)
+torch.set_num_threads(threads)  # back to all threads
+
+fig, ax = plt.subplots(figsize=(6.5, 4))
+ax.plot(Ns, [t * 1e3 for t in timings["explicit"]], "o-", label="explicit softmax (stores N x N)")
+ax.plot(Ns, [t * 1e3 for t in timings["fused"]], "s-", label="fused scaled_dot_product_attention")
+ref = [timings["explicit"][-1] * 1e3 * (n / Ns[-1]) ** 2 for n in Ns]
+ax.plot(Ns, ref, ":", color="gray", label=r"$\propto N^2$")
+ax.set(xscale="log", yscale="log", xlabel="tokens N", ylabel="time (ms, fastest run)",
+       title=f"Attention, 1 image, {H} heads x d={d}\nmeasured on this machine: CPU, 1 thread")
+ax.legend(fontsize=9)
+fig.tight_layout()
+plt.show()
+for n, te, tf in zip(Ns, timings["explicit"], timings["fused"]):
+    print(f"N = {n:5d}: explicit {te * 1e3:8.2f} ms | fused {tf * 1e3:8.2f} ms")
+
+# %% [markdown]
+# The exact numbers depend on the machine (steps in the curve appear where the matrices stop
+# fitting in a CPU cache), but the slope does not: past a few hundred tokens, doubling $N$ makes
+# attention about four times slower. In fp32 the fused kernel is usually the faster one, because
+# it makes fewer passes over memory; on a GPU the gap is wider still. One exception is built into
+# `vitdino_core.Attention`: on a CPU in bf16, PyTorch's fused kernel is the slow path, so the
+# module takes the explicit one there (`benchmarks/attention.py` measures it).
+#
+# ### A.3 Only the class token leaves the last block
+#
+# DINO reads one vector per image: the class token after the final norm. After the *last* block
+# nothing reads the other $N$ tokens, so most of that block's work would be thrown away. The class
+# token still attends to every token, so the last block needs keys and values for all of them; but
+# its query, its row of attention weights, the projection and the MLP are needed for one token
+# only. `VisionTransformer.forward` computes the last block that way (`Block.forward_cls`). The
+# value and every gradient are the same as with all tokens; only the unread rows are skipped.
+# `forward_features`, `get_intermediate_layers` and `get_last_selfattention` still compute every
+# token, for patch features and attention maps. Below, the last block's class-token row by hand:
+
+# %%
+from vitdino_core import VisionTransformer
+
+torch.manual_seed(0)
+small_vit = VisionTransformer(img_size=96, patch_size=12, embed_dim=96, depth=4, num_heads=3).eval()
+images = torch.randn(2, 3, 96, 96)  # (2, 3, 96, 96)
+last = small_vit.blocks[-1]
+with torch.no_grad():
+    x = small_vit.prepare_tokens(images)  # (2, 65, 96)
+    for blk in small_vit.blocks[:-1]:
+        x = blk(x)  # (2, 65, 96)
+    h = last.norm1(x)  # (2, 65, 96): every token is still a key and a value
+    C, heads = h.shape[-1], last.attn.num_heads
+    w, b = last.attn.qkv.weight, last.attn.qkv.bias  # (3C, C), (3C,): rows [q | k | v]
+    q = torch.nn.functional.linear(h[:, :1], w[:C], b[:C])  # (2, 1, C): the class token's query
+    k, v = torch.nn.functional.linear(h, w[C:], b[C:]).chunk(2, dim=-1)  # 2 x (2, 65, C)
+    split = lambda t: t.view(2, -1, heads, C // heads).transpose(1, 2)  # noqa: E731 (2, H, n, d)
+    a = (split(q) @ split(k).transpose(-2, -1) * last.attn.scale).softmax(dim=-1)  # (2, H, 1, 65)
+    y = last.attn.proj((a @ split(v)).transpose(1, 2).reshape(2, 1, C))  # (2, 1, C)
+    cls = x[:, :1] + y  # (2, 1, C): the residual of the class token alone
+    cls = cls + last.mlp(last.norm2(cls))  # (2, 1, C)
+    feat_cls_only = small_vit.norm(cls[:, 0])  # (2, C)
+    torch.testing.assert_close(feat_cls_only, small_vit(images))
+    torch.testing.assert_close(small_vit(images), small_vit.forward_features(images)[:, 0])
+print("the class-token row of the last block by hand == forward == forward_features(x)[:, 0]")
+
+# %% [markdown]
+# How much that saves, in multiply-adds of one 224 px image through ViT-S/16 (197 tokens): each of
+# the first eleven blocks does the same work; the last one does about a sixth of it.
+
+# %%
+def block_macs(D: int, T: int, cls_only: bool = False) -> float:
+    """Multiply-adds of one block for T tokens: qkv, proj, fc1, fc2 (12 D^2 per token) and
+    attention (2 T^2 D)."""
+    if cls_only:  # keys and values of T tokens; query, one attention row, proj and MLP of one token
+        return T * 2 * D * D + 10 * D * D + 2 * T * D
+    return T * 12 * D * D + 2 * T * T * D
+
+
+D, T = 384, 197
+full = [block_macs(D, T) / 1e9] * 12
+ours = full[:-1] + [block_macs(D, T, cls_only=True) / 1e9]
+fig, ax = plt.subplots(figsize=(7, 2.6))
+ax.bar(range(12), full, color="0.85", label="every token (the official forward)")
+ax.bar(range(12), ours, color="C0", label="vitdino_core.forward")
+ax.set(xlabel="block", ylabel="GMAC per image", xticks=range(12), ylim=(0, 1.4 * full[0]),
+       title=f"ViT-S/16 at 224 px: {sum(ours) / sum(full):.1%} of the blocks' work")
+ax.legend(loc="upper left", ncol=2, fontsize=8)  # above the bars
+plt.show()
+print(f"last block: {ours[-1]:.3f} of {full[-1]:.3f} GMAC ({1 - ours[-1] / full[-1]:.0%} skipped);"
+      f" all blocks: {1 - sum(ours) / sum(full):.1%} skipped, forward and backward alike")
+
+# %% [markdown]
+# ### A.4 Multi-crop: one backbone pass per resolution
+#
+# Notebook 04's `MultiCropWrapper` runs the backbone once per resolution instead of once per view.
+# Fewer, larger calls keep the matrix multiplications big, which is what CPUs and GPUs are fast at
+# (and in training, the backward pass has two graphs to walk instead of $2 + N$). A rough timing on
+# this machine, for 4 images with 2 global views of 96 px and 4 local views of 48 px:
+
+# %%
+from vitdino_core import MultiCropWrapper
+
+torch.manual_seed(0)
+backbone = VisionTransformer(img_size=96, patch_size=16, embed_dim=96, depth=4, num_heads=3).eval()
+head = DINOHead(96, 256, hidden_dim=256, bottleneck_dim=64).eval()
+wrapper = MultiCropWrapper(backbone, head)
+n_img = 4
+views = [torch.randn(n_img, 3, 96, 96) for _ in range(2)] + [torch.randn(n_img, 3, 48, 48)
+                                                            for _ in range(4)]  # 6 x (B, 3, h, w)
+with torch.no_grad():
+    torch.testing.assert_close(wrapper(views), torch.cat([head(backbone(v)) for v in views]),
+                               rtol=1e-4, atol=1e-5)
+    for name, fn in (("naive, per view", lambda: torch.cat([head(backbone(v)) for v in views])),
+                     ("MultiCropWrapper", lambda: wrapper(views))):
+        t = best_time(fn, 0.2 if FAST else 1.0)
+        print(f"{name:18s} {1000 * t:7.1f} ms per batch of {n_img} images x 6 views")
+
+# %% [markdown]
 # ## Appendix B: engineering notes on DINO training and evaluation (notebooks 05-08)
 #
 # The same for notebooks 05-08: sizes, timings and the choices made to keep a CPU run short.

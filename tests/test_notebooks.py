@@ -1,6 +1,8 @@
-"""Every notebook is valid jupytext, imports vitdino_core, and does not redefine what the core exports.
+"""Every notebook, solution or exercise version, is valid jupytext, imports vitdino_core, and does not
+redefine what the core exports.
 
-(nbval runs the notebooks themselves; this checks their source.)
+(nbval runs the notebooks themselves; this checks their source. tests/test_exercise_generator.py checks
+how the exercise versions are made.)
 """
 
 from __future__ import annotations
@@ -18,6 +20,14 @@ NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("[0-9][0-9]_*.py"))
 CURRICULUM = ["00_setup_and_data", "01_patch_embedding", "02_attention", "03_vision_transformer", "04_multicrop",
               "05_dino_loss", "06_ema_training", "07_attention_maps", "08_linear_probe", "09_scaling_up"]
+# the learner versions in notebooks/exercises/ (stubs + checks), made by `make exercises`
+EXERCISE_NOTEBOOKS = ["01_patch_embedding", "02_attention", "03_vision_transformer", "04_multicrop"]
+EXERCISES = sorted((NOTEBOOK_DIR / "exercises").glob("[0-9][0-9]_*.py"))
+ALL = NOTEBOOKS + EXERCISES
+
+
+def label(path: Path) -> str:
+    return f"exercises/{path.stem}" if path.parent.name == "exercises" else path.stem
 
 
 def core_exports() -> set[str]:
@@ -32,9 +42,11 @@ def code_of(path: Path) -> str:
 
 def test_the_curriculum_is_complete():
     assert [p.stem for p in NOTEBOOKS] == CURRICULUM
+    made = [p.stem for p in EXERCISES]
+    assert set(EXERCISE_NOTEBOOKS) <= set(made) <= set(CURRICULUM), made
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", ALL, ids=label)
 def test_notebook_is_valid_jupytext_that_builds_on_the_core(path):
     nb = jupytext.read(path, fmt="py:percent")
     kinds = [c.cell_type for c in nb.cells]
@@ -51,7 +63,7 @@ def test_notebook_is_valid_jupytext_that_builds_on_the_core(path):
     assert "setup(" in code_of(path), "one setup cell: seed, device, data root"
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", ALL, ids=label)
 def test_notebook_checks_itself(path):
     """Checks live in cells as assertions; notebooks that build a piece compare it with the core."""
     code = code_of(path)
