@@ -51,3 +51,45 @@ def head_layer_under_autocast(x: torch.Tensor, layer) -> torch.Tensor:
     if torch.is_autocast_enabled(x.device.type):
         return layer(x)  # (B, K)
     return L._WeightNormLinear.apply(x, wn.original0, wn.original1)  # (B, K)
+
+
+# ----------------------------------------------------------------------------- several ways at once
+
+def ab_ways(ways: dict[str, list[tuple[object, str, object]]], rounds: int, args: argparse.Namespace,
+            base: str = "as_is") -> dict:
+    """Like `ab_steps` for any number of ways: every round steps each way once, in an order rotated every round, with
+    every swapped attribute restored before a way's own swaps are set. Per way: its median step and the median of
+    the per-round ratios way / `base` (> 1: the way is slower than the base)."""
+    args = argparse.Namespace(**{**vars(args), "repeat": max(args.repeat, rounds + 2)})
+    torch.set_num_threads(args.threads)
+    names = list(ways)
+    originals = {(id(o), a): (o, a, getattr(o, a)) for swaps in ways.values() for o, a, _ in swaps}
+    modes = {w: ts.Mode(args, reference=False) for w in names}
+
+    def step(w: str) -> tuple[float, float]:
+        for o, a, v in originals.values():
+            setattr(o, a, v)
+        for o, a, v in ways[w]:
+            setattr(o, a, v)
+        t0 = time.perf_counter()
+        loss = modes[w].step()
+        return time.perf_counter() - t0, float(loss)
+
+    for _ in range(2):
+        for w in names:
+            step(w)
+    t, losses = {w: [] for w in names}, {}
+    for r in range(rounds):
+        k = r % len(names)
+        for w in names[k:] + names[:k]:
+            dt, losses[w] = step(w)
+            t[w].append(dt)
+    for o, a, v in originals.values():
+        setattr(o, a, v)
+    out = {"rounds": rounds, "base": base, "ways": {}}
+    for w in names:
+        ratio = [x / b for x, b in zip(t[w], t[base])]
+        out["ways"][w] = {"median_s": statistics.median(t[w]), "over_base_median": statistics.median(ratio),
+                          "min": min(ratio), "max": max(ratio), "last_loss": losses[w], "step_s": t[w],
+                          "over_base_per_round": ratio}
+    return out
