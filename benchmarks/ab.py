@@ -1,53 +1,74 @@
-"""Two variants of the project's step in one process, stepped in turn with the order swapped every round: the A/B
-behind the `ab_step.py` scripts in results/. A variant is a list of swaps (owner, attribute, value), set before
-each of its trainer's steps, so that a module's function or a class's method is replaced for that trainer only."""
+"""Each speed trick of `vitdino_core.speedups` against the same step without it, in one process; prints one JSON.
+
+    python benchmarks/ab.py ROUNDS [train_step args...]          # e.g. 10 --dtype bf16
+
+Ways: `all` (the trainer as built, every trick applied) and `without_<name>` for each trick (removed from that
+trainer's student and teacher with `remove_speedups`). On a CPU in fp32 `explicit_attention` does nothing and is
+left out. Every round steps each way once, in an order rotated every round, so that a machine whose speed drifts
+slows all of them alike. Per way: the median step, and the median of the per-round ratios way / all (> 1: the step
+is slower without the trick, which then saves 1 - 1 / ratio of the step without it).
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
+import sys
 import time
 
 import torch
 
 import train_step as ts
-import vitdino_core.dino_loss as L
+from vitdino_core.speedups import SPEEDUPS, remove_speedups
 
 
-def ab_steps(ways: dict[str, list[tuple[object, str, object]]], rounds: int, args: argparse.Namespace) -> dict:
-    """Time `rounds` steps of each of ways["old"] and ways["new"] (after 2 warm-up steps each): medians, per-round
-    ratios new / old (< 1: new is faster) and the last losses."""
-    args = argparse.Namespace(**{**vars(args), "repeat": max(args.repeat, rounds + 2)})  # schedules for 2 warm-ups + rounds
+def ab_ways(ways: dict[str, tuple[str, ...]], rounds: int, args: argparse.Namespace, base: str = "all") -> dict:
+    """ways: name -> the speedups removed from that way's trainer. Steps `rounds` rounds after 2 warm-ups."""
+    args = argparse.Namespace(**{**vars(args), "repeat": max(args.repeat, rounds + 2)})  # schedules for every step
     torch.set_num_threads(args.threads)
-    modes = {w: ts.Mode(args, reference=False) for w in ("old", "new")}
+    names = list(ways)
+    modes = {}
+    for w in names:
+        modes[w] = ts.Mode(args, reference=False)
+        for model in (modes[w].trainer.student, modes[w].trainer.teacher):
+            remove_speedups(model, ways[w])
 
     def step(w: str) -> tuple[float, float]:
-        for owner, attr, value in ways[w]:
-            setattr(owner, attr, value)
         t0 = time.perf_counter()
-        loss = modes[w].step()
-        return time.perf_counter() - t0, float(loss)
+        loss = float(modes[w].step())
+        return time.perf_counter() - t0, loss
 
     for _ in range(2):
-        for w in modes:
+        for w in names:
             step(w)
-    t, losses = {"old": [], "new": []}, {}
+    t, losses = {w: [] for w in names}, {}
     for r in range(rounds):
-        for w in (("old", "new") if r % 2 == 0 else ("new", "old")):
+        k = r % len(names)
+        for w in names[k:] + names[:k]:
             dt, losses[w] = step(w)
             t[w].append(dt)
-    ratio = [n / o for n, o in zip(t["new"], t["old"])]
-    return {"old_median_s": statistics.median(t["old"]), "new_median_s": statistics.median(t["new"]),
-            "new_over_old_median": statistics.median(ratio), "min": min(ratio), "max": max(ratio), "rounds": rounds,
-            "last_loss": losses, "new_over_old_per_round": ratio, "old_s": t["old"], "new_s": t["new"]}
+    out = {"rounds": rounds, "base": base, "ways": {}}
+    for w in names:
+        ratio = [x / b for x, b in zip(t[w], t[base])]
+        out["ways"][w] = {"removed": list(ways[w]), "median_s": statistics.median(t[w]),
+                          "over_base_median": statistics.median(ratio), "min": min(ratio), "max": max(ratio),
+                          "last_loss": losses[w], "step_s": t[w], "over_base_per_round": ratio}
+    return out
 
 
-# ----------------------------------------------------------------------------- the project's code as it was, for "old"
+def default_ways(args: argparse.Namespace) -> dict[str, tuple[str, ...]]:
+    acting = [n for n in SPEEDUPS if not (n == "explicit_attention" and args.dtype != "bf16" and args.device == "cpu")]
+    return {"all": (), **{f"without_{n}": (n,) for n in acting}}
 
-def head_layer_under_autocast(x: torch.Tensor, layer) -> torch.Tensor:
-    """weight_norm_linear before 2026-12-01: the weight-normalised layer itself under autocast (W written out and
-    cast), by hand only without autocast."""
-    wn = layer.parametrizations.weight
-    if torch.is_autocast_enabled(x.device.type):
-        return layer(x)  # (B, K)
-    return L._WeightNormLinear.apply(x, wn.original0, wn.original1)  # (B, K)
+
+def main(argv=None) -> dict:
+    argv = sys.argv[1:] if argv is None else argv
+    args = ts.parse_args(argv[1:])
+    out = {"command": "python benchmarks/ab.py " + " ".join(argv), **ab_ways(default_ways(args), int(argv[0]), args)}
+    print(json.dumps(out))
+    return out
+
+
+if __name__ == "__main__":
+    main()

@@ -3,7 +3,8 @@
 #
 #   VITDINO_DATA=/path/to/data bash benchmarks/gpu_suite.sh [out_dir]
 #
-# Writes one JSON file per measurement into out_dir (default benchmarks/results/<date>), and log.txt with
+# Writes one JSON file per measurement into out_dir (default benchmarks/results/<gpu>_gpu-suite-<date>, e.g.
+# h200_gpu-suite-2026-12-03: results/ folders are named <machine>_<topic>), and log.txt with
 # the GPU's name, versions and every command's stderr. It needs imagenette-96's train split under
 # $VITDINO_DATA. Each step has its own time limit and a failure does not stop the ones after it,
 # so a partial run still leaves what it measured.
@@ -12,7 +13,8 @@
 # max-autotune step, BEFORE=<dir> holds an older vitdino_core (with benchmarks/epoch_boundary.py) to time
 # its epoch ends next to this one's.
 set -u
-out=${1:-benchmarks/results/$(date +%F)}
+gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 | awk '{print tolower($NF)}')
+out=${1:-benchmarks/results/${gpu:-gpu}_gpu-suite-$(date +%F)}
 mkdir -p "$out"
 log="$out/log.txt"
 py=${PYTHON:-python3}

@@ -10,8 +10,8 @@ it in `prepare_tokens`, forward and forward + backward (weights only: images nee
 * `channels_last`: the convolution with images stored (B, H, W, C), which convolution libraries often
   prefer, so that its output is already token-major (input and weight converted; the input's
   conversion is timed too, as a loader would have to do it);
-* `matmul`: `PatchEmbed.forward_matmul`, a reshape copy of the patches and one matmul with the conv's
-  weight flattened to (D, C*p*p), what `PatchEmbed` runs on a CPU.
+* `matmul`: `patchify` (a reshape copy of the patches) and one matmul with the conv's weight flattened
+  to (D, C*p*p), the form notebook 01 builds by hand.
 """
 
 from __future__ import annotations
@@ -28,7 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # timing.py
 
 from timing import median_seconds  # noqa: E402
 
-from vitdino_core.patch_embedding import PatchEmbed  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from vitdino_core.patch_embedding import PatchEmbed, patchify  # noqa: E402
 
 WAYS = ("default", "channels_last", "matmul")
 
@@ -51,12 +53,12 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def embed_fn(embed: PatchEmbed, way: str):
-    """(B, 3, S, S) images -> (B, N, D) tokens, computed `way`, whatever PatchEmbed.forward picks on this device."""
+    """(B, 3, S, S) images -> (B, N, D) tokens, computed `way`."""
     fmt = torch.channels_last if way == "channels_last" else torch.contiguous_format
     embed.proj.to(memory_format=fmt)
-    if way == "matmul":
-        return embed.forward_matmul  # (B, N, D)
-    return lambda x: embed.forward_conv(x.contiguous(memory_format=fmt))  # (B, N, D)
+    if way == "matmul":  # the same weights as one linear layer on the flattened patches
+        return lambda x: F.linear(patchify(x, embed.patch_size), embed.proj.weight.flatten(1), embed.proj.bias)  # (B, N, D)
+    return lambda x: embed(x.contiguous(memory_format=fmt))  # (B, N, D)
 
 
 def time_way(embed: PatchEmbed, images: torch.Tensor, way: str, args) -> dict:

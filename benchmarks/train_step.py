@@ -48,15 +48,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # timing.py
 
 from timing import sync  # noqa: E402
 
-from vitdino_core.attention import Attention  # noqa: E402
+import vitdino_core.speedups as speedups  # noqa: E402
+from vitdino_core.attention import Attention, softmax_attention  # noqa: E402
 from vitdino_core.config import make_config  # noqa: E402
 from vitdino_core.dino_loss import DINOHead, DINOLoss  # noqa: E402
 from vitdino_core.ema_training import cancel_gradients_last_layer, get_params_groups  # noqa: E402
-from vitdino_core.patch_embedding import PatchEmbed  # noqa: E402
 from vitdino_core.train import DINOTrainer  # noqa: E402
-from vitdino_core.vision_transformer import Block, VisionTransformer  # noqa: E402
+from vitdino_core.vision_transformer import ARCHS, Block, VisionTransformer  # noqa: E402
 
-ARCH_DIMS = {"vit_tiny": (192, 12, 3), "vit_small": (384, 12, 6), "vit_base": (768, 12, 12)}  # (D, depth, heads)
 HEAD_DIMS = (2048, 256)  # DINOHead hidden and bottleneck widths (3 layers)
 SDPA_BACKENDS = {"auto": None, "flash": "flash", "efficient": "mem_efficient", "cudnn": "cudnn", "math": "math"}
 
@@ -78,15 +77,19 @@ def explicit_attention_upto(max_tokens: int) -> None:
     of each tile empty; the explicit path's (N x N) matrices are small there. 0 leaves the rule as it is."""
     if max_tokens <= 0:
         return
-    import vitdino_core.attention as attention
+    cls, attr, rule = speedups.SPEEDUPS["explicit_attention"]  # what apply_speedups binds when the trainer is built
 
-    rule = attention._explicit_is_faster
-    attention._explicit_is_faster = lambda k: k.shape[-2] <= max_tokens or rule(k)  # k: (B, H, N, d)
+    def attend(self, q, k, v, return_attention=False):  # k: (B, H, N, d)
+        if k.shape[-2] <= max_tokens:
+            return softmax_attention(q, k, v, self.scale, self.attn_drop)
+        return rule(self, q, k, v, return_attention)
+
+    speedups.SPEEDUPS["explicit_attention"] = (cls, attr, attend)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--arch", default="vit_small", choices=sorted(ARCH_DIMS))
+    p.add_argument("--arch", default="vit_small", choices=sorted(ARCHS))
     p.add_argument("--patch-size", type=int, default=16)
     p.add_argument("--global-size", type=int, default=224)
     p.add_argument("--local-size", type=int, default=96)
@@ -134,10 +137,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 def vit_forward_flops(arch: str, patch: int, size: int, cls_only_last_block: bool = True) -> dict[str, float]:
     """Matmul FLOPs (2 per multiply-add) of one image through the backbone; norms, GELU, softmax left out.
 
-    `cls_only_last_block`: the last block computes the CLS token's row alone, as `VisionTransformer.forward`
+    `cls_only_last_block`: the last block computes the CLS token's row alone, as the trainer's backbone (`speedups`)
     does (keys and values of all T tokens; query, attention row, proj and MLP of one). False: every token through
     every block, as the official code (and the official-style reference) computes it."""
-    D, depth, _ = ARCH_DIMS[arch]
+    D, depth = ARCHS[arch].embed_dim, ARCHS[arch].depth
     n = (size // patch) ** 2  # patches
     T = n + 1  # tokens incl. CLS
     full = depth - 1 if cls_only_last_block else depth  # blocks that compute every token
@@ -151,7 +154,7 @@ def vit_forward_flops(arch: str, patch: int, size: int, cls_only_last_block: boo
 
 def head_forward_flops(arch: str, out_dim: int) -> dict[str, float]:
     """DINOHead per sample: 3-layer MLP to the bottleneck, then the weight-normalised last layer."""
-    D = ARCH_DIMS[arch][0]
+    D = ARCHS[arch].embed_dim
     hidden, bottleneck = HEAD_DIMS
     return {"head_mlp": 2.0 * (D * hidden + hidden * hidden + hidden * bottleneck), "head_last_layer": 2.0 * bottleneck * out_dim}
 
@@ -237,11 +240,11 @@ def step_gemms(args, cls_only_last_block: bool = True) -> list[dict]:
     """Every matmul shape (M, K, N) of one step, with how often the step runs it forward.
 
     Rows M are tokens of all crops of one resolution (the backbone's linears), patches (the patch
-    embedding as a matmul) or crops (the head, and the last block's CLS rows with `cls_only_last_block`).
+    embedding, counted as the matmul it equals) or crops (the head, and the last block's CLS rows with `cls_only_last_block`).
     The teacher runs the globals' matmuls forward; the student runs all of them forward and backward (two
     more matmuls each: input and weight gradients).
     """
-    D, depth, _ = ARCH_DIMS[args.arch]
+    D, depth = ARCHS[args.arch].embed_dim, ARCHS[args.arch].depth
     hidden, bottleneck = HEAD_DIMS
     full = depth - 1 if cls_only_last_block else depth  # blocks that compute every token
     gemms = []
@@ -464,8 +467,6 @@ def to_official_style(trainer: DINOTrainer) -> None:
     for m in list(trainer.student.modules()) + list(trainer.teacher.modules()):
         if isinstance(m, VisionTransformer):
             m.forward = official_vit_forward.__get__(m)
-        elif isinstance(m, PatchEmbed):
-            m.forward = m.forward_conv  # official DINO's PatchEmbed: the strided convolution, on every device
         elif isinstance(m, Attention):
             m.forward = official_attention_forward.__get__(m)
         elif isinstance(m, Block):

@@ -7,6 +7,7 @@ import importlib.util
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from argparse import Namespace
@@ -52,6 +53,7 @@ def check_step(r: dict) -> None:
     assert sum(r["breakdown_s_median"].values()) <= r["step_s_median"] * 1.05 + 1e-3
 
 
+@pytest.mark.slow
 def test_train_step_script_compares_ours_with_the_official_style_step():
     r = run_script("train_step.py", *TINY, "--compare")
     assert positive(r["step_s_median"]) and r["config"]["arch"] == "vit_tiny"
@@ -65,12 +67,13 @@ def test_train_step_script_compares_ours_with_the_official_style_step():
     assert r["ours"]["loss"] == pytest.approx(r["reference"]["loss"], rel=1e-4)  # the same maths, two execution strategies
 
 
+@pytest.mark.slow
 def test_train_step_paired_comparison_times_both_in_turn():
     r = run_script("train_step.py", *TINY, "--compare", "--paired", "--repeat", "2", "--profile", "1")
     assert r["timing"].startswith("paired")
     assert r["ours"]["profile"]["by_kind_s"]["matmul"] > 0 and r["reference"]["profile"]["by_kind_s"]["matmul"] > 0
-    # the official code embeds patches with its convolution; on a CPU ours runs the same maths as a matmul
-    assert "convolution" in r["reference"]["profile"]["by_kind_s"] and "convolution" not in r["ours"]["profile"]["by_kind_s"]
+    # both embed patches with the convolution (the matmul form was not worth a separate path)
+    assert "convolution" in r["reference"]["profile"]["by_kind_s"] and "convolution" in r["ours"]["profile"]["by_kind_s"]
     for side in ("ours", "reference"):
         assert len(r[side]["step_s"]) == 2 and positive(r[side]["peak_memory_bytes"])
     ratios = r["ours_over_reference_per_round"]
@@ -96,30 +99,40 @@ def test_train_step_pairs_ours_in_bf16_with_the_reference_in_fp32(capsys):
     assert bench.parse_args(TINY).reference_dtype == "fp32" and bench.parse_args([*TINY, "--dtype", "bf16"]).reference_dtype == "bf16"
 
 
-def test_ab_steps_runs_each_variant_with_its_own_swaps():
-    """benchmarks/ab.py: each variant's swaps are in place during its own steps only; the per-round ratios are the
-    step times' ratios; the A/B scripts in results/ run on it."""
+def test_ab_script_steps_each_speedup_against_the_step_without_it(monkeypatch):
+    """benchmarks/ab.py: one trainer per way, the named speedups removed from its student and teacher only; every
+    round steps each way once; the ratios are the step times' ratios to `all`; in fp32 the losses agree."""
     sys.path.insert(0, str(BENCH))
     try:
         import ab
-        import vitdino_core.dino_loss as L
     finally:
         sys.path.remove(str(BENCH))
+    from vitdino_core.speedups import SPEEDUPS
+    from vitdino_core.vision_transformer import VisionTransformer
+
     bench = load_train_step()
-    seen = []
-    new_fn = L.weight_norm_linear
-    ways = {"old": [(L, "weight_norm_linear", lambda x, layer: seen.append("old") or ab.head_layer_under_autocast(x, layer))],
-            "new": [(L, "weight_norm_linear", lambda x, layer: seen.append("new") or new_fn(x, layer))]}
+    monkeypatch.setattr(ab, "ts", bench)
+    args = bench.parse_args(TINY)
+    ways = ab.default_ways(args)
+    assert list(ways) == ["all", "without_cls_only_last_block"]  # explicit_attention only acts in CPU bf16
+    assert "without_explicit_attention" in ab.default_ways(bench.parse_args([*TINY, "--dtype", "bf16"]))
+    built = []
+    mode = bench.Mode
+    monkeypatch.setattr(bench, "Mode", lambda *a, **k: built.append(mode(*a, **k)) or built[-1])
     threads = torch.get_num_threads()
     try:
-        r = ab.ab_steps(ways, 3, bench.parse_args(TINY))
+        r = ab.ab_ways(ways, 3, args)
     finally:
         torch.set_num_threads(threads)
-        L.weight_norm_linear = new_fn
-    assert r["rounds"] == 3 and len(r["old_s"]) == len(r["new_s"]) == 3
-    assert r["new_over_old_per_round"] == [n / o for n, o in zip(r["new_s"], r["old_s"])]
-    assert seen.count("old") == seen.count("new") == 2 * (2 + 3)  # teacher + student head per step, 2 warm-ups + 3 rounds
-    assert r["last_loss"]["old"] == pytest.approx(r["last_loss"]["new"], rel=1e-5)  # fp32: the same maths
+    assert r["rounds"] == 3 and set(r["ways"]) == set(ways)
+    for w in r["ways"].values():
+        assert len(w["step_s"]) == 3 and w["over_base_per_round"] == [x / b for x, b in zip(w["step_s"], r["ways"]["all"]["step_s"])]
+    backbones = [(m.trainer.student.backbone, m.trainer.teacher.backbone) for m in built]
+    assert all("forward" in vars(b) for b in backbones[0])  # all: the CLS-only forward bound to both
+    assert all("forward" not in vars(b) and isinstance(b, VisionTransformer) for b in backbones[1])  # removed
+    last = [w["last_loss"] for w in r["ways"].values()]
+    assert last[0] == pytest.approx(last[1], rel=1e-5)  # fp32: the same maths
+    assert set(SPEEDUPS) == {"cls_only_last_block", "explicit_attention"}
 
 
 def test_train_step_with_bf16_autocast_and_grad_checkpointing(capsys):
@@ -173,17 +186,21 @@ def test_profile_kinds(name, kind):
 
 def test_explicit_attention_for_short_sequences_is_the_same_step(capsys, monkeypatch):
     import vitdino_core.attention as attention
+    import vitdino_core.speedups as speedups
 
     bench, threads = load_train_step(), torch.get_num_threads()
-    monkeypatch.setattr(attention, "_explicit_is_faster", attention._explicit_is_faster)  # undone after the test
+    monkeypatch.setitem(speedups.SPEEDUPS, "explicit_attention", speedups.SPEEDUPS["explicit_attention"])  # restored after
     fused_calls, sdpa = [], attention.F.scaled_dot_product_attention
     monkeypatch.setattr(attention.F, "scaled_dot_product_attention", lambda *a, **k: fused_calls.append(1) or sdpa(*a, **k))
     try:
         fused = bench.main(TINY)
         assert fused_calls
         bench.explicit_attention_upto(2)  # TINY's local crops: 1 patch + CLS; its global crops have 5 tokens
-        seq = lambda n: torch.zeros(1, 1, n, 4)  # (B, H, N, d)
-        assert attention._explicit_is_faster(seq(2)) and not attention._explicit_is_faster(seq(5))
+        attn = speedups.apply_speedups(speedups.Attention(8, num_heads=2), ["explicit_attention"])
+        seq = lambda n: torch.zeros(1, 2, n, 4)  # (B, H, N, d)
+        fused_calls.clear()
+        assert attn.attend(seq(2), seq(2), seq(2))[1] is not None and not fused_calls  # explicit: weights returned
+        assert attn.attend(seq(5), seq(5), seq(5))[1] is None and fused_calls  # fused
         fused_calls.clear()
         mixed = bench.main([*TINY, "--explicit-attention-upto", "5"])  # every sequence explicit
     finally:
@@ -193,6 +210,7 @@ def test_explicit_attention_for_short_sequences_is_the_same_step(capsys, monkeyp
     assert mixed["loss"] == pytest.approx(fused["loss"], rel=1e-5)
 
 
+@pytest.mark.slow
 def test_patch_embed_script_times_three_ways():
     r = run_script("patch_embed.py", "--dim", "16", "--patch-size", "4", "--sizes", "16", "8", "--crops", "2", "3",
                    "--warmup", "0", "--repeat", "1", "--threads", "1")
@@ -204,16 +222,7 @@ def test_patch_embed_script_times_three_ways():
         assert positive(s["channels_last_over_default_forward_backward"]) and positive(s["matmul_over_default_forward_backward"])
 
 
-def test_head_last_layer_script_times_both_ways():
-    r = run_script("head_last_layer.py", "--bottleneck", "8", "--out-dim", "32", "--student-rows", "4", "--teacher-rows", "2",
-                   "--warmup", "0", "--repeat", "1", "--threads", "1")
-    assert set(r["ways"]) == {"layer", "by_hand"}
-    for way in r["ways"].values():
-        for call in ("student_forward_backward", "teacher_forward"):
-            assert positive(way[call]["ms"]) and way[call]["minor_faults_per_call"] >= 0
-    assert r["max_abs_diff_by_hand_vs_layer"] < 1e-5  # the same logits either way
-
-
+@pytest.mark.slow
 def test_data_pipeline_script():
     r = run_script("data_pipeline.py", "--dataset", "random", "--images", "12", "--global-size", "16", "--local-size", "8",
                    "--local-crops", "1", "--batch", "4", "--batches", "1", "--workers", "0", "--threads", "1")
@@ -236,8 +245,9 @@ def test_analytic_flops_match_pytorchs_flop_counter():
     bench = load_train_step()
     args = Namespace(arch="vit_tiny", patch_size=8, global_size=32, local_size=16, local_crops=2, batch=2, out_dim=96)
     from vitdino_core import DINOHead, MultiCropWrapper, vit_tiny
+    from vitdino_core.speedups import apply_speedups
 
-    model = MultiCropWrapper(vit_tiny(patch_size=8, img_size=32), DINOHead(192, 96))
+    model = apply_speedups(MultiCropWrapper(vit_tiny(patch_size=8, img_size=32), DINOHead(192, 96)))  # as the trainer
     crops = [torch.randn(2 * args.batch, 3, 32, 32), torch.randn(args.local_crops * args.batch, 3, 16, 16)]
     with torch.no_grad(), sdpa_kernel(SDPBackend.MATH):
         with FlopCounterMode(display=False) as student:
@@ -282,6 +292,7 @@ def test_the_steps_own_matmul_shapes_add_up_to_its_analytic_flops():
         assert positive(timed["s"]) and timed["shapes"] == shapes
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layout", ["step", "contiguous"])
 def test_attention_script_times_each_kernel_and_reports_the_unsupported(layout):
     r = run_script("attention.py", "--dim", "32", "--heads", "2", "--patch-size", "4", "--sizes", "16", "8", "--crops", "2", "3",
@@ -314,6 +325,7 @@ def test_train_step_passes_compile_mode_and_sdpa_choice(monkeypatch):
             getattr(torch.backends.cuda, f"enable_{b}_sdp")(on)
 
 
+@pytest.mark.slow
 def test_epoch_boundary_script(shared_data, monkeypatch):
     monkeypatch.setenv("VITDINO_DATA", str(shared_data))  # the subprocess reads imagenette-96 from there
     r = run_script("epoch_boundary.py", "--images", "48", "--batch", "8", "--epochs", "2",
@@ -322,19 +334,26 @@ def test_epoch_boundary_script(shared_data, monkeypatch):
     assert positive(r["other_steps_median_s"]) and math.isfinite(r["epoch_end_overhead_s_median"])
 
 
+def gpu_suite_steps() -> list[str]:
+    """The names of gpu_suite.sh's benchmark commands, read from the script (`run NAME ...` / `follow NAME ...`);
+    names with an extension are runs of the training loop, not benchmark scripts, and are left out."""
+    text = (BENCH / "gpu_suite.sh").read_text()
+    names = re.findall(r"(?:^|&& )(?:run|follow) (\S+) \d+ ", text, flags=re.M)
+    return [n for n in dict.fromkeys(names) if "." not in n]
+
+
+@pytest.mark.slow
 def test_gpu_suite_commands_parse(tmp_path, monkeypatch):
     """benchmarks/gpu_suite.sh runs where device time is scarce: run it with a stand-in python that only prints its
     arguments, and check that every benchmark command it would run parses, with the steps ONLY names and no others."""
     stub = tmp_path / "py"
     stub.write_text('#!/bin/sh\nprintf "%s\\n" "$*"\n')
     stub.chmod(0o755)
-    steps = ["step_vits16", "step_vitb12", "step_imagenette_small", "data_pipeline", "data_pipeline_gpu",
-             "data_pipeline_gpu_compile", "step_vitb12_compile", "step_vits16_compile", "step_imagenette_small_compile",
-             "attention_vitb12", "step_vitb12_compile_cudnn", "step_vitb12_compile_explicit_local",
-             "step_vitb12_6local_compile", "epoch_boundary",
-             "data_pipeline_gpu_photos", "data_pipeline_gpu_photos_compile", "step_vitb12_autotune", "patch_embed_vitb12"]
+    steps = gpu_suite_steps()
+    assert {"step_vits16", "step_vitb12_compile", "epoch_boundary_before", "patch_embed_vitb12"} <= set(steps)
     out = tmp_path / "out"
-    env = {**os.environ, "PYTHON": str(stub), "ONLY": " ".join(steps), "VITDINO_DATA": str(tmp_path)}  # no photos to link
+    env = {**os.environ, "PYTHON": str(stub), "ONLY": " ".join(steps), "VITDINO_DATA": str(tmp_path),  # no photos to link
+           "BEFORE": str(REPO)}  # epoch_boundary_before runs $BEFORE/benchmarks/epoch_boundary.py
     proc = subprocess.run(["bash", str(BENCH / "gpu_suite.sh"), str(out)], env=env, capture_output=True, text=True,
                           timeout=120, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-2000:]

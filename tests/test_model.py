@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import re
 from contextlib import contextmanager
@@ -15,7 +16,8 @@ from torch.testing import assert_close
 from vitdino_core import Attention, Block, DropPath, VisionTransformer, vit_base, vit_small
 from vitdino_core.checkpoint import resize_pos_embed
 from vitdino_core.sanity import main as sanity_main
-from vitdino_core.vision_transformer import add_drop_path
+from vitdino_core.patch_embedding import patchify
+from vitdino_core.speedups import apply_speedups, attention_cls, block_cls
 
 
 @contextmanager
@@ -153,40 +155,43 @@ def full_forward(model: VisionTransformer, x: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("grad_checkpointing", [False, True])
-def test_forward_computes_only_the_cls_row_of_the_last_block_with_the_same_value_and_gradients(grad_checkpointing):
-    """forward() runs the last block for the CLS token alone; in training (drop path on, same random state) it
-    gives forward_features(x)[:, 0] and the same gradient for every parameter, the last block's included."""
+def test_cls_only_last_block_gives_the_same_value_and_gradients(grad_checkpointing):
+    """speedups' cls_only_last_block runs the last block for the CLS token alone; in training (drop path on, same
+    random state) it gives the plain forward's feature and the same gradient for every parameter, the last
+    block's included."""
     torch.manual_seed(0)
     model = tiny_vit(patch_size=8, img_size=32, depth=3, drop_path_rate=0.5).train()
     model.grad_checkpointing = grad_checkpointing
+    fast = apply_speedups(copy.deepcopy(model), ["cls_only_last_block"])
+    assert "forward" in vars(fast) and "forward" not in vars(model)  # bound to the copy only
     x = torch.randn(6, 3, 40, 24)  # not the native size: positions interpolated
     grads = []
-    for fn in (VisionTransformer.forward, full_forward):
-        model.zero_grad(set_to_none=True)
+    for m in (fast, model):
+        m.zero_grad(set_to_none=True)
         torch.manual_seed(1)  # the same samples dropped by both
-        out = fn(model, x)  # (6, 32)
+        out = m(x)  # (6, 32)
         (out * torch.linspace(-1, 1, 32)).square().sum().backward()
-        grads.append((out.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+        grads.append((out.detach(), {n: p.grad.clone() for n, p in m.named_parameters()}))
     (cls_only, g_cls), (full, g_full) = grads
     assert cls_only.shape == (6, 32) and cls_only.std() > 0.1
     assert_close(cls_only, full)
     assert g_cls.keys() == g_full.keys() and all(g.abs().sum() > 0 for g in g_cls.values())  # every weight is trained
     for name in g_full:
         assert_close(g_cls[name], g_full[name], rtol=1e-4, atol=1e-6, msg=name)
-    model.eval()
+    fast.eval()
     with torch.no_grad():
-        assert_close(model(x), full_forward(model, x))
+        assert_close(fast(x), full_forward(fast, x))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_block_and_attention_forward_cls_are_the_first_row_of_forward(dtype):
-    """The CLS-only paths on both attention rules of a CPU (fp32: fused kernel; bf16 autocast: explicit)."""
+def test_block_and_attention_cls_rows_are_the_first_row_of_forward(dtype):
+    """The CLS-only pieces with both attention rules of the speedups on a CPU (fp32: fused; bf16 autocast: explicit)."""
     torch.manual_seed(0)
-    blk = Block(32, num_heads=4, qkv_bias=True).eval()
+    blk = apply_speedups(Block(32, num_heads=4, qkv_bias=True).eval())
     x = torch.randn(3, 17, 32)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
-        a_cls, a_all = blk.attn.forward_cls(blk.norm1(x)), blk.attn(blk.norm1(x))  # (3, 1, 32), (3, 17, 32)
-        b_cls, b_all = blk.forward_cls(x), blk(x)
+        a_cls, a_all = attention_cls(blk.attn, blk.norm1(x)), blk.attn(blk.norm1(x))  # (3, 1, 32), (3, 17, 32)
+        b_cls, b_all = block_cls(blk, x), blk(x)
     tol = {} if dtype == torch.float32 else {"rtol": 2e-2, "atol": 2e-2}
     assert a_cls.shape == b_cls.shape == (3, 1, 32)
     assert_close(a_cls.float(), a_all[:, :1].float(), **tol)
@@ -216,9 +221,9 @@ def test_image_size_not_a_multiple_of_the_patch_at_construction():
         VisionTransformer(img_size=100, patch_size=12, embed_dim=32, depth=1, num_heads=2)
 
 
-def test_patch_embed_on_cpu_is_the_convolution_as_a_matmul():
-    """On a CPU PatchEmbed computes its conv as a linear layer on flattened patches: the same tokens and the
-    same weight, bias and input gradients as the conv itself, in fp32 and under bf16 autocast."""
+def test_patch_embed_convolution_is_a_linear_layer_on_the_patches():
+    """PatchEmbed's strided conv equals patchify + one linear layer with the conv's weight flattened: the same
+    tokens and the same weight, bias and input gradients (notebook 01 builds both)."""
     from vitdino_core import PatchEmbed
 
     torch.manual_seed(0)
@@ -228,19 +233,16 @@ def test_patch_embed_on_cpu_is_the_convolution_as_a_matmul():
     x = torch.randn(3, 3, 24, 36, requires_grad=True)  # not square: rows and columns must not be swapped
     g = torch.randn(3, 4 * 6, 16)  # (B, N, D)
 
-    def run(fn, autocast=False):
+    def run(fn):
         embed.zero_grad(set_to_none=True)
         x.grad = None
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-            y = fn(x)  # (B, N, D)
-        (y.float() * g).sum().backward()
-        return y.float(), embed.proj.weight.grad.clone(), embed.proj.bias.grad.clone(), x.grad.clone()
+        y = fn(x)  # (B, N, D)
+        (y * g).sum().backward()
+        return y, embed.proj.weight.grad.clone(), embed.proj.bias.grad.clone(), x.grad.clone()
 
-    conv = lambda t: embed.proj(t).flatten(2).transpose(1, 2)  # (B, D, h, w) -> (B, N, D)
-    for autocast, tol in ((False, 1e-5), (True, 3e-2)):
-        ours, ref = run(embed, autocast), run(conv, autocast)
-        for a, b in zip(ours, ref):
-            assert_close(a, b, atol=tol * b.abs().max().item(), rtol=tol)
+    linear = lambda t: F.linear(patchify(t, 6), embed.proj.weight.flatten(1), embed.proj.bias)  # (B, N, D)
+    for a, b in zip(run(embed), run(linear)):
+        assert_close(a, b, atol=1e-5 * b.abs().max().item(), rtol=1e-5)
 
 
 # ----------------------------------------------------------------------------- attention paths
@@ -263,8 +265,9 @@ def test_attention_fused_and_explicit_paths_agree():
 
 
 def test_attention_path_per_dtype_on_cpu(monkeypatch):
-    """fp32 uses the fused kernel; CPU bf16 autocast uses the explicit product (PyTorch's CPU flash kernel is
-    the slow one in bf16) and still matches fp32 to bf16 precision, gradients included."""
+    """The plain module always calls the fused kernel when no weights are wanted; with speedups' explicit_attention,
+    CPU bf16 autocast takes the explicit product instead (fp32 stays fused), and still matches fp32 to bf16
+    precision, gradients included."""
     import vitdino_core.attention as attention_module
 
     calls = []
@@ -272,8 +275,13 @@ def test_attention_path_per_dtype_on_cpu(monkeypatch):
     monkeypatch.setattr(attention_module.F, "scaled_dot_product_attention",
                         lambda *a, **kw: calls.append(a[0].dtype) or fused(*a, **kw))
     torch.manual_seed(0)
-    attn = Attention(64, num_heads=4, qkv_bias=True).eval()
+    plain = Attention(64, num_heads=4, qkv_bias=True).eval()
+    attn = apply_speedups(copy.deepcopy(plain), ["explicit_attention"])
     x = torch.randn(2, 17, 64, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        plain(x)
+    assert calls == [torch.bfloat16]
+    calls.clear()
     y32 = attn(x)
     assert calls == [torch.float32]
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -378,13 +386,11 @@ def test_drop_path_preserves_the_expectation_in_train_mode():
 def test_drop_path_drops_the_samples_the_official_dino_code_drops():
     """Same random state, same coins: DINO draws floor(keep_prob + U) and computes x.div(keep_prob) * coins."""
     p, keep = 0.3, 0.7
-    x, branch = torch.randn(256, 5, 8), torch.randn(256, 5, 8)
+    branch = torch.randn(256, 5, 8)
     torch.manual_seed(3)
     official = branch.div(keep) * (keep + torch.rand(256, 1, 1)).floor_()  # (256, 5, 8)
     torch.manual_seed(3)
     assert_close(DropPath(p).train()(branch), official)
-    torch.manual_seed(3)
-    assert_close(add_drop_path(x, branch, p, training=True), x + official)  # the block's fused residual + drop path
     assert 0 < (official.flatten(1) == 0).all(1).sum() < 256  # some samples dropped, some kept
 
 

@@ -95,6 +95,7 @@ def test_full_recipe_output_is_normalised_and_reproducible():
     assert len(only_globals) == 1 and only_globals[0].shape == (4, 3, 48, 48)
 
 
+@pytest.mark.slow
 def test_compiled_pixel_work_gives_the_eager_crops():
     """compile=True fuses render_views; the random draws are the same, so the crops agree up to float rounding."""
     images = torch.stack([photo((32, 32)), photo((32, 32)).flip(-1)])

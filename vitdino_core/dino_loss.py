@@ -10,6 +10,10 @@ and the student is trained to match it from every *other* view:
 
 Centering (c, an EMA of the teacher's mean output) stops one dimension from dominating;
 sharpening (tau_t < tau_s) stops the output from becoming uniform. Either alone collapses.
+
+The projection head lives here, next to the loss, because the loss is defined on its output (notebook 05
+builds both); so does the teacher temperature's schedule, which is the loss's own. The training schedules
+and parameter groups are in `ema_training`.
 """
 
 from __future__ import annotations
@@ -62,55 +66,7 @@ class DINOHead(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.mlp(x)  # (B, bottleneck)
         x = F.normalize(x, dim=-1, p=2)  # (B, bottleneck), unit length
-        return weight_norm_linear(x, self.last_layer)  # (B, out_dim): self.last_layer(x), W never written out
-
-
-def weight_norm_linear(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
-    """`layer(x)` for a bias-free linear layer under weight_norm, W = g v / ||v|| row by row, computed as
-
-        x W^T = (x v^T) * (g / ||v||)^T
-
-    with the gradients written by hand (_WeightNormLinear): the same maths without ever materialising W or its
-    gradient (out_dim x bottleneck: 65536 x 256, 67 MB each in fp32). Calling the layer writes W on every
-    forward and dL/dW on every backward, and on a CPU each fresh 67 MB buffer also costs ~16k page faults.
-    Under CPU autocast the same path multiplies in the autocast dtype (x and v cast to it, as the layer would cast
-    W) and scales in fp32, which returns fp32 logits; under GPU autocast the layer is called as it is."""
-    wn = layer.parametrizations.weight
-    if torch.is_autocast_enabled(x.device.type):
-        if x.device.type != "cpu":
-            return layer(x)  # (B, K)
-        with torch.autocast("cpu", enabled=False):  # by hand: matmuls in the autocast dtype, scale and output in fp32
-            return _WeightNormLinear.apply(x, wn.original0, wn.original1, torch.get_autocast_dtype("cpu"))  # (B, K)
-    return _WeightNormLinear.apply(x, wn.original0, wn.original1)  # (B, K)
-
-
-class _WeightNormLinear(torch.autograd.Function):
-    """y = (x v^T) * s^T with s_k = g_k / ||v_k||; only v's own gradient is ever out_dim x bottleneck."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, g: torch.Tensor, v: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
-        """dtype: the matmuls' dtype under autocast (x and v cast to it; x v^T is then rounded to it), else None."""
-        inv_norm = v.norm(dim=1, keepdim=True).reciprocal()  # (K, 1): 1 / ||v_k||
-        scale = g * inv_norm  # (K, 1): s_k, the length of W's row k
-        vc = v if dtype is None else v.to(dtype)  # (K, D)
-        xv = x.to(vc.dtype) @ vc.t()  # (B, K)
-        if not any(ctx.needs_input_grad):  # no graph (the teacher): scale in place when it keeps the dtype
-            return xv.mul_(scale.t()) if dtype is None else xv * scale.t()  # (B, K), fp32
-        ctx.save_for_backward(x, v, vc, scale, inv_norm, xv)
-        return xv * scale.t()  # (B, K), fp32
-
-    @staticmethod
-    def backward(ctx, dy: torch.Tensor):
-        x, v, vc, scale, inv_norm, xv = ctx.saved_tensors
-        dxv = dy * scale.t()  # (B, K): dL/d(x v^T)
-        ds = (dy * xv).sum(0).unsqueeze(1)  # (K, 1): dL/ds_k
-        dx = (dxv.to(vc.dtype) @ vc).to(x.dtype) if ctx.needs_input_grad[0] else None  # (B, D)
-        dg = ds * inv_norm if ctx.needs_input_grad[1] else None  # (K, 1): ds_k/dg_k = 1 / ||v_k||
-        dv = None
-        if ctx.needs_input_grad[2]:
-            dv = dxv.t() @ x.to(dxv.dtype)  # (K, D), fp32: through x . v_k
-            dv.addcmul_(v, ds * scale * inv_norm.square(), value=-1)  # (K, D): through ||v_k||, ds_k/dv_k = -s_k v_k / ||v_k||^2
-        return dx, dg, dv, None
+        return self.last_layer(x)  # (B, out_dim): W = g v / ||v|| row by row
 
 
 def _rename_legacy_weight_norm(state_dict, prefix, *args, **kwargs) -> None:
@@ -156,17 +112,18 @@ class DINOLoss(nn.Module):
         B = teacher_output.shape[0] // 2
         if student_output.shape[0] != self.ncrops * B:
             raise ValueError(f"student_output has {student_output.shape[0]} rows, expected ncrops*B = {self.ncrops}*{B}")
-        log_p = F.log_softmax(student_output.float() / self.student_temp, dim=-1).view(self.ncrops, B, -1)  # (V, B, K)
+        log_p = F.log_softmax(student_output.float() / self.student_temp, dim=-1).chunk(self.ncrops)  # V x (B, K)
         if teacher_probs is None:
             teacher_probs = self.teacher_probs(teacher_output, epoch)  # (2B, K)
-        q = teacher_probs.view(2, B, -1)  # (2, B, K)
-        # every (teacher view iq, student view v) pair with v != iq; sum_v log_p[v] is shared by both teacher views
-        all_views = (q.sum(0) * log_p.sum(0)).sum(-1)  # (B,): sum over iq, v of q[iq].log_p[v]
-        same_view = (q * log_p[:2]).sum(-1).sum(0)  # (B,): the iq == v pairs, to remove
-        n_terms = 2 * self.ncrops - 2
-        loss = -(all_views - same_view).mean() / n_terms
+        total_loss, n_loss_terms = 0.0, 0
+        for iq, q in enumerate(teacher_probs.chunk(2)):  # the teacher's two global views, (B, K) each
+            for v, log_p_v in enumerate(log_p):  # every student view ...
+                if v == iq:  # ... except the same view
+                    continue
+                total_loss = total_loss + torch.sum(-q * log_p_v, dim=-1).mean()  # cross-entropy H(P_t, P_s)
+                n_loss_terms += 1
         self.update_center(teacher_output)
-        return loss
+        return total_loss / n_loss_terms
 
     @torch.no_grad()
     def update_center(self, teacher_output: torch.Tensor) -> None:

@@ -5,6 +5,11 @@
 The teacher gets no gradient; it is a running average of past students, a better network than
 the student at every moment (the paper's "model ensembling"). Learning rate, weight decay,
 momentum and teacher temperature all follow schedules, one value per iteration.
+
+This module holds what notebook 06 builds around the loss: the teacher (`make_teacher`, `update_teacher`),
+the schedules (`cosine_scheduler`; the teacher temperature's is `dino_loss.teacher_temp_schedule`), the
+optimizer's parameter groups and DINO's gradient clipping. The multi-crop wrapper that runs a backbone and
+head over all crops is in `multicrop`, with the crops it consumes.
 """
 
 from __future__ import annotations
@@ -45,15 +50,13 @@ def make_teacher(student: nn.Module) -> nn.Module:
 
 @torch.no_grad()
 def update_teacher(student: nn.Module, teacher: nn.Module, momentum: float) -> None:
-    """teacher <- momentum * teacher + (1 - momentum) * student, for every parameter, in one fused call.
-
-    Written as a lerp, teacher + (1 - momentum) * (student - teacher): one pass over the weights instead of two.
-    """
+    """teacher <- momentum * teacher + (1 - momentum) * student, for every parameter (all in one call each)."""
     s_params = [p.detach() for p in student.parameters()]
     t_params = list(teacher.parameters())
     if len(s_params) != len(t_params):
         raise ValueError("student and teacher have different parameter lists")
-    torch._foreach_lerp_(t_params, s_params, 1.0 - momentum)
+    torch._foreach_mul_(t_params, momentum)  # m * teacher
+    torch._foreach_add_(t_params, s_params, alpha=1.0 - momentum)  # + (1 - m) * student
 
 
 def get_params_groups(model: nn.Module) -> list[dict]:
@@ -77,11 +80,7 @@ def clip_gradients(model: nn.Module, clip: float) -> torch.Tensor:
         return torch.zeros(0)
     norms = torch.stack(torch._foreach_norm(grads))  # (P,)
     coefs = (clip / (norms + 1e-6)).clamp(max=1.0)  # (P,), 1 where the norm is already small
-    if norms.device.type == "cpu":  # reading the coefficients costs nothing here: scale only the gradients that need it
-        keep = [i for i, c in enumerate(coefs.tolist()) if not c >= 1.0]  # `not >=` also catches NaN
-        grads, coefs = [grads[i] for i in keep], coefs[keep]
-    if grads:
-        torch._foreach_mul_(grads, list(coefs.unbind(0)))
+    torch._foreach_mul_(grads, list(coefs.unbind(0)))  # g <- g * min(1, clip / ||g||)
     return norms
 
 

@@ -288,7 +288,7 @@ class GPUMultiCropAugmentation:
         self.mean, self.std = tuple(mean), tuple(std)
         self.flip_p, self.jitter_p, self.gray_p, self.blur_p, self.solarize_p = flip_p, jitter_p, gray_p, tuple(blur_p), solarize_p
         self.out_dtype = out_dtype
-        # compile: the pixel work as a few fused kernels instead of ~1,000 small ones per batch, whose launches
+        # compile: the pixel work as a few fused kernels instead of many small ones per batch, whose launches
         # bound the eager version on a GPU; one static graph per view kind (global 1, global 2, locals)
         self._render = torch.compile(render_views, dynamic=False) if compile else render_views
 

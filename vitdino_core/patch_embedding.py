@@ -2,19 +2,14 @@
 
 A ViT never sees pixels directly. A (B, C, H, W) image becomes a (B, N, D) sequence of
 N = (H/p) * (W/p) tokens, one per p x p patch. A strided convolution with kernel = stride = p
-is exactly "flatten each patch and apply one shared linear layer" (notebook 01 shows both).
-`PatchEmbed` keeps the convolution's weight (`proj`, as in DINO and timm) and runs the conv on a
-GPU; on a CPU it runs the linear layer, one matmul, which is faster there: forward + backward of
-the 16 x 224 px and 48 x 96 px crops of a batch of 8 (ViT-S/16, 2 threads of an AVX-512/AMX CPU,
-`benchmarks/patch_embed.py`) took 14.0 + 7.5 ms against 16.4 + 9.4 ms in fp32, 5.5 + 2.9 ms against
-14.4 + 15.1 ms in bf16.
+is exactly "flatten each patch and apply one shared linear layer" (notebook 01 shows both);
+`PatchEmbed` is the convolution (`proj`, as in DINO and timm).
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 
 def check_image_batch(x: torch.Tensor, patch_size: int, in_chans: int) -> None:
@@ -50,10 +45,6 @@ def nearest_multiples(size: int, patch_size: int) -> tuple[int, int]:
 def patchify(x: torch.Tensor, patch_size: int) -> torch.Tensor:
     """(B, C, H, W) -> (B, N, C*p*p): each row is one patch, flattened channel-first like the conv weight."""
     check_image_batch(x, patch_size, x.shape[1] if x.ndim == 4 else 3)
-    return _patchify(x, patch_size)
-
-
-def _patchify(x: torch.Tensor, patch_size: int) -> torch.Tensor:
     B, C, H, W = x.shape
     p = patch_size
     x = x.reshape(B, C, H // p, p, W // p, p)  # (B, C, h, p, w, p)
@@ -62,8 +53,7 @@ def _patchify(x: torch.Tensor, patch_size: int) -> torch.Tensor:
 
 
 class PatchEmbed(nn.Module):
-    """Image to patch tokens with one strided convolution (names as in DINO and timm: `proj`), computed on a CPU
-    as a linear layer on the flattened patches (the same weights, the same maths)."""
+    """Image to patch tokens with one strided convolution (names as in DINO and timm: `proj`)."""
 
     def __init__(self, img_size: int = 224, patch_size: int = 16, in_chans: int = 3, embed_dim: int = 768):
         super().__init__()
@@ -76,16 +66,5 @@ class PatchEmbed(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_image_batch(x, self.patch_size, self.in_chans)
-        if x.device.type == "cpu":  # the same maths as one matmul, which a CPU runs faster than the convolution
-            return self.forward_matmul(x)  # (B, N, D)
-        return self.forward_conv(x)  # (B, N, D)
-
-    def forward_conv(self, x: torch.Tensor) -> torch.Tensor:
-        """The strided convolution, as DINO and timm compute it (no shape check)."""
         x = self.proj(x)  # (B, D, H/p, W/p)
         return x.flatten(2).transpose(1, 2)  # (B, N, D)
-
-    def forward_matmul(self, x: torch.Tensor) -> torch.Tensor:
-        """The same maths as one linear layer on the flattened patches (no shape check)."""
-        weight = self.proj.weight.flatten(1)  # (D, C*p*p): each row one output channel's C x p x p filter
-        return F.linear(_patchify(x, self.patch_size), weight, self.proj.bias)  # (B, N, D)

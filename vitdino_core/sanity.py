@@ -16,13 +16,7 @@ import time
 
 import torch
 
-from .vision_transformer import ARCHS, build_vit, default_img_size
-
-ARCH_LETTER = {"vit_tiny": "Ti", "vit_small": "S", "vit_base": "B"}
-
-
-def model_name(arch: str, patch_size: int) -> str:
-    return f"ViT-{ARCH_LETTER.get(arch, arch)}/{patch_size}"
+from .vision_transformer import ARCHS, build_vit, default_img_size, model_name
 
 
 def run_sanity(arch: str = "vit_base", patch_size: int = 12, img_size: int | None = None, batch_size: int = 2,

@@ -44,6 +44,7 @@ from .ema_training import (cancel_gradients_last_layer, clip_gradients, cosine_s
 from .multicrop import MultiCropAugmentation, MultiCropWrapper, collate_multicrop
 from .multicrop_gpu import GPUMultiCropAugmentation, PaddedImages, Uint8Images, collate_uint8
 from .device import DistEnv, resolve_device, resolve_precision, setup_distributed
+from .speedups import apply_speedups
 from .vision_transformer import build_vit
 
 
@@ -68,7 +69,7 @@ def build_student(cfg: TrainConfig) -> MultiCropWrapper:
     backbone = build_vit(cfg.arch, cfg.patch_size, img_size=cfg.global_crops_size, drop_path_rate=cfg.drop_path_rate)
     backbone.grad_checkpointing = cfg.grad_checkpointing
     head = DINOHead(backbone.embed_dim, cfg.out_dim, use_bn=cfg.use_bn_in_head, norm_last_layer=cfg.norm_last_layer)
-    return MultiCropWrapper(backbone, head)
+    return apply_speedups(MultiCropWrapper(backbone, head))  # the step's speed tricks, one place (speedups.py)
 
 
 def build_train_dataset(cfg: TrainConfig):

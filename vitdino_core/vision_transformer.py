@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from functools import partial
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
@@ -23,29 +24,18 @@ from .attention import Attention
 from .patch_embedding import PatchEmbed, check_image_batch
 
 
-def drop_path_scale(x: torch.Tensor, drop_prob: float) -> torch.Tensor:
-    """Per-sample factor (B, 1, ..., 1): 0 for a dropped sample, 1/keep_prob for a kept one (same expectation).
-
-    The coins are drawn as the official DINO code draws them, floor(keep_prob + U) with U ~ U[0, 1) (1 with
-    probability keep_prob), so that from the same random state the same samples are dropped."""
-    keep_prob = 1 - drop_prob
-    shape = (x.shape[0],) + (1,) * (x.ndim - 1)  # (B, 1, 1): one coin per sample
-    coins = torch.rand(shape, device=x.device).add_(keep_prob).floor_()  # (B, 1, 1), fp32 even under autocast: 1 = keep
-    return coins.div_(keep_prob).to(x.dtype)
-
-
 def drop_path(x: torch.Tensor, drop_prob: float = 0.0, training: bool = False) -> torch.Tensor:
-    """Stochastic depth: drop the whole residual branch for a random subset of samples."""
+    """Stochastic depth: drop the whole residual branch for a random subset of samples, as DINO writes it.
+
+    Each sample keeps its branch with probability keep_prob (floor(keep_prob + U) is 1), scaled by 1/keep_prob so
+    that the expectation is unchanged."""
     if drop_prob == 0.0 or not training:
         return x
-    return x * drop_path_scale(x, drop_prob)  # (B, N, D), one pass
-
-
-def add_drop_path(x: torch.Tensor, branch: torch.Tensor, drop_prob: float = 0.0, training: bool = False) -> torch.Tensor:
-    """x + drop_path(branch) as one fused op (addcmul): one pass over the activations instead of three."""
-    if drop_prob == 0.0 or not training:
-        return x + branch
-    return torch.addcmul(x, branch, drop_path_scale(branch, drop_prob))  # (B, N, D)
+    keep_prob = 1 - drop_prob
+    shape = (x.shape[0],) + (1,) * (x.ndim - 1)  # (B, 1, 1): one coin per sample
+    random_tensor = keep_prob + torch.rand(shape, dtype=x.dtype, device=x.device)  # (B, 1, 1)
+    random_tensor.floor_()  # 1 = keep, 0 = drop
+    return x.div(keep_prob) * random_tensor  # (B, N, D)
 
 
 class DropPath(nn.Module):
@@ -93,18 +83,10 @@ class Block(nn.Module):
         if return_attention:
             y, attn = self.attn(self.norm1(x), return_attention=True)  # (B, N, D), (B, H, N, N)
         else:
-            y, attn = self.attn(self.norm1(x)), None
-        p, train = getattr(self.drop_path, "drop_prob", 0.0), self.drop_path.training
-        x = add_drop_path(x, y, p, train)  # (B, N, D): x + drop_path(y)
-        x = add_drop_path(x, self.mlp(self.norm2(x)), p, train)  # (B, N, D)
+            y, attn = self.attn(self.norm1(x)), None  # (B, N, D)
+        x = x + self.drop_path(y)  # (B, N, D)
+        x = x + self.drop_path(self.mlp(self.norm2(x)))  # (B, N, D)
         return (x, attn) if return_attention else x
-
-    def forward_cls(self, x: torch.Tensor) -> torch.Tensor:
-        """The block's output for the CLS token alone, (B, N, D) -> (B, 1, D): `forward(x)[:, :1]` without the
-        other N - 1 rows. After the last block only the CLS token is read, so the rest of its work is never used."""
-        p, train = getattr(self.drop_path, "drop_prob", 0.0), self.drop_path.training
-        x = add_drop_path(x[:, :1], self.attn.forward_cls(self.norm1(x)), p, train)  # (B, 1, D): every token's k, v
-        return add_drop_path(x, self.mlp(self.norm2(x)), p, train)  # (B, 1, D): the MLP of one token
 
 
 def resize_pos_grid(grid_pos: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
@@ -184,11 +166,11 @@ class VisionTransformer(nn.Module):
         x = x + self.interpolate_pos_encoding(x, h, w)  # (B, N+1, D)
         return self.pos_drop(x)
 
-    def _run_block(self, blk: Block, x: torch.Tensor, cls_only: bool = False) -> torch.Tensor:
-        fn = blk.forward_cls if cls_only else blk
+    def _run_block(self, blk, x: torch.Tensor) -> torch.Tensor:
+        """blk(x), with its activations recomputed in backward instead of stored when grad_checkpointing is on."""
         if self.grad_checkpointing and self.training and torch.is_grad_enabled():
-            return torch.utils.checkpoint.checkpoint(fn, x, use_reentrant=False)
-        return fn(x)
+            return torch.utils.checkpoint.checkpoint(blk, x, use_reentrant=False)
+        return blk(x)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """All tokens after the final norm: (B, N+1, D)."""
@@ -198,16 +180,8 @@ class VisionTransformer(nn.Module):
         return self.norm(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The CLS token after the final norm, (B, D): `forward_features(x)[:, 0]`, computed with less work.
-
-        Nothing reads the last block's other N - 1 outputs, so that block computes the CLS row alone: its query,
-        attention, projection and MLP for one token (keys and values for all). For ViT-S/16 at 224 px this skips
-        10/12 of the last block's matrix products, about 7% of the backbone's, in forward and backward alike."""
-        x = self.prepare_tokens(x)  # (B, N+1, D)
-        for blk in self.blocks[:-1]:
-            x = self._run_block(blk, x)  # (B, N+1, D)
-        x = self._run_block(self.blocks[-1], x, cls_only=True)  # (B, 1, D)
-        return self.head(self.norm(x[:, 0]))  # (B, D): the CLS token
+        """The CLS token after the final norm, (B, D): the image's feature."""
+        return self.head(self.forward_features(x)[:, 0])  # (B, D)
 
     @torch.no_grad()
     def get_last_selfattention(self, x: torch.Tensor) -> torch.Tensor:
@@ -230,28 +204,42 @@ class VisionTransformer(nn.Module):
         return out
 
 
-def _vit(embed_dim: int, depth: int, num_heads: int, patch_size: int, img_size: int | None, **kwargs) -> VisionTransformer:
-    img_size = img_size or default_img_size(patch_size)
-    return VisionTransformer(img_size=img_size, patch_size=patch_size, embed_dim=embed_dim, depth=depth,
-                             num_heads=num_heads, mlp_ratio=4, qkv_bias=True, **kwargs)
+class ArchSize(NamedTuple):
+    embed_dim: int
+    depth: int
+    num_heads: int
+    letter: str  # the short name: ViT-S/16 is vit_small with 16 px patches
+
+
+ARCHS = {  # the package's one list of architectures (DeiT's and DINO's sizes; mlp_ratio 4, qkv_bias)
+    "vit_tiny": ArchSize(192, 12, 3, "Ti"),
+    "vit_small": ArchSize(384, 12, 6, "S"),
+    "vit_base": ArchSize(768, 12, 12, "B"),
+}
+
+
+def build_vit(arch: str, patch_size: int = 12, img_size: int | None = None, **kwargs) -> VisionTransformer:
+    """One of ARCHS; img_size defaults to the multiple of the patch size nearest 224."""
+    if arch not in ARCHS:
+        raise ValueError(f"unknown arch {arch!r}; choose one of {sorted(ARCHS)}")
+    size = ARCHS[arch]
+    return VisionTransformer(img_size=img_size or default_img_size(patch_size), patch_size=patch_size,
+                             embed_dim=size.embed_dim, depth=size.depth, num_heads=size.num_heads, mlp_ratio=4,
+                             qkv_bias=True, **kwargs)
+
+
+def model_name(arch: str, patch_size: int) -> str:
+    """"ViT-S/16" for ("vit_small", 16)."""
+    return f"ViT-{ARCHS[arch].letter}/{patch_size}" if arch in ARCHS else f"{arch}/{patch_size}"
 
 
 def vit_tiny(patch_size: int = 12, img_size: int | None = None, **kwargs) -> VisionTransformer:
-    return _vit(192, 12, 3, patch_size, img_size, **kwargs)
+    return build_vit("vit_tiny", patch_size, img_size, **kwargs)
 
 
 def vit_small(patch_size: int = 12, img_size: int | None = None, **kwargs) -> VisionTransformer:
-    return _vit(384, 12, 6, patch_size, img_size, **kwargs)
+    return build_vit("vit_small", patch_size, img_size, **kwargs)
 
 
 def vit_base(patch_size: int = 12, img_size: int | None = None, **kwargs) -> VisionTransformer:
-    return _vit(768, 12, 12, patch_size, img_size, **kwargs)
-
-
-ARCHS = {"vit_tiny": vit_tiny, "vit_small": vit_small, "vit_base": vit_base}
-
-
-def build_vit(arch: str, patch_size: int = 12, **kwargs) -> VisionTransformer:
-    if arch not in ARCHS:
-        raise ValueError(f"unknown arch {arch!r}; choose one of {sorted(ARCHS)}")
-    return ARCHS[arch](patch_size=patch_size, **kwargs)
+    return build_vit("vit_base", patch_size, img_size, **kwargs)
