@@ -82,3 +82,6 @@ def assert_checked(names: list[str]) -> None:
     """Fail unless every named check ran (passed, failed or found a stub): proof for CI."""
     missing = [n for n in names if n not in STATUS]
     assert not missing, f"these checks never ran: {missing}"
+
+
+from .dino import *  # noqa: E402,F401,F403  the checks of notebooks 05-08 (check_dino_loss, ...) and their core_* fallbacks
