@@ -28,7 +28,7 @@ from ..ema_training import (cancel_gradients_last_layer, clip_gradients, cosine_
 from ..linear_probe import knn_classifier, linear_probe
 from ..multicrop import MultiCropWrapper
 from ..vision_transformer import VisionTransformer
-from . import check, mistake
+from . import check, mistake, reference
 
 DINO_EXERCISES = ["dino_head", "teacher_probs", "center_update", "dino_loss",  # 05
              "cosine_schedule", "teacher_temp_schedule", "ema_update", "dino_step",  # 06
@@ -818,3 +818,7 @@ def check_linear_probe(fn: Callable) -> str:
                 raise mistake(message)
         raise mistake(f"top-1 {got:.1f}% but linear_probe gives {expected:.1f}% on these features (C={C})")
     return f"matches linear_probe on {len(cases)} cases"
+
+
+for _name in DINO_EXERCISES:  # pick(name, mine) falls back to these
+    reference(_name)(globals()[f"core_{_name}"])
