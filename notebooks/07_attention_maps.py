@@ -57,6 +57,7 @@ from vitdino_core import (build_dataset, cls_attention, denormalize, load_image,
                           plot_attention_heads, threshold_masks, upsample)
 from vitdino_core.attention_maps import mask_coverage
 from vitdino_core.evaluate import build_backbone_from_checkpoint, build_random_backbone
+from vitdino_core.exercises import assert_checked, check_cls_attention, check_threshold_mask, pick
 from vitdino_core.notebook import (SHIPPED_CHECKPOINT, checkpoint_story,
                                     photo, save_figure, setup, short_path, shipped_checkpoint)
 
@@ -110,20 +111,22 @@ print(f"{ARCH}/{PATCH}: {HEADS} heads, trained resolution {IMG} px = {GRID} x {G
 # %% [markdown]
 # ## 1. The CLS token's attention, by hand
 #
-# Recall the last block (notebooks 02-03). The tokens $X \in \mathbb{R}^{(N+1) \times D}$ go through `norm1`,
-# then `attn.qkv` gives per head $h$ the queries, keys and values $Q_h, K_h, V_h \in \mathbb{R}^{(N+1) \times d}$
-# with $d = D / H$, and
+# Recall the last block (notebooks 02-03). The tokens $X \in \mathbb{R}^{(N+1) \times D}$ go through
+# `norm1`, then `attn.qkv` gives per head $h$ the queries, keys and values
+# $Q_h, K_h, V_h \in \mathbb{R}^{(N+1) \times d}$ with $d = D / H$, and
 #
-# $$A_h = \mathrm{softmax}\!\left(\frac{Q_h K_h^\top}{\sqrt{d}}\right) \in \mathbb{R}^{(N+1) \times (N+1)} .$$
+# $$A_h = \mathrm{softmax}\!\left(\frac{Q_h K_h^\top}{\sqrt{d}}\right)
+#   \in \mathbb{R}^{(N+1) \times (N+1)} .$$
 #
-# Row 0 of $A_h$ says how the CLS token, whose final state *is* the image's feature, mixes the tokens. Dropping
-# column 0 (what CLS takes from itself) leaves one weight per patch, $A_h[0, 1{:}]$, and the $N = 36$ weights fold
-# back into the $6 \times 6$ patch grid in the same row-major order in which `patch_embed` flattened it.
+# Row 0 of $A_h$ says how the CLS token, whose final state *is* the image's feature, mixes the
+# tokens. Dropping column 0 (what CLS takes from itself) leaves one weight per patch,
+# $A_h[0, 1{:}]$, and the $N = 36$ weights fold back into the $6 \times 6$ patch grid in the same
+# row-major order in which `patch_embed` flattened it.
 #
-# We run the first 11 blocks as they are, then open up the last one.
+# We run the first 11 blocks as they are, then open up the last one as far as its queries and keys.
 
 # %%
-x = load_image(photo("grace_hopper"), IMG, PATCH)  # (1, 3, 72, 72): short side resized, centre-cropped, normalised
+x = load_image(photo("grace_hopper"), IMG, PATCH)  # (1, 3, 72, 72): resized, cropped, normalised
 B, _, H, W = x.shape
 h, w = H // PATCH, W // PATCH  # 6 x 6 patch grid
 N = h * w  # 36 patches
@@ -140,29 +143,65 @@ with torch.no_grad():
     y = last.norm1(tokens)  # (1, N+1, D): pre-norm
     qkv = last.attn.qkv(y).reshape(B, N + 1, 3, HEADS, d)  # (1, N+1, 3, heads, d)
     q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (1, heads, N+1, d)
-    A = (q @ k.transpose(-2, -1) / math.sqrt(d)).softmax(dim=-1)  # (1, heads, N+1, N+1)
-
-cls_row = A[:, :, 0, :]  # (1, heads, N+1): what CLS draws from every token
-maps_by_hand = cls_row[:, :, 1:].reshape(B, HEADS, h, w)  # (1, heads, 6, 6): drop CLS's own column, fold
-print("attention matrices", tuple(A.shape), "-> CLS maps", tuple(maps_by_hand.shape))
-for i in range(HEADS):
-    print(f"head {i}: CLS keeps {cls_row[0, i, 0]:.3f} for itself, gives {cls_row[0, i, 1:].sum():.3f} to the patches;"
-          f" largest patch weight {cls_row[0, i, 1:].max():.3f} (uniform would be {1 / N:.3f})")
+print("queries", tuple(q.shape), "keys", tuple(k.shape))
 
 # %% [markdown]
-# The core model does exactly this in `get_last_selfattention` (its last block runs the explicit softmax path of
-# `Attention`), and `vitdino_core.cls_attention` takes row 0, drops column 0 and folds the grid:
+# ### Exercise `cls_attention` · difficulty 1 · 10 min
+#
+# Write `cls_attention_by_hand(q, k, h, w)`:
+#
+# * **input** the last block's queries and keys, `q` and `k` of shape $(B, H, N+1, d)$ (token 0 is
+#   CLS, then the $N = h \cdot w$ patches in row-major order), and the grid size $h \times w$;
+# * **output** the CLS maps $(B, H, h, w)$: the attention matrix
+#   $A = \mathrm{softmax}(q k^\top / \sqrt{d})$, row 0 (what CLS draws from each token) without its
+#   column 0, folded to the patch grid.
+#
+# The check uses a non-square grid ($3 \times 5$), so a fold in the wrong order shows.
+#
+# <details><summary>Hint</summary>
+#
+# `q @ k.transpose(-2, -1)` is $(B, H, N+1, N+1)$ with one row per query; the softmax normalises
+# each row: `dim=-1`. `A[:, :, 0, 1:]` is CLS's row without CLS, and `.reshape(B, H, h, w)` folds it
+# row by row.
+#
+# </details>
 
 # %%
-attn_core = MODEL.get_last_selfattention(x)  # (1, heads, N+1, N+1)
-torch.testing.assert_close(A, attn_core)
-torch.testing.assert_close(maps_by_hand, cls_attention(MODEL, x))  # (1, heads, 6, 6)
-torch.testing.assert_close(A.sum(dim=-1), torch.ones(B, HEADS, N + 1))  # every row is a distribution
-print("attention by hand == get_last_selfattention, CLS maps by hand == vitdino_core.cls_attention")
+def cls_attention_by_hand(q: torch.Tensor, k: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """q, k (B, heads, N+1, d) -> the CLS token's attention to each patch, (B, heads, h, w)."""
+    ### BEGIN SOLUTION
+    # task: softmax(q k^T / sqrt(d)), row 0 minus column 0, folded
+    A = (q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])).softmax(dim=-1)  # (B, heads, N+1, N+1)
+    return A[:, :, 0, 1:].reshape(q.shape[0], q.shape[1], h, w)  # (B, heads, h, w)
+    ### END SOLUTION
+
+
+# %%
+check_cls_attention(cls_attention_by_hand)
 
 # %% [markdown]
-# The path from the matrix to the map, for head 0: row 0 of the $(N+1) \times (N+1)$ matrix, without its first
-# entry, is a vector of 36 patch weights; folded, it is a $6 \times 6$ picture the size of the patch grid.
+# The core model computes the same matrix in `get_last_selfattention` (its last block runs the
+# explicit softmax path of `Attention`), and `vitdino_core.cls_attention` takes row 0, drops column
+# 0 and folds the grid. `cls_attention_fn` is yours once its check passes, the core's until then.
+
+# %%
+cls_attention_fn = pick("cls_attention", cls_attention_by_hand)
+maps_by_hand = cls_attention_fn(q, k, h, w)  # (1, heads, 6, 6)
+A = MODEL.get_last_selfattention(x)  # (1, heads, N+1, N+1)
+torch.testing.assert_close(maps_by_hand, cls_attention(MODEL, x))  # (1, heads, 6, 6)
+torch.testing.assert_close(A.sum(dim=-1), torch.ones(B, HEADS, N + 1))  # rows are distributions
+cls_row = A[:, :, 0, :]  # (1, heads, N+1): what CLS draws from every token
+print("attention matrices", tuple(A.shape), "-> CLS maps", tuple(maps_by_hand.shape))
+for i in range(HEADS):
+    print(f"head {i}: CLS keeps {cls_row[0, i, 0]:.3f} for itself, gives "
+          f"{cls_row[0, i, 1:].sum():.3f} to the patches; largest patch weight "
+          f"{cls_row[0, i, 1:].max():.3f} (uniform: {1 / N:.3f})")
+print("CLS maps by hand == vitdino_core.cls_attention")
+
+# %% [markdown]
+# The path from the matrix to the map, for head 0: row 0 of the $(N+1) \times (N+1)$ matrix, without
+# its first entry, is a vector of 36 patch weights; folded, it is a $6 \times 6$ picture the size of
+# the patch grid.
 
 # %%
 fig, axes = plt.subplots(1, 4, figsize=(14, 3.4), gridspec_kw={"width_ratios": [1.1, 1.6, 0.9, 0.9]})
@@ -187,41 +226,76 @@ plt.show()
 # %% [markdown]
 # ## 2. Masks: the patches that hold 60% of the attention
 #
-# A heat map has no natural threshold, so the DINO paper (Sec. 4.2.2, Fig. 4, and its `visualize_attention.py`) keeps,
-# for each head, the **smallest set of most-attended patches whose weights add up to a fraction $\tau$ of the
-# map's mass**, with $\tau = 0.6$:
+# A heat map has no natural threshold, so the DINO paper (Sec. 4.2.2, Fig. 4, and its
+# `visualize_attention.py`) keeps, for each head, the **smallest set of most-attended patches whose
+# weights add up to a fraction $\tau$ of the map's mass**, with $\tau = 0.6$:
 #
 # 1. normalise the map to sum 1: $p_i = a_i / \sum_j a_j$;
-# 2. sort ascending, $p_{(1)} \le \dots \le p_{(N)}$, and take the cumulative sum $c_m = \sum_{i \le m} p_{(i)}$;
-# 3. drop the patches whose cumulative sum stays $\le 1 - \tau$ (the least attended 40% of the mass), keep the rest;
-# 4. put the kept/dropped flags back in patch order (the official code does it with `argsort` of the sort indices).
+# 2. sort ascending, $p_{(1)} \le \dots \le p_{(N)}$, and take the cumulative sum
+#    $c_m = \sum_{i \le m} p_{(i)}$;
+# 3. drop the patches whose cumulative sum stays $\le 1 - \tau$ (the least attended 40% of the
+#    mass), keep the rest;
+# 4. put the kept/dropped flags back in patch order (the official code does it with `argsort` of the
+#    sort indices).
 #
 # A flat map needs about 60% of the patches to hold 60% of the mass; a sharp map needs only a few.
 
+# %% [markdown]
+# ### Exercise `threshold_mask` · difficulty 2 · 15 min
+#
+# Write `threshold_mask_by_hand(attn_map, keep=0.6)`:
+#
+# * **input** one attention map $(h, w)$ (its values need not sum to 1) and the fraction `keep`;
+# * **output** a boolean mask $(h, w)$, `True` for the patches kept by steps 1-4 above.
+#
+# The check tries `keep` = 0.3, 0.6 and 0.9, sharp and flat maps, maps summing to less and to more
+# than 1.
+#
+# <details><summary>Hint</summary>
+#
+# `val, idx = t.sort()` also returns where each sorted value came from; `idx.argsort()` is the way
+# back: `flags_sorted[idx.argsort()]` puts each flag at its patch. `cumsum(dim=0)` adds up.
+#
+# </details>
+
 # %%
 def threshold_mask_by_hand(attn_map: torch.Tensor, keep: float = 0.6) -> torch.Tensor:
-    """One (h, w) map -> (h, w) bool: the most-attended patches that together hold `keep` of the mass."""
+    """One (h, w) map -> (h, w) bool: the most-attended patches holding `keep` of the mass."""
+    ### BEGIN SOLUTION
+    # task: normalise, sort, cumsum, keep where > 1 - keep, unsort
     flat = attn_map.flatten()  # (h*w,)
     val, idx = flat.sort()  # (h*w,) ascending, and where each value came from
     val = val / val.sum()  # (h*w,): sums to 1
     cumval = val.cumsum(dim=0)  # (h*w,): mass of the 1, 2, ... least attended patches
     kept_sorted = cumval > 1 - keep  # (h*w,) in sorted order: drop the bottom 40% of the mass
     return kept_sorted[idx.argsort()].reshape(attn_map.shape)  # (h, w): back to patch order
+    ### END SOLUTION
 
 
-masks_by_hand = torch.stack([threshold_mask_by_hand(maps_by_hand[0, i]) for i in range(HEADS)])  # (heads, 6, 6)
+# %%
+check_threshold_mask(threshold_mask_by_hand)
+
+# %% [markdown]
+# `threshold_mask_fn` is yours once its check passes, the core's until then. One mask per head of
+# the photo above, against `vitdino_core.threshold_masks`:
+
+# %%
+threshold_mask_fn = pick("threshold_mask", threshold_mask_by_hand)
+masks_by_hand = torch.stack([threshold_mask_fn(maps_by_hand[0, i])
+                             for i in range(HEADS)])  # (heads, h, w)
 masks_core = threshold_masks(maps_by_hand)  # (1, heads, 6, 6) bool
 assert torch.equal(masks_by_hand, masks_core[0])
 for i in range(HEADS):
     held = maps_by_hand[0, i][masks_by_hand[i]].sum() / maps_by_hand[0, i].sum()
     assert held >= 0.6 - 1e-6
-    print(f"head {i}: keeps {int(masks_by_hand[i].sum()):2d} of {N} patches, holding {held:.1%} of its attention")
+    print(f"head {i}: keeps {int(masks_by_hand[i].sum()):2d} of {N} patches, "
+          f"holding {held:.1%} of its attention")
 print("masks by hand == vitdino_core.threshold_masks")
 
 # %% [markdown]
-# The cumulative curve shows the rule at work: sort the patches from most to least attended and add up their
-# weights; the mask is everything left of where the curve crosses 60%. The dashed diagonal is a perfectly flat
-# map.
+# The cumulative curve shows the rule at work: sort the patches from most to least attended and add
+# up their weights; the mask is everything left of where the curve crosses 60%. The dashed diagonal
+# is a perfectly flat map.
 
 # %%
 fig, ax = plt.subplots(figsize=(6, 3.8))
@@ -474,7 +548,7 @@ plt.show()
 # Next, **08 · Linear probe**: attention maps show *where* the model looks; the kNN and linear-probe accuracies
 # measure *what* its features know.
 #
-# ## Exercises
+# ## More to try
 #
 # 1. Change `keep` in `threshold_masks` from 0.6 to 0.3 and 0.9. How does the coverage of the trained and the
 #    random model change? Which value separates them best?
@@ -484,3 +558,11 @@ plt.show()
 # 3. Train your own model for a few minutes (notebook 06 or
 #    `python -m vitdino_core.train --config workshop_tiny`), export it with `vitdino_core.export_backbone`, set
 #    `VITDINO_CHECKPOINT` to the file and rerun this notebook. How do the maps change with training time?
+
+# %% [markdown]
+# ## Your exercises
+#
+# The summary of this notebook's checks: `passed`, `failed`, or `todo` (still the stub).
+
+# %%
+assert_checked(["cls_attention", "threshold_mask"])
