@@ -689,3 +689,87 @@ assert scores["num_train"] == n_train and scores["num_val"] == n_val and 0 <= sc
 # ## Appendix B: engineering notes on DINO training and evaluation (notebooks 05-08)
 #
 # The same for notebooks 05-08: sizes, timings and the choices made to keep a CPU run short.
+#
+# ### B.1 The head's last layer never writes its weight out (notebook 05)
+#
+# The head's last layer has the weight $w_k = g_k v_k / \lVert v_k \rVert$, row by row. Calling the
+# weight-normalised `nn.Linear` writes this $K \times 256$ matrix on every forward pass and its
+# gradient on every backward pass. The core computes the same scores without it:
+# $z \cdot w_k = (z \cdot v_k)\, g_k / \lVert v_k \rVert$, a product with $v$ followed by one scale
+# per output, with the gradients written by hand (`vitdino_core.dino_loss.weight_norm_linear`).
+# `benchmarks/head_last_layer.py` times both ways; the cell below checks that they agree and says
+# how large the matrix that is never written would be.
+
+# %%
+import torch.nn.functional as F  # noqa: E402
+
+head = DINOHead(384, 4096)  # K = 4096 here; DINO uses 65536
+wn = head.last_layer.parametrizations.weight  # original0: g (K, 1), original1: v (K, 256)
+feats = torch.randn(8, 384)  # (B, D)
+with torch.no_grad():
+    z = F.normalize(head.mlp(feats), dim=-1)  # (B, 256)
+    by_layer = head.last_layer(z)  # (B, K): writes w (K, 256) first
+    scale = wn.original0 / wn.original1.norm(dim=1, keepdim=True)  # (K, 1): g_k / ||v_k||
+    rescaled = (z @ wn.original1.T) * scale.T  # (B, K): never forms w
+torch.testing.assert_close(rescaled, by_layer)
+torch.testing.assert_close(head(feats), by_layer)  # the core's forward takes the rescaling path
+w_bytes = 65536 * 256 * 4  # fp32
+print(f"rescaled scores == the layer's; at K = 65536 the skipped w is {w_bytes / 1e6:.0f} MB, "
+      f"written once per forward and once more as its gradient")
+
+# %% [markdown]
+# ### B.2 The EMA update in one call (notebook 06)
+#
+# `ema_by_hand` in notebook 06 loops over the parameters in Python: two small operations per
+# tensor, for every tensor of backbone and head. `update_teacher` does the same update as one
+# `torch._foreach_lerp_` over all tensors at once, $\theta_t + (1 - m)(\theta_s - \theta_t)$,
+# which is one pass over the weights and one call (on a GPU, one group of kernel launches instead
+# of one per tensor).
+
+# %%
+from vitdino_core import MultiCropWrapper, make_teacher, update_teacher  # noqa: E402
+
+student = MultiCropWrapper(vit_tiny(img_size=48), DINOHead(192, 256))
+loop_teacher, fused_teacher = make_teacher(student), make_teacher(student)
+with torch.no_grad():
+    for p in student.parameters():
+        p.add_(0.01 * torch.randn_like(p))  # the student moved
+    for p_s, p_t in zip(student.parameters(), loop_teacher.parameters()):
+        p_t.mul_(0.996).add_(p_s, alpha=1 - 0.996)  # the loop, as in notebook 06
+update_teacher(student, fused_teacher, 0.996)
+for a, b in zip(loop_teacher.parameters(), fused_teacher.parameters()):
+    torch.testing.assert_close(a, b)
+print(f"{len(list(student.parameters()))} tensors: the loop and the fused update agree")
+
+# %% [markdown]
+# ### B.3 Features without the last block's other rows (notebooks 07-08)
+#
+# Feature extraction (notebook 08) needs only the CLS token after the last block. Its other $N$
+# outputs are never read, so `VisionTransformer.forward` runs the last block for the CLS row alone:
+# keys and values for all $N+1$ tokens, but the query, the attention row, the projection and the MLP
+# for one token. The attention maps of notebook 07 need the full matrix and take
+# `get_last_selfattention` instead. The saving, counted in multiply-adds of the last block's
+# matrix products for ViT-S/16 at 224 px ($N + 1 = 197$, $D = 384$, MLP $4D$):
+
+# %%
+T_, D_ = 197, 384
+# qkv, attention (q k^T and A v), proj, MLP; then the same with one query row: k and v for all
+full = T_ * D_ * 3 * D_ + 2 * T_ * T_ * D_ + T_ * D_ * D_ + 2 * T_ * D_ * 4 * D_
+cls_only = T_ * D_ * 2 * D_ + D_ * D_ + 2 * T_ * D_ + D_ * D_ + 2 * D_ * 4 * D_
+print(f"last block: {full / 1e6:.0f}M multiply-adds for all tokens, {cls_only / 1e6:.0f}M for the "
+      f"CLS row: {1 - cls_only / full:.0%} of the block skipped")
+model = vit_tiny(img_size=48).eval()
+images = torch.randn(2, 3, 48, 48)  # (B, 3, H, W)
+with torch.no_grad():
+    torch.testing.assert_close(model(images), model.forward_features(images)[:, 0])  # (B, D)
+print("forward() (CLS row only in the last block) == forward_features()[:, 0]")
+
+# %% [markdown]
+# ### B.4 Small tensors, one thread (notebook 05)
+#
+# The collapse simulation of notebook 05 multiplies matrices of a few thousand numbers. Splitting
+# such work across threads costs more in coordination than it saves, and on a CPU shared with other
+# programs a thread that waits for a busy core holds up the others. That is why the simulation runs
+# under `torch.set_num_threads(1)` and restores the setting afterwards. Notebook 06's trainer also
+# records `images_per_s` in every metrics record (`metrics.jsonl`); the notebooks do not print it,
+# since it says more about the machine than about DINO.
