@@ -56,6 +56,7 @@ from torch.utils.data import DataLoader, Subset
 from vitdino_core import (build_dataset, denormalize, eval_transform, extract_features, knn_classifier, linear_probe,
                           raw_pixel_features)
 from vitdino_core.evaluate import build_backbone_from_checkpoint, build_random_backbone, subset
+from vitdino_core.exercises import assert_checked, check_knn, check_linear_probe, pick
 from vitdino_core.notebook import (SHIPPED_CHECKPOINT, checkpoint_story,
                                     save_figure, setup, short_path, shipped_checkpoint)
 
@@ -167,33 +168,68 @@ train_x, train_y, val_x, val_y = features[MAIN_TAG]  # MODEL's features, used in
 # %% [markdown]
 # ## 3. Weighted k-nearest neighbours, by hand
 #
-# For a validation feature $x$, compute its cosine similarity $s_i = x \cdot t_i$ with every training feature
-# $t_i$, keep the $k$ largest, and let each of those neighbours vote for its class with weight $e^{s_i / T}$:
+# For a validation feature $x$, compute its cosine similarity $s_i = x \cdot t_i$ with every
+# training feature $t_i$, keep the $k$ largest, and let each of those neighbours vote for its class
+# with weight $e^{s_i / T}$:
 #
 # $$\mathrm{score}(c) = \sum_{i \in \text{top-}k(x)} \mathbb{1}[y_i = c]\, e^{s_i / T}, \qquad
 #   \hat y = \arg\max_c \mathrm{score}(c).$$
 #
-# This is the weighted kNN of Wu et al. (2018) that DINO uses, with $k = 20$ and $T = 0.07$. The temperature makes
-# close neighbours count much more than far ones: with $T = 0.07$, a neighbour at similarity 0.9 outweighs one at
-# 0.8 by $e^{0.1 / 0.07} \approx 4.2$. Nothing is trained and nothing is tuned on the validation set.
+# This is the weighted kNN of Wu et al. (2018) that DINO uses, with $k = 20$ and $T = 0.07$. The
+# temperature makes close neighbours count much more than far ones: with $T = 0.07$, a neighbour at
+# similarity 0.9 outweighs one at 0.8 by $e^{0.1 / 0.07} \approx 4.2$. Nothing is trained and
+# nothing is tuned on the validation set.
+
+# %% [markdown]
+# ### Exercise `knn` · difficulty 2 · 15 min
+#
+# Write `knn_by_hand(train_x, train_y, test_x, k=20, T=0.07, num_classes=10)`:
+#
+# * **input** unit-length training features `train_x` $(N, D)$ with their classes `train_y` $(N,)$,
+#   unit-length test features `test_x` $(M, D)$;
+# * **output** the predicted class of every test feature, $(M,)$ integers, by the weighted vote
+#   above.
+#
+# The check tries $k$ = 20, 5 and 1 and $T$ = 0.07 and 0.5 on features with 5 overlapping classes.
+#
+# <details><summary>Hint</summary>
+#
+# `t.topk(k, dim=1)` returns the `k` largest values of each row and their indices; `train_y[idx]`
+# looks up the neighbours' classes. `torch.zeros(M, C).scatter_add_(1, labels, weights)` adds each
+# weight into its class's column.
+#
+# </details>
 
 # %%
 def knn_by_hand(train_x, train_y, test_x, k=20, T=0.07, num_classes=10):
     """Predicted classes (M,) for test features (M, D) from unit-norm train features (N, D)."""
+    ### BEGIN SOLUTION
+    # task: top-k neighbours vote exp(similarity / T); argmax
     similarity = test_x @ train_x.T  # (M, N): cosine similarities, the rows being unit vectors
     top_sim, top_idx = similarity.topk(k, dim=1)  # (M, k), (M, k): the k nearest neighbours
     top_labels = train_y[top_idx]  # (M, k): their classes
     weights = (top_sim / T).exp()  # (M, k): exp(s / T)
-    votes = torch.zeros(test_x.shape[0], num_classes).scatter_add_(1, top_labels, weights)  # (M, C): summed per class
+    votes = torch.zeros(test_x.shape[0], num_classes).scatter_add_(1, top_labels, weights)  # (M, C)
     return votes.argmax(dim=1)  # (M,)
+    ### END SOLUTION
 
 
-pred = knn_by_hand(train_x, train_y, val_x, num_classes=len(CLASSES))  # (M,)
+# %%
+check_knn(knn_by_hand)
+
+# %% [markdown]
+# `knn_fn` is yours once its check passes, the core's until then. On the features of section 2:
+
+# %%
+knn_fn = pick("knn", knn_by_hand)
+pred = knn_fn(train_x, train_y, val_x, num_classes=len(CLASSES))  # (M,)
 acc_by_hand = 100.0 * (pred == val_y).float().mean().item()
 acc_core = knn_classifier(train_x, train_y, val_x, val_y, k=20, T=0.07)
-print(f"weighted 20-NN top-1 ({TAG}): by hand {acc_by_hand:.2f}%, vitdino_core.knn_classifier {acc_core:.2f}%")
-# the core re-normalises the features (a no-op up to rounding), so allow at most one near-tie to fall differently
-torch.testing.assert_close(torch.tensor(acc_by_hand), torch.tensor(acc_core), rtol=0, atol=100.0 / len(val_y) + 1e-6)
+print(f"weighted 20-NN top-1 ({TAG}): by hand {acc_by_hand:.2f}%, "
+      f"vitdino_core.knn_classifier {acc_core:.2f}%")
+# the core re-normalises the features (a no-op up to rounding): allow one near-tie to fall otherwise
+torch.testing.assert_close(torch.tensor(acc_by_hand), torch.tensor(acc_core), rtol=0,
+                           atol=100.0 / len(val_y) + 1e-6)
 
 # %% [markdown]
 # The vote of one validation image, step by step:
@@ -205,20 +241,22 @@ w = (sims / 0.07).exp()  # (20,)
 votes = torch.zeros(len(CLASSES)).scatter_add_(0, train_y[idx], w)  # (C,)
 print(f"query: a val image of class '{CLASSES[val_y[q]]}'")
 print("its 20 neighbours' classes:", [CLASSES[c] for c in train_y[idx][:8].tolist()], "...")
-print(f"similarities {sims[0]:.3f} (nearest) ... {sims[-1]:.3f} (20th); weights {w[0]:.3g} ... {w[-1]:.3g}")
+print(f"similarities {sims[0]:.3f} (nearest) ... {sims[-1]:.3f} (20th); "
+      f"weights {w[0]:.3g} ... {w[-1]:.3g}")
 for c in votes.argsort(descending=True)[:3].tolist():
     print(f"   score({CLASSES[c]}) = {votes[c]:.3g}  ({votes[c] / votes.sum():.0%} of the vote)")
 print("prediction:", CLASSES[votes.argmax()])
 
 # %% [markdown]
-# Look at the similarities: when they are all close to each other (a random network's features all point in
-# nearly the same direction, so every pair has a cosine near 1), the weights $e^{s/T}$ are nearly equal and the
-# vote is almost a plain majority of the 20. Features whose similarities spread out let the closest neighbours
-# dominate.
+# Look at the similarities: when they are all close to each other (a random network's features all
+# point in nearly the same direction, so every pair has a cosine near 1), the weights $e^{s/T}$ are
+# nearly equal and the vote is almost a plain majority of the 20. Features whose similarities spread
+# out let the closest neighbours dominate.
 #
-# From here on: `vitdino_core.knn_classifier` (it works in chunks of test rows, so memory stays small, and also
-# gives top-5). Are $k = 20$ and $T = 0.07$ special? A quick sweep on our features (looking at the validation set to
-# choose them would be cheating; this is only to see how flat the curve is):
+# From here on: `vitdino_core.knn_classifier` (it works in chunks of test rows, so memory stays
+# small, and also gives top-5). Are $k = 20$ and $T = 0.07$ special? A quick sweep on our features
+# (looking at the validation set to choose them would be cheating; this is only to see how flat the
+# curve is):
 
 # %%
 ks = [1, 5, 10, 20, 50, 100]
@@ -239,22 +277,78 @@ plt.show()
 # %% [markdown]
 # ## 4. The linear probe
 #
-# The second measure trains **one linear layer** on the frozen features: multinomial logistic regression,
+# The second measure trains **one linear layer** on the frozen features: multinomial logistic
+# regression,
 #
 # $$p(y = c \mid x) = \mathrm{softmax}(W x + b)_c, \qquad
 #   \min_{W, b}\; -\sum_{n} \log p(y_n \mid x_n) + \frac{1}{2C} \lVert W \rVert^2 .$$
 #
-# `vitdino_core.linear_probe` standardises each feature dimension with training statistics, holds out 20% of the
-# **training** features to choose the regularisation strength $C$ among $(0.01, 0.1, 1)$, refits on all training
-# features with the best $C$ and reports top-1 on the validation set, which it never looks at before. (DINO's own
-# linear evaluation trains a linear layer with SGD on augmented crops for 100 epochs; on precomputed features,
-# logistic regression is the quick, standard stand-in.)
+# `vitdino_core.linear_probe` standardises each feature dimension with training statistics, holds
+# out 20% of the **training** features to choose the regularisation strength $C$ among
+# $(0.01, 0.1, 1)$, refits on all training features with the best $C$ and reports top-1 on the
+# validation set, which it never looks at before. (DINO's own linear evaluation trains a linear
+# layer with SGD on augmented crops for 100 epochs; on precomputed features, logistic regression is
+# the quick, standard stand-in.)
+
+# %% [markdown]
+# ### Exercise `linear_probe` · difficulty 2 · 15 min
+#
+# Write `linear_probe_by_hand(train_x, train_y, val_x, val_y, C=0.1)`, the probe for one given $C$:
+#
+# * **input** frozen features and classes of the training split $(N, D)$, $(N,)$ and of the
+#   validation split $(M, D)$, $(M,)$; the inverse regularisation strength $C$;
+# * **output** the top-1 accuracy on the validation split, in percent.
+#
+# Standardise every feature dimension with statistics of the **training** features, fit
+# scikit-learn's `LogisticRegression(C=C, max_iter=300, random_state=0)` on the training features
+# only, and score it on the validation features. The validation split is for the final number,
+# nothing else.
+#
+# <details><summary>Hint</summary>
+#
+# `StandardScaler().fit(x)` learns a mean and a standard deviation per column; `.transform(x)`
+# applies them. `clf.score(x, y)` is the fraction of correct predictions. Tensors become arrays with
+# `.numpy()`.
+#
+# </details>
 
 # %%
+def linear_probe_by_hand(train_x, train_y, val_x, val_y, C=0.1):
+    """Logistic regression on standardised frozen features; top-1 on val, in percent."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    ### BEGIN SOLUTION
+    # task: scaler and classifier fitted on train; % correct on val
+    scaler = StandardScaler().fit(train_x.numpy())  # training statistics only
+    x_train = scaler.transform(train_x.numpy())  # (N, D): mean 0, std 1 per dimension
+    x_val = scaler.transform(val_x.numpy())  # (M, D): with the training statistics
+    clf = LogisticRegression(C=C, max_iter=300, random_state=0).fit(x_train, train_y.numpy())
+    return 100.0 * clf.score(x_val, val_y.numpy())
+    ### END SOLUTION
+
+
+# %%
+check_linear_probe(linear_probe_by_hand)
+
+# %% [markdown]
+# `linear_probe_fn` is yours once its check passes, the core's until then. For one $C$ it agrees
+# with `vitdino_core.linear_probe(..., Cs=(C,))`; the core then also chooses $C$ on held-out
+# training features.
+
+# %%
+linear_probe_fn = pick("linear_probe", linear_probe_by_hand)
+top1_by_hand = linear_probe_fn(train_x, train_y, val_x, val_y, C=0.1)
+top1_core = linear_probe(train_x, train_y, val_x, val_y, Cs=(0.1,))["top1"]
+print(f"linear probe with C = 0.1 ({TAG}): by hand {top1_by_hand:.2f}%, "
+      f"vitdino_core {top1_core:.2f}%")
+# float32 (core) and float64 features may round one near-tie differently
+assert abs(top1_by_hand - top1_core) <= 100.0 / len(val_y) + 1e-6
+
 probe = linear_probe(train_x, train_y, val_x, val_y)
 print(f"linear probe ({TAG}): top-1 {probe['top1']:.2f}% with C = {probe['C']}")
 print("held-out train accuracy per C:", {C: round(s, 1) for C, s in probe["val_scores"].items()})
-assert probe["C"] == max(probe["val_scores"], key=probe["val_scores"].get)  # C chosen on train features only
+assert probe["C"] == max(probe["val_scores"], key=probe["val_scores"].get)  # chosen on train data
 
 # %% [markdown]
 # ## 5. The accuracy table
@@ -434,7 +528,7 @@ plt.show()
 # Next, **09 · Scaling up**: the configs, the CLI, many GPUs and mixed precision, to train a model whose numbers
 # approach the paper's.
 #
-# ## Exercises
+# ## More to try
 #
 # 1. Evaluate the features at a higher resolution than training (`eval_transform(2 * IMG)`, positions are
 #    interpolated). Do kNN and the linear probe improve, as the finer attention maps of notebook 07 suggest?
@@ -443,3 +537,11 @@ plt.show()
 #    does for ViT-S. Which features does the probe prefer?
 # 3. The probe's accuracy with 1, 5 and 20 labelled training images per class (few-shot): how fast do raw pixels,
 #    random init and DINO improve as labels are added? This is where self-supervised features pay off most.
+
+# %% [markdown]
+# ## Your exercises
+#
+# The summary of this notebook's checks: `passed`, `failed`, or `todo` (still the stub).
+
+# %%
+assert_checked(["knn", "linear_probe"])

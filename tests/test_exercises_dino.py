@@ -422,3 +422,12 @@ def test_the_step_check_follows_the_trainer(shared_data, tmp_path, monkeypatch):
     for a, b in zip(list(mine.student.parameters()) + list(mine.teacher.parameters()),
                     list(core.student.parameters()) + list(core.teacher.parameters())):
         assert torch.equal(a, b)
+
+
+def test_checks_leave_the_learners_random_state_alone():
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    for name in ("dino_head", "ema_update", "cls_attention"):
+        getattr(ex, f"check_{name}")(getattr(ex, f"core_{name}"))
+    assert torch.equal(torch.rand(3), expected)

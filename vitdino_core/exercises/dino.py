@@ -13,6 +13,7 @@ with the learner's signature: what `pick` falls back to while a check has not pa
 from __future__ import annotations
 
 import copy
+import functools
 import math
 from typing import Callable
 
@@ -75,6 +76,17 @@ def _gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+def _own_rng(body: Callable) -> Callable:
+    """Run a check with its own random state, so that the learner's global seed is left as it was."""
+
+    @functools.wraps(body)
+    def run(fn: Callable, *args, **kwargs):
+        with torch.random.fork_rng():
+            return body(fn, *args, **kwargs)
+
+    return run
+
+
 # ============================================================================= 05 · the DINO head and loss
 
 def core_dino_head(x: torch.Tensor, mlp: nn.Module, v: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
@@ -84,6 +96,7 @@ def core_dino_head(x: torch.Tensor, mlp: nn.Module, v: torch.Tensor, g: torch.Te
 
 
 @check("dino_head")
+@_own_rng
 def check_dino_head(fn: Callable) -> str:
     cases = [(8, 16, 32, 4, 3, True), (12, 40, 24, 8, 5, False), (384, 64, 64, 16, 2, True)]
     for seed, (in_dim, K, hidden, bottleneck, B, norm_last) in enumerate(cases):
@@ -127,6 +140,7 @@ def core_teacher_probs(teacher_out: torch.Tensor, center: torch.Tensor, teacher_
 
 
 @check("teacher_probs")
+@_own_rng
 def check_teacher_probs(fn: Callable) -> str:
     cases = [(4, 16, 0.04), (3, 10, 0.07), (5, 7, 0.2)]
     for seed, (B, K, temp) in enumerate(cases):
@@ -165,6 +179,7 @@ def core_center_update(center: torch.Tensor, teacher_out: torch.Tensor, momentum
 
 
 @check("center_update")
+@_own_rng
 def check_center_update(fn: Callable) -> str:
     cases = [(4, 16, 0.9), (3, 9, 0.7), (6, 5, 0.99)]
     for seed, (B, K, m) in enumerate(cases):
@@ -233,6 +248,7 @@ def _loss_variant(s, t, c, ncrops, Ts, Tt, same_view=False, n_div=None, center="
 
 
 @check("dino_loss")
+@_own_rng
 def check_dino_loss(fn: Callable) -> str:
     cases = [(4, 6, 32, 0.1, 0.04), (3, 2, 16, 0.1, 0.04), (2, 4, 12, 0.2, 0.05)]
     for seed, (B, ncrops, K, Ts, Tt) in enumerate(cases):
@@ -324,6 +340,7 @@ def _cosine_variant(base, final, epochs, niter, warmup=0, start=0.0, kind=""):
 
 
 @check("cosine_schedule")
+@_own_rng
 def check_cosine_schedule(fn: Callable) -> str:
     cases = [(2e-3, 1e-6, 10, 5, 2, 0.0), (0.04, 0.4, 6, 4, 0, 0.0), (0.996, 1.0, 7, 3, 0, 0.0), (1.0, 0.0, 3, 4, 3, 0.0),
              (0.5, 0.1, 4, 2, 1, 0.2), (0.3, 0.1, 1, 1, 0, 0.0)]
@@ -360,6 +377,7 @@ def core_teacher_temp_schedule(warmup_teacher_temp, teacher_temp, warmup_teacher
 
 
 @check("teacher_temp_schedule")
+@_own_rng
 def check_teacher_temp_schedule(fn: Callable) -> str:
     cases = [(0.04, 0.07, 30, 100), (0.04, 0.07, 5, 10), (0.04, 0.04, 0, 5), (0.02, 0.06, 3, 3)]
     for a, b, W, n in cases:
@@ -398,6 +416,7 @@ def _ema_pair(seed: int) -> tuple[nn.Module, nn.Module]:
 
 
 @check("ema_update")
+@_own_rng
 def check_ema_update(fn: Callable) -> str:
     for seed, m in enumerate((0.996, 0.9, 0.0, 1.0)):
         student, teacher = _ema_pair(seed)
@@ -546,6 +565,7 @@ _STEP_FLAWS = [
 
 
 @check("dino_step")
+@_own_rng
 def check_dino_step(fn: Callable) -> str:
     seen = {"teacher": [], "student": []}
     try:
@@ -595,6 +615,7 @@ def _qk_of_last_block(model: VisionTransformer, x: torch.Tensor) -> tuple[torch.
 
 
 @check("cls_attention")
+@_own_rng
 def check_cls_attention(fn: Callable) -> str:
     cases = [((2, 3, 12, 20), 3), ((1, 3, 16, 16), 2)]  # a 3 x 5 grid, then a square 4 x 4 one
     for seed, (shape, heads) in enumerate(cases):
@@ -667,6 +688,7 @@ def _mask_variants(a: torch.Tensor, keep: float) -> dict[str, torch.Tensor]:
 
 
 @check("threshold_mask")
+@_own_rng
 def check_threshold_mask(fn: Callable) -> str:
     g = _gen(0)
     maps = [(0.8 * F.softmax(3 * torch.randn(36, generator=g), 0)).reshape(6, 6), 0.6,
@@ -718,6 +740,7 @@ def _knn_variant(tx, ty, vx, k, T, C, kind):
 
 
 @check("knn")
+@_own_rng
 def check_knn(fn: Callable) -> str:
     cases = [(0, 20, 0.07), (1, 5, 0.07), (2, 20, 0.5), (3, 1, 0.07)]
     C = 5
@@ -797,6 +820,7 @@ def _probe_variant_fit(tx, ty, vx, vy, C, kind):
 
 
 @check("linear_probe")
+@_own_rng
 def check_linear_probe(fn: Callable) -> str:
     cases = [(0, 0.01), (1, 0.1)]
     for seed, C in cases:
