@@ -155,13 +155,10 @@ print("features by hand == vitdino_core.extract_features")
 # %%
 features = {}  # tag -> (train_x (N, D), train_y (N,), val_x (M, D), val_y (M,))
 for tag, model in MODELS.items():
-    t0 = time.perf_counter()
-    train_x, train_y = extract_features(model, train_set, batch_size=128, desc=f"{tag}: train")  # (N, D), (N,)
+    train_x, train_y = extract_features(model, train_set, batch_size=128, desc=f"{tag}: train")  # (N, D)
     val_x, val_y = extract_features(model, val_set, batch_size=128, desc=f"{tag}: val")  # (M, D), (M,)
     features[tag] = (train_x, train_y, val_x, val_y)
-    seconds = time.perf_counter() - t0
-    print(f"{tag:>32}: train {tuple(train_x.shape)}, val {tuple(val_x.shape)} in {seconds:.0f} s"
-          f" ({(len(train_x) + len(val_x)) / seconds:.0f} images/s)")
+    print(f"{tag:>32}: train {tuple(train_x.shape)}, val {tuple(val_x.shape)}")
 MAIN_TAG = TRAINED_TAG if trained is not None else RANDOM_TAG
 train_x, train_y, val_x, val_y = features[MAIN_TAG]  # MODEL's features, used in the next sections
 
