@@ -712,8 +712,8 @@ assert not any(r["collapse"] for r in records)
 # from about 6.3 to about 3.0 nats by step 110, then climbs back to about 4.5 by the last of its 384
 # steps (the saved figure `notebooks/figures/06_training_curves.png`). Its two parts tell why:
 #
-# * the **KL**, the part the student can reduce, keeps falling from start to end (from about 2.8 to
-#   about 0.9 nats in the full run): the student matches the teacher better and better;
+# * the **KL**, the part the student can reduce, falls over the whole run, small bumps aside (from
+#   about 2.8 to about 0.9 nats in the full run): the student matches the teacher better and better;
 # * the **teacher's entropy** $h(P_t)$ is what turns: it first drops (from about 4.5 to 1.6 nats,
 #   the teacher becomes confident about each image), then rises again (to about 3.5). The whole rise
 #   of the loss is this rise of the entropy; the last line under the table shows the same split for
