@@ -61,13 +61,18 @@ from vitdino_core.train import main as train_main
 
 env = setup(seed=0)
 FAST = env.fast  # True under CI or VITDINO_FAST=1: fewer steps and images, every cell still runs
-RUNS = Path(tempfile.mkdtemp(prefix="vitdino_09_"))  # the runs of this notebook, outside the repository
+RUNS = Path(
+    tempfile.mkdtemp(prefix="vitdino_09_")
+)  # the runs of this notebook, outside the repository
 print("runs go to", RUNS)
 
 
 def shell(args: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
     """Run a command as a learner would in a terminal; show it and its stdout; fail loudly if it fails."""
-    print("$", " ".join(a if " " not in a else repr(a) for a in args).replace(sys.executable, "python"))
+    print(
+        "$",
+        " ".join(a if " " not in a else repr(a) for a in args).replace(sys.executable, "python"),
+    )
     t0 = time.perf_counter()
     out = subprocess.run(args, capture_output=True, text=True, timeout=timeout)
     print(out.stdout.strip())
@@ -101,7 +106,9 @@ for name in names:
 dicts = {n: c.to_dict() for n, c in configs.items()}
 differ = [k for k in dicts[names[0]] if len({json.dumps(d[k]) for d in dicts.values()}) > 1]
 rows = [(k, [dicts[n][k] for n in names]) for k in differ]
-rows.append(("peak lr on 1 process", [f"{c.lr * c.batch_size_per_gpu / 256:.2e}" for c in configs.values()]))
+rows.append(
+    ("peak lr on 1 process", [f"{c.lr * c.batch_size_per_gpu / 256:.2e}" for c in configs.values()])
+)
 rows.append(("crops per image", [c.ncrops for c in configs.values()]))
 width = max(len(k) for k, _ in rows) + 2
 print("".join([f"{'key':{width}s}"] + [f"{n:>18s}" for n in names]))
@@ -127,15 +134,24 @@ assert "workshop_tiny" in names and "dino_vitb12" in names
 
 # %%
 base = load_config("workshop_tiny")
-cfg = load_config("workshop_tiny", ["epochs=5", "lr=1e-3", "global_crops_scale=[0.3, 1.0]", "compile=true"])
-print({k: (base.to_dict()[k], v) for k, v in cfg.to_dict().items() if v != base.to_dict()[k]}, "(before, after)")
+cfg = load_config(
+    "workshop_tiny", ["epochs=5", "lr=1e-3", "global_crops_scale=[0.3, 1.0]", "compile=true"]
+)
+print(
+    {k: (base.to_dict()[k], v) for k, v in cfg.to_dict().items() if v != base.to_dict()[k]},
+    "(before, after)",
+)
 
 my_yaml = RUNS / "my_run.yaml"
-my_yaml.write_text("run_name: my_run\narch: vit_tiny\npatch_size: 8\nglobal_crops_size: 64\nlocal_crops_size: 32\n"
-                   "dataset: folder\ndata_path: /path/to/my/photos\nepochs: 10\n")
+my_yaml.write_text(
+    "run_name: my_run\narch: vit_tiny\npatch_size: 8\nglobal_crops_size: 64\nlocal_crops_size: 32\n"
+    "dataset: folder\ndata_path: /path/to/my/photos\nepochs: 10\n"
+)
 mine = load_config(my_yaml)
-print(f"{my_yaml.name}: arch {mine.arch}/{mine.patch_size}, crops {mine.global_crops_size}/{mine.local_crops_size}, "
-      f"out_dim {mine.out_dim} (default), lr {mine.lr} (default)")
+print(
+    f"{my_yaml.name}: arch {mine.arch}/{mine.patch_size}, crops {mine.global_crops_size}/{mine.local_crops_size}, "
+    f"out_dim {mine.out_dim} (default), lr {mine.lr} (default)"
+)
 assert cfg.epochs == 5 and cfg.global_crops_scale == (0.3, 1.0) and mine.out_dim == 65536
 
 # %% [markdown]
@@ -144,7 +160,13 @@ assert cfg.epochs == 5 and cfg.global_crops_scale == (0.3, 1.0) and mine.out_dim
 # number belongs, an unknown precision, a warm-up longer than training:
 
 # %%
-bad = [["lrate=1e-3"], ["global_crops_size=70"], ["epochs=two"], ["precision=fp8"], ["epochs=2", "warmup_epochs=5"]]
+bad = [
+    ["lrate=1e-3"],
+    ["global_crops_size=70"],
+    ["epochs=two"],
+    ["precision=fp8"],
+    ["epochs=2", "warmup_epochs=5"],
+]
 for overrides in bad:
     try:
         load_config("workshop_tiny", overrides)
@@ -171,8 +193,28 @@ print(help_text.getvalue())
 
 # %%
 batch = 16 if FAST else 32
-tiny = ["--set", f"output_dir={RUNS}", "--set", "max_images=256", "--set", f"batch_size_per_gpu={batch}", "--set", "log_every=2"]
-cli = shell([sys.executable, "-m", "vitdino_core.train", "--config", "workshop_tiny", *tiny, "--set", "max_steps=2"])
+tiny = [
+    "--set",
+    f"output_dir={RUNS}",
+    "--set",
+    "max_images=256",
+    "--set",
+    f"batch_size_per_gpu={batch}",
+    "--set",
+    "log_every=2",
+]
+cli = shell(
+    [
+        sys.executable,
+        "-m",
+        "vitdino_core.train",
+        "--config",
+        "workshop_tiny",
+        *tiny,
+        "--set",
+        "max_steps=2",
+    ]
+)
 assert cli.returncode == 0, cli.stderr[-2000:]
 result = json.loads(cli.stdout.strip().splitlines()[-1])
 run_dir = Path(result["run_dir"])
@@ -208,8 +250,19 @@ assert ckpt["step"] == 2
 
 # %%
 resume_to = 4 if FAST else 16
-res = shell([sys.executable, "-m", "vitdino_core.train", "--config", "workshop_tiny", *tiny, "--set", f"max_steps={resume_to}",
-             "--resume"])
+res = shell(
+    [
+        sys.executable,
+        "-m",
+        "vitdino_core.train",
+        "--config",
+        "workshop_tiny",
+        *tiny,
+        "--set",
+        f"max_steps={resume_to}",
+        "--resume",
+    ]
+)
 assert res.returncode == 0, res.stderr[-2000:]
 resumed = [ln for ln in res.stderr.splitlines() if ln.startswith("resumed")]
 print(resumed[0] if resumed else "")
@@ -230,13 +283,17 @@ assert [r["step"] for r in records] == list(range(2, resume_to + 1, 2))
 # %%
 steady = [r["images_per_s"] for r in records[1:]]
 ips = sum(steady) / len(steady)
-print(f"workshop_tiny (batch {batch}) on this machine: {ips:.1f} images/s "
-      f"({torch.get_num_threads()} threads; records: {[round(r['images_per_s'], 1) for r in records]})")
+print(
+    f"workshop_tiny (batch {batch}) on this machine: {ips:.1f} images/s "
+    f"({torch.get_num_threads()} threads; records: {[round(r['images_per_s'], 1) for r in records]})"
+)
 for name in ("workshop_tiny", "imagenette_cpu"):
     c = configs[name]
     n_images = 9469  # imagenette-96 train
-    print(f"  {name:15s}: one epoch of Imagenette ~{n_images / ips / 60:5.1f} min, all {c.epochs} epochs ~{c.epochs * n_images / ips / 3600:5.1f} h"
-          + ("  (different crop sizes and batch: a rough guide)" if name != "workshop_tiny" else ""))
+    print(
+        f"  {name:15s}: one epoch of Imagenette ~{n_images / ips / 60:5.1f} min, all {c.epochs} epochs ~{c.epochs * n_images / ips / 3600:5.1f} h"
+        + ("  (different crop sizes and batch: a rough guide)" if name != "workshop_tiny" else "")
+    )
 assert ips > 0
 
 # %% [markdown]
@@ -261,15 +318,31 @@ def kind(op: str) -> str:
     return "optimiser + EMA" if ("adam" in op or "_foreach_" in op) else "everything else"
 
 
-prof_trainer = DINOTrainer(load_config("workshop_tiny", [f"output_dir={RUNS}", "run_name=profile", "max_images=64",
-                                                         f"batch_size_per_gpu={batch}", "num_workers=0"]), quiet=True)
+prof_trainer = DINOTrainer(
+    load_config(
+        "workshop_tiny",
+        [
+            f"output_dir={RUNS}",
+            "run_name=profile",
+            "max_images=64",
+            f"batch_size_per_gpu={batch}",
+            "num_workers=0",
+        ],
+    ),
+    quiet=True,
+)
 prof_crops = next(iter(prof_trainer.loader))[0]  # [(2B, 3, 72, 72), (4B, 3, 36, 36)]
 prof_trainer.train_step(prof_crops)  # warm-up: the first step allocates
 t0 = time.perf_counter()
 for _ in range(2):
     prof_trainer.train_step(prof_crops)
-live_step_s = (time.perf_counter() - t0) / 2  # timed without the profiler, whose own overhead grows with each operator call
-with native_stderr_silenced(), profile(activities=[ProfilerActivity.CPU]) as prof:  # (the profiler's C++ log lines)
+live_step_s = (
+    time.perf_counter() - t0
+) / 2  # timed without the profiler, whose own overhead grows with each operator call
+with (
+    native_stderr_silenced(),
+    profile(activities=[ProfilerActivity.CPU]) as prof,
+):  # (the profiler's C++ log lines)
     for _ in range(2):
         prof_trainer.train_step(prof_crops)
 live = {}  # kind -> seconds per step, the operators' own time
@@ -290,7 +363,9 @@ assert live["matmul"] > 0 and live["attention"] > 0
 # its `bmm` (matmul) and softmax (everything else) rows.
 
 # %%
-anchor_run = json.loads((REPO_ROOT / "benchmarks" / "results" / "cpu-zen4_step-profile" / "latest.json").read_text())
+anchor_run = json.loads(
+    (REPO_ROOT / "benchmarks" / "results" / "cpu-zen4_step-profile" / "latest.json").read_text()
+)
 GROUPS = {"matmul": "matmul", "attention": "attention", "optimizer_ema": "optimiser + EMA"}
 
 
@@ -302,12 +377,27 @@ def grouped(by_kind: dict) -> dict:
     return out
 
 
-bars = {f"workshop_tiny, batch {batch}\n(this machine, now)": live,
-        "ViT-S/16 anchor, batch 8\n(this project's step)": grouped(anchor_run["ours"]["profile"]["by_kind_s"]),
-        "ViT-S/16 anchor, batch 8\n(official-style step)": grouped(anchor_run["reference"]["profile"]["by_kind_s"])}
-timed = [live_step_s, anchor_run["ours"]["step_s_median"], anchor_run["reference"]["step_s_median"]]  # without the profiler
+bars = {
+    f"workshop_tiny, batch {batch}\n(this machine, now)": live,
+    "ViT-S/16 anchor, batch 8\n(this project's step)": grouped(
+        anchor_run["ours"]["profile"]["by_kind_s"]
+    ),
+    "ViT-S/16 anchor, batch 8\n(official-style step)": grouped(
+        anchor_run["reference"]["profile"]["by_kind_s"]
+    ),
+}
+timed = [
+    live_step_s,
+    anchor_run["ours"]["step_s_median"],
+    anchor_run["reference"]["step_s_median"],
+]  # without the profiler
 order = ["matmul", "attention", "everything else", "optimiser + EMA"]
-colours = {"matmul": "tab:blue", "attention": "tab:orange", "everything else": "tab:gray", "optimiser + EMA": "tab:green"}
+colours = {
+    "matmul": "tab:blue",
+    "attention": "tab:orange",
+    "everything else": "tab:gray",
+    "optimiser + EMA": "tab:green",
+}
 fig, ax = plt.subplots(figsize=(11, 3.2))
 for row, (label, secs) in enumerate(bars.items()):
     total, left = sum(secs.values()), 0.0
@@ -318,12 +408,17 @@ for row, (label, secs) in enumerate(bars.items()):
             ax.text(left + share / 2, row, f"{share:.0f}%", ha="center", va="center", color="white")
         left += share
     ax.text(101, row, f"step {timed[row]:.2f} s", va="center")
-    print(f"{label.replace(chr(10), ' '):55s} step {timed[row]:5.2f} s timed, {total:5.2f} s in operators under the profiler, "
-          f"matmul {100 * secs['matmul'] / total:4.1f}%")
+    print(
+        f"{label.replace(chr(10), ' '):55s} step {timed[row]:5.2f} s timed, {total:5.2f} s in operators under the profiler, "
+        f"matmul {100 * secs['matmul'] / total:4.1f}%"
+    )
 ax.set_yticks(range(len(bars)), list(bars))
 ax.invert_yaxis()
-ax.set(xlim=(0, 116), xlabel="% of the step's operator time (under the profiler)",
-       title="Where a DINO training step's time goes on a CPU")
+ax.set(
+    xlim=(0, 116),
+    xlabel="% of the step's operator time (under the profiler)",
+    title="Where a DINO training step's time goes on a CPU",
+)
 ax.legend(loc="lower center", bbox_to_anchor=(0.5, -0.55), ncol=4)
 plt.tight_layout()
 save_figure(fig, "09_step_profile")
@@ -368,15 +463,23 @@ print(tricks_run["machine"])
 print(f"{'share of the step saved':30s}" + "".join(f"{k:>13s}" for k in settings) + "  verdict")
 for name, t in tricks.items():
     cells = [t["saves"].get(k) for k in settings]  # 1 - (with it) / (without it); None: not timed
-    print(f"{name:30s}" + "".join(f"{'-' if c is None else f'{100 * c:+.1f}%':>13s}" for c in cells)
-          + ("  kept: " + t["where"] if t["kept"] else "  removed"))
+    print(
+        f"{name:30s}"
+        + "".join(f"{'-' if c is None else f'{100 * c:+.1f}%':>13s}" for c in cells)
+        + ("  kept: " + t["where"] if t["kept"] else "  removed")
+    )
 
 fig, ax = plt.subplots(figsize=(11, 3.6))
 width = 0.8 / len(settings)
 for i, (k, colour) in enumerate(zip(settings, ["tab:blue", "tab:cyan", "tab:orange", "tab:red"])):
     xs = [j + (i - (len(settings) - 1) / 2) * width for j in range(len(tricks))]
-    ax.bar(xs, [100 * (t["saves"].get(k) or 0.0) for t in tricks.values()], width, color=colour,
-           label=k)
+    ax.bar(
+        xs,
+        [100 * (t["saves"].get(k) or 0.0) for t in tricks.values()],
+        width,
+        color=colour,
+        label=k,
+    )
 ax.axhline(100 * tricks_run["threshold"], ls="--", color="black", lw=1, label="3%: the bar to stay")
 ax.axhline(0, color="gray", lw=0.8)
 labels = [f"{n}\n({'kept' if t['kept'] else 'removed'})" for n, t in tricks.items()]
@@ -437,12 +540,19 @@ torch.testing.assert_close(fast_feature, plain_feature)
 # %%
 fmt = lambda v: "not measured" if v is None else f"{v:.3f}"  # noqa: E731
 for when, r in tricks_run["step_over_reference"].items():
-    print(f"{when:6s} ({r['code']}): ours / reference in fp32 {fmt(r['fp32'])}; "
-          f"ours in bf16 / reference in fp32 {fmt(r['bf16_vs_fp32_reference'])}")
+    print(
+        f"{when:6s} ({r['code']}): ours / reference in fp32 {fmt(r['fp32'])}; "
+        f"ours in bf16 / reference in fp32 {fmt(r['bf16_vs_fp32_reference'])}"
+    )
 after = tricks_run["step_over_reference"]["after"]
 assert after["fp32"] <= 0.9  # the CPU target in fp32: at most 0.9x the official-style step
-bf16_ratio = after["bf16_vs_fp32_reference"]  # the bf16 target is 0.5; see the results README for its reading
-print("bf16 target (at most 0.5):", "met" if bf16_ratio is not None and bf16_ratio <= 0.5 else "not shown by this run")
+bf16_ratio = after[
+    "bf16_vs_fp32_reference"
+]  # the bf16 target is 0.5; see the results README for its reading
+print(
+    "bf16 target (at most 0.5):",
+    "met" if bf16_ratio is not None and bf16_ratio <= 0.5 else "not shown by this run",
+)
 
 # %% [markdown]
 # ## 6. Many processes: `torchrun` and DistributedDataParallel
@@ -468,18 +578,56 @@ with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]  # a port nobody uses right now
 ddp_batch = 8
-ddp = shell([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
-             "-m", "vitdino_core.train", "--config", "workshop_tiny", "--set", "device=cpu", "--set", "threads=1",
-             "--set", f"output_dir={RUNS}", "--set", "run_name=two_processes", "--set", "max_images=64",
-             "--set", f"batch_size_per_gpu={ddp_batch}", "--set", "num_workers=0", "--set", "max_steps=2", "--set", "log_every=1"])
+ddp = shell(
+    [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(port),
+        "-m",
+        "vitdino_core.train",
+        "--config",
+        "workshop_tiny",
+        "--set",
+        "device=cpu",
+        "--set",
+        "threads=1",
+        "--set",
+        f"output_dir={RUNS}",
+        "--set",
+        "run_name=two_processes",
+        "--set",
+        "max_images=64",
+        "--set",
+        f"batch_size_per_gpu={ddp_batch}",
+        "--set",
+        "num_workers=0",
+        "--set",
+        "max_steps=2",
+        "--set",
+        "log_every=1",
+    ]
+)
 assert ddp.returncode == 0, ddp.stderr[-3000:]
-ddp_records = [json.loads(ln) for ln in (RUNS / "two_processes" / "metrics.jsonl").read_text().splitlines()]
+ddp_records = [
+    json.loads(ln) for ln in (RUNS / "two_processes" / "metrics.jsonl").read_text().splitlines()
+]
 ddp_cfg = load_config(RUNS / "two_processes" / "config.yaml")
 lr_one = ddp_cfg.lr * ddp_batch / 256
-print(f"2 processes x {ddp_batch} images = total batch {2 * ddp_batch}; peak lr {ddp_cfg.lr} x {2 * ddp_batch}/256 = "
-      f"{ddp_cfg.lr * 2 * ddp_batch / 256:.2e} (one process with the same batch_size_per_gpu: {lr_one:.2e})")
-print("steps:", [r["step"] for r in ddp_records], "| steps per epoch:", round(ddp_records[0]["step"] / ddp_records[0]["epoch"]),
-      f"(= 64 images / {2 * ddp_batch} per step)")
+print(
+    f"2 processes x {ddp_batch} images = total batch {2 * ddp_batch}; peak lr {ddp_cfg.lr} x {2 * ddp_batch}/256 = "
+    f"{ddp_cfg.lr * 2 * ddp_batch / 256:.2e} (one process with the same batch_size_per_gpu: {lr_one:.2e})"
+)
+print(
+    "steps:",
+    [r["step"] for r in ddp_records],
+    "| steps per epoch:",
+    round(ddp_records[0]["step"] / ddp_records[0]["epoch"]),
+    f"(= 64 images / {2 * ddp_batch} per step)",
+)
 assert load_checkpoint(RUNS / "two_processes" / "checkpoint.pth")["step"] == 2
 assert round(ddp_records[0]["step"] / ddp_records[0]["epoch"]) == 64 // (2 * ddp_batch)
 
@@ -512,7 +660,10 @@ x = torch.randn(32 if FAST else 64, 3, 96, 96)  # (B, 3, 96, 96)
 
 
 def forward_time(model, x, repeats=3, **autocast):
-    with torch.no_grad(), (torch.autocast("cpu", **autocast) if autocast else contextlib.nullcontext()):
+    with (
+        torch.no_grad(),
+        torch.autocast("cpu", **autocast) if autocast else contextlib.nullcontext(),
+    ):
         out = model(x)  # warm-up
         times = []
         for _ in range(repeats):
@@ -525,8 +676,10 @@ def forward_time(model, x, repeats=3, **autocast):
 t32, out32 = forward_time(model, x)
 t16, out16 = forward_time(model, x, dtype=torch.bfloat16)
 rel = ((out16.float() - out32).norm() / out32.norm()).item()
-print(f"ViT-tiny/12 forward, batch {x.shape[0]} at 96 px: fp32 {t32 * 1e3:.0f} ms, bf16 autocast {t16 * 1e3:.0f} ms "
-      f"(x {t32 / t16:.2f} speed-up); relative difference of the features {rel:.1e}")
+print(
+    f"ViT-tiny/12 forward, batch {x.shape[0]} at 96 px: fp32 {t32 * 1e3:.0f} ms, bf16 autocast {t16 * 1e3:.0f} ms "
+    f"(x {t32 / t16:.2f} speed-up); relative difference of the features {rel:.1e}"
+)
 assert 0 < rel < 0.1  # close, not equal: the matmuls ran in bf16 (the final LayerNorm returns fp32)
 
 # %% [markdown]
@@ -578,12 +731,19 @@ try:
         for _ in range(3):
             train_pass(f, x)
         timings[label] = (time.perf_counter() - t0) / 3
-    print(f"{type(net).__name__}: first compiled call {compile_s:.1f} s (compilation); then eager {timings['eager'] * 1e3:.1f} ms, "
-          f"compiled {timings['compiled'] * 1e3:.1f} ms per forward + backward (x {timings['eager'] / timings['compiled']:.2f})")
-    print(f"compilation pays for itself after ~{compile_s / max(timings['eager'] - timings['compiled'], 1e-9):,.0f} steps"
-          if timings["compiled"] < timings["eager"] else "no speed-up here: compilation never pays for itself")
+    print(
+        f"{type(net).__name__}: first compiled call {compile_s:.1f} s (compilation); then eager {timings['eager'] * 1e3:.1f} ms, "
+        f"compiled {timings['compiled'] * 1e3:.1f} ms per forward + backward (x {timings['eager'] / timings['compiled']:.2f})"
+    )
+    print(
+        f"compilation pays for itself after ~{compile_s / max(timings['eager'] - timings['compiled'], 1e-9):,.0f} steps"
+        if timings["compiled"] < timings["eager"]
+        else "no speed-up here: compilation never pays for itself"
+    )
 except Exception as e:  # e.g. no C++ compiler on this machine
-    print(f"torch.compile failed here ({type(e).__name__}: {str(e)[:200]}); training without it works the same")
+    print(
+        f"torch.compile failed here ({type(e).__name__}: {str(e)[:200]}); training without it works the same"
+    )
 
 # %% [markdown]
 # ## 9. Gradient checkpointing
@@ -596,6 +756,7 @@ except Exception as e:  # e.g. no C++ compiler on this machine
 #
 # We can measure exactly what autograd saves, with a `saved_tensors_hooks` that adds up the bytes of
 # every tensor stored for backward (each storage once; the weights themselves are not counted).
+
 
 # %%
 def saved_activation_mib(model, x):
@@ -624,7 +785,9 @@ memory = {}
 for flag in (False, True):
     model.grad_checkpointing = flag
     memory[flag] = saved_activation_mib(model, x)
-    print(f"grad_checkpointing={flag!s:5s}: {memory[flag][0]:7.1f} MiB saved for backward, {memory[flag][1]:.2f} s forward + backward")
+    print(
+        f"grad_checkpointing={flag!s:5s}: {memory[flag][0]:7.1f} MiB saved for backward, {memory[flag][1]:.2f} s forward + backward"
+    )
 print(f"x {memory[False][0] / memory[True][0]:.0f} less activation memory")
 assert memory[True][0] < memory[False][0] / 4
 
@@ -634,18 +797,38 @@ assert memory[True][0] < memory[False][0] / 4
 # %%
 fig, axes = plt.subplots(1, 3, figsize=(13, 3.3), layout="constrained")
 axes[0].bar(["fp32", "bf16 autocast"], [t32 * 1e3, t16 * 1e3], color=["tab:blue", "tab:orange"])
-axes[0].set(ylabel="ms per forward", title=f"7. precision (CPU: {torch.backends.cpu.get_cpu_capability()})")
+axes[0].set(
+    ylabel="ms per forward", title=f"7. precision (CPU: {torch.backends.cpu.get_cpu_capability()})"
+)
 if len(timings) == 2:
-    axes[1].bar(["eager", "compiled"], [timings["eager"] * 1e3, timings["compiled"] * 1e3], color=["tab:blue", "tab:green"])
-    axes[1].set(ylabel="ms per forward + backward", title=f"8. torch.compile ({type(net).__name__})")
+    axes[1].bar(
+        ["eager", "compiled"],
+        [timings["eager"] * 1e3, timings["compiled"] * 1e3],
+        color=["tab:blue", "tab:green"],
+    )
+    axes[1].set(
+        ylabel="ms per forward + backward", title=f"8. torch.compile ({type(net).__name__})"
+    )
 else:
     axes[1].text(0.5, 0.5, "torch.compile\nnot available here", ha="center", va="center")
     axes[1].set(title="8. torch.compile", xticks=[], yticks=[])
-axes[2].bar(["stored", "checkpointed"], [memory[False][0], memory[True][0]], color=["tab:blue", "tab:purple"])
-axes[2].set(ylabel="MiB saved for backward", title=f"9. gradient checkpointing ({x.shape[0]} images at 96 px)")
+axes[2].bar(
+    ["stored", "checkpointed"],
+    [memory[False][0], memory[True][0]],
+    color=["tab:blue", "tab:purple"],
+)
+axes[2].set(
+    ylabel="MiB saved for backward",
+    title=f"9. gradient checkpointing ({x.shape[0]} images at 96 px)",
+)
 for ax in axes:
     for bar in ax.patches:
-        ax.annotate(f"{bar.get_height():.0f}", (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom")
+        ax.annotate(
+            f"{bar.get_height():.0f}",
+            (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+            ha="center",
+            va="bottom",
+        )
 fig.suptitle("Speed and memory options, measured on this machine")
 save_figure(fig, "09_speed_and_memory")
 plt.show()
@@ -658,26 +841,36 @@ plt.show()
 # the teacher's weights (activations come on top, and dominate at large batches). Parameter counts
 # come from the `meta` device (shapes, no memory).
 
+
 # %%
 def model_state_gib(c):
     with torch.device("meta"):
-        backbone = {"vit_tiny": vit_tiny, "vit_small": vit_small, "vit_base": vit_base}[c.arch](patch_size=c.patch_size)
+        backbone = {"vit_tiny": vit_tiny, "vit_small": vit_small, "vit_base": vit_base}[c.arch](
+            patch_size=c.patch_size
+        )
         head = DINOHead(backbone.embed_dim, c.out_dim)
     n = sum(p.numel() for p in backbone.parameters()) + sum(p.numel() for p in head.parameters())
     return n, 5 * 4 * n / 2**30
 
 
-datasets = {"imagenette_small": ("Imagenette", 9469, (1, 8)), "dino_vitb12": ("ImageNet", 1_281_167, (1, 8, 32))}
+datasets = {
+    "imagenette_small": ("Imagenette", 9469, (1, 8)),
+    "dino_vitb12": ("ImageNet", 1_281_167, (1, 8, 32)),
+}
 for name, (data, n_images, gpu_counts) in datasets.items():
     c = configs[name]
     n_params, gib = model_state_gib(c)
-    print(f"{name}: {c.arch}/{c.patch_size}, {c.global_crops_size}/{c.local_crops_size} px crops x {c.ncrops}, "
-          f"{n_params / 1e6:.1f}M parameters with the head, ~{gib:.1f} GiB of model state, precision {c.precision}")
+    print(
+        f"{name}: {c.arch}/{c.patch_size}, {c.global_crops_size}/{c.local_crops_size} px crops x {c.ncrops}, "
+        f"{n_params / 1e6:.1f}M parameters with the head, ~{gib:.1f} GiB of model state, precision {c.precision}"
+    )
     for gpus in gpu_counts:
         total = c.batch_size_per_gpu * gpus
         steps = n_images // total
-        print(f"   {gpus:2d} GPU(s) on {data}: total batch {total:5d}, peak lr {c.lr * total / 256:.2e}, {steps:6,d} steps/epoch, "
-              f"{steps * c.epochs:9,d} steps for {c.epochs} epochs")
+        print(
+            f"   {gpus:2d} GPU(s) on {data}: total batch {total:5d}, peak lr {c.lr * total / 256:.2e}, {steps:6,d} steps/epoch, "
+            f"{steps * c.epochs:9,d} steps for {c.epochs} epochs"
+        )
 
 # %% [markdown]
 # And what a GPU does with them, measured: one NVIDIA H200 ran `benchmarks/gpu_suite.sh`, whose JSON
@@ -698,41 +891,81 @@ def gpu_step(name: str) -> dict:
     return r.get("ours", r)  # --compare files hold ours and the official-style step
 
 
-steps = {"ViT-S/16, batch 64\n2x224 + 6x96": "step_vits16", "ViT-B/12, batch 64\n2x228 + 10x96": "step_vitb12",
-         "imagenette_small\nViT-S/8, batch 256": "step_imagenette_small"}
+steps = {
+    "ViT-S/16, batch 64\n2x224 + 6x96": "step_vits16",
+    "ViT-B/12, batch 64\n2x228 + 10x96": "step_vitb12",
+    "imagenette_small\nViT-S/8, batch 256": "step_imagenette_small",
+}
 measured = {label: (gpu_step(name), gpu_step(name + "_compile")) for label, name in steps.items()}
 reference = json.loads((GPU_RESULTS / "step_vits16.json").read_text())["reference"]
-print(json.loads((GPU_RESULTS / "step_vitb12.json").read_text())["device_name"], "| torch",
-      json.loads((GPU_RESULTS / "step_vitb12.json").read_text())["torch"])
+print(
+    json.loads((GPU_RESULTS / "step_vitb12.json").read_text())["device_name"],
+    "| torch",
+    json.loads((GPU_RESULTS / "step_vitb12.json").read_text())["torch"],
+)
 for label, (eager, compiled) in measured.items():
-    print(f"{label.replace(chr(10), ', '):42s} eager {eager['step_s_median'] * 1e3:6.1f} ms {eager['images_per_s']:6,.0f} img/s "
-          f"share {eager['fraction_of_matmul_peak']:.1%} | compiled {compiled['step_s_median'] * 1e3:6.1f} ms "
-          f"{compiled['images_per_s']:6,.0f} img/s share {compiled['fraction_of_matmul_peak']:.1%} | "
-          f"peak memory {compiled['peak_memory_bytes'] / 2**30:.1f} GiB")
-print(f"official-style ViT-S/16 step, same run as ours: {reference['step_s_median'] * 1e3:.1f} ms, {reference['images_per_s']:,.0f} img/s")
-assert all(c["step_s_median"] < e["step_s_median"] for e, c in measured.values())  # compiling paid off for all three
+    print(
+        f"{label.replace(chr(10), ', '):42s} eager {eager['step_s_median'] * 1e3:6.1f} ms {eager['images_per_s']:6,.0f} img/s "
+        f"share {eager['fraction_of_matmul_peak']:.1%} | compiled {compiled['step_s_median'] * 1e3:6.1f} ms "
+        f"{compiled['images_per_s']:6,.0f} img/s share {compiled['fraction_of_matmul_peak']:.1%} | "
+        f"peak memory {compiled['peak_memory_bytes'] / 2**30:.1f} GiB"
+    )
+print(
+    f"official-style ViT-S/16 step, same run as ours: {reference['step_s_median'] * 1e3:.1f} ms, {reference['images_per_s']:,.0f} img/s"
+)
+assert all(
+    c["step_s_median"] < e["step_s_median"] for e, c in measured.values()
+)  # compiling paid off for all three
 # epoch ends in the real loop (imagenette_small, eager): the code before and after the checkpoint thread and the
 # loader's single pass across epochs, same machine
-ends = {when: json.loads((GPU_RESULTS / f"epoch_boundary{suffix}.json").read_text())
-        for when, suffix in (("before", "_before"), ("after", ""))}
+ends = {
+    when: json.loads((GPU_RESULTS / f"epoch_boundary{suffix}.json").read_text())
+    for when, suffix in (("before", "_before"), ("after", ""))
+}
 for when, r in ends.items():
-    print(f"epoch end {when:6s}: {r['epoch_end_overhead_s_median']:.2f} s on top of a {r['other_steps_median_s']:.2f} s step")
+    print(
+        f"epoch end {when:6s}: {r['epoch_end_overhead_s_median']:.2f} s on top of a {r['other_steps_median_s']:.2f} s step"
+    )
 assert ends["after"]["epoch_end_overhead_s_median"] < ends["before"]["epoch_end_overhead_s_median"]
 
 fig, axes = plt.subplots(1, 3, figsize=(17, 4), gridspec_kw={"width_ratios": [3, 3, 1.4]})
 x = range(len(measured))
 for i, (which, colour) in enumerate((("eager", "tab:blue"), ("compiled", "tab:green"))):
-    axes[0].bar([k + 0.4 * i - 0.2 for k in x], [m[i]["images_per_s"] for m in measured.values()], 0.4, color=colour, label=which)
-    axes[1].bar([k + 0.4 * i - 0.2 for k in x], [100 * m[i]["fraction_of_matmul_peak"] for m in measured.values()], 0.4,
-                color=colour, label=which)
-axes[0].scatter([-0.2], [reference["images_per_s"]], marker="_", s=900, color="black", label="official-style step (eager)")
+    axes[0].bar(
+        [k + 0.4 * i - 0.2 for k in x],
+        [m[i]["images_per_s"] for m in measured.values()],
+        0.4,
+        color=colour,
+        label=which,
+    )
+    axes[1].bar(
+        [k + 0.4 * i - 0.2 for k in x],
+        [100 * m[i]["fraction_of_matmul_peak"] for m in measured.values()],
+        0.4,
+        color=colour,
+        label=which,
+    )
+axes[0].scatter(
+    [-0.2],
+    [reference["images_per_s"]],
+    marker="_",
+    s=900,
+    color="black",
+    label="official-style step (eager)",
+)
 axes[0].set(ylabel="images per second", title="DINO training step on one H200 (bf16)")
 axes[1].axhline(50, ls="--", color="gray", label="50%")
-axes[1].set(ylabel="% of the large-matmul FLOP/s", title="share of what the GPU can do", ylim=(0, 100))
+axes[1].set(
+    ylabel="% of the large-matmul FLOP/s", title="share of what the GPU can do", ylim=(0, 100)
+)
 for ax in axes[:2]:
     ax.set_xticks(list(x), list(measured))
     ax.legend()
-axes[2].bar(list(ends), [r["epoch_end_overhead_s_median"] for r in ends.values()], color=["tab:gray", "tab:green"])
+axes[2].bar(
+    list(ends),
+    [r["epoch_end_overhead_s_median"] for r in ends.values()],
+    color=["tab:gray", "tab:green"],
+)
 axes[2].axhline(ends["after"]["other_steps_median_s"], ls=":", color="black", label="one step")
 axes[2].set(ylabel="seconds lost per epoch end", title="epoch ends (imagenette_small)")
 axes[2].legend()
@@ -764,13 +997,28 @@ print(help_text.getvalue())
 
 # %%
 n_train, n_val = (200, 100) if FAST else (1000, 500)
-ev = shell([sys.executable, "-m", "vitdino_core.evaluate", "--ckpt", str(run_dir / "checkpoint.pth"),
-            "--max-train", str(n_train), "--max-val", str(n_val)])
+ev = shell(
+    [
+        sys.executable,
+        "-m",
+        "vitdino_core.evaluate",
+        "--ckpt",
+        str(run_dir / "checkpoint.pth"),
+        "--max-train",
+        str(n_train),
+        "--max-val",
+        str(n_val),
+    ]
+)
 assert ev.returncode == 0, ev.stderr[-2000:]
 scores = json.loads(ev.stdout.strip().splitlines()[-1])
-print(f"kNN top-1 {scores['knn_top1']}%, linear probe top-1 {scores['linear_top1']}% on {scores['num_val']} val images "
-      f"(chance: 10%)")
-assert scores["num_train"] == n_train and scores["num_val"] == n_val and 0 <= scores["knn_top1"] <= 100
+print(
+    f"kNN top-1 {scores['knn_top1']}%, linear probe top-1 {scores['linear_top1']}% on {scores['num_val']} val images "
+    f"(chance: 10%)"
+)
+assert (
+    scores["num_train"] == n_train and scores["num_val"] == n_val and 0 <= scores["knn_top1"] <= 100
+)
 
 # %% [markdown]
 # ## What we built
@@ -803,7 +1051,8 @@ assert scores["num_train"] == n_train and scores["num_val"] == n_val and 0 <= sc
 # %% [markdown]
 # ## Appendix A: engineering notes on the Vision Transformer (notebooks 01-04)
 #
-# Notebooks 01-04 teach the model as the paper writes it. What it costs to run, and why, is collected here.
+# Notebooks 01-04 teach the model as the paper writes it. What it costs to run, and why, is
+# collected here.
 
 # %% [markdown]
 # ### A.1 Patch embedding: a convolution or one matrix product
@@ -838,8 +1087,9 @@ def best_time(fn, budget_s: float, min_repeats: int = 2) -> float:
 embed = PatchEmbed(img_size=224, patch_size=16, in_chans=3, embed_dim=384)
 crops = torch.randn(4 if FAST else 16, 3, 224, 224)  # (B, 3, 224, 224)
 with torch.no_grad():
-    torch.testing.assert_close(embed.forward_matmul(crops), embed.forward_conv(crops),
-                               rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(
+        embed.forward_matmul(crops), embed.forward_conv(crops), rtol=1e-4, atol=1e-4
+    )
     for name, fn in (("conv", embed.forward_conv), ("matmul", embed.forward_matmul)):
         t = best_time(lambda: fn(crops), 0.2 if FAST else 1.0)
         print(f"{name:>6}: {1e3 * t:6.1f} ms for {crops.shape[0]} crops of 224 px (forward only)")
@@ -876,8 +1126,13 @@ ax.plot(Ns, [t * 1e3 for t in timings["explicit"]], "o-", label="explicit softma
 ax.plot(Ns, [t * 1e3 for t in timings["fused"]], "s-", label="fused scaled_dot_product_attention")
 ref = [timings["explicit"][-1] * 1e3 * (n / Ns[-1]) ** 2 for n in Ns]
 ax.plot(Ns, ref, ":", color="gray", label=r"$\propto N^2$")
-ax.set(xscale="log", yscale="log", xlabel="tokens N", ylabel="time (ms, fastest run)",
-       title=f"Attention, 1 image, {H} heads x d={d}\nmeasured on this machine: CPU, 1 thread")
+ax.set(
+    xscale="log",
+    yscale="log",
+    xlabel="tokens N",
+    ylabel="time (ms, fastest run)",
+    title=f"Attention, 1 image, {H} heads x d={d}\nmeasured on this machine: CPU, 1 thread",
+)
 ax.legend(fontsize=9)
 fig.tight_layout()
 plt.show()
@@ -933,6 +1188,7 @@ print("the class-token row of the last block by hand == forward == forward_featu
 # How much that saves, in multiply-adds of one 224 px image through ViT-S/16 (197 tokens): each of
 # the first eleven blocks does the same work; the last one does about a sixth of it.
 
+
 # %%
 def block_macs(D: int, T: int, cls_only: bool = False) -> float:
     """Multiply-adds of one block for T tokens: qkv, proj, fc1, fc2 (12 D^2 per token) and
@@ -948,12 +1204,19 @@ ours = full[:-1] + [block_macs(D, T, cls_only=True) / 1e9]
 fig, ax = plt.subplots(figsize=(7, 2.6))
 ax.bar(range(12), full, color="0.85", label="every token (the official forward)")
 ax.bar(range(12), ours, color="C0", label="vitdino_core.forward")
-ax.set(xlabel="block", ylabel="GMAC per image", xticks=range(12), ylim=(0, 1.4 * full[0]),
-       title=f"ViT-S/16 at 224 px: {sum(ours) / sum(full):.1%} of the blocks' work")
+ax.set(
+    xlabel="block",
+    ylabel="GMAC per image",
+    xticks=range(12),
+    ylim=(0, 1.4 * full[0]),
+    title=f"ViT-S/16 at 224 px: {sum(ours) / sum(full):.1%} of the blocks' work",
+)
 ax.legend(loc="upper left", ncol=2, fontsize=8)  # above the bars
 plt.show()
-print(f"last block: {ours[-1]:.3f} of {full[-1]:.3f} GMAC ({1 - ours[-1] / full[-1]:.0%} skipped);"
-      f" all blocks: {1 - sum(ours) / sum(full):.1%} skipped, forward and backward alike")
+print(
+    f"last block: {ours[-1]:.3f} of {full[-1]:.3f} GMAC ({1 - ours[-1] / full[-1]:.0%} skipped);"
+    f" all blocks: {1 - sum(ours) / sum(full):.1%} skipped, forward and backward alike"
+)
 
 # %% [markdown]
 # ### A.4 Multi-crop: one backbone pass per resolution
@@ -971,13 +1234,17 @@ backbone = VisionTransformer(img_size=96, patch_size=16, embed_dim=96, depth=4, 
 head = DINOHead(96, 256, hidden_dim=256, bottleneck_dim=64).eval()
 wrapper = MultiCropWrapper(backbone, head)
 n_img = 4
-views = [torch.randn(n_img, 3, 96, 96) for _ in range(2)] + [torch.randn(n_img, 3, 48, 48)
-                                                            for _ in range(4)]  # 6 x (B, 3, h, w)
+views = [torch.randn(n_img, 3, 96, 96) for _ in range(2)] + [
+    torch.randn(n_img, 3, 48, 48) for _ in range(4)
+]  # 6 x (B, 3, h, w)
 with torch.no_grad():
-    torch.testing.assert_close(wrapper(views), torch.cat([head(backbone(v)) for v in views]),
-                               rtol=1e-4, atol=1e-5)
-    for name, fn in (("naive, per view", lambda: torch.cat([head(backbone(v)) for v in views])),
-                     ("MultiCropWrapper", lambda: wrapper(views))):
+    torch.testing.assert_close(
+        wrapper(views), torch.cat([head(backbone(v)) for v in views]), rtol=1e-4, atol=1e-5
+    )
+    for name, fn in (
+        ("naive, per view", lambda: torch.cat([head(backbone(v)) for v in views])),
+        ("MultiCropWrapper", lambda: wrapper(views)),
+    ):
         t = best_time(fn, 0.2 if FAST else 1.0)
         print(f"{name:18s} {1000 * t:7.1f} ms per batch of {n_img} images x 6 views")
 
@@ -985,3 +1252,91 @@ with torch.no_grad():
 # ## Appendix B: engineering notes on DINO training and evaluation (notebooks 05-08)
 #
 # The same for notebooks 05-08: sizes, timings and the choices made to keep a CPU run short.
+#
+# ### B.1 The head's last layer never writes its weight out (notebook 05)
+#
+# The head's last layer has the weight $w_k = g_k v_k / \lVert v_k \rVert$, row by row. Calling the
+# weight-normalised `nn.Linear` writes this $K \times 256$ matrix on every forward pass and its
+# gradient on every backward pass. The core computes the same scores without it:
+# $z \cdot w_k = (z \cdot v_k)\, g_k / \lVert v_k \rVert$, a product with $v$ followed by one scale
+# per output, with the gradients written by hand (`vitdino_core.dino_loss.weight_norm_linear`).
+# `benchmarks/head_last_layer.py` times both ways; the cell below checks that they agree and says
+# how large the matrix that is never written would be.
+
+# %%
+import torch.nn.functional as F  # noqa: E402
+
+head = DINOHead(384, 4096)  # K = 4096 here; DINO uses 65536
+wn = head.last_layer.parametrizations.weight  # original0: g (K, 1), original1: v (K, 256)
+feats = torch.randn(8, 384)  # (B, D)
+with torch.no_grad():
+    z = F.normalize(head.mlp(feats), dim=-1)  # (B, 256)
+    by_layer = head.last_layer(z)  # (B, K): writes w (K, 256) first
+    scale = wn.original0 / wn.original1.norm(dim=1, keepdim=True)  # (K, 1): g_k / ||v_k||
+    rescaled = (z @ wn.original1.T) * scale.T  # (B, K): never forms w
+torch.testing.assert_close(rescaled, by_layer)
+torch.testing.assert_close(head(feats), by_layer)  # the core's forward takes the rescaling path
+w_bytes = 65536 * 256 * 4  # fp32
+print(
+    f"rescaled scores == the layer's; at K = 65536 the skipped w is {w_bytes / 1e6:.0f} MB, "
+    f"written once per forward and once more as its gradient"
+)
+
+# %% [markdown]
+# ### B.2 The EMA update in one call (notebook 06)
+#
+# `ema_by_hand` in notebook 06 loops over the parameters in Python: two small operations per
+# tensor, for every tensor of backbone and head. `update_teacher` does the same update as one
+# `torch._foreach_lerp_` over all tensors at once, $\theta_t + (1 - m)(\theta_s - \theta_t)$,
+# which is one pass over the weights and one call (on a GPU, one group of kernel launches instead
+# of one per tensor).
+
+# %%
+from vitdino_core import MultiCropWrapper, make_teacher, update_teacher  # noqa: E402
+
+student = MultiCropWrapper(vit_tiny(img_size=48), DINOHead(192, 256))
+loop_teacher, fused_teacher = make_teacher(student), make_teacher(student)
+with torch.no_grad():
+    for p in student.parameters():
+        p.add_(0.01 * torch.randn_like(p))  # the student moved
+    for p_s, p_t in zip(student.parameters(), loop_teacher.parameters()):
+        p_t.mul_(0.996).add_(p_s, alpha=1 - 0.996)  # the loop, as in notebook 06
+update_teacher(student, fused_teacher, 0.996)
+for a, b in zip(loop_teacher.parameters(), fused_teacher.parameters()):
+    torch.testing.assert_close(a, b)
+print(f"{len(list(student.parameters()))} tensors: the loop and the fused update agree")
+
+# %% [markdown]
+# ### B.3 Features without the last block's other rows (notebooks 07-08)
+#
+# Feature extraction (notebook 08) needs only the CLS token after the last block. Its other $N$
+# outputs are never read, so `VisionTransformer.forward` runs the last block for the CLS row alone:
+# keys and values for all $N+1$ tokens, but the query, the attention row, the projection and the MLP
+# for one token. The attention maps of notebook 07 need the full matrix and take
+# `get_last_selfattention` instead. The saving, counted in multiply-adds of the last block's
+# matrix products for ViT-S/16 at 224 px ($N + 1 = 197$, $D = 384$, MLP $4D$):
+
+# %%
+T_, D_ = 197, 384
+# qkv, attention (q k^T and A v), proj, MLP; then the same with one query row: k and v for all
+full = T_ * D_ * 3 * D_ + 2 * T_ * T_ * D_ + T_ * D_ * D_ + 2 * T_ * D_ * 4 * D_
+cls_only = T_ * D_ * 2 * D_ + D_ * D_ + 2 * T_ * D_ + D_ * D_ + 2 * D_ * 4 * D_
+print(
+    f"last block: {full / 1e6:.0f}M multiply-adds for all tokens, {cls_only / 1e6:.0f}M for the "
+    f"CLS row: {1 - cls_only / full:.0%} of the block skipped"
+)
+model = vit_tiny(img_size=48).eval()
+images = torch.randn(2, 3, 48, 48)  # (B, 3, H, W)
+with torch.no_grad():
+    torch.testing.assert_close(model(images), model.forward_features(images)[:, 0])  # (B, D)
+print("forward() (CLS row only in the last block) == forward_features()[:, 0]")
+
+# %% [markdown]
+# ### B.4 Small tensors, one thread (notebook 05)
+#
+# The collapse simulation of notebook 05 multiplies matrices of a few thousand numbers. Splitting
+# such work across threads costs more in coordination than it saves, and on a CPU shared with other
+# programs a thread that waits for a busy core holds up the others. That is why the simulation runs
+# under `torch.set_num_threads(1)` and restores the setting afterwards. Notebook 06's trainer also
+# records `images_per_s` in every metrics record (`metrics.jsonl`); the notebooks do not print it,
+# since it says more about the machine than about DINO.

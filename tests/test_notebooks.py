@@ -21,7 +21,8 @@ NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("[0-9][0-9]_*.py"))
 CURRICULUM = ["00_setup_and_data", "01_patch_embedding", "02_attention", "03_vision_transformer", "04_multicrop",
               "05_dino_loss", "06_ema_training", "07_attention_maps", "08_linear_probe", "09_scaling_up"]
 # the learner versions in notebooks/exercises/ (stubs + checks), made by `make exercises`
-EXERCISE_NOTEBOOKS = ["01_patch_embedding", "02_attention", "03_vision_transformer", "04_multicrop"]
+EXERCISE_NOTEBOOKS = ["01_patch_embedding", "02_attention", "03_vision_transformer", "04_multicrop",
+                      "05_dino_loss", "06_ema_training", "07_attention_maps", "08_linear_probe"]
 EXERCISES = sorted((NOTEBOOK_DIR / "exercises").glob("[0-9][0-9]_*.py"))
 ALL = NOTEBOOKS + EXERCISES
 

@@ -189,3 +189,4 @@ def first_match(got: torch.Tensor, candidates: dict[str, torch.Tensor], atol: fl
 
 # the checks, one file per half of the course (each defines __all__)
 from .vit import *  # noqa: E402,F401,F403  notebooks 01-04
+from .dino import *  # noqa: E402,F401,F403  notebooks 05-08

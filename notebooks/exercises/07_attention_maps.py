@@ -1,0 +1,560 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 07 · Attention maps
+#
+# *Exercise version.* Write the functions marked `NotImplementedError`; each check cell
+# tells you what is wrong or that it passed. The complete notebook is `../07_attention_maps.py`.
+# (Made by `make exercises` from it; edits here are yours, `make exercises` overwrites them.)
+#
+# The most striking picture in the DINO paper (Caron et al., 2021, Fig. 1 and 3) is not a number: it is the
+# attention of the **class token** in the last layer of a self-supervised ViT, drawn over the image. Without a
+# single label or mask, the heads light up the main object, and different heads pick out different parts. This
+# notebook draws those maps, builds them by hand, and turns them into masks the way the paper does.
+#
+# ```
+# image (1, 3, 72, 72) ──► patch_embed + cls_token + pos_embed ──► blocks[0..10] ──► blocks[11]
+#                                                                                     │ norm1, attn.qkv
+#                                                                                     ▼
+#                             A = softmax(q k^T / sqrt(d))       (1, heads, N+1, N+1)  one matrix per head
+#                             A[:, :, 0, 1:]                     (1, heads, N)         CLS row, patch columns
+#                             .reshape(1, heads, 6, 6)           one heat map per head  ──► masks (60% of mass)
+# ```
+#
+# **Which weights?** The notebook shows the DINO teacher shipped in `checkpoints/dino_imagenette96.pth`
+# (ViT-tiny/12 trained on 72 px crops of Imagenette's training images, labels never used), or the file named by
+# `$VITDINO_CHECKPOINT`. When there is no such file yet, every picture is drawn with a **randomly initialised**
+# backbone of the same kind instead, and the titles say so: those maps are close to uniform noise, which is
+# itself the baseline a trained model must beat. The cell after the setup prints which weights you are looking at.
+#
+# In this notebook we
+# 1. compute the last-layer CLS attention per head by hand and check it against `get_last_selfattention` and
+#    `vitdino_core.cls_attention`;
+# 2. build DINO's thresholded masks (the patches holding 60% of the attention) by hand and check them against
+#    `vitdino_core.threshold_masks`;
+# 3. draw per-head maps and masks on photos and on Imagenette validation images;
+# 4. put trained and random weights side by side and measure how concentrated their attention is;
+# 5. feed larger images than the model was trained on (positions interpolated) to get finer maps.
+
+# %%
+import math
+import os
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from IPython.display import display
+
+from vitdino_core import (build_dataset, cls_attention, denormalize, load_image, overlay_masks,
+                          plot_attention_heads, threshold_masks, upsample)
+from vitdino_core.attention_maps import mask_coverage
+from vitdino_core.evaluate import build_backbone_from_checkpoint, build_random_backbone
+from vitdino_core.exercises import assert_checked, check_cls_attention, check_threshold_mask, pick
+from vitdino_core.notebook import (SHIPPED_CHECKPOINT, checkpoint_story,
+                                    photo, save_figure, setup, short_path, shipped_checkpoint)
+
+env = setup(seed=0)
+FAST = env.fast  # True under CI or VITDINO_FAST=1: fewer images in the statistics, every cell still runs
+
+# %% [markdown]
+# ## 0. Which weights are we looking at?
+#
+# `shipped_checkpoint()` returns `$VITDINO_CHECKPOINT` if it is set, else `checkpoints/dino_imagenette96.pth`,
+# or `None` when neither exists. A shipped file holds `{"teacher": backbone weights (fp16), "config": the training
+# config}` and a `.json` record beside it. `build_backbone_from_checkpoint` reads the architecture, patch size and
+# training resolution from that config. The random baseline is the same architecture, freshly initialised.
+
+# %%
+CKPT = shipped_checkpoint()  # Path or None
+
+
+if CKPT is not None:
+    trained, info = build_backbone_from_checkpoint(CKPT)  # teacher weights, eval mode
+    STORY, TRAINED_TAG, RECORD = checkpoint_story(CKPT)
+    ARCH, PATCH, IMG = info["arch"], info["patch_size"], info["image_size"]
+else:
+    trained, STORY, TRAINED_TAG, RECORD = None, None, None, {}
+    ARCH, PATCH, IMG = "vit_tiny", 12, 72  # what the shipped checkpoint is: ViT-tiny/12 trained on 72 px crops
+random_model, random_info = build_random_backbone(ARCH, PATCH, IMG, seed=0)
+RANDOM_TAG = "RANDOM init (untrained)"
+
+MODEL = trained if trained is not None else random_model  # the model most pictures show
+TAG = TRAINED_TAG if trained is not None else RANDOM_TAG + ": no trained checkpoint yet"
+HEADS, GRID = MODEL.num_heads, IMG // PATCH
+
+print("=" * 100)
+if trained is not None:
+    print("weights:", STORY)
+    extra = {k: v for k, v in RECORD.items() if isinstance(v, (str, int, float)) and k not in
+             ("file", "weights", "dtype", "step", "epochs")}
+    for k, v in extra.items():
+        print(f"   {k}: {v}")
+    print("the random-init baseline of the same architecture is shown beside it")
+else:
+    wanted = os.environ.get("VITDINO_CHECKPOINT") or short_path(SHIPPED_CHECKPOINT)
+    print(f"weights: RANDOM INITIALISATION. There is no trained checkpoint at {wanted} yet.")
+    print(f"Every map below comes from an untrained {ARCH}/{PATCH}: expect near-uniform, noisy attention and masks that")
+    print("cover most of the image. With the trained DINO teacher the heads concentrate on the object (the bird, the")
+    print("dog, the church) and different heads pick out different parts; the trained-vs-random comparison appears")
+    print("once the checkpoint exists.")
+print("=" * 100)
+print(f"{ARCH}/{PATCH}: {HEADS} heads, trained resolution {IMG} px = {GRID} x {GRID} patches")
+
+# %% [markdown]
+# ## 1. The CLS token's attention, by hand
+#
+# Recall the last block (notebooks 02-03). The tokens $X \in \mathbb{R}^{(N+1) \times D}$ go through
+# `norm1`, then `attn.qkv` gives per head $h$ the queries, keys and values
+# $Q_h, K_h, V_h \in \mathbb{R}^{(N+1) \times d}$ with $d = D / H$, and
+#
+# $$A_h = \mathrm{softmax}\!\left(\frac{Q_h K_h^\top}{\sqrt{d}}\right)
+#   \in \mathbb{R}^{(N+1) \times (N+1)} .$$
+#
+# Row 0 of $A_h$ says how the CLS token, whose final state *is* the image's feature, mixes the
+# tokens. Dropping column 0 (what CLS takes from itself) leaves one weight per patch,
+# $A_h[0, 1{:}]$, and the $N = 36$ weights fold back into the $6 \times 6$ patch grid in the same
+# row-major order in which `patch_embed` flattened it.
+#
+# We run the first 11 blocks as they are, then open up the last one as far as its queries and keys.
+
+# %%
+x = load_image(photo("grace_hopper"), IMG, PATCH)  # (1, 3, 72, 72): resized, cropped, normalised
+B, _, H, W = x.shape
+h, w = H // PATCH, W // PATCH  # 6 x 6 patch grid
+N = h * w  # 36 patches
+D = MODEL.embed_dim
+d = D // HEADS  # head dimension
+
+with torch.no_grad():
+    tokens = MODEL.patch_embed(x)  # (1, N, D)
+    tokens = torch.cat([MODEL.cls_token.expand(B, -1, -1), tokens], dim=1)  # (1, N+1, D)
+    tokens = tokens + MODEL.pos_embed  # (1, N+1, D): the training grid, no interpolation needed
+    for blk in MODEL.blocks[:-1]:
+        tokens = blk(tokens)  # (1, N+1, D)
+    last = MODEL.blocks[-1]
+    y = last.norm1(tokens)  # (1, N+1, D): pre-norm
+    qkv = last.attn.qkv(y).reshape(B, N + 1, 3, HEADS, d)  # (1, N+1, 3, heads, d)
+    q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (1, heads, N+1, d)
+print("queries", tuple(q.shape), "keys", tuple(k.shape))
+
+# %% [markdown]
+# ### Exercise `cls_attention` · difficulty 1 · 10 min
+#
+# Write `cls_attention_by_hand(q, k, h, w)`:
+#
+# * **input** the last block's queries and keys, `q` and `k` of shape $(B, H, N+1, d)$ (token 0 is
+#   CLS, then the $N = h \cdot w$ patches in row-major order), and the grid size $h \times w$;
+# * **output** the CLS maps $(B, H, h, w)$: the attention matrix
+#   $A = \mathrm{softmax}(q k^\top / \sqrt{d})$, row 0 (what CLS draws from each token) without its
+#   column 0, folded to the patch grid.
+#
+# The check uses a non-square grid ($3 \times 5$), so a fold in the wrong order shows.
+#
+# <details><summary>Hint</summary>
+#
+# `q @ k.transpose(-2, -1)` is $(B, H, N+1, N+1)$ with one row per query; the softmax normalises
+# each row: `dim=-1`. `A[:, :, 0, 1:]` is CLS's row without CLS, and `.reshape(B, H, h, w)` folds it
+# row by row.
+#
+# </details>
+
+# %%
+def cls_attention_by_hand(q: torch.Tensor, k: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """q, k (B, heads, N+1, d) -> the CLS token's attention to each patch, (B, heads, h, w)."""
+    raise NotImplementedError("softmax(q k^T / sqrt(d)), row 0 minus column 0, folded")
+
+
+# %% tags=["raises-exception"]
+check_cls_attention(cls_attention_by_hand)
+
+# %% [markdown]
+# The core model computes the same matrix in `get_last_selfattention` (its last block runs the
+# explicit softmax path of `Attention`), and `vitdino_core.cls_attention` takes row 0, drops column
+# 0 and folds the grid. `cls_attention_fn` is yours once its check passes, the core's until then.
+
+# %%
+cls_attention_fn = pick("cls_attention", cls_attention_by_hand)
+maps_by_hand = cls_attention_fn(q, k, h, w)  # (1, heads, 6, 6)
+A = MODEL.get_last_selfattention(x)  # (1, heads, N+1, N+1)
+torch.testing.assert_close(maps_by_hand, cls_attention(MODEL, x))  # (1, heads, 6, 6)
+torch.testing.assert_close(A.sum(dim=-1), torch.ones(B, HEADS, N + 1))  # rows are distributions
+cls_row = A[:, :, 0, :]  # (1, heads, N+1): what CLS draws from every token
+print("attention matrices", tuple(A.shape), "-> CLS maps", tuple(maps_by_hand.shape))
+for i in range(HEADS):
+    print(f"head {i}: CLS keeps {cls_row[0, i, 0]:.3f} for itself, gives "
+          f"{cls_row[0, i, 1:].sum():.3f} to the patches; largest patch weight "
+          f"{cls_row[0, i, 1:].max():.3f} (uniform: {1 / N:.3f})")
+print("CLS maps by hand == vitdino_core.cls_attention")
+
+# %% [markdown]
+# The path from the matrix to the map, for head 0: row 0 of the $(N+1) \times (N+1)$ matrix, without
+# its first entry, is a vector of 36 patch weights; folded, it is a $6 \times 6$ picture the size of
+# the patch grid.
+
+# %%
+fig, axes = plt.subplots(1, 4, figsize=(14, 3.4), gridspec_kw={"width_ratios": [1.1, 1.6, 0.9, 0.9]})
+im = axes[0].imshow(A[0, 0].numpy(), cmap="viridis")
+axes[0].add_patch(plt.Rectangle((-0.5, -0.5), N + 1, 1, fill=False, ec="red", lw=2))
+axes[0].set(title="head 0: A (N+1 x N+1), row 0 in red", xlabel="key token", ylabel="query token")
+fig.colorbar(im, ax=axes[0], fraction=0.046)
+axes[1].bar(range(1, N + 1), cls_row[0, 0, 1:].numpy(), color="tab:red")
+axes[1].axhline(1 / N, color="gray", ls=":", lw=1)
+axes[1].text(1, 1 / N, " uniform 1/N", va="bottom", color="gray", fontsize=8)
+axes[1].set(title="A[0, 1:]: CLS -> each patch", xlabel="patch index (row-major)", ylabel="attention weight")
+im = axes[2].imshow(maps_by_hand[0, 0].numpy(), cmap="inferno")
+axes[2].set(title=f"folded to {h} x {w}", xticks=[], yticks=[])
+fig.colorbar(im, ax=axes[2], fraction=0.046)
+axes[3].imshow(denormalize(x[0]).permute(1, 2, 0).numpy())
+axes[3].imshow(upsample(maps_by_hand[0, 0], PATCH).numpy(), cmap="inferno", alpha=0.55)
+axes[3].set(title="over the image", xticks=[], yticks=[])
+fig.suptitle(f"From attention matrix to attention map ({TAG})")
+fig.tight_layout()
+plt.show()
+
+# %% [markdown]
+# ## 2. Masks: the patches that hold 60% of the attention
+#
+# A heat map has no natural threshold, so the DINO paper (Sec. 4.2.2, Fig. 4, and its
+# `visualize_attention.py`) keeps, for each head, the **smallest set of most-attended patches whose
+# weights add up to a fraction $\tau$ of the map's mass**, with $\tau = 0.6$:
+#
+# 1. normalise the map to sum 1: $p_i = a_i / \sum_j a_j$;
+# 2. sort ascending, $p_{(1)} \le \dots \le p_{(N)}$, and take the cumulative sum
+#    $c_m = \sum_{i \le m} p_{(i)}$;
+# 3. drop the patches whose cumulative sum stays $\le 1 - \tau$ (the least attended 40% of the
+#    mass), keep the rest;
+# 4. put the kept/dropped flags back in patch order (the official code does it with `argsort` of the
+#    sort indices).
+#
+# A flat map needs about 60% of the patches to hold 60% of the mass; a sharp map needs only a few.
+
+# %% [markdown]
+# ### Exercise `threshold_mask` · difficulty 2 · 15 min
+#
+# Write `threshold_mask_by_hand(attn_map, keep=0.6)`:
+#
+# * **input** one attention map $(h, w)$ (its values need not sum to 1) and the fraction `keep`;
+# * **output** a boolean mask $(h, w)$, `True` for the patches kept by steps 1-4 above.
+#
+# The check tries `keep` = 0.3, 0.6 and 0.9, sharp and flat maps, maps summing to less and to more
+# than 1.
+#
+# <details><summary>Hint</summary>
+#
+# `val, idx = t.sort()` also returns where each sorted value came from; `idx.argsort()` is the way
+# back: `flags_sorted[idx.argsort()]` puts each flag at its patch. `cumsum(dim=0)` adds up.
+#
+# </details>
+
+# %%
+def threshold_mask_by_hand(attn_map: torch.Tensor, keep: float = 0.6) -> torch.Tensor:
+    """One (h, w) map -> (h, w) bool: the most-attended patches holding `keep` of the mass."""
+    raise NotImplementedError("normalise, sort, cumsum, keep where > 1 - keep, unsort")
+
+
+# %% tags=["raises-exception"]
+check_threshold_mask(threshold_mask_by_hand)
+
+# %% [markdown]
+# `threshold_mask_fn` is yours once its check passes, the core's until then. One mask per head of
+# the photo above, against `vitdino_core.threshold_masks`:
+
+# %%
+threshold_mask_fn = pick("threshold_mask", threshold_mask_by_hand)
+masks_by_hand = torch.stack([threshold_mask_fn(maps_by_hand[0, i])
+                             for i in range(HEADS)])  # (heads, h, w)
+masks_core = threshold_masks(maps_by_hand)  # (1, heads, 6, 6) bool
+assert torch.equal(masks_by_hand, masks_core[0])
+for i in range(HEADS):
+    held = maps_by_hand[0, i][masks_by_hand[i]].sum() / maps_by_hand[0, i].sum()
+    assert held >= 0.6 - 1e-6
+    print(f"head {i}: keeps {int(masks_by_hand[i].sum()):2d} of {N} patches, "
+          f"holding {held:.1%} of its attention")
+print("masks by hand == vitdino_core.threshold_masks")
+
+# %% [markdown]
+# The cumulative curve shows the rule at work: sort the patches from most to least attended and add
+# up their weights; the mask is everything left of where the curve crosses 60%. The dashed diagonal
+# is a perfectly flat map.
+
+# %%
+fig, ax = plt.subplots(figsize=(6, 3.8))
+for i in range(HEADS):
+    p = maps_by_hand[0, i].flatten()  # (N,)
+    p = (p / p.sum()).sort(descending=True).values  # (N,) most attended first
+    ax.plot(range(1, N + 1), p.cumsum(0).numpy(), marker=".", label=f"head {i}: {int(masks_by_hand[i].sum())} patches")
+ax.plot([0, N], [0, 1], "k--", lw=0.8, label="flat map")
+ax.axhline(0.6, color="red", lw=0.8)
+ax.text(N, 0.61, "60% of the mass", ha="right", va="bottom", color="red", fontsize=8)
+ax.set(xlabel="number of most-attended patches", ylabel="cumulative attention", xlim=(0, N), ylim=(0, 1.02),
+       title=f"How many patches hold 60%? ({TAG})")
+ax.legend(fontsize=8)
+plt.show()
+
+# %% [markdown]
+# From here on we use `vitdino_core.cls_attention` and `vitdino_core.threshold_masks`, plus two drawing helpers:
+# `plot_attention_heads` (the image, one map per head, their mean) and `overlay_masks` (each head's mask in its
+# own colour). Both return a matplotlib figure.
+
+# %%
+attn_gh = cls_attention(MODEL, x)  # (1, heads, 6, 6)
+display(plot_attention_heads(x[0], attn_gh[0], title=f"grace_hopper, CLS attention per head ({TAG})"))
+display(overlay_masks(x[0], threshold_masks(attn_gh)[0], title=f"grace_hopper, 60% masks ({TAG})"))
+
+# %% [markdown]
+# ## 3. Maps on photos and on Imagenette
+#
+# Now several photos at once: one row per image, one column per head, then all the heads' masks together, each
+# head in its own colour (head 0 blue, head 1 orange, head 2 green; where masks overlap the colours mix).
+# Each heat map is coloured on **its own** range (black = its least attended patch, yellow = its most attended),
+# so even a nearly flat map looks contrasted: the masks column and the numbers in section 4 tell flat from sharp.
+
+# %%
+HEAD_COLORS = plt.get_cmap("tab10").colors
+
+
+def as_picture(image: torch.Tensor) -> np.ndarray:
+    """(3, H, W) normalised tensor -> (H, W, 3) array in [0, 1]."""
+    return denormalize(image).permute(1, 2, 0).numpy()  # (H, W, 3)
+
+
+def tint_masks(image: torch.Tensor, masks: torch.Tensor, alpha: float = 0.5) -> np.ndarray:
+    """Each head's (h, w) mask tinted over the image in its own colour: (H, W, 3)."""
+    out = as_picture(image)  # (H, W, 3)
+    p = image.shape[-1] // masks.shape[-1]
+    pixel_masks = upsample(masks, p).numpy()  # (heads, H, W) bool
+    for i, m in enumerate(pixel_masks):
+        out = np.where(m[..., None], (1 - alpha) * out + alpha * np.array(HEAD_COLORS[i % 10]), out)  # (H, W, 3)
+    return out
+
+
+def attention_grid(images: torch.Tensor, names: list[str], model, title: str):
+    """Rows: images; columns: the image, each head's CLS map, the mean map, all heads' 60% masks."""
+    attn = cls_attention(model, images)  # (n, heads, h, w)
+    masks = threshold_masks(attn)  # (n, heads, h, w)
+    heads = attn.shape[1]
+    ncols = heads + 3
+    fig, axes = plt.subplots(len(images), ncols, figsize=(1.9 * ncols, 1.9 * len(images)), squeeze=False)
+    for r in range(len(images)):
+        panels = [as_picture(images[r])] + [attn[r, i].numpy() for i in range(heads)] + [attn[r].mean(0).numpy(),
+                                                                                         tint_masks(images[r], masks[r])]
+        titles = ["image"] + [f"head {i}" for i in range(heads)] + ["mean of heads", "60% masks, colour = head"]
+        for c, (panel, t) in enumerate(zip(panels, titles)):
+            axes[r, c].imshow(panel, cmap="inferno" if panel.ndim == 2 else None)
+            axes[r, c].set_xticks([]), axes[r, c].set_yticks([])
+            if r == 0:
+                axes[r, c].set_title(t, fontsize=9)
+        axes[r, 0].set_ylabel(names[r], fontsize=9)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+PHOTO_NAMES = []
+for name in ["grace_hopper", "astronaut", "chelsea", "coffee", "rocket", "china", "flower"]:
+    try:
+        photo(name)
+        PHOTO_NAMES.append(name)
+    except FileNotFoundError:
+        print(f"photo {name!r} is not in the data root; skipped")
+PHOTO_NAMES = PHOTO_NAMES[:5]
+photos = torch.cat([load_image(photo(n), IMG, PATCH) for n in PHOTO_NAMES])  # (n, 3, 72, 72)
+fig = attention_grid(photos, PHOTO_NAMES, MODEL, f"Last-layer CLS attention on photos at {IMG} px ({TAG})")
+plt.show()
+
+# %% [markdown]
+# The photos are much larger than the $72 \times 72$ pixels the model sees: at this resolution a patch is a sixth
+# of the image, so a map has only 36 cells. The Imagenette images are what the model was trained on (from the
+# training split; these are from the validation split, never seen): one per class.
+
+# %%
+val_pil = build_dataset("imagenette", "val")  # PIL images
+first_of_class = [val_pil.targets.index(c) for c in range(len(val_pil.classes))]  # (10,) first val image of each class
+picks = first_of_class[:4] if FAST else first_of_class[:8]
+val_images = torch.cat([load_image(val_pil[i][0], IMG, PATCH) for i in picks])  # (n, 3, 72, 72)
+val_names = [val_pil.classes[val_pil.targets[i]] for i in picks]
+print("classes:", ", ".join(val_names))
+fig = attention_grid(val_images, val_names, MODEL, f"CLS attention on Imagenette val images ({TAG})")
+plt.show()
+
+# %% [markdown]
+# ## 4. Trained versus random initialisation
+#
+# The same images through the DINO teacher and through an untrained network of the same shape. For each, the mean
+# of the heads' maps and all heads' 60% masks. A random ViT has tiny weights (truncated normal, std 0.02), so its
+# scores $q \cdot k / \sqrt{d}$ are all close to 0 and its softmax rows are close to uniform: its masks must spread
+# over most of the image. Anything that concentrates on the object was learned.
+
+# %%
+compare = torch.cat([photos[:2], val_images[:3]])  # (5, 3, 72, 72)
+compare_names = PHOTO_NAMES[:2] + val_names[:3]
+models = ([(TRAINED_TAG, trained)] if trained is not None else []) + [(RANDOM_TAG, random_model)]
+ncols = 1 + 2 * len(models)
+fig, axes = plt.subplots(len(compare), ncols, figsize=(2.2 * ncols, 2.2 * len(compare)), squeeze=False)
+for col, (tag, model) in enumerate(models):
+    attn = cls_attention(model, compare)  # (n, heads, h, w)
+    masks = threshold_masks(attn)  # (n, heads, h, w)
+    cover = mask_coverage(masks.any(dim=1))  # (n,): fraction of patches in any head's mask
+    for r in range(len(compare)):
+        ax_map, ax_mask = axes[r, 1 + 2 * col], axes[r, 2 + 2 * col]
+        ax_map.imshow(attn[r].mean(0).numpy(), cmap="inferno")
+        ax_mask.imshow(tint_masks(compare[r], masks[r]))
+        ax_mask.text(1, 4, f"{cover[r]:.0%}", color="white", fontsize=8, bbox=dict(fc="black", alpha=0.6, lw=0))
+        if r == 0:
+            ax_map.set_title(f"{tag}\nmean attention", fontsize=9)
+            ax_mask.set_title(f"{tag}\n60% masks (coverage)", fontsize=9)
+for r in range(len(compare)):
+    axes[r, 0].imshow(as_picture(compare[r]))
+    axes[r, 0].set_ylabel(compare_names[r], fontsize=9)
+for ax in axes.flat:
+    ax.set_xticks([]), ax.set_yticks([])
+axes[0, 0].set_title("image", fontsize=9)
+if trained is not None:
+    fig.suptitle(f"Trained vs random init\n{STORY.split(';')[0]}", fontsize=10)
+else:
+    fig.suptitle("RANDOM init only: no trained checkpoint yet.\nThe DINO teacher's columns appear here once "
+                 "checkpoints/dino_imagenette96.pth exists.", fontsize=10)
+fig.tight_layout()
+save_figure(fig, "07_attention_masks")
+plt.show()
+
+# %% [markdown]
+# Pictures can flatter, so we also measure, over many validation images, two things per head:
+#
+# * **mask coverage**: the fraction of the 36 patches needed to hold 60% of the attention (about 0.6 for a flat map);
+# * **normalised entropy** of the map, $-\sum_i p_i \ln p_i / \ln N$: 1 for a flat map, 0 when one patch takes all.
+
+# %%
+n_stats = 40 if FAST else 300
+stats_idx = torch.randperm(len(val_pil), generator=torch.Generator().manual_seed(0))[:n_stats].tolist()
+stats_images = torch.cat([load_image(val_pil[i][0], IMG, PATCH) for i in stats_idx])  # (n, 3, 72, 72)
+
+
+def attention_stats(model) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per head, averaged over the images: mask coverage and normalised entropy of the CLS map."""
+    attn = torch.cat([cls_attention(model, chunk) for chunk in stats_images.split(50)])  # (n, heads, h, w)
+    coverage = mask_coverage(threshold_masks(attn)).mean(0)  # (heads,)
+    p = attn.flatten(2) / attn.flatten(2).sum(-1, keepdim=True)  # (n, heads, N): each map sums to 1
+    entropy = (-(p * p.clamp_min(1e-12).log()).sum(-1) / math.log(p.shape[-1])).mean(0)  # (heads,)
+    return coverage, entropy
+
+
+results = {tag: attention_stats(model) for tag, model in models}
+fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
+width = 0.8 / len(results)
+for j, (tag, (coverage, entropy)) in enumerate(results.items()):
+    xs = np.arange(HEADS) + j * width
+    axes[0].bar(xs, coverage.numpy(), width, label=tag)
+    axes[1].bar(xs, entropy.numpy(), width, label=tag)
+    print(f"{tag:>28}: coverage per head {np.round(coverage.numpy(), 2)}, entropy {np.round(entropy.numpy(), 3)}")
+axes[0].axhline(0.6, color="gray", ls=":", lw=1)
+axes[0].set(ylabel="fraction of patches in the 60% mask", ylim=(0, 1))
+axes[1].set(ylabel="entropy / ln N", ylim=(0, 1.05))
+for ax in axes:
+    ax.set(xticks=np.arange(HEADS) + width * (len(results) - 1) / 2, xticklabels=[f"head {i}" for i in range(HEADS)])
+handles, labels = axes[0].get_legend_handles_labels()
+fig.legend(handles, labels, loc="lower center", ncol=len(results), fontsize=9, bbox_to_anchor=(0.5, -0.02))
+fig.suptitle(f"How concentrated is the CLS attention? ({n_stats} val images at {IMG} px)")
+fig.tight_layout(rect=(0, 0.07, 1, 1))
+plt.show()
+
+random_coverage, random_entropy = results[RANDOM_TAG]
+assert (random_entropy > 0.95).all(), "an untrained ViT's CLS attention is close to uniform"
+assert (random_coverage > 0.45).all(), "so its masks need about 60% of the patches"
+
+# %% [markdown]
+# The random network's entropy is almost exactly 1 and its masks cover about 60% of the patches: it attends
+# everywhere equally, and the "structure" in its heat maps is colour-scale noise. Whatever a trained teacher's
+# heads show beyond that, lower entropy and smaller masks, was learned from nothing but agreement between crops.
+# How far it gets depends on training time. The official ViT-S/16 trained 300 epochs on ImageNet and its heads pick
+# out objects; the shipped checkpoint trained 111 epochs on a 2-core CPU and is early in that process. Its heads have
+# become more selective than the random network's (their masks cover roughly 17-29% of the patches against 60%, in
+# the numbers above), but in the pictures they follow the objects only now and then: on some images the mean
+# attention peaks on the object, on others in a corner or on the background. A longer run (notebook 09: the GPU
+# configs) is what changes that.
+#
+# ## 5. More detail: larger input than in training
+#
+# A model trained on 72 px crops sees a $6 \times 6$ grid, so its maps are coarse. The ViT itself does not care
+# about the number of tokens: feed a 144 px image and there are $12 \times 12 = 144$ patches, each still
+# $12 \times 12$ pixels. Only the position embeddings have a fixed grid; `interpolate_pos_encoding` resizes them
+# bicubically from $6 \times 6$ to the new grid (as the official DINO code does). The official attention pictures
+# use the same trick: the network trained at 224 px, the pictures are drawn at 480 px and more.
+
+# %%
+sizes = [IMG, 2 * IMG, 3 * IMG]  # 72, 144, 216 px: 6x6, 12x12, 18x18 patches
+for s in sizes[1:]:
+    g = s // PATCH
+    pos = MODEL.interpolate_pos_encoding(torch.zeros(1, g * g + 1, D), s, s)  # (1, g*g+1, D)
+    assert pos.shape == (1, g * g + 1, D)
+    print(f"{s} px: {g} x {g} = {g * g} patches; pos_embed {tuple(MODEL.pos_embed.shape)} -> {tuple(pos.shape)}")
+
+hires_names = PHOTO_NAMES[:3]
+fig, axes = plt.subplots(len(hires_names), 2 * len(sizes), figsize=(2.1 * 2 * len(sizes), 2.2 * len(hires_names)),
+                         squeeze=False)
+for r, name in enumerate(hires_names):
+    for c, s in enumerate(sizes):
+        img = load_image(photo(name), s, PATCH)  # (1, 3, s, s)
+        attn = cls_attention(MODEL, img)  # (1, heads, s/p, s/p)
+        axes[r, 2 * c].imshow(attn[0].mean(0).numpy(), cmap="inferno")
+        axes[r, 2 * c + 1].imshow(tint_masks(img[0], threshold_masks(attn)[0]))
+        if r == 0:
+            axes[r, 2 * c].set_title(f"{s} px: mean attention\n{s // PATCH} x {s // PATCH} patches", fontsize=9)
+            axes[r, 2 * c + 1].set_title(f"{s} px: 60% masks", fontsize=9)
+    axes[r, 0].set_ylabel(name, fontsize=9)
+for ax in axes.flat:
+    ax.set_xticks([]), ax.set_yticks([])
+fig.suptitle(f"The same model at its training size and at 2x and 3x, positions interpolated ({TAG})")
+fig.tight_layout()
+plt.show()
+
+# %% [markdown]
+# Larger inputs give finer maps for free, up to a point: at 3x the patches are much smaller parts of the object
+# than anything the model saw in training (its 72 px global crops and 36 px local crops), so the maps can get
+# noisier again. The DINO paper's crisp masks come from ViT-S/8 and ViT-B/8 at full ImageNet resolution, where
+# every patch is 8 pixels of a 224 px crop.
+#
+# ## What we built
+#
+# * the last-layer CLS attention by hand: tokens through 11 blocks, `norm1`, `qkv`, $\mathrm{softmax}(QK^\top/\sqrt{d})$,
+#   row 0 without its first column, folded to the patch grid; equal to `get_last_selfattention` and
+#   `vitdino_core.cls_attention`;
+# * DINO's masks by hand: normalise, sort, cumulative sum, keep the patches above the bottom 40% of the mass;
+#   equal to `vitdino_core.threshold_masks`;
+# * per-head maps and masks on photos and Imagenette images, trained next to random init, and two numbers
+#   (mask coverage, entropy) that separate a learned attention from a uniform one;
+# * finer maps from larger inputs, with the position embeddings interpolated.
+#
+# Next, **08 · Linear probe**: attention maps show *where* the model looks; the kNN and linear-probe accuracies
+# measure *what* its features know.
+#
+# ## More to try
+#
+# 1. Change `keep` in `threshold_masks` from 0.6 to 0.3 and 0.9. How does the coverage of the trained and the
+#    random model change? Which value separates them best?
+# 2. Look at an earlier layer: adapt the by-hand cell of section 1 to open block 5 instead of the last one
+#    (run `MODEL.blocks[:5]`, then take `MODEL.blocks[5]`'s attention) and draw its CLS maps. At which depth does
+#    the attention start to find the object?
+# 3. Train your own model for a few minutes (notebook 06 or
+#    `python -m vitdino_core.train --config workshop_tiny`), export it with `vitdino_core.export_backbone`, set
+#    `VITDINO_CHECKPOINT` to the file and rerun this notebook. How do the maps change with training time?
+
+# %% [markdown]
+# ## Your exercises
+#
+# The summary of this notebook's checks: `passed`, `failed`, or `todo` (still the stub).
+
+# %%
+assert_checked(["cls_attention", "threshold_mask"])
