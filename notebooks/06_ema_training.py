@@ -399,7 +399,7 @@ for it, crops in enumerate(batches):
                                   lr_schedule=mine.lr_schedule, wd_schedule=mine.wd_schedule, momentum_schedule=mine.momentum_schedule,
                                   clip_grad=check_cfg.clip_grad, freeze_last_layer=check_cfg.freeze_last_layer)
     torch.manual_seed(100 + it)
-    loss_core = core.train_step(crops)
+    loss_core = core.train_step(*crops)  # the global crops, the local crops
     assert torch.equal(loss_mine, loss_core)
     print(f"step {it}: loss by hand {loss_mine.item():.6f} == train_step {loss_core.item():.6f}")
 

@@ -11,7 +11,7 @@ import torch
 from torch.distributed.elastic.multiprocessing.errors import record
 
 from vitdino_core.config import load_config
-from vitdino_core.train import DINOTrainer
+from vitdino_core.trainer import DINOTrainer
 
 
 @record
@@ -25,7 +25,7 @@ def main() -> None:
     trainer = DINOTrainer(cfg, quiet=True)
     if trainer.env.rank == args.fail_rank:
         crops, _ = next(iter(trainer.loader))
-        trainer.train_step(crops)
+        trainer.train_step(*crops)
         raise RuntimeError(f"rank {trainer.env.rank} fails on purpose")
     trainer.fit()
     state = {"student": trainer.student.state_dict(), "teacher": trainer.teacher.state_dict(),
