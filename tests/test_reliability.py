@@ -64,7 +64,7 @@ def test_config_errors_name_the_key(override, key):
 def test_crop_smaller_than_patch_suggests_sizes():
     with pytest.raises(ConfigError, match=r"global_crops_size 100 is not a multiple of the patch size \(12\); use 96 or 108"):
         load_config("workshop_tiny", ["global_crops_size=100"])
-    with pytest.raises(ConfigError, match=r"local_crops_size=8 is smaller than one patch patch_size=12: use 12 or 24"):
+    with pytest.raises(ConfigError, match=r"local_crops_size 8 is smaller than one patch \(12\); use 12 or 24"):
         load_config("workshop_tiny", ["local_crops_size=8"])
 
 
