@@ -183,8 +183,8 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         need(all(math.isfinite(v) for v in values if isinstance(v, float)), f"{key} must be a finite number, got {value}")
     name = cfg.run_name
     need(name.strip() not in ("", ".", "..") and Path(name).name == name and "/" not in name and "\\" not in name,
-         f"run_name must be a plain folder name (the run goes to <output_dir>/<run_name>/), got {name!r}; "
-         "put the parent folder in output_dir")
+         f"run_name must be a plain folder name, got {name!r}: a run goes to <output_dir>/<run_name>/, "
+         "so parent folders belong in output_dir")
     for key, choices in CHOICES.items():
         need(getattr(cfg, key) in choices, f"{key}: {getattr(cfg, key)!r} is not one of {', '.join(choices)}")
     for key in ("lr", "batch_size_per_gpu", "epochs", "out_dim", "patch_size", "global_crops_size", "local_crops_size",

@@ -341,7 +341,7 @@ class DINOTrainer:
         dtype = {torch.float32: "fp32", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast"}[self.amp_dtype]
         return "\n".join([
             f"data:   {where}, {len(self.dataset):,} images; batch {cfg.batch_size_per_gpu}{procs}, {self.steps_per_epoch} steps "
-            f"per epoch, {self.total_steps} steps in all",
+            f"per epoch, {self.total_steps} step{'s' if self.total_steps > 1 else ''} in all",
             f"model:  {cfg.arch}/{cfg.patch_size} + DINO head ({cfg.out_dim} outputs): {n_student / 1e6:.2f}M parameters "
             f"({n_backbone / 1e6:.2f}M in the backbone)",
             f"device: {self.device}, {torch.get_num_threads()} thread{'s' if torch.get_num_threads() > 1 else ''}, {dtype}",
