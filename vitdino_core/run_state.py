@@ -91,11 +91,11 @@ class RunFolder:
         raise_shared(problem, self.env, RunFolderError)
 
     def open(self, continuing: bool) -> None:
-        """Create the folder and take its lock (rank 0); then, unless this run is `continuing` (it wrote or loaded
-        a checkpoint already), refuse a folder that holds a checkpoint. Every rank raises the same error."""
+        """Create the folder and take its lock (rank 0; kept if already held); then, unless this run is `continuing`
+        (it wrote or loaded a checkpoint already), refuse a folder that holds a checkpoint. Every rank raises alike."""
         problem = ""
         if self.env.is_main:
-            problem = self.place_problem() or self._create_and_lock()
+            problem = "" if self._lock_fd is not None else self.place_problem() or self._create_and_lock()
             if not problem and not continuing:
                 problem = self.checkpoint_problem(resume=False)
             if problem:

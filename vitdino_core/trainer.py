@@ -83,8 +83,18 @@ def build_train_dataset(cfg: TrainConfig):
     if 0 < cfg.max_images < len(ds):
         keep = torch.randperm(len(ds), generator=torch.Generator().manual_seed(0))[: cfg.max_images].tolist()
         ds = Subset(ds, sorted(keep))
-    ds[0]  # here, in this process: a folder of unreadable images fails now with its own message, not in a loader worker
+    _load_one(ds)
     return ds
+
+
+def _load_one(ds) -> None:
+    """Load one image here, in this process: a folder with no readable image fails now, with the dataset's one-line
+    error (not inside a loader worker, and without a warning for each file tried on the way)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ds[0]
+    for w in caught:  # the image was found: the files skipped to reach it are still reported
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 
 
 def _worker_init(_: int) -> None:
@@ -98,7 +108,8 @@ class DINOTrainer:
     local_crops)` is one optimisation step, usable on its own (notebook 06 does).
     """
 
-    def __init__(self, cfg: TrainConfig, env: DistEnv | None = None, dataset=None, quiet: bool = False):
+    def __init__(self, cfg: TrainConfig, env: DistEnv | None = None, dataset=None, quiet: bool = False,
+                 run: RunFolder | None = None):
         self.cfg, self.quiet = cfg, quiet
         self.env = env or setup_distributed(cfg.device)
         self.device = resolve_device(cfg.device, self.env)
@@ -158,7 +169,7 @@ class DINOTrainer:
         self.momentum_schedule = cosine_scheduler(cfg.momentum_teacher, 1.0, E, n)
 
         self.step = 0
-        self.run = RunFolder(cfg.output_dir, cfg.run_name, self.env)
+        self.run = run or RunFolder(cfg.output_dir, cfg.run_name, self.env)
         self.run_dir, self.ckpt_path = self.run.path, self.run.checkpoint
         self.last_good: tuple[Path, int] | None = None  # (file, step) of the newest checkpoint known to be sound
         self._writer = BackgroundWriter()
@@ -375,9 +386,12 @@ class DINOTrainer:
                     self.wait_for_save()  # the file of the last epoch end is on disk before fit returns or raises
         finally:
             self.run.close()
-        last = f"final loss {records[-1]['loss']:.4f}, " if records else ""
-        self.say(f"done: step {self.step} (epoch {self.step / self.steps_per_epoch:.2f}) in "
-                  f"{_clock(time.perf_counter() - started)}; {last}checkpoint {self.ckpt_path}")
+        if records:
+            self.say(f"done: step {self.step} (epoch {self.step / self.steps_per_epoch:.2f}) in "
+                     f"{_clock(time.perf_counter() - started)}; final loss {records[-1]['loss']:.4f}, checkpoint {self.ckpt_path}")
+        else:
+            self.say(f"nothing left to train: step {self.step} of {self.total_steps} was done already (raise epochs or "
+                     f"max_steps to go on); checkpoint {self.ckpt_path}")
         return records
 
     def _loop(self, callback, stop: StopSignals, started: float) -> list[dict]:
@@ -445,10 +459,15 @@ def train(cfg: TrainConfig, resume: bool = False, callback: Callable[[dict], Non
           quiet: bool = False) -> DINOTrainer:
     """Train one run: a new one (its folder must hold no checkpoint) or, with resume=True, the one in its folder."""
     env = setup_distributed(cfg.device)
-    RunFolder(cfg.output_dir, cfg.run_name, env).check(resume)  # before the minutes of building: fail fast
-    trainer = DINOTrainer(cfg, env=env, quiet=quiet)
-    if resume:
-        trainer.resume()
-        trainer.say(f"resumed {trainer.ckpt_path} at step {trainer.step} (epoch {trainer.epoch})")
-    trainer.fit(callback)
+    run = RunFolder(cfg.output_dir, cfg.run_name, env)
+    run.check(resume)  # before the minutes of building: fail fast
+    run.open(continuing=resume)  # the lock, held until fit ends
+    try:
+        trainer = DINOTrainer(cfg, env=env, quiet=quiet, run=run)
+        if resume:
+            trainer.resume()
+            trainer.say(f"resumed {trainer.ckpt_path} at step {trainer.step} (epoch {trainer.epoch})")
+        trainer.fit(callback)
+    finally:
+        run.close()
     return trainer
