@@ -371,7 +371,7 @@ def instrument(trainer: DINOTrainer, marks: Marks) -> None:
 
 def ours_step(trainer: DINOTrainer, crops, marks: Marks) -> torch.Tensor:
     marks("start")
-    loss = trainer.train_step(crops)
+    loss = trainer.train_step(*crops)  # (2B, 3, G, G), (N*B, 3, L, L)
     marks("end")
     return loss
 

@@ -332,10 +332,10 @@ prof_trainer = DINOTrainer(
     quiet=True,
 )
 prof_crops = next(iter(prof_trainer.loader))[0]  # [(2B, 3, 72, 72), (4B, 3, 36, 36)]
-prof_trainer.train_step(prof_crops)  # warm-up: the first step allocates
+prof_trainer.train_step(*prof_crops)  # warm-up: the first step allocates
 t0 = time.perf_counter()
 for _ in range(2):
-    prof_trainer.train_step(prof_crops)
+    prof_trainer.train_step(*prof_crops)
 live_step_s = (
     time.perf_counter() - t0
 ) / 2  # timed without the profiler, whose own overhead grows with each operator call
@@ -344,7 +344,7 @@ with (
     profile(activities=[ProfilerActivity.CPU]) as prof,
 ):  # (the profiler's C++ log lines)
     for _ in range(2):
-        prof_trainer.train_step(prof_crops)
+        prof_trainer.train_step(*prof_crops)
 live = {}  # kind -> seconds per step, the operators' own time
 for e in prof.key_averages():
     if e.key.startswith("aten::"):

@@ -11,7 +11,7 @@ import torch
 from torch.distributed.elastic.multiprocessing.errors import record
 
 from vitdino_core.config import load_config
-from vitdino_core.train import DINOTrainer
+from vitdino_core.trainer import DINOTrainer
 
 
 @record
@@ -23,10 +23,14 @@ def main() -> None:
     args = parser.parse_intermixed_args()
     cfg = load_config("workshop_tiny", args.overrides)
     trainer = DINOTrainer(cfg, quiet=True)
-    if trainer.env.rank == args.fail_rank:
-        crops, _ = next(iter(trainer.loader))
-        trainer.train_step(crops)
-        raise RuntimeError(f"rank {trainer.env.rank} fails on purpose")
+    if trainer.env.rank == args.fail_rank:  # inside fit, after one step: every collective before it is matched
+        step = trainer.train_step
+
+        def step_then_fail(*crops):
+            step(*crops)
+            raise RuntimeError(f"rank {trainer.env.rank} fails on purpose")
+
+        trainer.train_step = step_then_fail
     trainer.fit()
     state = {"student": trainer.student.state_dict(), "teacher": trainer.teacher.state_dict(),
              "center": trainer.loss_fn.center, "step": trainer.step}

@@ -423,7 +423,7 @@ def test_the_step_check_follows_the_trainer(shared_data, tmp_path, monkeypatch):
         loss_mine = dino.core_dino_step(mine.student, mine.teacher, mine.loss_fn, mine.optimizer, crops, it, 0,
                                         mine.lr_schedule, mine.wd_schedule, mine.momentum_schedule,
                                         clip_grad=cfg.clip_grad, freeze_last_layer=cfg.freeze_last_layer)
-        assert torch.equal(loss_mine, core.train_step(crops))
+        assert torch.equal(loss_mine, core.train_step(*crops))
     for a, b in zip(list(mine.student.parameters()) + list(mine.teacher.parameters()),
                     list(core.student.parameters()) + list(core.teacher.parameters())):
         assert torch.equal(a, b)

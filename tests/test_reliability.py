@@ -18,7 +18,8 @@ from PIL import Image
 from vitdino_core.checkpoint import BackgroundWriter, CheckpointError, load_backbone_weights, load_checkpoint, save_checkpoint
 from vitdino_core.config import ConfigError, load_config
 from vitdino_core.data import DatasetNotFoundError, ImageFolderDataset, build_dataset
-from vitdino_core.train import DINOTrainer, collapse_state, main
+from vitdino_core.train import main
+from vitdino_core.trainer import DINOTrainer, collapse_state
 from vitdino_core.vision_transformer import vit_small, vit_tiny
 
 REPO = Path(__file__).resolve().parents[1]
@@ -69,7 +70,7 @@ def test_crop_smaller_than_patch_suggests_sizes():
 
 def test_batch_larger_than_dataset(data_env, tmp_path):
     cfg = load_config("workshop_tiny", tiny_overrides(tmp_path, max_images=6, batch_size_per_gpu=8))
-    with pytest.raises(ValueError, match=r"batch_size_per_gpu=8 .* larger than the dataset \(6 images\)"):
+    with pytest.raises(ConfigError, match=r"batch_size_per_gpu=8 is larger than the dataset \(6 images\)"):
         DINOTrainer(cfg, quiet=True)
 
 
@@ -208,6 +209,7 @@ def test_background_writer_saves_the_state_as_it_was_submitted(tmp_path, monkeyp
     writer.wait()  # the error is raised once
 
 
+@pytest.mark.slow
 def test_sigkill_while_writing_never_corrupts_the_checkpoint(tmp_path):
     """A process rewrites a 40 MB checkpoint in a loop; SIGKILL at several moments; the file always loads."""
     path = tmp_path / "checkpoint.pth"
@@ -226,6 +228,7 @@ def test_sigkill_while_writing_never_corrupts_the_checkpoint(tmp_path):
         assert torch.all(ckpt["w"] == ckpt["version"])
 
 
+@pytest.mark.slow
 def test_sigint_saves_then_resume_finishes(data_env, tmp_path):
     args = tiny(tmp_path, max_steps=40, epochs=8)
     metrics = tmp_path / "workshop_tiny" / "metrics.jsonl"
@@ -243,6 +246,7 @@ def test_sigint_saves_then_resume_finishes(data_env, tmp_path):
     assert load_checkpoint(tmp_path / "workshop_tiny" / "checkpoint.pth")["step"] == stopped + 2
 
 
+@pytest.mark.slow
 def test_sigkill_resumes_from_the_last_checkpoint(data_env, tmp_path):
     args = tiny(tmp_path, max_steps=40, epochs=8, save_every_steps=2)
     run = tmp_path / "workshop_tiny"
@@ -278,6 +282,7 @@ def torchrun(out: Path, shared_data: Path, *extra: str, port: int) -> subprocess
     return subprocess.run(cmd, cwd=REPO, env=run_env(shared_data), capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_two_processes_end_with_identical_weights(shared_data, tmp_path):
     out = torchrun(tmp_path, shared_data, port=29611)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -289,6 +294,7 @@ def test_two_processes_end_with_identical_weights(shared_data, tmp_path):
     assert (tmp_path / "runs" / "workshop_tiny" / "checkpoint.pth").is_file()
 
 
+@pytest.mark.slow
 def test_two_processes_with_compiled_backbones_stay_in_sync(shared_data, tmp_path):
     """compile=true under DDP: the compiled backbones sit inside the DDP-wrapped student, whose gradient hooks
     must still average every rank's gradients; the weights match an eager run of the same steps (without
@@ -305,6 +311,7 @@ def test_two_processes_with_compiled_backbones_stay_in_sync(shared_data, tmp_pat
         assert max((a[part][k] - e[part][k]).abs().max().item() for k in a[part]) < 1e-4, part
 
 
+@pytest.mark.slow
 def test_a_failing_rank_fails_the_whole_job(shared_data, tmp_path):
     t0 = time.time()
     out = torchrun(tmp_path, shared_data, "--fail-rank", "1", port=29612)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +16,8 @@ from vitdino_core.checkpoint import load_checkpoint, save_checkpoint
 from vitdino_core.config import ConfigError, load_config
 from vitdino_core.data import EpochBatchSampler
 from vitdino_core.multicrop_gpu import PaddedImages
-from vitdino_core.train import DINOTrainer, TrainingDivergedError, main, train
+from vitdino_core.train import main
+from vitdino_core.trainer import DINOTrainer, TrainingDivergedError, train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -127,12 +129,12 @@ def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(data_env, tmp_path
     cfg = load_config("workshop_tiny", tiny_overrides(tmp_path))
     trainer = DINOTrainer(cfg, quiet=True)
     crops, _ = next(iter(trainer.loader))
-    trainer.train_step(crops)
+    trainer.train_step(*crops)
     trainer.save()
     good = load_checkpoint(trainer.ckpt_path)
     crops[0][0, 0, 0, 0] = float("nan")
-    trainer.train_step(crops)
-    with pytest.raises(TrainingDivergedError, match="lower lr"):
+    trainer.train_step(*crops)
+    with pytest.raises(TrainingDivergedError, match=rf"last good checkpoint is {re.escape(str(trainer.ckpt_path))} \(step 1\).*lower lr"):
         trainer.save()
     kept = load_checkpoint(trainer.ckpt_path)
     assert kept["step"] == good["step"] == 1
@@ -161,10 +163,10 @@ def test_a_background_save_holds_the_state_of_its_step(data_env, tmp_path):
     cfg = load_config("workshop_tiny", tiny_overrides(tmp_path))
     trainer = DINOTrainer(cfg, quiet=True)
     crops, _ = next(iter(trainer.loader))
-    trainer.train_step(crops)
+    trainer.train_step(*crops)
     at_save = {k: v.clone() for k, v in trainer.teacher.state_dict().items()}
     trainer.save(block=False)
-    trainer.train_step(crops)  # moves the teacher in place while the file may be being written
+    trainer.train_step(*crops)  # moves the teacher in place while the file may be being written
     trainer.wait_for_save()
     saved = load_checkpoint(trainer.ckpt_path)
     assert saved["step"] == 1 and trainer.step == 2
@@ -190,11 +192,11 @@ def test_init_weights_starts_student_and_teacher_from_an_exported_backbone(data_
         assert torch.equal(v, fresh.student.head.state_dict()[k]), k
     with pytest.raises(CheckpointError, match="does not fit"):
         DINOTrainer(load_config("workshop_tiny", tiny_overrides(tmp_path / "x", init_weights=str(exported), arch="vit_small")), quiet=True)
-    assert main(tiny(tmp_path / "y", init_weights=str(tmp_path / "nowhere.pth"))) == 1
+    assert main(tiny(tmp_path / "y", init_weights=str(tmp_path / "nowhere.pth"))) == 2
 
 
 def test_bad_config_is_an_error_naming_the_key(data_env, tmp_path, capsys):
-    assert main(tiny(tmp_path) + ["--set", "learning_rate=0.1"]) == 1
+    assert main(tiny(tmp_path) + ["--set", "learning_rate=0.1"]) == 2
     assert "learning_rate" in capsys.readouterr().err
     bad = tmp_path / "bad.yaml"
     bad.write_text("arch: vit_tiny\nepochs: ten\n")
@@ -217,6 +219,7 @@ def test_corrupt_image_is_reported_and_skipped(tmp_path):
     assert load_checkpoint(tmp_path / "out" / "workshop_tiny" / "checkpoint.pth")["step"] == 2
 
 
+@pytest.mark.slow
 def test_python_m_entry_point(data_env, tmp_path):
     env = dict(os.environ, VITDINO_DATA=str(data_env))
     out = subprocess.run([sys.executable, "-m", "vitdino_core.train", *tiny(tmp_path, max_steps=1)], cwd=REPO, env=env,

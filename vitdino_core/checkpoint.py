@@ -28,12 +28,41 @@ class CheckpointError(UserError, ValueError):
     """A checkpoint that is missing, unreadable, untrusted or does not fit the model."""
 
 
+def nonfinite_tensors(obj: Any, prefix: str = "") -> list[str]:
+    """The names ('student.head.last_layer.weight', ...) of the floating-point tensors in a nested dict/list
+    that hold a NaN or an infinity; one host-device sync per device."""
+    named: list[tuple[str, torch.Tensor]] = []
+
+    def walk(o: Any, name: str) -> None:
+        if isinstance(o, torch.Tensor):
+            if o.is_floating_point() or o.is_complex():
+                named.append((name, o))
+        elif isinstance(o, Mapping):
+            for k, v in o.items():
+                walk(v, f"{name}.{k}" if name else str(k))
+        elif isinstance(o, (list, tuple)):
+            for i, v in enumerate(o):
+                walk(v, f"{name}.{i}" if name else str(i))
+
+    walk(obj, prefix)
+    bad: list[str] = []
+    for device in {t.device for _, t in named}:
+        names, tensors = zip(*((n, t) for n, t in named if t.device == device))
+        finite = torch.stack([torch.isfinite(t).all() for t in tensors]).tolist()  # (T,), one sync
+        bad += [n for n, ok in zip(names, finite) if not ok]
+    return bad
+
+
 def save_checkpoint(obj: Mapping[str, Any], path: str | os.PathLike) -> Path:
     """Write to a temporary file in the same folder, fsync, then rename over `path`.
 
-    A crash at any moment leaves either the old file or the new one, never half of one.
+    A crash at any moment leaves either the old file or the new one, never half of one. A state that
+    holds NaN or inf is refused (CheckpointError) and the file at `path` is left as it was.
     """
     path = Path(path)
+    bad = nonfinite_tensors(obj)
+    if bad:
+        raise CheckpointError(f"refused to write {path}: NaN/inf in {len(bad)} tensor(s), e.g. {', '.join(bad[:3])}")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:

@@ -21,7 +21,9 @@ from typing import Any
 import yaml
 
 from .cli import UserError
+from .data import DATASETS
 from .patch_embedding import check_image_size
+from .vision_transformer import ARCHS
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
@@ -33,17 +35,17 @@ class ConfigError(UserError, ValueError):
 @dataclass
 class TrainConfig:
     # --- run
-    run_name: str = "dino"  # results go to <output_dir>/<run_name>/
+    run_name: str = "dino"  # results go to <output_dir>/<run_name>/: a plain folder name
     output_dir: str = "checkpoints"
     seed: int = 0
     # --- data
-    dataset: str = "imagenette"  # imagenette | folder | cifar10 | mnist | fashion_mnist | digits | random
+    dataset: str = "imagenette"  # one of data.DATASETS
     data_path: str = ""  # a folder that overrides where the dataset is looked for ("" = the data root)
     max_images: int = 0  # train on the first N images of a fixed shuffle (0 = all)
     download: bool = False
     num_workers: int = 2
     # --- model
-    arch: str = "vit_small"  # vit_tiny | vit_small | vit_base
+    arch: str = "vit_small"  # one of vision_transformer.ARCHS
     patch_size: int = 16
     drop_path_rate: float = 0.1
     out_dim: int = 65536
@@ -77,7 +79,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16
     compile: bool = False
-    compile_mode: str = "default"  # default | max-autotune-no-cudagraphs (searches matmul kernels: over 7 min for ViT-B/12)
+    compile_mode: str = "default"  # default | max-autotune-no-cudagraphs (searches matmul kernels: a long compile)
     gpu_augment: bool = False  # multi-crop on the device, batched (multicrop_gpu.py); workers only decode
     gpu_augment_size: int = 0  # with gpu_augment: resize+centre-crop images to this square first (0 = as they are)
     gpu_augment_max_size: int = 0  # with gpu_augment: shrink images whose longer side exceeds this, pad to a square (0 = off)
@@ -100,8 +102,8 @@ class TrainConfig:
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 CHOICES = {
-    "dataset": ("imagenette", "folder", "cifar10", "mnist", "fashion_mnist", "digits", "random"),
-    "arch": ("vit_tiny", "vit_small", "vit_base"),
+    "dataset": DATASETS,
+    "arch": tuple(ARCHS),
     "precision": ("auto", "fp32", "bf16", "fp16"),
     "compile_mode": ("default", "max-autotune-no-cudagraphs"),  # the CUDA-graph modes are untested with the EMA teacher
 }
@@ -175,6 +177,14 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         if not ok:
             raise ConfigError(msg)
 
+    for key in FIELDS:  # every float, alone or in a tuple, first: inf would pass checks like `> 0` below
+        value = getattr(cfg, key)
+        values = value if isinstance(value, tuple) else (value,)
+        need(all(math.isfinite(v) for v in values if isinstance(v, float)), f"{key} must be a finite number, got {value}")
+    name = cfg.run_name
+    need(name.strip() not in ("", ".", "..") and Path(name).name == name and "/" not in name and "\\" not in name,
+         f"run_name must be a plain folder name, got {name!r}: a run goes to <output_dir>/<run_name>/, "
+         "so parent folders belong in output_dir")
     for key, choices in CHOICES.items():
         need(getattr(cfg, key) in choices, f"{key}: {getattr(cfg, key)!r} is not one of {', '.join(choices)}")
     for key in ("lr", "batch_size_per_gpu", "epochs", "out_dim", "patch_size", "global_crops_size", "local_crops_size",

@@ -63,3 +63,29 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
     if precision == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def cpu_has_units_for(dtype: torch.dtype) -> bool:
+    """Whether this CPU multiplies `dtype` matrices in hardware: bf16 needs AVX512-BF16 or AMX, fp16 needs AMX-FP16.
+    Asked of torch.cpu's capability probes (private, so looked up with getattr: missing means no)."""
+    def has(probe: str) -> bool:
+        fn = getattr(getattr(torch, "cpu", None), probe, None)
+        try:
+            return bool(fn()) if fn is not None else False
+        except Exception:  # a probe that fails says nothing: assume the units are missing
+            return False
+
+    if dtype == torch.bfloat16:
+        return has("_is_avx512_bf16_supported") or has("_is_amx_tile_supported")
+    if dtype == torch.float16:
+        return has("_is_amx_fp16_supported")
+    return True
+
+
+def slow_precision(dtype: torch.dtype, device: torch.device) -> str:
+    """A warning when `dtype` autocast will be slower than fp32 on this device (a CPU without units for it), else ''."""
+    if device.type != "cpu" or dtype == torch.float32 or cpu_has_units_for(dtype):
+        return ""
+    name, units = {torch.bfloat16: ("bf16", "AVX512-BF16 or AMX"), torch.float16: ("fp16", "AMX-FP16")}[dtype]
+    return (f"precision={name} on this CPU is slow: it has no {units} units, so {name} matrix products are emulated; "
+            "precision=fp32 (--set precision=fp32) is faster here")

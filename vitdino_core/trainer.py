@@ -1,0 +1,474 @@
+"""DINO training: one step and the loop around it, for the notebooks and the command line alike.
+
+Each step: the teacher sees the 2 global crops, the student every crop; the DINO loss compares
+every (teacher view, other student view) pair; the student takes an AdamW step; the teacher moves
+towards the student by EMA. `fit()` runs the steps over the data and keeps the run's folder
+(run_state.py): metrics, checkpoints, resuming.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import sys
+import time
+import warnings
+from contextlib import nullcontext
+from functools import partial
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+from torch.utils.data import Subset
+from tqdm.auto import tqdm
+
+from .checkpoint import BackgroundWriter, CheckpointError, backbone_state_dict, load_backbone_weights, load_checkpoint, nonfinite_tensors
+from .cli import UserError
+from .config import ConfigError, TrainConfig
+from .data import EpochBatchSampler, MultiCropDataset, build_dataset, make_loader
+from .device import DistEnv, resolve_device, resolve_precision, setup_distributed, slow_precision
+from .dino_loss import DINOHead, DINOLoss
+from .ema_training import (cancel_gradients_last_layer, clip_gradients, cosine_scheduler, get_params_groups, make_teacher,
+                           update_teacher)
+from .multicrop import MultiCropAugmentation, MultiCropWrapper, collate_multicrop
+from .multicrop_gpu import GPUMultiCropAugmentation, PaddedImages, Uint8Images, collate_uint8
+from .run_state import RunFolder, StopSignals, load_training_state, seed_everything, training_state
+from .speedups import apply_speedups
+from .vision_transformer import build_vit
+
+
+class TrainingDivergedError(UserError, RuntimeError):
+    """The loss, the gradients or the weights became NaN/inf; nothing was written after the fault."""
+
+
+def entropy(p: torch.Tensor) -> torch.Tensor:
+    """Shannon entropy in nats along the last dim."""
+    return -(p * torch.log(p.clamp_min(1e-30))).sum(-1)
+
+
+def collapse_state(rec: dict) -> str:
+    """'uniform' when the teacher's output is ~uniform, 'one-dim' when one dimension wins everywhere."""
+    if rec["kl_uniform"] < 0.05:
+        return "uniform"
+    if rec["batch_entropy"] < 0.5:
+        return "one-dim"
+    return ""
+
+
+def split_crops(crops: list[torch.Tensor], batch_size: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A batch of crops stacked view-major and grouped by size -> (global crops (2B, 3, G, G), local crops
+    (N*B, 3, L, L) or None). When global and local crops have one size they arrive as one tensor: its first
+    2B rows are the global views."""
+    first, rest = crops[0], list(crops[1:])
+    if first.shape[0] > 2 * batch_size:  # (V*B, 3, S, S): globals and locals of one size S
+        first, rest = first[: 2 * batch_size], [first[2 * batch_size:], *rest]  # (2B, 3, S, S), [(N*B, 3, S, S)]
+    local = None if not rest else rest[0] if len(rest) == 1 else torch.cat(rest)  # (N*B, 3, L, L)
+    return first, local
+
+
+# ----------------------------------------------------------------------------- building a run
+
+def build_student(cfg: TrainConfig) -> MultiCropWrapper:
+    backbone = build_vit(cfg.arch, cfg.patch_size, img_size=cfg.global_crops_size, drop_path_rate=cfg.drop_path_rate)
+    backbone.grad_checkpointing = cfg.grad_checkpointing
+    head = DINOHead(backbone.embed_dim, cfg.out_dim, use_bn=cfg.use_bn_in_head, norm_last_layer=cfg.norm_last_layer)
+    return apply_speedups(MultiCropWrapper(backbone, head))  # the step's speed tricks, in one place
+
+
+def build_train_dataset(cfg: TrainConfig):
+    """The config's dataset (its first `max_images` of a fixed shuffle), checked to yield at least one image."""
+    ds = build_dataset(cfg.dataset, "train", data_path=cfg.data_path or None, download=cfg.download,
+                       image_size=cfg.global_crops_size, seed=cfg.seed)
+    if 0 < cfg.max_images < len(ds):
+        keep = torch.randperm(len(ds), generator=torch.Generator().manual_seed(0))[: cfg.max_images].tolist()
+        ds = Subset(ds, sorted(keep))
+    _load_one(ds)
+    return ds
+
+
+def _load_one(ds) -> None:
+    """Load one image here, in this process: a folder with no readable image fails now, with the dataset's one-line
+    error (not inside a loader worker, and without a warning for each file tried on the way)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ds[0]
+    for w in caught:  # the image was found: the files skipped to reach it are still reported
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+
+
+def _worker_init(_: int) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is handled once, by the main process
+
+
+class DINOTrainer:
+    """Student, EMA teacher, loss, optimiser, schedules and data for one DINO run.
+
+    `fit()` trains to the end (or `max_steps`), checkpointing as it goes; `train_step(global_crops,
+    local_crops)` is one optimisation step, usable on its own (notebook 06 does).
+    """
+
+    def __init__(self, cfg: TrainConfig, env: DistEnv | None = None, dataset=None, quiet: bool = False,
+                 run: RunFolder | None = None):
+        self.cfg, self.quiet = cfg, quiet
+        self.env = env or setup_distributed(cfg.device)
+        self.device = resolve_device(cfg.device, self.env)
+        self.amp_dtype = resolve_precision(cfg.precision, self.device)
+        if slow_precision(self.amp_dtype, self.device) and self.env.is_main:
+            warnings.warn(slow_precision(self.amp_dtype, self.device), stacklevel=2)
+        if cfg.threads > 0:
+            torch.set_num_threads(cfg.threads)
+        seed_everything(cfg.seed)  # the same initial weights on every rank
+
+        # data: the per-sample seed makes crops independent of workers and exact on resume
+        self.dataset = dataset if dataset is not None else build_train_dataset(cfg)
+        self._check_batch_fits()
+        crop_args = (cfg.global_crops_scale, cfg.local_crops_scale, cfg.local_crops_number, cfg.global_crops_size, cfg.local_crops_size)
+        self.gpu_augment, self.aug_generator = None, None
+        if cfg.gpu_augment:  # workers only decode to uint8; the crops are made in one batched pass on the device
+            self.gpu_augment = GPUMultiCropAugmentation(*crop_args, compile=cfg.compile)
+            self.aug_generator = torch.Generator(device=self.device).manual_seed(cfg.seed + 1 + self.env.rank)
+            self.augment = Uint8Images(cfg.gpu_augment_size or None, cfg.gpu_augment_max_size or None)
+            collate = partial(collate_uint8, pad_to=cfg.gpu_augment_max_size or None)  # one padded shape: one compiled graph
+        else:
+            self.augment, collate = MultiCropAugmentation(*crop_args), collate_multicrop
+        self.sampler = EpochBatchSampler(len(self.dataset), cfg.batch_size_per_gpu, cfg.seed, self.env.rank, self.env.world_size)
+        self.steps_per_epoch = len(self.sampler)
+        self.total_steps = cfg.epochs * self.steps_per_epoch
+        if cfg.max_steps:
+            self.total_steps = min(self.total_steps, cfg.max_steps)
+        self.loader = make_loader(MultiCropDataset(self.dataset, self.augment), self.sampler, cfg.num_workers,
+                                  collate, pin_memory=self.device.type == "cuda", worker_init_fn=_worker_init)
+
+        # models: the teacher starts as a copy of the student (after DDP has broadcast rank 0's
+        # weights) and never takes a gradient
+        self.student = build_student(cfg).to(self.device)
+        if cfg.init_weights:  # continue from a backbone trained earlier (a warm restart with a fresh head)
+            load_backbone_weights(self.student.backbone, backbone_state_dict(load_checkpoint(cfg.init_weights)))
+        self.student_ddp: nn.Module = self.student
+        if self.env.distributed:
+            self.student_ddp = nn.parallel.DistributedDataParallel(
+                self.student, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.teacher = make_teacher(self.student)
+        seed_everything(cfg.seed + 1 + self.env.rank)  # drop path: a different stream on every rank
+        if cfg.compile:  # one static graph per crop resolution (the student sees two): with automatic dynamic
+            # shapes, torch 2.11's inductor failed an internal assertion on the second resolution on a GPU
+            self.student.backbone.compile(dynamic=False, mode=cfg.compile_mode)
+            self.teacher.backbone.compile(dynamic=False, mode=cfg.compile_mode)
+
+        self.loss_fn = DINOLoss(cfg.out_dim, cfg.ncrops, cfg.warmup_teacher_temp, cfg.teacher_temp,
+                                cfg.warmup_teacher_temp_epochs, cfg.epochs, cfg.student_temp, cfg.center_momentum).to(self.device)
+        self.optimizer = self._make_optimizer()
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+
+        # schedules, one value per step (lr scaled linearly with the total batch, as in DINO)
+        total_batch = cfg.batch_size_per_gpu * self.env.world_size
+        n, E = self.steps_per_epoch, cfg.epochs
+        self.lr_schedule = cosine_scheduler(cfg.lr * total_batch / 256.0, cfg.min_lr, E, n, warmup_epochs=cfg.warmup_epochs)
+        self.wd_schedule = cosine_scheduler(cfg.weight_decay, cfg.weight_decay_end, E, n)
+        self.momentum_schedule = cosine_scheduler(cfg.momentum_teacher, 1.0, E, n)
+
+        self.step = 0
+        self.run = run or RunFolder(cfg.output_dir, cfg.run_name, self.env)
+        self.run_dir, self.ckpt_path = self.run.path, self.run.checkpoint
+        self.last_good: tuple[Path, int] | None = None  # (file, step) of the newest checkpoint known to be sound
+        self._writer = BackgroundWriter()
+        self._reset_meters()
+        self._epoch_loss = torch.zeros((), device=self.device)
+
+    # ------------------------------------------------------------------ set-up helpers
+    def _check_batch_fits(self) -> None:
+        n, world, b = len(self.dataset), self.env.world_size, self.cfg.batch_size_per_gpu
+        if n // world < b:
+            per = f" x {world} processes" if world > 1 else ""
+            raise ConfigError(f"batch_size_per_gpu={b}{per} is larger than the dataset ({n} images): not one full batch, "
+                              "so no step; lower batch_size_per_gpu or use more images (max_images, data_path)")
+
+    def _make_optimizer(self) -> torch.optim.Optimizer:
+        """AdamW with the fused kernel where this PyTorch has one for the device, else the foreach one."""
+        groups = get_params_groups(self.student)
+        try:
+            return torch.optim.AdamW(groups, fused=True)
+        except (RuntimeError, TypeError, ValueError):
+            return torch.optim.AdamW(get_params_groups(self.student), foreach=True)
+
+    def _autocast(self):
+        if self.amp_dtype == torch.float32:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def _reset_meters(self) -> None:
+        z = lambda: torch.zeros((), device=self.device)  # noqa: E731
+        self._m = {"loss": z(), "teacher_entropy": z(), "batch_entropy": z()}
+        self._m_steps, self._m_images, self._m_time = 0, 0, time.perf_counter()
+        self._nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)
+
+    @property
+    def epoch(self) -> int:
+        return self.step // self.steps_per_epoch
+
+    # ------------------------------------------------------------------ one step
+    def crops_of(self, batch, batch_size: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """A loader batch -> (global crops (2B, 3, G, G), local crops (N*B, 3, L, L) or None), on the device.
+        With gpu_augment the batch is uint8 images (B, 3, H, W), cropped here in one pass."""
+        if isinstance(batch, (torch.Tensor, PaddedImages)):
+            if self.gpu_augment is None:
+                raise ValueError("got a batch of images, not crops; set gpu_augment=true to crop on the device")
+            batch = self.gpu_augment(batch.to(self.device, non_blocking=True), generator=self.aug_generator)
+        return split_crops([c.to(self.device, non_blocking=True) for c in batch], batch_size)
+
+    def train_step(self, global_crops: torch.Tensor, local_crops: torch.Tensor | None = None) -> torch.Tensor:
+        """One DINO step. global_crops: (2B, 3, G, G), view 1 of every image then view 2; local_crops: (N*B, 3, L, L),
+        view-major likewise, or None. Returns the loss (a tensor: no host-device sync)."""
+        it, epoch = self.step, self.epoch
+        for i, group in enumerate(self.optimizer.param_groups):
+            group["lr"] = float(self.lr_schedule[it])
+            if i == 0:  # only the regularised group has weight decay
+                group["weight_decay"] = float(self.wd_schedule[it])
+        global_crops = global_crops.to(self.device, non_blocking=True)  # (2B, 3, G, G)
+        crops = [global_crops] if local_crops is None else [global_crops, local_crops.to(self.device, non_blocking=True)]
+
+        with self._autocast():
+            with torch.no_grad():
+                teacher_out = self.teacher(global_crops)  # (2B, K): the global views only
+            student_out = self.student_ddp(crops)  # ((2+N)B, K): every view
+        with torch.no_grad():
+            teacher_probs = self.loss_fn.teacher_probs(teacher_out, epoch)  # (2B, K), centred and sharpened
+            self._record_teacher_stats(teacher_probs)
+        loss = self.loss_fn(student_out, teacher_out, epoch, teacher_probs=teacher_probs)  # one teacher softmax, not two
+
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        if self.cfg.clip_grad:
+            norms = clip_gradients(self.student, self.cfg.clip_grad)
+            self._nonfinite |= ~torch.isfinite(norms).all()
+        cancel_gradients_last_layer(epoch, self.student, self.cfg.freeze_last_layer)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        update_teacher(self.student, self.teacher, float(self.momentum_schedule[it]))
+
+        self._nonfinite |= ~torch.isfinite(loss.detach())
+        self._m["loss"] += loss.detach()
+        self._epoch_loss += loss.detach()
+        self._m_steps += 1
+        self._m_images += global_crops.shape[0] // 2 * self.env.world_size
+        self.step += 1
+        return loss.detach()
+
+    def _record_teacher_stats(self, p: torch.Tensor) -> None:
+        """p: the teacher's centred and sharpened distribution, (2B, K)."""
+        self._m["teacher_entropy"] += entropy(p).mean()  # per-sample entropy: ln K when uniform
+        self._m["batch_entropy"] += entropy(p.mean(0))  # entropy of the batch mean: ~0 when one dim wins
+
+    # ------------------------------------------------------------------ metrics
+    def collect_metrics(self) -> dict:
+        """Average the meters since the last call into one record (one host-device sync)."""
+        n = max(self._m_steps, 1)
+        vals = {k: v.item() / n for k, v in self._m.items()}
+        dt = time.perf_counter() - self._m_time
+        it = max(self.step - 1, 0)
+        lnK = math.log(self.cfg.out_dim)
+        rec = {
+            "step": self.step, "epoch": self.step / self.steps_per_epoch,
+            "loss": vals["loss"], "teacher_entropy": vals["teacher_entropy"], "batch_entropy": vals["batch_entropy"],
+            "kl_uniform": lnK - vals["teacher_entropy"], "kl_teacher_student": vals["loss"] - vals["teacher_entropy"],
+            "lr": float(self.lr_schedule[it]), "wd": float(self.wd_schedule[it]),
+            "momentum": float(self.momentum_schedule[it]), "teacher_temp": self.loss_fn.teacher_temp(it // self.steps_per_epoch),
+            "images_per_s": self._m_images / dt if dt > 0 else float("nan"), "time": time.time(),
+        }
+        self._reset_meters()
+        return rec
+
+    def _diverged(self, what: str) -> TrainingDivergedError:
+        kept = (f"the last good checkpoint is {self.last_good[0]} (step {self.last_good[1]}): continue from it with "
+                "--resume and one of these changes" if self.last_good else "no good checkpoint of this run was written; try")
+        return TrainingDivergedError(
+            f"{what} by step {self.step} (epoch {self.epoch}); nothing was written after the fault; {kept}: a lower lr "
+            "(--set lr=...), fp32 (--set precision=fp32), a smaller teacher_temp or a longer warmup_teacher_temp_epochs, "
+            "or a smaller clip_grad")
+
+    def check_finite(self) -> None:
+        """Raise TrainingDivergedError if a loss or a gradient norm was NaN/inf since the last check (every rank alike)."""
+        bad = self._nonfinite.clone()
+        if self.env.distributed:
+            bad = bad.to(torch.int32)
+            dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+        if bool(bad):
+            raise self._diverged("the loss or the gradients became NaN/inf")
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict:
+        return training_state(self)
+
+    def load_state_dict(self, ckpt: dict) -> None:
+        load_training_state(self, ckpt)
+
+    def save(self, block: bool = True) -> None:
+        """Checkpoint (rank 0 only), only when loss, gradients and every saved tensor are finite; written atomically.
+
+        block=False returns once the state is copied to CPU memory and writes the file on a thread
+        (`fit` does this at epoch ends on a GPU: the write no longer stalls it); `wait_for_save` joins it."""
+        self.check_finite()
+        if self.env.is_main:
+            state = self.state_dict()
+            bad = nonfinite_tensors({k: state[k] for k in ("student", "teacher", "optimizer", "dino_loss")})
+            if bad:
+                raise self._diverged(f"NaN/inf in {len(bad)} tensor(s) of the state to save (e.g. {bad[0]})")
+            paths = [self.ckpt_path]
+            freq = self.cfg.saveckp_freq
+            if freq and self.step % self.steps_per_epoch == 0 and self.epoch % freq == 0:
+                paths.append(self.run_dir / f"checkpoint{self.epoch:04d}.pth")
+            self._writer.write(state, paths, block)
+        self.last_good = (self.ckpt_path, self.step)
+
+    def wait_for_save(self) -> None:
+        """Block until the last checkpoint is on disk (raises the writer's error, if any)."""
+        self._writer.wait()
+
+    def resume(self, path: str | Path | None = None) -> None:
+        """Continue from a checkpoint: the run's own (checkpoint.pth in its folder) unless `path` is given."""
+        path = Path(path) if path else self.ckpt_path
+        ckpt = load_checkpoint(path, map_location=self.device)
+        bad = nonfinite_tensors({k: ckpt.get(k) for k in ("student", "teacher")})
+        if bad:
+            raise CheckpointError(f"{path} holds NaN/inf weights ({bad[0]}, ...): it cannot be resumed")
+        self.load_state_dict(ckpt)
+        self.last_good = (path, self.step)
+
+    # ------------------------------------------------------------------ the loop
+    def say(self, text: str) -> None:
+        """A line for the person watching (stderr, above the progress bar); nothing when quiet and on ranks > 0."""
+        if self.env.is_main and not self.quiet:
+            tqdm.write(text, file=sys.stderr)
+
+    def summary(self) -> str:
+        """What is about to run: data, steps, model, device, precision, folder."""
+        cfg, env = self.cfg, self.env
+        n_student = sum(p.numel() for p in self.student.parameters())
+        n_backbone = sum(p.numel() for p in self.student.backbone.parameters())
+        where = f"{cfg.dataset}" + (f" ({cfg.data_path})" if cfg.data_path else "")
+        procs = f" on each of {env.world_size} processes" if env.distributed else ""
+        dtype = {torch.float32: "fp32", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast"}[self.amp_dtype]
+        return "\n".join([
+            f"data:   {where}, {len(self.dataset):,} images; batch {cfg.batch_size_per_gpu}{procs}, {self.steps_per_epoch} steps "
+            f"per epoch, {self.total_steps} step{'s' if self.total_steps > 1 else ''} in all",
+            f"model:  {cfg.arch}/{cfg.patch_size} + DINO head ({cfg.out_dim} outputs): {n_student / 1e6:.2f}M parameters "
+            f"({n_backbone / 1e6:.2f}M in the backbone)",
+            f"device: {self.device}, {torch.get_num_threads()} thread{'s' if torch.get_num_threads() > 1 else ''}, {dtype}",
+            f"run:    {self.run_dir}"])
+
+    def _epoch_bar(self) -> tqdm:
+        """A progress bar over the current epoch's steps, starting where this epoch stands."""
+        start = self.step % self.steps_per_epoch
+        end = min(self.steps_per_epoch, start + self.total_steps - self.step)
+        return tqdm(total=end, initial=start, desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}",
+                    disable=not self.env.is_main or self.quiet, leave=False, dynamic_ncols=True, file=sys.stderr)
+
+    def _end_epoch(self, steps: int, started: float) -> None:
+        """One line per finished epoch, kept on the screen when its progress bar goes: the mean loss of its `steps`."""
+        loss = self._epoch_loss.item() / max(steps, 1)
+        self.say(f"epoch {self.epoch}/{self.cfg.epochs}: loss {loss:.4f} (step {self.step}/{self.total_steps}, "
+                 f"{_clock(time.perf_counter() - started)} so far)")
+        self._epoch_loss.zero_()
+
+    def fit(self, callback: Callable[[dict], None] | None = None) -> list[dict]:
+        """Train from `self.step` to the end; returns the metrics records of this call."""
+        self.run.open(continuing=self.last_good is not None)
+        try:
+            self.run.begin(self.step, self.cfg)
+            self.say(self.summary())
+            started = time.perf_counter()
+            with StopSignals(self.env, self.device) as stop:
+                try:
+                    records = self._loop(callback, stop, started)
+                finally:
+                    self.wait_for_save()  # the file of the last epoch end is on disk before fit returns or raises
+        finally:
+            self.run.close()
+        if records:
+            self.say(f"done: step {self.step} (epoch {self.step / self.steps_per_epoch:.2f}) in "
+                     f"{_clock(time.perf_counter() - started)}; final loss {records[-1]['loss']:.4f}, checkpoint {self.ckpt_path}")
+        else:
+            self.say(f"nothing left to train: step {self.step} of {self.total_steps} was done already (raise epochs or "
+                     f"max_steps to go on); checkpoint {self.ckpt_path}")
+        return records
+
+    def _loop(self, callback, stop: StopSignals, started: float) -> list[dict]:
+        cfg, records = self.cfg, []
+        collapse_run, warned = 0, False
+        self.student.train()
+        self.teacher.train()
+        self._reset_meters()
+        self._epoch_loss.zero_()
+        # one pass over the loader for all remaining steps: its workers build the next epoch's first
+        # batches while this epoch ends, instead of starting from scratch at every epoch
+        self.sampler.set_steps(self.step, self.total_steps)
+        bar, epoch_first = None, self.step
+        for batch, labels in self.loader:
+            if bar is None:  # the first step of this call, or of a new epoch
+                bar, epoch_first = self._epoch_bar(), self.step
+            self.train_step(*self.crops_of(batch, len(labels)))
+            bar.update(1)
+            epoch_end = self.step % self.steps_per_epoch == 0
+            last = self.step >= self.total_steps or epoch_end
+            if self.step % cfg.log_every == 0 or last:
+                if self.device.type != "cpu":
+                    self.check_finite()
+                rec = self.collect_metrics()
+                collapse = collapse_state(rec)
+                collapse_run = collapse_run + 1 if collapse else 0
+                rec["collapse"] = collapse if collapse_run >= cfg.collapse_patience else ""
+                if rec["collapse"] and not warned and self.env.is_main:
+                    warnings.warn(f"step {self.step}: the teacher looks collapsed ({collapse}) for {collapse_run} "
+                                  "log records; see README 'What can go wrong'", stacklevel=3)
+                    warned = True
+                records.append(rec)
+                self.run.log(rec)
+                if self.env.is_main:
+                    bar.set_postfix(loss=f"{rec['loss']:.3f}", img_s=f"{rec['images_per_s']:.1f}",
+                                    **({"warn": f"collapse:{rec['collapse']}"} if rec["collapse"] else {}))
+                    if callback:
+                        callback(rec)
+            if self.device.type == "cpu":
+                self.check_finite()
+            periodic = cfg.save_every_steps and self.step % cfg.save_every_steps == 0
+            stopping = stop.requested() if (self.device.type == "cpu" or self.step % cfg.log_every == 0) else False
+            if periodic or stopping or last:
+                # on a GPU the epoch-end file is written on a thread while the GPU trains on; a CPU has
+                # no cores to spare for it, and there the write is short next to a step anyway
+                self.save(block=stopping or self.step >= self.total_steps or self.device.type == "cpu")
+            if stopping or epoch_end:
+                bar.close()
+                bar = None
+            if epoch_end:
+                self._end_epoch(self.step - epoch_first, started)
+            if stopping:
+                raise KeyboardInterrupt
+        if bar is not None:
+            bar.close()
+        return records
+
+
+def _clock(seconds: float) -> str:
+    m, s = divmod(int(round(seconds)), 60)
+    return f"{m // 60}:{m % 60:02d}:{s:02d}"
+
+
+def train(cfg: TrainConfig, resume: bool = False, callback: Callable[[dict], None] | None = None,
+          quiet: bool = False) -> DINOTrainer:
+    """Train one run: a new one (its folder must hold no checkpoint) or, with resume=True, the one in its folder."""
+    env = setup_distributed(cfg.device)
+    run = RunFolder(cfg.output_dir, cfg.run_name, env)
+    run.check(resume)  # before the minutes of building: fail fast
+    run.open(continuing=resume)  # the lock, held until fit ends
+    try:
+        trainer = DINOTrainer(cfg, env=env, quiet=quiet, run=run)
+        if resume:
+            trainer.resume()
+            trainer.say(f"resumed {trainer.ckpt_path} at step {trainer.step} (epoch {trainer.epoch})")
+        trainer.fit(callback)
+    finally:
+        run.close()
+    return trainer
