@@ -23,11 +23,12 @@
 #
 # ```
 # image (1, 3, 72, 72) ──► patch_embed + cls_token + pos_embed ──► blocks[0..10] ──► blocks[11]
-#                                                                                     │ norm1, attn.qkv
-#                                                                                     ▼
-#                             A = softmax(q k^T / sqrt(d))       (1, heads, N+1, N+1)  one matrix per head
-#                             A[:, :, 0, 1:]                     (1, heads, N)         CLS row, patch columns
-#                             .reshape(1, heads, 6, 6)           one heat map per head  ──► masks (60% of mass)
+#                                                                     norm1, attn.qkv │
+#              ┌──────────────────────────────────────────────────────────────────────┘
+#              ▼
+#              A = softmax(q k^T / sqrt(d))   (1, heads, N+1, N+1)    one matrix per head
+#              A[:, :, 0, 1:]                 (1, heads, N)           CLS row, patch columns
+#              .reshape(1, heads, 6, 6)       one heat map per head   ──► masks (60% of mass)
 # ```
 #
 # **Which weights?** The notebook shows the DINO teacher shipped in
@@ -39,7 +40,8 @@
 # run the same notebook on an official DINO file:
 #
 # ```
-# python -m vitdino_core.data download dino_vits8           # fetches dino_deitsmall8_pretrain.pth into the data root
+# # fetches dino_deitsmall8_pretrain.pth into the data root
+# python -m vitdino_core.data download dino_vits8
 # VITDINO_CHECKPOINT=/path/dino_deitsmall8_pretrain.pth make lab
 # ```
 #
@@ -146,13 +148,16 @@ else:
     wanted = os.environ.get("VITDINO_CHECKPOINT") or short_path(SHIPPED_CHECKPOINT)
     print(f"weights: RANDOM INITIALISATION. There is no trained checkpoint at {wanted} yet.")
     print(
-        f"Every map below comes from an untrained {ARCH}/{PATCH}: expect near-uniform, noisy attention and masks that"
+        f"Every map below comes from an untrained {ARCH}/{PATCH}: expect near-uniform, noisy "
+        "attention and masks that"
     )
     print(
-        "cover most of the image. With the trained DINO teacher the heads concentrate on the object (the bird, the"
+        "cover most of the image. With the trained DINO teacher the heads concentrate on the "
+        "object (the bird, the"
     )
     print(
-        "dog, the church) and different heads pick out different parts; the trained-vs-random comparison appears"
+        "dog, the church) and different heads pick out different parts; the trained-vs-random "
+        "comparison appears"
     )
     print("once the checkpoint exists.")
 print("=" * 100)
@@ -599,7 +604,8 @@ for j, (tag, (coverage, entropy)) in enumerate(results.items()):
     axes[0].bar(xs, coverage.numpy(), width, label=tag)
     axes[1].bar(xs, entropy.numpy(), width, label=tag)
     print(
-        f"{tag:>28}: coverage per head {np.round(coverage.numpy(), 2)}, entropy {np.round(entropy.numpy(), 3)}"
+        f"{tag:>28}: coverage per head {np.round(coverage.numpy(), 2)}, "
+        f"entropy {np.round(entropy.numpy(), 3)}"
     )
 axes[0].axhline(0.6, color="gray", ls=":", lw=1)
 axes[0].set(ylabel="fraction of patches in the 60% mask", ylim=(0, 1))
@@ -666,7 +672,8 @@ for size in sizes[1:]:
     )  # (1, g*g+1, D)
     assert pos.shape == (1, g * g + 1, MODEL.embed_dim)
     print(
-        f"{size} px: {g} x {g} = {g * g} patches; pos_embed {tuple(MODEL.pos_embed.shape)} -> {tuple(pos.shape)}"
+        f"{size} px: {g} x {g} = {g * g} patches; "
+        f"pos_embed {tuple(MODEL.pos_embed.shape)} -> {tuple(pos.shape)}"
     )
 
 hires_names = PHOTO_NAMES[:3]
@@ -769,8 +776,8 @@ ax.set(
     xlabel="block",
     ylabel="entropy / ln N",
     xticks=range(DEPTH),
-    title=f"How flat is the CLS attention at each depth? ({len(depth_stats)} val images at {IMG} px;"
-    " bars: spread over heads)",
+    title="How flat is the CLS attention at each depth? "
+    f"({len(depth_stats)} val images at {IMG} px; bars: spread over heads)",
 )
 ax.legend(fontsize=8)
 save_figure(fig, "07_attention_depth")

@@ -23,10 +23,13 @@
 # being told.
 #
 # ```
-# image ──► frozen ViT (teacher) ──► CLS token after the final norm ──► L2-normalise ──► feature (D,)
-#                                                                                         │
-#            weighted kNN: the 20 most similar training features vote, weights exp(s / 0.07)  ┤  no training
-#            linear probe: logistic regression on the training features                   ┘  one linear layer
+# image ──► frozen ViT (teacher) ──► CLS token after the final norm ──► L2-normalise
+#                                                                                 │
+#                                                                                 ▼
+#                                                                            feature (D,)
+#                                                                                 │
+# weighted kNN: the 20 most similar training features vote, weights exp(s / 0.07) ┤ no training
+# linear probe: logistic regression on the training features                      ┘ one linear layer
 # ```
 #
 # DINO reports both on ImageNet (ViT-S/16: 74.5% kNN, 77.0% linear; ViT-B/16: 76.1% / 78.2%). We
@@ -42,7 +45,8 @@
 # weights it shows:
 #
 # ```
-# python -m vitdino_core.data download dino_vits8           # fetches dino_deitsmall8_pretrain.pth into the data root
+# # fetches dino_deitsmall8_pretrain.pth into the data root
+# python -m vitdino_core.data download dino_vits8
 # VITDINO_CHECKPOINT=/path/dino_deitsmall8_pretrain.pth make lab
 # ```
 #
@@ -149,10 +153,12 @@ else:
     wanted = os.environ.get("VITDINO_CHECKPOINT") or short_path(SHIPPED_CHECKPOINT)
     print(f"weights: NO TRAINED CHECKPOINT at {wanted} yet, so only the baselines are evaluated:")
     print(
-        f"raw pixels and a RANDOMLY INITIALISED {ARCH}/{PATCH}. With the trained DINO teacher the table gains a row"
+        f"raw pixels and a RANDOMLY INITIALISED {ARCH}/{PATCH}. With the trained DINO teacher "
+        "the table gains a row"
     )
     print(
-        "that should sit well above both, its PCA shows class clusters and its neighbours share the query's class."
+        "that should sit well above both, its PCA shows class clusters and its neighbours "
+        "share the query's class."
     )
 print("=" * 100)
 
@@ -475,14 +481,15 @@ print(header)
 print("-" * len(header))
 for r in rows:
     print(
-        f"{r['features']:<34}{r['dim']:>6}{r['knn_top1']:>10.1f}%{r['knn_top5']:>10.1f}%{r['linear_top1']:>13.1f}%"
-        f"{r['C']:>7g}"
+        f"{r['features']:<34}{r['dim']:>6}{r['knn_top1']:>10.1f}%{r['knn_top5']:>10.1f}%"
+        f"{r['linear_top1']:>13.1f}%{r['C']:>7g}"
     )
 print("-" * len(header))
 print("reference, full val split: raw pixels 32 px weighted kNN 28.3%; chance 10%")
 if FAST:
     print(
-        "(fast mode: a subset, so every number is a few points off the full-data value; run without CI for those)"
+        "(fast mode: a subset, so every number is a few points off the full-data value; "
+        "run without CI for those)"
     )
 if trained is None:
     print("(no DINO row: there is no trained checkpoint yet)")
@@ -646,7 +653,8 @@ for m, tag in enumerate(retrieval_models):
                 color="tab:green" if ok else "tab:red",
             )
 fig.suptitle(
-    "Top-5 training neighbours of val queries by cosine similarity; frame green = same class, red = not"
+    "Top-5 training neighbours of val queries by cosine similarity; "
+    "frame green = same class, red = not"
     + (
         f"\nrows: {' | '.join(retrieval_models)}; DINO teacher = {WEIGHTS}"
         if trained is not None
@@ -700,7 +708,8 @@ for tag, (tx, ty, vx, vy) in all_features.items():
     )  # section 5: all labels
     curves[tag] = table
 print(
-    f"{len(SHOTS)} label counts x {DRAWS} draws x {len(curves)} features in {time.perf_counter() - t0:.0f} s"
+    f"{len(SHOTS)} label counts x {DRAWS} draws x {len(curves)} features "
+    f"in {time.perf_counter() - t0:.0f} s"
 )
 
 print(f"\nImagenette val, {SPLIT_NOTE}; mean +- std over {DRAWS} draws; DINO teacher = {WEIGHTS}")
@@ -710,7 +719,8 @@ print(f"{'':>12} | " + " | ".join(f"{'kNN':>12} {'linear':>14}" for _ in curves)
 print("-" * len(header))
 for i, s in enumerate(SHOTS + ["all"]):
     cells = [
-        f"{t[i]['knn_mean']:5.1f} +- {t[i]['knn_std']:3.1f} {t[i]['linear_mean']:6.1f} +- {t[i]['linear_std']:3.1f}"
+        f"{t[i]['knn_mean']:5.1f} +- {t[i]['knn_std']:3.1f} "
+        f"{t[i]['linear_mean']:6.1f} +- {t[i]['linear_std']:3.1f}"
         for t in curves.values()
     ]
     print(f"{s:>12} | " + " | ".join(f"{c:>27}" for c in cells))

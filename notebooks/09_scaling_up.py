@@ -20,13 +20,13 @@
 # it:
 #
 # ```
-# notebook 06                          a real run
-# ─────────────────────────────────    ─────────────────────────────────────────────────────────────
-# overrides in a Python dict       ->  a YAML config, validated, saved next to the run
-# trainer.fit() in a cell          ->  python -m vitdino_core.train --config ... --set key=value
-# run until the cell ends          ->  checkpoints every N steps, --resume after a crash or a time limit
-# 1 process, fp32, 2 CPU cores     ->  torchrun: N processes (DDP), bf16 autocast, torch.compile, GPUs
-# a kNN number in a cell           ->  python -m vitdino_core.evaluate --ckpt ...
+# notebook 06                     a real run
+# ────────────────────────────    ─────────────────────────────────────────────────────────────────
+# overrides in a Python dict   -> a YAML config, validated, saved next to the run
+# trainer.fit() in a cell      -> python -m vitdino_core.train --config ... --set key=value
+# run until the cell ends      -> checkpoints every N steps, --resume after a crash or a time limit
+# 1 process, fp32, 2 CPU cores -> torchrun: N processes (DDP), bf16 autocast, torch.compile, GPUs
+# a kNN number in a cell       -> python -m vitdino_core.evaluate --ckpt ...
 # ```
 #
 # This notebook runs each of these for real, at toy size, on this CPU: the shipped configs, the
@@ -61,14 +61,16 @@ from vitdino_core.train import main as train_main
 
 env = setup(seed=0)
 FAST = env.fast  # True under CI or VITDINO_FAST=1: fewer steps and images, every cell still runs
-RUNS = Path(
-    tempfile.mkdtemp(prefix="vitdino_09_")
-)  # the runs of this notebook, outside the repository
+# the runs of this notebook, outside the repository
+RUNS = Path(tempfile.mkdtemp(prefix="vitdino_09_"))
 print("runs go to", RUNS)
 
 
 def shell(args: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
-    """Run a command as a learner would in a terminal; show it and its stdout; fail loudly if it fails."""
+    """Run a command as a learner would in a terminal.
+
+    Show it and its stdout; fail loudly if it fails.
+    """
     print(
         "$",
         " ".join(a if " " not in a else repr(a) for a in args).replace(sys.executable, "python"),
@@ -149,7 +151,8 @@ my_yaml.write_text(
 )
 mine = load_config(my_yaml)
 print(
-    f"{my_yaml.name}: arch {mine.arch}/{mine.patch_size}, crops {mine.global_crops_size}/{mine.local_crops_size}, "
+    f"{my_yaml.name}: arch {mine.arch}/{mine.patch_size}, "
+    f"crops {mine.global_crops_size}/{mine.local_crops_size}, "
     f"out_dim {mine.out_dim} (default), lr {mine.lr} (default)"
 )
 assert cfg.epochs == 5 and cfg.global_crops_scale == (0.3, 1.0) and mine.out_dim == 65536
@@ -285,13 +288,15 @@ steady = [r["images_per_s"] for r in records[1:]]
 ips = sum(steady) / len(steady)
 print(
     f"workshop_tiny (batch {batch}) on this machine: {ips:.1f} images/s "
-    f"({torch.get_num_threads()} threads; records: {[round(r['images_per_s'], 1) for r in records]})"
+    f"({torch.get_num_threads()} threads; "
+    f"records: {[round(r['images_per_s'], 1) for r in records]})"
 )
 for name in ("workshop_tiny", "imagenette_cpu"):
     c = configs[name]
     n_images = 9469  # imagenette-96 train
     print(
-        f"  {name:15s}: one epoch of Imagenette ~{n_images / ips / 60:5.1f} min, all {c.epochs} epochs ~{c.epochs * n_images / ips / 3600:5.1f} h"
+        f"  {name:15s}: one epoch of Imagenette ~{n_images / ips / 60:5.1f} min, "
+        f"all {c.epochs} epochs ~{c.epochs * n_images / ips / 3600:5.1f} h"
         + ("  (different crop sizes and batch: a rough guide)" if name != "workshop_tiny" else "")
     )
 assert ips > 0
@@ -409,7 +414,8 @@ for row, (label, secs) in enumerate(bars.items()):
         left += share
     ax.text(101, row, f"step {timed[row]:.2f} s", va="center")
     print(
-        f"{label.replace(chr(10), ' '):55s} step {timed[row]:5.2f} s timed, {total:5.2f} s in operators under the profiler, "
+        f"{label.replace(chr(10), ' '):55s} step {timed[row]:5.2f} s timed, "
+        f"{total:5.2f} s in operators under the profiler, "
         f"matmul {100 * secs['matmul'] / total:4.1f}%"
     )
 ax.set_yticks(range(len(bars)), list(bars))
@@ -618,8 +624,10 @@ ddp_records = [
 ddp_cfg = load_config(RUNS / "two_processes" / "config.yaml")
 lr_one = ddp_cfg.lr * ddp_batch / 256
 print(
-    f"2 processes x {ddp_batch} images = total batch {2 * ddp_batch}; peak lr {ddp_cfg.lr} x {2 * ddp_batch}/256 = "
-    f"{ddp_cfg.lr * 2 * ddp_batch / 256:.2e} (one process with the same batch_size_per_gpu: {lr_one:.2e})"
+    f"2 processes x {ddp_batch} images = total batch {2 * ddp_batch}; "
+    f"peak lr {ddp_cfg.lr} x {2 * ddp_batch}/256 = "
+    f"{ddp_cfg.lr * 2 * ddp_batch / 256:.2e} "
+    f"(one process with the same batch_size_per_gpu: {lr_one:.2e})"
 )
 print(
     "steps:",
@@ -635,7 +643,8 @@ assert round(ddp_records[0]["step"] / ddp_records[0]["epoch"]) == 64 // (2 * ddp
 # On a GPU machine the same command, without `device=cpu`, runs one process per GPU:
 #
 # ```bash
-# torchrun --nproc_per_node 8 -m vitdino_core.train --config dino_vitb12 --set data_path=/data/imagenet/train
+# torchrun --nproc_per_node 8 -m vitdino_core.train --config dino_vitb12 \
+#     --set data_path=/data/imagenet/train
 # # several machines: the same on each, plus --nnodes 4 --node_rank K --rdzv_endpoint HOST:PORT
 # ```
 #
@@ -677,7 +686,8 @@ t32, out32 = forward_time(model, x)
 t16, out16 = forward_time(model, x, dtype=torch.bfloat16)
 rel = ((out16.float() - out32).norm() / out32.norm()).item()
 print(
-    f"ViT-tiny/12 forward, batch {x.shape[0]} at 96 px: fp32 {t32 * 1e3:.0f} ms, bf16 autocast {t16 * 1e3:.0f} ms "
+    f"ViT-tiny/12 forward, batch {x.shape[0]} at 96 px: fp32 {t32 * 1e3:.0f} ms, "
+    f"bf16 autocast {t16 * 1e3:.0f} ms "
     f"(x {t32 / t16:.2f} speed-up); relative difference of the features {rel:.1e}"
 )
 assert 0 < rel < 0.1  # close, not equal: the matmuls ran in bf16 (the final LayerNorm returns fp32)
@@ -732,17 +742,21 @@ try:
             train_pass(f, x)
         timings[label] = (time.perf_counter() - t0) / 3
     print(
-        f"{type(net).__name__}: first compiled call {compile_s:.1f} s (compilation); then eager {timings['eager'] * 1e3:.1f} ms, "
-        f"compiled {timings['compiled'] * 1e3:.1f} ms per forward + backward (x {timings['eager'] / timings['compiled']:.2f})"
+        f"{type(net).__name__}: first compiled call {compile_s:.1f} s (compilation); "
+        f"then eager {timings['eager'] * 1e3:.1f} ms, "
+        f"compiled {timings['compiled'] * 1e3:.1f} ms per forward + backward "
+        f"(x {timings['eager'] / timings['compiled']:.2f})"
     )
     print(
-        f"compilation pays for itself after ~{compile_s / max(timings['eager'] - timings['compiled'], 1e-9):,.0f} steps"
+        "compilation pays for itself after "
+        f"~{compile_s / max(timings['eager'] - timings['compiled'], 1e-9):,.0f} steps"
         if timings["compiled"] < timings["eager"]
         else "no speed-up here: compilation never pays for itself"
     )
 except Exception as e:  # e.g. no C++ compiler on this machine
     print(
-        f"torch.compile failed here ({type(e).__name__}: {str(e)[:200]}); training without it works the same"
+        f"torch.compile failed here ({type(e).__name__}: {str(e)[:200]}); "
+        "training without it works the same"
     )
 
 # %% [markdown]
@@ -786,7 +800,8 @@ for flag in (False, True):
     model.grad_checkpointing = flag
     memory[flag] = saved_activation_mib(model, x)
     print(
-        f"grad_checkpointing={flag!s:5s}: {memory[flag][0]:7.1f} MiB saved for backward, {memory[flag][1]:.2f} s forward + backward"
+        f"grad_checkpointing={flag!s:5s}: {memory[flag][0]:7.1f} MiB saved for backward, "
+        f"{memory[flag][1]:.2f} s forward + backward"
     )
 print(f"x {memory[False][0] / memory[True][0]:.0f} less activation memory")
 assert memory[True][0] < memory[False][0] / 4
@@ -861,14 +876,17 @@ for name, (data, n_images, gpu_counts) in datasets.items():
     c = configs[name]
     n_params, gib = model_state_gib(c)
     print(
-        f"{name}: {c.arch}/{c.patch_size}, {c.global_crops_size}/{c.local_crops_size} px crops x {c.ncrops}, "
-        f"{n_params / 1e6:.1f}M parameters with the head, ~{gib:.1f} GiB of model state, precision {c.precision}"
+        f"{name}: {c.arch}/{c.patch_size}, "
+        f"{c.global_crops_size}/{c.local_crops_size} px crops x {c.ncrops}, "
+        f"{n_params / 1e6:.1f}M parameters with the head, ~{gib:.1f} GiB of model state, "
+        f"precision {c.precision}"
     )
     for gpus in gpu_counts:
         total = c.batch_size_per_gpu * gpus
         steps = n_images // total
         print(
-            f"   {gpus:2d} GPU(s) on {data}: total batch {total:5d}, peak lr {c.lr * total / 256:.2e}, {steps:6,d} steps/epoch, "
+            f"   {gpus:2d} GPU(s) on {data}: total batch {total:5d}, "
+            f"peak lr {c.lr * total / 256:.2e}, {steps:6,d} steps/epoch, "
             f"{steps * c.epochs:9,d} steps for {c.epochs} epochs"
         )
 
@@ -905,26 +923,31 @@ print(
 )
 for label, (eager, compiled) in measured.items():
     print(
-        f"{label.replace(chr(10), ', '):42s} eager {eager['step_s_median'] * 1e3:6.1f} ms {eager['images_per_s']:6,.0f} img/s "
-        f"share {eager['fraction_of_matmul_peak']:.1%} | compiled {compiled['step_s_median'] * 1e3:6.1f} ms "
-        f"{compiled['images_per_s']:6,.0f} img/s share {compiled['fraction_of_matmul_peak']:.1%} | "
+        f"{label.replace(chr(10), ', '):42s} eager {eager['step_s_median'] * 1e3:6.1f} ms "
+        f"{eager['images_per_s']:6,.0f} img/s "
+        f"share {eager['fraction_of_matmul_peak']:.1%} | "
+        f"compiled {compiled['step_s_median'] * 1e3:6.1f} ms "
+        f"{compiled['images_per_s']:6,.0f} img/s "
+        f"share {compiled['fraction_of_matmul_peak']:.1%} | "
         f"peak memory {compiled['peak_memory_bytes'] / 2**30:.1f} GiB"
     )
 print(
-    f"official-style ViT-S/16 step, same run as ours: {reference['step_s_median'] * 1e3:.1f} ms, {reference['images_per_s']:,.0f} img/s"
+    f"official-style ViT-S/16 step, same run as ours: {reference['step_s_median'] * 1e3:.1f} ms, "
+    f"{reference['images_per_s']:,.0f} img/s"
 )
 assert all(
     c["step_s_median"] < e["step_s_median"] for e, c in measured.values()
 )  # compiling paid off for all three
-# epoch ends in the real loop (imagenette_small, eager): the code before and after the checkpoint thread and the
-# loader's single pass across epochs, same machine
+# epoch ends in the real loop (imagenette_small, eager): the code before and after the checkpoint
+# thread and the loader's single pass across epochs, same machine
 ends = {
     when: json.loads((GPU_RESULTS / f"epoch_boundary{suffix}.json").read_text())
     for when, suffix in (("before", "_before"), ("after", ""))
 }
 for when, r in ends.items():
     print(
-        f"epoch end {when:6s}: {r['epoch_end_overhead_s_median']:.2f} s on top of a {r['other_steps_median_s']:.2f} s step"
+        f"epoch end {when:6s}: {r['epoch_end_overhead_s_median']:.2f} s "
+        f"on top of a {r['other_steps_median_s']:.2f} s step"
     )
 assert ends["after"]["epoch_end_overhead_s_median"] < ends["before"]["epoch_end_overhead_s_median"]
 
@@ -1013,7 +1036,8 @@ ev = shell(
 assert ev.returncode == 0, ev.stderr[-2000:]
 scores = json.loads(ev.stdout.strip().splitlines()[-1])
 print(
-    f"kNN top-1 {scores['knn_top1']}%, linear probe top-1 {scores['linear_top1']}% on {scores['num_val']} val images "
+    f"kNN top-1 {scores['knn_top1']}%, linear probe top-1 {scores['linear_top1']}% "
+    f"on {scores['num_val']} val images "
     f"(chance: 10%)"
 )
 assert (

@@ -19,31 +19,47 @@
 # tells you what is wrong or that it passed. The complete notebook is `../07_attention_maps.py`.
 # (Made by `make exercises` from it; edits here are yours, `make exercises` overwrites them.)
 #
-# The most striking picture in the DINO paper (Caron et al., 2021, Fig. 1 and 3) is not a number: it is the
-# attention of the **class token** in the last layer of a self-supervised ViT, drawn over the image. Without a
-# single label or mask, the heads light up the main object, and different heads pick out different parts. This
-# notebook draws those maps, builds them by hand, and turns them into masks the way the paper does.
+# The most striking picture in the DINO paper (Caron et al., 2021, Fig. 1 and 3) is not a number: it
+# is the attention of the **class token** in the last layer of a self-supervised ViT, drawn over the
+# image. Without a single label or mask, the heads light up the main object, and different heads
+# pick out different parts. This notebook draws those maps, builds them by hand, and turns them into
+# masks the way the paper does.
 #
 # ```
 # image (1, 3, 72, 72) ──► patch_embed + cls_token + pos_embed ──► blocks[0..10] ──► blocks[11]
-#                                                                                     │ norm1, attn.qkv
-#                                                                                     ▼
-#                             A = softmax(q k^T / sqrt(d))       (1, heads, N+1, N+1)  one matrix per head
-#                             A[:, :, 0, 1:]                     (1, heads, N)         CLS row, patch columns
-#                             .reshape(1, heads, 6, 6)           one heat map per head  ──► masks (60% of mass)
+#                                                                     norm1, attn.qkv │
+#              ┌──────────────────────────────────────────────────────────────────────┘
+#              ▼
+#              A = softmax(q k^T / sqrt(d))   (1, heads, N+1, N+1)    one matrix per head
+#              A[:, :, 0, 1:]                 (1, heads, N)           CLS row, patch columns
+#              .reshape(1, heads, 6, 6)       one heat map per head   ──► masks (60% of mass)
 # ```
 #
-# **Which weights?** The notebook shows the DINO teacher shipped in `checkpoints/dino_imagenette96.pth`
-# (ViT-tiny/12 trained on 72 px crops of Imagenette's training images, labels never used), or the file named by
-# `$VITDINO_CHECKPOINT`. When there is no such file yet, every picture is drawn with a **randomly initialised**
-# backbone of the same kind instead, and the titles say so: those maps are close to uniform noise, which is
-# itself the baseline a trained model must beat. The cell after the setup prints which weights you are looking at.
+# **Which weights?** The notebook shows the DINO teacher shipped in
+# `checkpoints/dino_imagenette96.pth` (ViT-tiny/12 trained on 72 px crops of Imagenette's training
+# images, labels never used), or the file named by the environment variable `VITDINO_CHECKPOINT`.
+# The shipped model is **small and was trained on a CPU**: 5.5M parameters, 96 px images, about a
+# hundred epochs on a 2-core CPU. Its pictures are modest: heads that are more selective than
+# chance, masks that sometimes find the object and sometimes a corner. To see the paper's pictures,
+# run the same notebook on an official DINO file:
+#
+# ```
+# # fetches dino_deitsmall8_pretrain.pth into the data root
+# python -m vitdino_core.data download dino_vits8
+# VITDINO_CHECKPOINT=/path/dino_deitsmall8_pretrain.pth make lab
+# ```
+#
+# With an official /8 model at 480 px the heads outline the objects (each head a different part),
+# the 60% masks are clean foreground silhouettes, and the PCA colours of section 7 paint the same
+# part in the same colour across different images. Every figure's title names the weights it shows.
+# When there is no file at all, every picture is drawn with a **randomly initialised** backbone of
+# the same kind, and the titles say so.
 #
 # In this notebook we
-# 1. compute the last-layer CLS attention per head by hand and check it against `get_last_selfattention` and
-#    `vitdino_core.cls_attention`;
-# 2. build DINO's thresholded masks (the patches holding 60% of the attention) by hand and check them against
-#    `vitdino_core.threshold_masks`;
+# 1. compute the last-layer CLS attention per head by hand and check it against
+#    `get_last_selfattention` and `vitdino_core.cls_attention`;
+# 2. build DINO's thresholded masks (the patches holding 60% of the attention) by hand and check
+#    them against `vitdino_core.threshold_masks`;
 # 3. draw per-head maps and masks on photos and on Imagenette validation images;
 # 4. put trained and random weights side by side and measure how concentrated their attention is;
 # 5. feed larger images than the model was trained on (positions interpolated) to get finer maps.
@@ -57,38 +73,64 @@ import numpy as np
 import torch
 from IPython.display import display
 
-from vitdino_core import (build_dataset, cls_attention, denormalize, load_image, overlay_masks,
-                          plot_attention_heads, threshold_masks, upsample)
+from vitdino_core import (
+    build_dataset,
+    cls_attention,
+    denormalize,
+    load_image,
+    overlay_masks,
+    plot_attention_heads,
+    threshold_masks,
+    upsample,
+)
 from vitdino_core.attention_maps import mask_coverage
 from vitdino_core.evaluate import build_backbone_from_checkpoint, build_random_backbone
 from vitdino_core.exercises import assert_checked, check_cls_attention, check_threshold_mask, pick
-from vitdino_core.notebook import (SHIPPED_CHECKPOINT, checkpoint_story,
-                                    photo, save_figure, setup, short_path, shipped_checkpoint)
+from vitdino_core.notebook import (
+    SHIPPED_CHECKPOINT,
+    checkpoint_story,
+    photo,
+    save_figure,
+    setup,
+    short_path,
+    shipped_checkpoint,
+)
 
 env = setup(seed=0)
-FAST = env.fast  # True under CI or VITDINO_FAST=1: fewer images in the statistics, every cell still runs
+FAST = (
+    env.fast
+)  # True under CI or VITDINO_FAST=1: fewer images in the statistics, every cell still runs
 
 # %% [markdown]
 # ## 0. Which weights are we looking at?
 #
-# `shipped_checkpoint()` returns `$VITDINO_CHECKPOINT` if it is set, else `checkpoints/dino_imagenette96.pth`,
-# or `None` when neither exists. A shipped file holds `{"teacher": backbone weights (fp16), "config": the training
-# config}` and a `.json` record beside it. `build_backbone_from_checkpoint` reads the architecture, patch size and
-# training resolution from that config. The random baseline is the same architecture, freshly initialised.
+# `load_course_backbone()` reads `$VITDINO_CHECKPOINT` if it is set, else
+# `checkpoints/dino_imagenette96.pth`, and returns the teacher backbone with a label for figure
+# titles. A shipped file holds `{"teacher": backbone weights (fp16), "config": the training config}`
+# and a `.json` record beside it; an official DINO file holds the weights only, and the architecture
+# and patch size are read from their shapes. The random baseline is the same architecture, freshly
+# initialised.
 
 # %%
-CKPT = shipped_checkpoint()  # Path or None
+from vitdino_core.notebook import load_course_backbone
 
-
-if CKPT is not None:
-    trained, info = build_backbone_from_checkpoint(CKPT)  # teacher weights, eval mode
-    STORY, TRAINED_TAG, RECORD = checkpoint_story(CKPT)
+trained, info = load_course_backbone(
+    "cpu"
+)  # the teacher of $VITDINO_CHECKPOINT or the shipped file, eval mode
+CKPT, WEIGHTS = info["path"], info["label"]  # WEIGHTS names the weights in every figure title
+if trained is not None:
+    STORY, _, RECORD = checkpoint_story(CKPT)
+    TRAINED_TAG = f"DINO teacher: {WEIGHTS}"
     ARCH, PATCH, IMG = info["arch"], info["patch_size"], info["image_size"]
 else:
-    trained, STORY, TRAINED_TAG, RECORD = None, None, None, {}
-    ARCH, PATCH, IMG = "vit_tiny", 12, 72  # what the shipped checkpoint is: ViT-tiny/12 trained on 72 px crops
+    STORY, TRAINED_TAG, RECORD = None, None, {}
+    ARCH, PATCH, IMG = (
+        "vit_tiny",
+        12,
+        72,
+    )  # what the shipped checkpoint is: ViT-tiny/12 trained on 72 px crops
 random_model, random_info = build_random_backbone(ARCH, PATCH, IMG, seed=0)
-RANDOM_TAG = "RANDOM init (untrained)"
+RANDOM_TAG = f"RANDOM init {ARCH}/{PATCH}"
 
 MODEL = trained if trained is not None else random_model  # the model most pictures show
 TAG = TRAINED_TAG if trained is not None else RANDOM_TAG + ": no trained checkpoint yet"
@@ -97,17 +139,30 @@ HEADS, GRID = MODEL.num_heads, IMG // PATCH
 print("=" * 100)
 if trained is not None:
     print("weights:", STORY)
-    extra = {k: v for k, v in RECORD.items() if isinstance(v, (str, int, float)) and k not in
-             ("file", "weights", "dtype", "step", "epochs")}
+    extra = {
+        k: v
+        for k, v in RECORD.items()
+        if isinstance(v, (str, int, float))
+        and k not in ("file", "weights", "dtype", "step", "epochs")
+    }
     for k, v in extra.items():
         print(f"   {k}: {v}")
     print("the random-init baseline of the same architecture is shown beside it")
 else:
     wanted = os.environ.get("VITDINO_CHECKPOINT") or short_path(SHIPPED_CHECKPOINT)
     print(f"weights: RANDOM INITIALISATION. There is no trained checkpoint at {wanted} yet.")
-    print(f"Every map below comes from an untrained {ARCH}/{PATCH}: expect near-uniform, noisy attention and masks that")
-    print("cover most of the image. With the trained DINO teacher the heads concentrate on the object (the bird, the")
-    print("dog, the church) and different heads pick out different parts; the trained-vs-random comparison appears")
+    print(
+        f"Every map below comes from an untrained {ARCH}/{PATCH}: expect near-uniform, noisy "
+        "attention and masks that"
+    )
+    print(
+        "cover most of the image. With the trained DINO teacher the heads concentrate on the "
+        "object (the bird, the"
+    )
+    print(
+        "dog, the church) and different heads pick out different parts; the trained-vs-random "
+        "comparison appears"
+    )
     print("once the checkpoint exists.")
 print("=" * 100)
 print(f"{ARCH}/{PATCH}: {HEADS} heads, trained resolution {IMG} px = {GRID} x {GRID} patches")
@@ -170,6 +225,7 @@ print("queries", tuple(q.shape), "keys", tuple(k.shape))
 #
 # </details>
 
+
 # %%
 def cls_attention_by_hand(q: torch.Tensor, k: torch.Tensor, h: int, w: int) -> torch.Tensor:
     """q, k (B, heads, N+1, d) -> the CLS token's attention to each patch, (B, heads, h, w)."""
@@ -193,9 +249,11 @@ torch.testing.assert_close(A.sum(dim=-1), torch.ones(B, HEADS, N + 1))  # rows a
 cls_row = A[:, :, 0, :]  # (1, heads, N+1): what CLS draws from every token
 print("attention matrices", tuple(A.shape), "-> CLS maps", tuple(maps_by_hand.shape))
 for i in range(HEADS):
-    print(f"head {i}: CLS keeps {cls_row[0, i, 0]:.3f} for itself, gives "
-          f"{cls_row[0, i, 1:].sum():.3f} to the patches; largest patch weight "
-          f"{cls_row[0, i, 1:].max():.3f} (uniform: {1 / N:.3f})")
+    print(
+        f"head {i}: CLS keeps {cls_row[0, i, 0]:.3f} for itself, gives "
+        f"{cls_row[0, i, 1:].sum():.3f} to the patches; largest patch weight "
+        f"{cls_row[0, i, 1:].max():.3f} (uniform: {1 / N:.3f})"
+    )
 print("CLS maps by hand == vitdino_core.cls_attention")
 
 # %% [markdown]
@@ -204,7 +262,9 @@ print("CLS maps by hand == vitdino_core.cls_attention")
 # the patch grid.
 
 # %%
-fig, axes = plt.subplots(1, 4, figsize=(14, 3.4), gridspec_kw={"width_ratios": [1.1, 1.6, 0.9, 0.9]})
+fig, axes = plt.subplots(
+    1, 4, figsize=(14, 3.4), gridspec_kw={"width_ratios": [1.1, 1.6, 0.9, 0.9]}
+)
 im = axes[0].imshow(A[0, 0].numpy(), cmap="viridis")
 axes[0].add_patch(plt.Rectangle((-0.5, -0.5), N + 1, 1, fill=False, ec="red", lw=2))
 axes[0].set(title="head 0: A (N+1 x N+1), row 0 in red", xlabel="key token", ylabel="query token")
@@ -212,7 +272,9 @@ fig.colorbar(im, ax=axes[0], fraction=0.046)
 axes[1].bar(range(1, N + 1), cls_row[0, 0, 1:].numpy(), color="tab:red")
 axes[1].axhline(1 / N, color="gray", ls=":", lw=1)
 axes[1].text(1, 1 / N, " uniform 1/N", va="bottom", color="gray", fontsize=8)
-axes[1].set(title="A[0, 1:]: CLS -> each patch", xlabel="patch index (row-major)", ylabel="attention weight")
+axes[1].set(
+    title="A[0, 1:]: CLS -> each patch", xlabel="patch index (row-major)", ylabel="attention weight"
+)
 im = axes[2].imshow(maps_by_hand[0, 0].numpy(), cmap="inferno")
 axes[2].set(title=f"folded to {h} x {w}", xticks=[], yticks=[])
 fig.colorbar(im, ax=axes[2], fraction=0.046)
@@ -258,6 +320,7 @@ plt.show()
 #
 # </details>
 
+
 # %%
 def threshold_mask_by_hand(attn_map: torch.Tensor, keep: float = 0.6) -> torch.Tensor:
     """One (h, w) map -> (h, w) bool: the most-attended patches holding `keep` of the mass."""
@@ -273,15 +336,18 @@ check_threshold_mask(threshold_mask_by_hand)
 
 # %%
 threshold_mask_fn = pick("threshold_mask", threshold_mask_by_hand)
-masks_by_hand = torch.stack([threshold_mask_fn(maps_by_hand[0, i])
-                             for i in range(HEADS)])  # (heads, h, w)
+masks_by_hand = torch.stack(
+    [threshold_mask_fn(maps_by_hand[0, i]) for i in range(HEADS)]
+)  # (heads, h, w)
 masks_core = threshold_masks(maps_by_hand)  # (1, heads, 6, 6) bool
 assert torch.equal(masks_by_hand, masks_core[0])
 for i in range(HEADS):
     held = maps_by_hand[0, i][masks_by_hand[i]].sum() / maps_by_hand[0, i].sum()
     assert held >= 0.6 - 1e-6
-    print(f"head {i}: keeps {int(masks_by_hand[i].sum()):2d} of {N} patches, "
-          f"holding {held:.1%} of its attention")
+    print(
+        f"head {i}: keeps {int(masks_by_hand[i].sum()):2d} of {N} patches, "
+        f"holding {held:.1%} of its attention"
+    )
 print("masks by hand == vitdino_core.threshold_masks")
 
 # %% [markdown]
@@ -294,32 +360,45 @@ fig, ax = plt.subplots(figsize=(6, 3.8))
 for i in range(HEADS):
     p = maps_by_hand[0, i].flatten()  # (N,)
     p = (p / p.sum()).sort(descending=True).values  # (N,) most attended first
-    ax.plot(range(1, N + 1), p.cumsum(0).numpy(), marker=".", label=f"head {i}: {int(masks_by_hand[i].sum())} patches")
+    ax.plot(
+        range(1, N + 1),
+        p.cumsum(0).numpy(),
+        marker=".",
+        label=f"head {i}: {int(masks_by_hand[i].sum())} patches",
+    )
 ax.plot([0, N], [0, 1], "k--", lw=0.8, label="flat map")
 ax.axhline(0.6, color="red", lw=0.8)
 ax.text(N, 0.61, "60% of the mass", ha="right", va="bottom", color="red", fontsize=8)
-ax.set(xlabel="number of most-attended patches", ylabel="cumulative attention", xlim=(0, N), ylim=(0, 1.02),
-       title=f"How many patches hold 60%? ({TAG})")
+ax.set(
+    xlabel="number of most-attended patches",
+    ylabel="cumulative attention",
+    xlim=(0, N),
+    ylim=(0, 1.02),
+    title=f"How many patches hold 60%? ({TAG})",
+)
 ax.legend(fontsize=8)
 plt.show()
 
 # %% [markdown]
-# From here on we use `vitdino_core.cls_attention` and `vitdino_core.threshold_masks`, plus two drawing helpers:
-# `plot_attention_heads` (the image, one map per head, their mean) and `overlay_masks` (each head's mask in its
-# own colour). Both return a matplotlib figure.
+# From here on we use `vitdino_core.cls_attention` and `vitdino_core.threshold_masks`, plus two
+# drawing helpers: `plot_attention_heads` (the image, one map per head, their mean) and
+# `overlay_masks` (each head's mask in its own colour). Both return a matplotlib figure.
 
 # %%
 attn_gh = cls_attention(MODEL, x)  # (1, heads, 6, 6)
-display(plot_attention_heads(x[0], attn_gh[0], title=f"grace_hopper, CLS attention per head ({TAG})"))
+display(
+    plot_attention_heads(x[0], attn_gh[0], title=f"grace_hopper, CLS attention per head ({TAG})")
+)
 display(overlay_masks(x[0], threshold_masks(attn_gh)[0], title=f"grace_hopper, 60% masks ({TAG})"))
 
 # %% [markdown]
 # ## 3. Maps on photos and on Imagenette
 #
-# Now several photos at once: one row per image, one column per head, then all the heads' masks together, each
-# head in its own colour (head 0 blue, head 1 orange, head 2 green; where masks overlap the colours mix).
-# Each heat map is coloured on **its own** range (black = its least attended patch, yellow = its most attended),
-# so even a nearly flat map looks contrasted: the masks column and the numbers in section 4 tell flat from sharp.
+# Now several photos at once: one row per image, one column per head, then all the heads' masks
+# together, each head in its own colour (head 0 blue, head 1 orange, head 2 green; where masks
+# overlap the colours mix). Each heat map is coloured on **its own** range (black = its least
+# attended patch, yellow = its most attended), so even a nearly flat map looks contrasted: the masks
+# column and the numbers in section 4 tell flat from sharp.
 
 # %%
 HEAD_COLORS = plt.get_cmap("tab10").colors
@@ -336,7 +415,9 @@ def tint_masks(image: torch.Tensor, masks: torch.Tensor, alpha: float = 0.5) -> 
     p = image.shape[-1] // masks.shape[-1]
     pixel_masks = upsample(masks, p).numpy()  # (heads, H, W) bool
     for i, m in enumerate(pixel_masks):
-        out = np.where(m[..., None], (1 - alpha) * out + alpha * np.array(HEAD_COLORS[i % 10]), out)  # (H, W, 3)
+        out = np.where(
+            m[..., None], (1 - alpha) * out + alpha * np.array(HEAD_COLORS[i % 10]), out
+        )  # (H, W, 3)
     return out
 
 
@@ -346,11 +427,20 @@ def attention_grid(images: torch.Tensor, names: list[str], model, title: str):
     masks = threshold_masks(attn)  # (n, heads, h, w)
     heads = attn.shape[1]
     ncols = heads + 3
-    fig, axes = plt.subplots(len(images), ncols, figsize=(1.9 * ncols, 1.9 * len(images)), squeeze=False)
+    fig, axes = plt.subplots(
+        len(images), ncols, figsize=(1.9 * ncols, 1.9 * len(images)), squeeze=False
+    )
     for r in range(len(images)):
-        panels = [as_picture(images[r])] + [attn[r, i].numpy() for i in range(heads)] + [attn[r].mean(0).numpy(),
-                                                                                         tint_masks(images[r], masks[r])]
-        titles = ["image"] + [f"head {i}" for i in range(heads)] + ["mean of heads", "60% masks, colour = head"]
+        panels = (
+            [as_picture(images[r])]
+            + [attn[r, i].numpy() for i in range(heads)]
+            + [attn[r].mean(0).numpy(), tint_masks(images[r], masks[r])]
+        )
+        titles = (
+            ["image"]
+            + [f"head {i}" for i in range(heads)]
+            + ["mean of heads", "60% masks, colour = head"]
+        )
         for c, (panel, t) in enumerate(zip(panels, titles)):
             axes[r, c].imshow(panel, cmap="inferno" if panel.ndim == 2 else None)
             axes[r, c].set_xticks([]), axes[r, c].set_yticks([])
@@ -371,80 +461,127 @@ for name in ["grace_hopper", "astronaut", "chelsea", "coffee", "rocket", "china"
         print(f"photo {name!r} is not in the data root; skipped")
 PHOTO_NAMES = PHOTO_NAMES[:5]
 photos = torch.cat([load_image(photo(n), IMG, PATCH) for n in PHOTO_NAMES])  # (n, 3, 72, 72)
-fig = attention_grid(photos, PHOTO_NAMES, MODEL, f"Last-layer CLS attention on photos at {IMG} px ({TAG})")
+fig = attention_grid(
+    photos, PHOTO_NAMES, MODEL, f"Last-layer CLS attention on photos at {IMG} px ({TAG})"
+)
 plt.show()
 
 # %% [markdown]
-# The photos are much larger than the $72 \times 72$ pixels the model sees: at this resolution a patch is a sixth
-# of the image, so a map has only 36 cells. The Imagenette images are what the model was trained on (from the
-# training split; these are from the validation split, never seen): one per class.
+# The photos are much larger than the $72 \times 72$ pixels the model sees: at this resolution a
+# patch is a sixth of the image, so a map has only 36 cells. The Imagenette images are what the
+# model was trained on (from the training split; these are from the validation split, never seen):
+# one per class.
 
 # %%
 val_pil = build_dataset("imagenette", "val")  # PIL images
-first_of_class = [val_pil.targets.index(c) for c in range(len(val_pil.classes))]  # (10,) first val image of each class
+first_of_class = [
+    val_pil.targets.index(c) for c in range(len(val_pil.classes))
+]  # (10,) first val image of each class
 picks = first_of_class[:4] if FAST else first_of_class[:8]
 val_images = torch.cat([load_image(val_pil[i][0], IMG, PATCH) for i in picks])  # (n, 3, 72, 72)
 val_names = [val_pil.classes[val_pil.targets[i]] for i in picks]
 print("classes:", ", ".join(val_names))
-fig = attention_grid(val_images, val_names, MODEL, f"CLS attention on Imagenette val images ({TAG})")
+fig = attention_grid(
+    val_images, val_names, MODEL, f"CLS attention on Imagenette val images ({TAG})"
+)
 plt.show()
 
 # %% [markdown]
 # ## 4. Trained versus random initialisation
 #
-# The same images through the DINO teacher and through an untrained network of the same shape. For each, the mean
-# of the heads' maps and all heads' 60% masks. A random ViT has tiny weights (truncated normal, std 0.02), so its
-# scores $q \cdot k / \sqrt{d}$ are all close to 0 and its softmax rows are close to uniform: its masks must spread
-# over most of the image. Anything that concentrates on the object was learned.
+# The same images through the DINO teacher and through an untrained network of the same shape. For
+# each, the mean of the heads' maps and all heads' 60% masks. A random ViT has tiny weights
+# (truncated normal, std 0.02), so its scores $q \cdot k / \sqrt{d}$ are all close to 0 and its
+# softmax rows are close to uniform: its masks must spread over most of the image. Anything that
+# concentrates on the object was learned.
+#
+# Two choices make the panels comparable. The maps are drawn as **attention relative to uniform**
+# ($N \cdot a_i$: 1 means the patch gets its fair share $1/N$) on **one colour scale** for the whole
+# figure, so a flat map looks flat. And the number in each mask panel is the **per-head coverage**,
+# the fraction of patches in one head's 60% mask, averaged over the heads: the same measure as the
+# bar chart below (the union of the heads' masks, which the tinted picture shows, is larger).
 
 # %%
 compare = torch.cat([photos[:2], val_images[:3]])  # (5, 3, 72, 72)
 compare_names = PHOTO_NAMES[:2] + val_names[:3]
 models = ([(TRAINED_TAG, trained)] if trained is not None else []) + [(RANDOM_TAG, random_model)]
+compare_attn = {
+    tag: cls_attention(model, compare) for tag, model in models
+}  # tag -> (n, heads, h, w)
+VMAX = max(
+    float((a.mean(1) * GRID**2).max()) for a in compare_attn.values()
+)  # one colour scale for every map
 ncols = 1 + 2 * len(models)
-fig, axes = plt.subplots(len(compare), ncols, figsize=(2.2 * ncols, 2.2 * len(compare)), squeeze=False)
-for col, (tag, model) in enumerate(models):
-    attn = cls_attention(model, compare)  # (n, heads, h, w)
+fig, axes = plt.subplots(
+    len(compare),
+    ncols,
+    figsize=(2.2 * ncols + 1, 2.2 * len(compare)),
+    squeeze=False,
+    layout="constrained",
+)
+for col, (tag, attn) in enumerate(compare_attn.items()):
     masks = threshold_masks(attn)  # (n, heads, h, w)
-    cover = mask_coverage(masks.any(dim=1))  # (n,): fraction of patches in any head's mask
+    cover = mask_coverage(masks).mean(
+        1
+    )  # (n,): fraction of patches in one head's mask, mean over heads
     for r in range(len(compare)):
         ax_map, ax_mask = axes[r, 1 + 2 * col], axes[r, 2 + 2 * col]
-        ax_map.imshow(attn[r].mean(0).numpy(), cmap="inferno")
+        im = ax_map.imshow(
+            (attn[r].mean(0) * GRID**2).numpy(), cmap="inferno", vmin=0, vmax=VMAX
+        )  # 1 = uniform
         ax_mask.imshow(tint_masks(compare[r], masks[r]))
-        ax_mask.text(1, 4, f"{cover[r]:.0%}", color="white", fontsize=8, bbox=dict(fc="black", alpha=0.6, lw=0))
+        ax_mask.text(
+            1,
+            4,
+            f"{cover[r]:.0%}",
+            color="white",
+            fontsize=8,
+            bbox=dict(fc="black", alpha=0.6, lw=0),
+        )
         if r == 0:
-            ax_map.set_title(f"{tag}\nmean attention", fontsize=9)
-            ax_mask.set_title(f"{tag}\n60% masks (coverage)", fontsize=9)
+            ax_map.set_title(f"{tag.split(':')[0]}\nmean attention x N", fontsize=9)
+            ax_mask.set_title(f"{tag.split(':')[0]}\n60% masks (per-head coverage)", fontsize=9)
 for r in range(len(compare)):
     axes[r, 0].imshow(as_picture(compare[r]))
     axes[r, 0].set_ylabel(compare_names[r], fontsize=9)
 for ax in axes.flat:
     ax.set_xticks([]), ax.set_yticks([])
 axes[0, 0].set_title("image", fontsize=9)
+fig.colorbar(im, ax=axes[:, 1:], fraction=0.02, label="attention relative to uniform (1 = 1/N)")
 if trained is not None:
-    fig.suptitle(f"Trained vs random init\n{STORY.split(';')[0]}", fontsize=10)
+    fig.suptitle(f"Trained vs random init at {IMG} px: {WEIGHTS}", fontsize=10)
 else:
-    fig.suptitle("RANDOM init only: no trained checkpoint yet.\nThe DINO teacher's columns appear here once "
-                 "checkpoints/dino_imagenette96.pth exists.", fontsize=10)
-fig.tight_layout()
+    fig.suptitle(
+        "RANDOM init only: no trained checkpoint yet.\nThe DINO teacher's columns appear here once "
+        "checkpoints/dino_imagenette96.pth exists.",
+        fontsize=10,
+    )
 save_figure(fig, "07_attention_masks")
 plt.show()
 
 # %% [markdown]
 # Pictures can flatter, so we also measure, over many validation images, two things per head:
 #
-# * **mask coverage**: the fraction of the 36 patches needed to hold 60% of the attention (about 0.6 for a flat map);
-# * **normalised entropy** of the map, $-\sum_i p_i \ln p_i / \ln N$: 1 for a flat map, 0 when one patch takes all.
+# * **mask coverage**: the fraction of the 36 patches needed to hold 60% of the attention (about 0.6
+#   for a flat map);
+# * **normalised entropy** of the map, $-\sum_i p_i \ln p_i / \ln N$: 1 for a flat map, 0 when one
+#   patch takes all.
 
 # %%
 n_stats = 40 if FAST else 300
-stats_idx = torch.randperm(len(val_pil), generator=torch.Generator().manual_seed(0))[:n_stats].tolist()
-stats_images = torch.cat([load_image(val_pil[i][0], IMG, PATCH) for i in stats_idx])  # (n, 3, 72, 72)
+stats_idx = torch.randperm(len(val_pil), generator=torch.Generator().manual_seed(0))[
+    :n_stats
+].tolist()
+stats_images = torch.cat(
+    [load_image(val_pil[i][0], IMG, PATCH) for i in stats_idx]
+)  # (n, 3, 72, 72)
 
 
 def attention_stats(model) -> tuple[torch.Tensor, torch.Tensor]:
     """Per head, averaged over the images: mask coverage and normalised entropy of the CLS map."""
-    attn = torch.cat([cls_attention(model, chunk) for chunk in stats_images.split(50)])  # (n, heads, h, w)
+    attn = torch.cat(
+        [cls_attention(model, chunk) for chunk in stats_images.split(50)]
+    )  # (n, heads, h, w)
     coverage = mask_coverage(threshold_masks(attn)).mean(0)  # (heads,)
     p = attn.flatten(2) / attn.flatten(2).sum(-1, keepdim=True)  # (n, heads, N): each map sums to 1
     entropy = (-(p * p.clamp_min(1e-12).log()).sum(-1) / math.log(p.shape[-1])).mean(0)  # (heads,)
@@ -458,15 +595,25 @@ for j, (tag, (coverage, entropy)) in enumerate(results.items()):
     xs = np.arange(HEADS) + j * width
     axes[0].bar(xs, coverage.numpy(), width, label=tag)
     axes[1].bar(xs, entropy.numpy(), width, label=tag)
-    print(f"{tag:>28}: coverage per head {np.round(coverage.numpy(), 2)}, entropy {np.round(entropy.numpy(), 3)}")
+    print(
+        f"{tag:>28}: coverage per head {np.round(coverage.numpy(), 2)}, "
+        f"entropy {np.round(entropy.numpy(), 3)}"
+    )
 axes[0].axhline(0.6, color="gray", ls=":", lw=1)
 axes[0].set(ylabel="fraction of patches in the 60% mask", ylim=(0, 1))
 axes[1].set(ylabel="entropy / ln N", ylim=(0, 1.05))
 for ax in axes:
-    ax.set(xticks=np.arange(HEADS) + width * (len(results) - 1) / 2, xticklabels=[f"head {i}" for i in range(HEADS)])
+    ax.set(
+        xticks=np.arange(HEADS) + width * (len(results) - 1) / 2,
+        xticklabels=[f"head {i}" for i in range(HEADS)],
+    )
 handles, labels = axes[0].get_legend_handles_labels()
-fig.legend(handles, labels, loc="lower center", ncol=len(results), fontsize=9, bbox_to_anchor=(0.5, -0.02))
-fig.suptitle(f"How concentrated is the CLS attention? ({n_stats} val images at {IMG} px)")
+fig.legend(
+    handles, labels, loc="lower center", ncol=len(results), fontsize=9, bbox_to_anchor=(0.5, -0.02)
+)
+fig.suptitle(
+    f"How concentrated is the CLS attention? ({n_stats} val images at {IMG} px; {WEIGHTS})"
+)
 fig.tight_layout(rect=(0, 0.07, 1, 1))
 plt.show()
 
@@ -475,81 +622,357 @@ assert (random_entropy > 0.95).all(), "an untrained ViT's CLS attention is close
 assert (random_coverage > 0.45).all(), "so its masks need about 60% of the patches"
 
 # %% [markdown]
-# The random network's entropy is almost exactly 1 and its masks cover about 60% of the patches: it attends
-# everywhere equally, and the "structure" in its heat maps is colour-scale noise. Whatever a trained teacher's
-# heads show beyond that, lower entropy and smaller masks, was learned from nothing but agreement between crops.
-# How far it gets depends on training time. The official ViT-S/16 trained 300 epochs on ImageNet and its heads pick
-# out objects; the shipped checkpoint trained 111 epochs on a 2-core CPU and is early in that process. Its heads have
-# become more selective than the random network's (their masks cover roughly 17-29% of the patches against 60%, in
-# the numbers above), but in the pictures they follow the objects only now and then: on some images the mean
-# attention peaks on the object, on others in a corner or on the background. A longer run (notebook 09: the GPU
-# configs) is what changes that.
+# The random network's entropy is almost exactly 1 and its masks cover about 60% of the patches: it
+# attends everywhere equally, and the "structure" in its heat maps is colour-scale noise. Whatever a
+# trained teacher's heads show beyond that, lower entropy and smaller masks, was learned from
+# nothing but agreement between crops. How far it gets depends on training time. The official
+# ViT-S/16 trained 300 epochs on ImageNet and its heads pick out objects; the shipped checkpoint
+# trained 111 epochs on a 2-core CPU and is early in that process. Its heads have become more
+# selective than the random network's (per head, their 60% masks cover clearly fewer patches than
+# the random network's 60%: the numbers printed above), but in the pictures they follow the objects
+# only now and then: on some images the mean attention peaks on the object, on others in a corner or
+# on the background. A longer run (notebook 09: the GPU configs), or official weights through
+# `VITDINO_CHECKPOINT`, is what changes that.
 #
 # ## 5. More detail: larger input than in training
 #
-# A model trained on 72 px crops sees a $6 \times 6$ grid, so its maps are coarse. The ViT itself does not care
-# about the number of tokens: feed a 144 px image and there are $12 \times 12 = 144$ patches, each still
-# $12 \times 12$ pixels. Only the position embeddings have a fixed grid; `interpolate_pos_encoding` resizes them
-# bicubically from $6 \times 6$ to the new grid (as the official DINO code does). The official attention pictures
-# use the same trick: the network trained at 224 px, the pictures are drawn at 480 px and more.
+# A model trained on 72 px crops sees a $6 \times 6$ grid, so its maps are coarse. The ViT itself
+# does not care about the number of tokens: feed a 144 px image and there are $12 \times 12 = 144$
+# patches, each still $12 \times 12$ pixels. Only the position embeddings have a fixed grid;
+# `interpolate_pos_encoding` resizes them bicubically from $6 \times 6$ to the new grid (as the
+# official DINO code does). Any size that is a multiple of the patch works. The official attention
+# pictures use the same trick: /8 models trained at 224 px, drawn at 480 px (a $60 \times 60$ grid).
+#
+# One colour scale for the whole figure: a map over $n$ patches averages $1/n$, so we draw $n \cdot
+# a_i$, the attention **relative to uniform**, which means the same at every size (1 = a fair
+# share).
 
 # %%
-sizes = [IMG, 2 * IMG, 3 * IMG]  # 72, 144, 216 px: 6x6, 12x12, 18x18 patches
-for s in sizes[1:]:
-    g = s // PATCH
-    pos = MODEL.interpolate_pos_encoding(torch.zeros(1, g * g + 1, D), s, s)  # (1, g*g+1, D)
-    assert pos.shape == (1, g * g + 1, D)
-    print(f"{s} px: {g} x {g} = {g * g} patches; pos_embed {tuple(MODEL.pos_embed.shape)} -> {tuple(pos.shape)}")
+BIG = (
+    3 * IMG if IMG < 160 else 480
+)  # the shipped model: 3x its training size; a 224 px model: the paper's 480 px
+sizes = [
+    IMG,
+    PATCH * round((IMG + BIG) / 2 / PATCH),
+    PATCH * round(BIG / PATCH),
+]  # 72, 144, 216 px when shipped
+DETAIL = sizes[1]  # the size the next sections draw at: finer than training, not far from it
+for size in sizes[1:]:
+    g = size // PATCH
+    pos = MODEL.interpolate_pos_encoding(
+        torch.zeros(1, g * g + 1, MODEL.embed_dim), size, size
+    )  # (1, g*g+1, D)
+    assert pos.shape == (1, g * g + 1, MODEL.embed_dim)
+    print(
+        f"{size} px: {g} x {g} = {g * g} patches; "
+        f"pos_embed {tuple(MODEL.pos_embed.shape)} -> {tuple(pos.shape)}"
+    )
 
 hires_names = PHOTO_NAMES[:3]
-fig, axes = plt.subplots(len(hires_names), 2 * len(sizes), figsize=(2.1 * 2 * len(sizes), 2.2 * len(hires_names)),
-                         squeeze=False)
+hires = {
+    (name, size): cls_attention(
+        MODEL, load_image(photo(name), size, PATCH)
+    )  # (1, heads, size/p, size/p)
+    for name in hires_names
+    for size in sizes
+}
+rel = {
+    key: a[0].mean(0) * a[0, 0].numel() for key, a in hires.items()
+}  # (g, g): mean of heads, 1 = uniform
+VMAX = float(
+    torch.quantile(torch.cat([r.flatten() for r in rel.values()]), 0.99)
+)  # one scale, top 1% clipped
+fig, axes = plt.subplots(
+    len(hires_names),
+    2 * len(sizes),
+    figsize=(2.1 * 2 * len(sizes) + 1, 2.2 * len(hires_names)),
+    squeeze=False,
+    layout="constrained",
+)
 for r, name in enumerate(hires_names):
-    for c, s in enumerate(sizes):
-        img = load_image(photo(name), s, PATCH)  # (1, 3, s, s)
-        attn = cls_attention(MODEL, img)  # (1, heads, s/p, s/p)
-        axes[r, 2 * c].imshow(attn[0].mean(0).numpy(), cmap="inferno")
-        axes[r, 2 * c + 1].imshow(tint_masks(img[0], threshold_masks(attn)[0]))
+    for c, size in enumerate(sizes):
+        img = load_image(photo(name), size, PATCH)  # (1, 3, size, size)
+        im = axes[r, 2 * c].imshow(rel[name, size].numpy(), cmap="inferno", vmin=0, vmax=VMAX)
+        axes[r, 2 * c + 1].imshow(tint_masks(img[0], threshold_masks(hires[name, size])[0]))
         if r == 0:
-            axes[r, 2 * c].set_title(f"{s} px: mean attention\n{s // PATCH} x {s // PATCH} patches", fontsize=9)
-            axes[r, 2 * c + 1].set_title(f"{s} px: 60% masks", fontsize=9)
+            g = size // PATCH
+            axes[r, 2 * c].set_title(f"{size} px: mean attention\n{g} x {g} patches", fontsize=9)
+            axes[r, 2 * c + 1].set_title(f"{size} px: 60% masks", fontsize=9)
     axes[r, 0].set_ylabel(name, fontsize=9)
 for ax in axes.flat:
     ax.set_xticks([]), ax.set_yticks([])
-fig.suptitle(f"The same model at its training size and at 2x and 3x, positions interpolated ({TAG})")
-fig.tight_layout()
+fig.colorbar(im, ax=axes, fraction=0.015, label="attention x number of patches (1 = uniform)")
+fig.suptitle(f"One model at three input sizes, positions interpolated: {WEIGHTS}")
+save_figure(fig, "07_attention_resolutions")
 plt.show()
 
 # %% [markdown]
-# Larger inputs give finer maps for free, up to a point: at 3x the patches are much smaller parts of the object
-# than anything the model saw in training (its 72 px global crops and 36 px local crops), so the maps can get
-# noisier again. The DINO paper's crisp masks come from ViT-S/8 and ViT-B/8 at full ImageNet resolution, where
-# every patch is 8 pixels of a 224 px crop.
+# Larger inputs give finer maps for free, up to a point: at 3x the patches are much smaller parts of
+# the object than anything the model saw in training (its 72 px global crops and 36 px local crops),
+# so the maps can get noisier again. The DINO paper's crisp masks come from ViT-S/8 and ViT-B/8,
+# where every patch is 8 pixels of a 224 px crop; with such a file in `VITDINO_CHECKPOINT` this
+# figure shows 224, 352 and 480 px.
+#
+# ## 6. The CLS attention across depth
+#
+# Section 1 opened the last block. Every block has its own attention matrix, and row 0 of each says
+# what the CLS token gathers at that depth. `vitdino_core.attention_maps.cls_attention_by_layer`
+# runs the blocks one by one and asks each for its weights (`Block.forward(x,
+# return_attention=True)`, the explicit softmax path), giving `(B, depth, heads, h, w)`; its last
+# entry is `cls_attention`. Below: the mean over heads, relative to uniform, on one colour scale
+# (the top 1% of values clipped so that a few hot patches do not wash out the rest), and the
+# normalised entropy per block for the trained and the random network.
+
+# %%
+from vitdino_core.attention_maps import attention_entropy, cls_attention_by_layer
+
+depth_images = torch.cat(
+    [
+        load_image(photo(PHOTO_NAMES[0]), DETAIL, PATCH),
+        torch.cat([load_image(val_pil[i][0], DETAIL, PATCH) for i in picks[:2]]),
+    ]
+)  # (3, 3, S, S)
+depth_names = [PHOTO_NAMES[0]] + val_names[:2]
+by_layer = cls_attention_by_layer(MODEL, depth_images)  # (3, depth, heads, g, g)
+DEPTH = by_layer.shape[1]
+rel_layers = (
+    by_layer.mean(2) * by_layer[0, 0, 0].numel()
+)  # (3, depth, g, g): mean of heads, 1 = uniform
+VMAX = float(torch.quantile(rel_layers.flatten(), 0.99))
+
+fig = plt.figure(figsize=(1.45 * (DEPTH + 1), 1.5 * len(depth_images) + 3.2), layout="constrained")
+top, bottom = fig.subfigures(2, 1, height_ratios=[1.5 * len(depth_images), 3.0])
+axes = top.subplots(len(depth_images), DEPTH + 1, squeeze=False)
+for r in range(len(depth_images)):
+    axes[r, 0].imshow(as_picture(depth_images[r]))
+    axes[r, 0].set_ylabel(depth_names[r], fontsize=8)
+    for b in range(DEPTH):
+        im = axes[r, b + 1].imshow(rel_layers[r, b].numpy(), cmap="inferno", vmin=0, vmax=VMAX)
+        if r == 0:
+            axes[r, b + 1].set_title(f"block {b}", fontsize=8)
+for ax in axes.flat:
+    ax.set_xticks([]), ax.set_yticks([])
+top.colorbar(im, ax=axes, fraction=0.012, label="x uniform")
+top.suptitle(f"CLS attention in every block, mean of heads, at {DETAIL} px: {WEIGHTS}", fontsize=10)
+
+ax = bottom.subplots()
+depth_stats = stats_images[
+    : 20 if FAST else 100
+]  # (n, 3, IMG, IMG): val images at the training size
+for tag, model in models:
+    ent = attention_entropy(cls_attention_by_layer(model, depth_stats))  # (n, depth, heads)
+    mean, spread = ent.mean(dim=(0, 2)), ent.mean(0).std(1)  # (depth,): over images, then heads
+    ax.errorbar(range(DEPTH), mean.numpy(), yerr=spread.numpy(), marker="o", capsize=3, label=tag)
+    print(f"{tag:>40}: entropy / ln N per block {np.round(mean.numpy(), 3)}")
+ax.set(
+    xlabel="block",
+    ylabel="entropy / ln N",
+    xticks=range(DEPTH),
+    title="How flat is the CLS attention at each depth? "
+    f"({len(depth_stats)} val images at {IMG} px; bars: spread over heads)",
+)
+ax.legend(fontsize=8)
+save_figure(fig, "07_attention_depth")
+plt.show()
+
+assert torch.allclose(
+    by_layer[:, -1], cls_attention(MODEL, depth_images)
+)  # the last block is section 1's map
+
+# %% [markdown]
+# The random network is flat (entropy about 1) in every block: nothing in its weights prefers one
+# patch. Every block of the trained teacher has learned to be selective, but not every block in the
+# same way: the printed numbers show which blocks concentrate most, and the maps show that the
+# shipped model's selective blocks pick small groups of patches, an edge or a corner as often as the
+# object. The DINO paper draws the last block because that is where, after a long training, the
+# heads segment objects; with an official file the last row of maps above looks like the paper's
+# Fig. 1.
+#
+# ## 7. What the patch features know: PCA as colours
+#
+# The attention maps are one row of one matrix. The **patch tokens** themselves
+# (`forward_features(x)[:, 1:]`, after the final norm) hold far more: DINOv2's paper (Oquab et al.,
+# 2023, Fig. 1) shows them by principal component analysis.
+#
+# 1. Put the patch features of several images together and compute their first principal component;
+#    threshold it (here at 0.5 after scaling to $[0, 1]$) to separate foreground from background.
+#    Its sign is arbitrary; we flip it so that the image border, more often background, is the low
+#    end.
+# 2. Fit 3 components on the **foreground** patches of all the images together, scale each to $[0,
+#    1]$ and show them as red, green and blue on the patch grid, background black. Fitted jointly,
+#    one colour means one direction in feature space in every image: with a strong model, the same
+#    part of different objects (heads, wheels, legs) gets the same colour.
+#
+# One change for a small model: the largest variation among the patches of several images is then
+# which image they come from (its overall colour and light), so we first subtract each image's mean
+# patch feature (`center_per_image`), and the components describe what varies *inside* the images.
+
+# %%
+from vitdino_core.attention_maps import center_per_image, patch_features, pca_foreground, pca_rgb
+
+pca_names = PHOTO_NAMES[:4] + val_names[:4]
+pca_images = torch.cat(
+    [load_image(photo(n), DETAIL, PATCH) for n in PHOTO_NAMES[:4]]
+    + [load_image(val_pil[i][0], DETAIL, PATCH) for i in picks[:4]]
+)  # (8, 3, S, S)
+feats = center_per_image(patch_features(MODEL, pca_images))  # (8, g, g, D)
+first, foreground = pca_foreground(feats)  # (8, g, g) in [0, 1], (8, g, g) bool
+rgb = pca_rgb(feats, foreground)  # (8, g, g, 3), background black
+print(
+    f"patch features {tuple(feats.shape)}; foreground: "
+    + ", ".join(
+        f"{n} {f:.0%}" for n, f in zip(pca_names, foreground.float().mean(dim=(1, 2)).tolist())
+    )
+)
+
+fig, axes = plt.subplots(
+    4,
+    len(pca_images),
+    figsize=(1.9 * len(pca_images) + 1, 7.8),
+    squeeze=False,
+    layout="constrained",
+)
+for i in range(len(pca_images)):
+    axes[0, i].imshow(as_picture(pca_images[i]))
+    axes[0, i].set_title(pca_names[i], fontsize=8)
+    im = axes[1, i].imshow(
+        first[i].numpy(), cmap="viridis", vmin=0, vmax=1
+    )  # one scale: fitted on all images
+    axes[2, i].imshow(tint_masks(pca_images[i], foreground[i][None]))
+    axes[3, i].imshow(rgb[i].numpy())
+for ax in axes.flat:
+    ax.set_xticks([]), ax.set_yticks([])
+for r, label in enumerate(["image", "1st component", "foreground (> 0.5)", "3 components as RGB"]):
+    axes[r, 0].set_ylabel(label, fontsize=8)
+fig.colorbar(im, ax=axes[1], fraction=0.015)
+fig.suptitle(
+    f"PCA of last-layer patch features, fitted over all {len(pca_images)} images at {DETAIL} px: "
+    f"{WEIGHTS}",
+    fontsize=10,
+)
+save_figure(fig, "07_pca_parts")
+plt.show()
+assert (rgb[~foreground] == 0).all() and foreground.any()
+
+# %% [markdown]
+# With the shipped model the first component splits each image into two regions that follow large
+# structures (for example a uniform against the wall and flag behind it, or a person against the
+# sky) more often than objects, and the colours are mostly local texture and shade. With an official
+# /8 model the first component is a clean figure/ground segmentation and the RGB colours mark object
+# parts consistently across images: that is what "the features know the parts" means, and it is what
+# made DINO's patch features useful for segmentation and correspondence.
+#
+# ## 8. Patch-to-patch correspondence between two photos
+#
+# If patch features describe what a patch shows, the same part in two different images should have
+# similar features. For two images, compute the cosine similarity of every patch of one with every
+# patch of the other, and keep the **mutual nearest neighbours**: patch $i$ of A and $j$ of B match
+# when $j$ is $i$'s most similar patch in B *and* $i$ is $j$'s in A. `mutual_nearest_patches`
+# returns the most similar of those pairs; we draw a line between the matched patch centres,
+# coloured by similarity on one scale for the whole figure. Each pair of images is shown with the
+# trained features and with the random network's.
+
+# %%
+from matplotlib.colors import Normalize
+
+from vitdino_core.attention_maps import mutual_nearest_patches
+
+
+def two_of_class(c: int) -> list[int]:
+    """The first two val images of class c."""
+    return [i for i, t in enumerate(val_pil.targets) if t == c][:2]
+
+
+TOP = 15
+pair_classes = [1, 4]  # English springer, church
+pairs = [
+    torch.cat([load_image(val_pil[i][0], DETAIL, PATCH) for i in two_of_class(c)])
+    for c in pair_classes
+]
+matches = []  # (row title, pair images, index in A, index in B, similarity)
+for c, pair in zip(pair_classes, pairs):
+    for tag, model in models:
+        fa, fb = patch_features(model, pair)  # (g, g, D) each
+        matches.append(
+            (f"{val_pil.classes[c]}: {tag}", pair, *mutual_nearest_patches(fa, fb, top=TOP))
+        )
+norm = Normalize(min(float(m[4].min()) for m in matches), max(float(m[4].max()) for m in matches))
+cmap = plt.get_cmap("plasma")
+
+fig, axes = plt.subplots(
+    len(models),
+    len(pairs),
+    figsize=(6.2 * len(pairs) + 1, 3.3 * len(models)),
+    squeeze=False,
+    layout="constrained",
+)
+for n, (title, pair, ia, ib, sim) in enumerate(matches):
+    ax, g = axes[n % len(models), n // len(models)], DETAIL // PATCH  # rows: models, columns: pairs
+    ax.imshow(
+        np.concatenate([as_picture(pair[0]), np.ones((DETAIL, 8, 3)), as_picture(pair[1])], axis=1)
+    )
+    for a, b, s_ab in zip(ia.tolist(), ib.tolist(), sim.tolist()):
+        (ya, xa), (yb, xb) = divmod(a, g), divmod(b, g)  # row-major patch index -> grid row, column
+        ax.plot(
+            [(xa + 0.5) * PATCH, (xb + 0.5) * PATCH + DETAIL + 8],
+            [(ya + 0.5) * PATCH, (yb + 0.5) * PATCH],
+            "-o",
+            color=cmap(norm(s_ab)),
+            lw=1.2,
+            ms=3,
+        )
+    ax.set_title(f"{title.split(':')[0]}, {title.split(': ')[1]}: {len(ia)} matches", fontsize=9)
+    ax.set_xticks([]), ax.set_yticks([])
+fig.colorbar(
+    plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax=axes, fraction=0.02, label="cosine similarity"
+)
+fig.suptitle(
+    f"Top-{TOP} mutual nearest patches at {DETAIL} px: {WEIGHTS} (top) and random init (bottom)",
+    fontsize=10,
+)
+save_figure(fig, "07_correspondence")
+plt.show()
+
+# %% [markdown]
+# The random network's features are a fixed random function of the pixels: all its similarities are
+# high (its features point in similar directions, as notebook 08 shows) and its lines join patches
+# that look alike in colour and brightness. The trained features match fewer patches with high
+# confidence, and with the shipped model many lines still join background to background or texture
+# to texture. With an official /8 model at 480 px the lines join the same parts (eye to eye, ear to
+# ear) across different dogs: the property that DINO features are used for in correspondence and
+# retrieval.
 #
 # ## What we built
 #
-# * the last-layer CLS attention by hand: tokens through 11 blocks, `norm1`, `qkv`, $\mathrm{softmax}(QK^\top/\sqrt{d})$,
-#   row 0 without its first column, folded to the patch grid; equal to `get_last_selfattention` and
-#   `vitdino_core.cls_attention`;
-# * DINO's masks by hand: normalise, sort, cumulative sum, keep the patches above the bottom 40% of the mass;
-#   equal to `vitdino_core.threshold_masks`;
-# * per-head maps and masks on photos and Imagenette images, trained next to random init, and two numbers
-#   (mask coverage, entropy) that separate a learned attention from a uniform one;
-# * finer maps from larger inputs, with the position embeddings interpolated.
+# * the last-layer CLS attention by hand: tokens through 11 blocks, `norm1`, `qkv`,
+#   $\mathrm{softmax}(QK^\top/\sqrt{d})$, row 0 without its first column, folded to the patch grid;
+#   equal to `get_last_selfattention` and `vitdino_core.cls_attention`;
+# * DINO's masks by hand: normalise, sort, cumulative sum, keep the patches above the bottom 40% of
+#   the mass; equal to `vitdino_core.threshold_masks`;
+# * per-head maps and masks on photos and Imagenette images, trained next to random init, and two
+#   numbers (per-head mask coverage, entropy) that separate a learned attention from a uniform one;
+# * finer maps from larger inputs, with the position embeddings interpolated;
+# * the CLS attention in every block (`cls_attention_by_layer`), the patch features as PCA colours
+#   (`pca_foreground`, `pca_rgb`), and patch correspondences between images
+#   (`mutual_nearest_patches`).
 #
-# Next, **08 · Linear probe**: attention maps show *where* the model looks; the kNN and linear-probe accuracies
-# measure *what* its features know.
+# Every picture here can be redrawn with official weights:
+# `VITDINO_CHECKPOINT=/path/dino_deitsmall8_pretrain.pth`.
+#
+# Next, **08 · Linear probe**: attention maps show *where* the model looks; the kNN and linear-probe
+# accuracies measure *what* its features know.
 #
 # ## More to try
 #
-# 1. Change `keep` in `threshold_masks` from 0.6 to 0.3 and 0.9. How does the coverage of the trained and the
-#    random model change? Which value separates them best?
-# 2. Look at an earlier layer: adapt the by-hand cell of section 1 to open block 5 instead of the last one
-#    (run `MODEL.blocks[:5]`, then take `MODEL.blocks[5]`'s attention) and draw its CLS maps. At which depth does
-#    the attention start to find the object?
-# 3. Train your own model for a few minutes (notebook 06 or
-#    `python -m vitdino_core.train --config workshop_tiny`), export it with `vitdino_core.export_backbone`, set
-#    `VITDINO_CHECKPOINT` to the file and rerun this notebook. How do the maps change with training time?
+# 1. Change `keep` in `threshold_masks` from 0.6 to 0.3 and 0.9. How does the coverage of the
+#    trained and the random model change? Which value separates them best?
+# 2. Look inside an earlier layer: adapt the by-hand cell of section 1 to open block 5 instead of
+#    the last one (run `MODEL.blocks[:5]`, then take `MODEL.blocks[5]`'s attention) and draw each
+#    head's CLS map, which section 6 averaged. Check your maps against
+#    `cls_attention_by_layer(MODEL, x)[:, 5]`.
+# 3. Train your own model for a few minutes (notebook 06 or `python -m vitdino_core.train --config
+#    workshop_tiny`), export it with `vitdino_core.export_backbone`, set `VITDINO_CHECKPOINT` to the
+#    file and rerun this notebook. How do the maps change with training time?
 
 # %% [markdown]
 # ## Your exercises
