@@ -1075,25 +1075,26 @@ assert (
 # %% [markdown]
 # ## Appendix A: engineering notes on the Vision Transformer (notebooks 01-04)
 #
-# Notebooks 01-04 teach the model as the paper writes it. What it costs to run, and why, is
-# collected here.
+# Notebooks 01-04 teach the model as the paper writes it, and the modules of `vitdino_core`
+# compute it that way. This appendix asks what each piece costs and which other forms of the same
+# maths exist. Only two such forms run in training: the two tricks of `vitdino_core/speedups.py`,
+# which the trainer applies (section 5, "Making DINO fast on a CPU: which tricks stay"). Every
+# measurement behind them is in `benchmarks/PERFORMANCE.md`.
 
 # %% [markdown]
 # ### A.1 Patch embedding: a convolution or one matrix product
 #
 # Notebook 01 shows that the strided `Conv2d` and a linear layer on the flattened patches compute
-# the same tokens. Which one is faster depends on the hardware. The conv reads the image once, with
-# no reshaped copy of the patches in memory; the linear layer is one plain matrix multiply, the
-# operation CPUs are best at. `PatchEmbed.forward` therefore runs `forward_conv` on a GPU and
-# `forward_matmul` (the conv's weight flattened to $(D, C p^2)$) on a CPU; the weights are the
-# conv's either way, so official checkpoints load unchanged. `benchmarks/patch_embed.py` times both:
-# on a 2-core Intel Xeon, forward and backward for the 16 crops of 224 px in one ViT-S/16 training
-# step took 14.0 ms as a linear layer and 16.4 ms as a conv in fp32, and 5.5 against 14.4 ms in
-# bf16. Here, a quick forward-only measurement on the machine running this notebook:
+# the same tokens: flatten the conv's weight to $(D, C p^2)$, channel-first like the patches, and
+# each token is one row of `patchify(x) @ W.T + b`. The conv reads the image once, with no reshaped
+# copy of the patches in memory; the linear layer is one plain matrix multiply, the operation CPUs
+# are best at. `PatchEmbed` is the conv on every device, as in DINO. The matmul form did not save
+# the 3% of a training step that a trick needs to stay (`patch_embed_matmul` in section 5's table;
+# `benchmarks/patch_embed.py` times both forms). Here, the two checked against each other and
+# timed forward only on the machine running this notebook:
 
 # %%
-from vitdino_core import PatchEmbed
-from vitdino_core.attention import softmax_attention
+from vitdino_core import PatchEmbed, patchify
 
 
 def best_time(fn, budget_s: float, min_repeats: int = 2) -> float:
@@ -1109,12 +1110,17 @@ def best_time(fn, budget_s: float, min_repeats: int = 2) -> float:
 
 
 embed = PatchEmbed(img_size=224, patch_size=16, in_chans=3, embed_dim=384)
+W = embed.proj.weight.flatten(1)  # (D, C*p*p) = (384, 768): the conv's weight, flattened
 crops = torch.randn(4 if FAST else 16, 3, 224, 224)  # (B, 3, 224, 224)
+
+
+def as_matmul(x: torch.Tensor) -> torch.Tensor:
+    return patchify(x, 16) @ W.T + embed.proj.bias  # (B, 196, 768) @ (768, 384) -> (B, 196, 384)
+
+
 with torch.no_grad():
-    torch.testing.assert_close(
-        embed.forward_matmul(crops), embed.forward_conv(crops), rtol=1e-4, atol=1e-4
-    )
-    for name, fn in (("conv", embed.forward_conv), ("matmul", embed.forward_matmul)):
+    torch.testing.assert_close(as_matmul(crops), embed(crops), rtol=1e-4, atol=1e-4)
+    for name, fn in (("conv", embed), ("matmul", as_matmul)):
         t = best_time(lambda: fn(crops), 0.2 if FAST else 1.0)
         print(f"{name:>6}: {1e3 * t:6.1f} ms for {crops.shape[0]} crops of 224 px (forward only)")
 
@@ -1129,6 +1135,8 @@ with torch.no_grad():
 # point is the fastest of several runs.
 
 # %%
+from vitdino_core.attention import softmax_attention
+
 H, d = 6, 64
 Ns = [64, 256, 1024] if FAST else [64, 128, 256, 512, 1024, 2048, 4096]
 budget = 0.1 if FAST else 0.5  # seconds of timing per point and path
@@ -1166,24 +1174,32 @@ for n, te, tf in zip(Ns, timings["explicit"], timings["fused"]):
 # %% [markdown]
 # The exact numbers depend on the machine (steps in the curve appear where the matrices stop
 # fitting in a CPU cache), but the slope does not: past a few hundred tokens, doubling $N$ makes
-# attention about four times slower. In fp32 the fused kernel is usually the faster one, because
-# it makes fewer passes over memory; on a GPU the gap is wider still. One exception is built into
-# `vitdino_core.Attention`: on a CPU in bf16, PyTorch's fused kernel is the slow path, so the
-# module takes the explicit one there (`benchmarks/attention.py` measures it).
+# attention about four times slower. `vitdino_core.Attention` takes the fused kernel unless the
+# weights are asked for (attention maps, notebooks 02 and 07). On a CPU in bf16, PyTorch's fused
+# kernel is the slow path, so the trainer binds `explicit_attention` from `speedups.py`, which
+# takes the explicit softmax there and leaves `Attention`'s choice alone everywhere else (section
+# 5; `benchmarks/attention.py --dtype bf16` times the paths at a training step's shapes).
 #
 # ### A.3 Only the class token leaves the last block
 #
 # DINO reads one vector per image: the class token after the final norm. After the *last* block
-# nothing reads the other $N$ tokens, so most of that block's work would be thrown away. The class
-# token still attends to every token, so the last block needs keys and values for all of them; but
-# its query, its row of attention weights, the projection and the MLP are needed for one token
-# only. `VisionTransformer.forward` computes the last block that way (`Block.forward_cls`). The
-# value and every gradient are the same as with all tokens; only the unread rows are skipped.
-# `forward_features`, `get_intermediate_layers` and `get_last_selfattention` still compute every
-# token, for patch features and attention maps. Below, the last block's class-token row by hand:
+# nothing reads the other $N$ tokens. The class token still attends to every token, so the last
+# block needs keys and values for all of them; but its query, its row of attention weights, the
+# projection and the MLP are needed for one token only.
+#
+# The plain `VisionTransformer.forward` runs every token through every block, as the official
+# code does: it returns `forward_features(x)[:, 0]`. The trainer replaces it, on the student's
+# backbone and so on the teacher (a copy of the student), by `cls_only_last_block` from
+# `speedups.py`, which computes the last block for the class token's row alone (`block_cls`). The
+# feature and every gradient are the same; only the unread rows are skipped. What reads the other
+# tokens runs the plain blocks: `forward_features`, `get_intermediate_layers` and
+# `get_last_selfattention` (notebook 07's attention maps). The backbones that notebook 08 and
+# `vitdino_core.evaluate` load from checkpoints are plain modules, so their `forward` computes every
+# token and gives the same feature. Below, the last block's class-token row by hand:
 
 # %%
 from vitdino_core import VisionTransformer
+from vitdino_core.speedups import apply_speedups, block_cls, remove_speedups
 
 torch.manual_seed(0)
 small_vit = VisionTransformer(img_size=96, patch_size=12, embed_dim=96, depth=4, num_heads=3).eval()
@@ -1204,13 +1220,20 @@ with torch.no_grad():
     cls = x[:, :1] + y  # (2, 1, C): the residual of the class token alone
     cls = cls + last.mlp(last.norm2(cls))  # (2, 1, C)
     feat_cls_only = small_vit.norm(cls[:, 0])  # (2, C)
-    torch.testing.assert_close(feat_cls_only, small_vit(images))
-    torch.testing.assert_close(small_vit(images), small_vit.forward_features(images)[:, 0])
-print("the class-token row of the last block by hand == forward == forward_features(x)[:, 0]")
+    torch.testing.assert_close(cls, block_cls(last, x))  # (2, 1, C): the trick's last block
+    plain = small_vit(images)  # (2, C): every token through every block
+    torch.testing.assert_close(plain, small_vit.forward_features(images)[:, 0])
+    apply_speedups(small_vit, ["cls_only_last_block"])  # what the trainer does to its student
+    torch.testing.assert_close(feat_cls_only, small_vit(images))  # (2, C)
+    remove_speedups(small_vit)  # the plain forward again
+torch.testing.assert_close(feat_cls_only, plain)
+print("by hand == block_cls; the class-token row == plain forward == forward with the trick")
 
 # %% [markdown]
-# How much that saves, in multiply-adds of one 224 px image through ViT-S/16 (197 tokens): each of
-# the first eleven blocks does the same work; the last one does about a sixth of it.
+# How much that saves, counted in multiply-adds of one 224 px image through ViT-S/16
+# ($N + 1 = 197$ tokens, $D = 384$, MLP $4D$): each of the first eleven blocks does the same work;
+# the last one, with the trick, a fraction of it (the cell prints how much). Section 5 measures
+# what this is worth in a training step.
 
 
 # %%
@@ -1226,8 +1249,8 @@ D, T = 384, 197
 full = [block_macs(D, T) / 1e9] * 12
 ours = full[:-1] + [block_macs(D, T, cls_only=True) / 1e9]
 fig, ax = plt.subplots(figsize=(7, 2.6))
-ax.bar(range(12), full, color="0.85", label="every token (the official forward)")
-ax.bar(range(12), ours, color="C0", label="vitdino_core.forward")
+ax.bar(range(12), full, color="0.85", label="every token (the plain forward)")
+ax.bar(range(12), ours, color="C0", label="with cls_only_last_block")
 ax.set(
     xlabel="block",
     ylabel="GMAC per image",
@@ -1273,22 +1296,24 @@ with torch.no_grad():
         print(f"{name:18s} {1000 * t:7.1f} ms per batch of {n_img} images x 6 views")
 
 # %% [markdown]
-# ## Appendix B: engineering notes on DINO training and evaluation (notebooks 05-08)
+# ## Appendix B: engineering notes on DINO training (notebooks 05-06)
 #
-# The same for notebooks 05-08: sizes, timings and the choices made to keep a CPU run short.
+# The same for notebooks 05 and 06: what the head's last layer and the EMA update cost, and why a
+# small simulation runs on one thread.
 #
-# ### B.1 The head's last layer never writes its weight out (notebook 05)
+# ### B.1 The head's last layer: the weight, or one scale per output (notebook 05)
 #
-# The head's last layer has the weight $w_k = g_k v_k / \lVert v_k \rVert$, row by row. Calling the
-# weight-normalised `nn.Linear` writes this $K \times 256$ matrix on every forward pass and its
-# gradient on every backward pass. The core computes the same scores without it:
-# $z \cdot w_k = (z \cdot v_k)\, g_k / \lVert v_k \rVert$, a product with $v$ followed by one scale
-# per output, with the gradients written by hand (`vitdino_core.dino_loss.weight_norm_linear`).
-# `benchmarks/head_last_layer.py` times both ways; the cell below checks that they agree and says
-# how large the matrix that is never written would be.
+# The head's last layer has the weight $w_k = g_k v_k / \lVert v_k \rVert$, row by row. The core's
+# `DINOHead` keeps it as DINO does, a weight-normalised `nn.Linear`, and calls it: every forward
+# pass writes this $K \times 256$ matrix, and every backward pass its gradient. The same scores
+# follow without forming $w$: $z \cdot w_k = (z \cdot v_k)\, g_k / \lVert v_k \rVert$, a product
+# with $v$ followed by one scale per output. Computed that way, with hand-written gradients, it did
+# not save the 3% of a training step that a trick needs to stay (`head_last_layer_by_hand` in
+# section 5's table), so the core keeps the layer. The cell checks that the two agree and says how
+# large the matrix $w$ is at DINO's size.
 
 # %%
-import torch.nn.functional as F  # noqa: E402
+import torch.nn.functional as F
 
 head = DINOHead(384, 4096)  # K = 4096 here; DINO uses 65536
 wn = head.last_layer.parametrizations.weight  # original0: g (K, 1), original1: v (K, 256)
@@ -1298,69 +1323,43 @@ with torch.no_grad():
     by_layer = head.last_layer(z)  # (B, K): writes w (K, 256) first
     scale = wn.original0 / wn.original1.norm(dim=1, keepdim=True)  # (K, 1): g_k / ||v_k||
     rescaled = (z @ wn.original1.T) * scale.T  # (B, K): never forms w
+    torch.testing.assert_close(head(feats), by_layer)  # (B, K): the core's forward calls the layer
 torch.testing.assert_close(rescaled, by_layer)
-torch.testing.assert_close(head(feats), by_layer)  # the core's forward takes the rescaling path
 w_bytes = 65536 * 256 * 4  # fp32
 print(
-    f"rescaled scores == the layer's; at K = 65536 the skipped w is {w_bytes / 1e6:.0f} MB, "
-    f"written once per forward and once more as its gradient"
+    f"rescaled scores == the layer's; at K = 65536 the layer writes a w of {w_bytes / 1e6:.0f} MB "
+    f"on every forward pass, and its gradient as large on every backward pass"
 )
 
 # %% [markdown]
-# ### B.2 The EMA update in one call (notebook 06)
+# ### B.2 The EMA update: one call per operation for all tensors (notebook 06)
 #
 # `ema_by_hand` in notebook 06 loops over the parameters in Python: two small operations per
-# tensor, for every tensor of backbone and head. `update_teacher` does the same update as one
-# `torch._foreach_lerp_` over all tensors at once, $\theta_t + (1 - m)(\theta_s - \theta_t)$,
-# which is one pass over the weights and one call (on a GPU, one group of kernel launches instead
-# of one per tensor).
+# tensor, for every tensor of backbone and head. `update_teacher` does the same two operations,
+# $\theta_t \leftarrow m\,\theta_t + (1 - m)\,\theta_s$, each as one call over all tensors at once:
+# `torch._foreach_mul_` on the teacher's list, then `torch._foreach_add_` with the student's. That
+# is two Python calls instead of two per tensor (on a GPU, a few kernel launches for all tensors
+# instead of one per tensor).
 
 # %%
-from vitdino_core import MultiCropWrapper, make_teacher, update_teacher  # noqa: E402
+from vitdino_core import make_teacher, update_teacher
 
 student = MultiCropWrapper(vit_tiny(img_size=48), DINOHead(192, 256))
-loop_teacher, fused_teacher = make_teacher(student), make_teacher(student)
+loop_teacher, foreach_teacher = make_teacher(student), make_teacher(student)
 with torch.no_grad():
     for p in student.parameters():
         p.add_(0.01 * torch.randn_like(p))  # the student moved
     for p_s, p_t in zip(student.parameters(), loop_teacher.parameters()):
         p_t.mul_(0.996).add_(p_s, alpha=1 - 0.996)  # the loop, as in notebook 06
-update_teacher(student, fused_teacher, 0.996)
-for a, b in zip(loop_teacher.parameters(), fused_teacher.parameters()):
+update_teacher(student, foreach_teacher, 0.996)  # _foreach_mul_, then _foreach_add_
+for a, b in zip(loop_teacher.parameters(), foreach_teacher.parameters()):
     torch.testing.assert_close(a, b)
-print(f"{len(list(student.parameters()))} tensors: the loop and the fused update agree")
+print(f"{len(list(student.parameters()))} tensors: the loop and update_teacher agree")
 
 # %% [markdown]
-# ### B.3 Features without the last block's other rows (notebooks 07-08)
+# ### B.3 Small tensors, one thread (notebook 05)
 #
-# Feature extraction (notebook 08) needs only the CLS token after the last block. Its other $N$
-# outputs are never read, so `VisionTransformer.forward` runs the last block for the CLS row alone:
-# keys and values for all $N+1$ tokens, but the query, the attention row, the projection and the MLP
-# for one token. The attention maps of notebook 07 need the full matrix and take
-# `get_last_selfattention` instead. The saving, counted in multiply-adds of the last block's
-# matrix products for ViT-S/16 at 224 px ($N + 1 = 197$, $D = 384$, MLP $4D$):
-
-# %%
-T_, D_ = 197, 384
-# qkv, attention (q k^T and A v), proj, MLP; then the same with one query row: k and v for all
-full = T_ * D_ * 3 * D_ + 2 * T_ * T_ * D_ + T_ * D_ * D_ + 2 * T_ * D_ * 4 * D_
-cls_only = T_ * D_ * 2 * D_ + D_ * D_ + 2 * T_ * D_ + D_ * D_ + 2 * D_ * 4 * D_
-print(
-    f"last block: {full / 1e6:.0f}M multiply-adds for all tokens, {cls_only / 1e6:.0f}M for the "
-    f"CLS row: {1 - cls_only / full:.0%} of the block skipped"
-)
-model = vit_tiny(img_size=48).eval()
-images = torch.randn(2, 3, 48, 48)  # (B, 3, H, W)
-with torch.no_grad():
-    torch.testing.assert_close(model(images), model.forward_features(images)[:, 0])  # (B, D)
-print("forward() (CLS row only in the last block) == forward_features()[:, 0]")
-
-# %% [markdown]
-# ### B.4 Small tensors, one thread (notebook 05)
-#
-# The collapse simulation of notebook 05 multiplies matrices of a few thousand numbers. Splitting
-# such work across threads costs more in coordination than it saves, and on a CPU shared with other
-# programs a thread that waits for a busy core holds up the others. That is why the simulation runs
-# under `torch.set_num_threads(1)` and restores the setting afterwards. Notebook 06's trainer also
-# records `images_per_s` in every metrics record (`metrics.jsonl`); the notebooks do not print it,
-# since it says more about the machine than about DINO.
+# The collapse simulation of notebook 05 multiplies matrices with at most a few hundred rows and
+# columns. Splitting such work across threads costs more in coordination than it saves, and on a
+# CPU shared with other programs a thread that waits for a busy core holds up the others. That is
+# why the simulation runs under `torch.set_num_threads(1)` and restores the setting afterwards.

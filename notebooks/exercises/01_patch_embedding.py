@@ -300,8 +300,8 @@ print("embed_fn with the conv's weights == the strided conv")
 #
 # `PatchEmbed(img_size, patch_size, in_chans, embed_dim)` holds exactly this conv (named `proj`, as
 # in DINO) and checks the input's shape. We copy our conv's weights into it and compare with both of
-# our versions. (How it computes the tokens on each kind of device is an engineering question:
-# notebook 09, Appendix A.)
+# our versions. (It computes the tokens as the conv on every device; which of the two forms is
+# faster is an engineering question: notebook 09, Appendix A.)
 
 # %%
 patch_embed = PatchEmbed(img_size=H, patch_size=p, in_chans=C, embed_dim=D)
