@@ -8,7 +8,6 @@ objects or run code, so a checkpoint downloaded from a stranger cannot execute a
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
 import pickle
@@ -238,18 +237,12 @@ def checkpoint_layout(ckpt: Mapping[str, Any]) -> str:
     return "backbone"
 
 
-@functools.cache
 def arch_by_embed_dim() -> dict[int, tuple[str, int]]:
     """{embed dim: (arch name, heads)} of `vision_transformer.ARCHS` (192: vit_tiny, 3 heads; 384: vit_small, 6;
-    768: vit_base, 12), read from the models themselves, built on the meta device (no memory, no init)."""
+    768: vit_base, 12)."""
     from .vision_transformer import ARCHS
 
-    out = {}
-    with torch.device("meta"):
-        for name, make in ARCHS.items():
-            m = make(patch_size=16, img_size=16)
-            out[m.embed_dim] = (name, m.num_heads)
-    return out
+    return {size.embed_dim: (name, size.num_heads) for name, size in ARCHS.items()}
 
 
 def vit_shape(sd: Mapping[str, torch.Tensor], source: str = "the checkpoint") -> dict:

@@ -559,7 +559,7 @@ for it, crops in enumerate(batches):
                              clip_grad=check_cfg.clip_grad,
                              freeze_last_layer=check_cfg.freeze_last_layer)
     torch.manual_seed(100 + it)
-    loss_core = core.train_step(crops)
+    loss_core = core.train_step(*crops)
     torch.testing.assert_close(loss_mine, loss_core)
     print(f"step {it}: loss by hand {loss_mine.item():.6f} == train_step {loss_core.item():.6f}")
 

@@ -18,7 +18,7 @@ from torchvision.transforms import v2
 from ..attention import Attention, softmax_attention
 from ..multicrop import MultiCropAugmentation, collate_multicrop, flip_and_color_jitter, gaussian_blur, normalize
 from ..patch_embedding import PatchEmbed, patchify
-from ..vision_transformer import Block, Mlp, VisionTransformer, add_drop_path, drop_path
+from ..vision_transformer import Block, Mlp, VisionTransformer, drop_path
 from . import check, close, expect_close, expect_shape, expect_tensor, first_match, mistake, reference
 
 __all__ = [
@@ -351,8 +351,8 @@ def _normed_residual(x: torch.Tensor, block: Block) -> torch.Tensor:
 
 @reference("block")
 def reference_block(x: torch.Tensor, block: nn.Module, drop_prob: float = 0.0, training: bool = False):
-    x = add_drop_path(x, block.attn(block.norm1(x)), drop_prob, training)  # (B, N, D)
-    return add_drop_path(x, block.mlp(block.norm2(x)), drop_prob, training)  # (B, N, D)
+    x = x + drop_path(block.attn(block.norm1(x)), drop_prob, training)  # (B, N, D)
+    return x + drop_path(block.mlp(block.norm2(x)), drop_prob, training)  # (B, N, D)
 
 
 @check("block")
