@@ -114,7 +114,8 @@ def test_ab_script_steps_each_speedup_against_the_step_without_it(monkeypatch):
     monkeypatch.setattr(ab, "ts", bench)
     args = bench.parse_args(TINY)
     ways = ab.default_ways(args)
-    assert list(ways) == ["all", "without_cls_only_last_block"]  # explicit_attention only acts in CPU bf16
+    assert list(ways) == ["all", "without_cls_only_last_block", "without_skip_dropped_branches"]  # explicit_attention
+    # only acts in CPU bf16
     assert "without_explicit_attention" in ab.default_ways(bench.parse_args([*TINY, "--dtype", "bf16"]))
     built = []
     mode = bench.Mode
@@ -130,9 +131,11 @@ def test_ab_script_steps_each_speedup_against_the_step_without_it(monkeypatch):
     backbones = [(m.trainer.student.backbone, m.trainer.teacher.backbone) for m in built]
     assert all("forward" in vars(b) for b in backbones[0])  # all: the CLS-only forward bound to both
     assert all("forward" not in vars(b) and isinstance(b, VisionTransformer) for b in backbones[1])  # removed
+    student_blocks = [m.trainer.student.backbone.blocks for m in built]
+    assert all("forward" in vars(b) for b in student_blocks[0]) and not any("forward" in vars(b) for b in student_blocks[2])
     last = [w["last_loss"] for w in r["ways"].values()]
-    assert last[0] == pytest.approx(last[1], rel=1e-5)  # fp32: the same maths
-    assert set(SPEEDUPS) == {"cls_only_last_block", "explicit_attention"}
+    assert last[0] == pytest.approx(last[1], rel=1e-5) == pytest.approx(last[2], rel=1e-5)  # fp32: the same maths
+    assert set(SPEEDUPS) == {"cls_only_last_block", "explicit_attention", "skip_dropped_branches"}
 
 
 def test_train_step_with_bf16_autocast_and_grad_checkpointing(capsys):

@@ -17,7 +17,7 @@ from vitdino_core import Attention, Block, DropPath, VisionTransformer, vit_base
 from vitdino_core.checkpoint import resize_pos_embed
 from vitdino_core.sanity import main as sanity_main
 from vitdino_core.patch_embedding import patchify
-from vitdino_core.speedups import apply_speedups, attention_cls, block_cls
+from vitdino_core.speedups import add_kept_branch, apply_speedups, attention_cls, block_cls
 
 
 @contextmanager
@@ -181,6 +181,66 @@ def test_cls_only_last_block_gives_the_same_value_and_gradients(grad_checkpointi
     fast.eval()
     with torch.no_grad():
         assert_close(fast(x), full_forward(fast, x))
+
+
+def step_with_seed(model: nn.Module, x: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, dict]:
+    """One forward and backward from a fixed random state: the output and every parameter's gradient."""
+    model.zero_grad(set_to_none=True)
+    torch.manual_seed(1)  # the same coins for every model
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+        out = model(x)  # (B, D)
+    (out.float() * torch.linspace(-1, 1, out.shape[1])).square().sum().backward()
+    return out.detach().float(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("grad_checkpointing", [False, True])
+def test_skip_dropped_branches_gives_the_same_value_and_gradients(dtype, grad_checkpointing):
+    """speedups' skip_dropped_branches draws drop path's coins first and runs each branch on the kept samples only:
+    with the same random state, the plain model's output and every parameter's gradient (fp32 and bf16 autocast)."""
+    torch.manual_seed(0)
+    model = tiny_vit(patch_size=8, img_size=32, depth=4, drop_path_rate=0.6).train()
+    model.grad_checkpointing = grad_checkpointing
+    fast = apply_speedups(copy.deepcopy(model), ["skip_dropped_branches"])
+    assert all("forward" in vars(b) for b in fast.blocks) and not any("forward" in vars(b) for b in model.blocks)
+    x = torch.randn(10, 3, 32, 32)
+    (out_fast, g_fast), (out_plain, g_plain) = step_with_seed(fast, x, dtype), step_with_seed(model, x, dtype)
+    assert out_plain.std() > 0.1
+    tol = {"rtol": 1e-4, "atol": 1e-6} if dtype == torch.float32 else {"rtol": 2e-2, "atol": 2e-3}
+    assert_close(out_fast, out_plain, **tol)
+    assert g_fast.keys() == g_plain.keys() == {n for n, _ in model.named_parameters()}
+    for name in g_plain:
+        assert_close(g_fast[name], g_plain[name], **tol, msg=name)
+
+
+def test_skip_dropped_branches_computes_the_branch_for_kept_samples_only():
+    """The branch sees the kept samples alone; a dropped sample's row is x itself, a kept one x + branch / keep;
+    when every sample is dropped the branch still runs (its weights take part, with zero gradient)."""
+    drop = DropPath(0.5).train()
+    x = torch.randn(64, 3, 4)
+    seen = []
+
+    def branch(t):
+        seen.append(t.shape[0])
+        return 2 * t
+
+    torch.manual_seed(3)
+    out = add_kept_branch(x, branch, drop)
+    torch.manual_seed(3)
+    coins = (0.5 + torch.rand(64, 1, 1)).floor_()  # the same draw as drop_path
+    assert 10 < seen[0] == int(coins.sum()) < 54
+    assert_close(out, x + 2 * x / 0.5 * coins)
+    drop.drop_prob = 1 - 1e-7  # (almost) never kept: nobody keeps the branch
+    seen.clear()
+    w = torch.ones(3, 4, requires_grad=True)
+    out = add_kept_branch(x, lambda t: branch(t) * w, drop)
+    out.sum().backward()
+    assert seen == [64] and w.grad is not None and w.grad.abs().max() == 0
+    assert_close(out, x)
+    seen.clear()
+    drop.eval()  # evaluation: the plain residual, every sample
+    assert_close(add_kept_branch(x, branch, drop), x + 2 * x)
+    assert seen == [64]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

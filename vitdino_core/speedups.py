@@ -10,6 +10,10 @@ same maths as the plain module, so the step's value and every gradient stay the 
                           of every token, but the query, attention row, projection and MLP of one token
     explicit_attention    on a CPU in bf16, attention as the explicit softmax of q k^T: PyTorch's fused
                           CPU kernel is the slow path in that dtype (fused everywhere else)
+    skip_dropped_branches stochastic depth as Huang et al. (2016) meant it: a sample whose residual branch
+                          is dropped does not compute that branch. The coins are drawn first (the same draw
+                          as `drop_path`), then attention or MLP runs on the kept samples only (on a CPU,
+                          eager; elsewhere the plain block, which needs no host sync for the coins)
 
 `apply_speedups` binds the trick's forward to each matching module (an instance attribute, so a deep copy,
 the EMA teacher, keeps it); deleting that attribute (`remove_speedups`) gives the plain module back.
@@ -66,11 +70,44 @@ def attend_explicit_on_cpu_bf16(self: Attention, q: torch.Tensor, k: torch.Tenso
     return Attention.attend(self, q, k, v, return_attention)
 
 
+# ----------------------------------------------------------------------------- stochastic depth that skips the dropped
+
+def _coin_dtype(y_like: torch.Tensor) -> torch.dtype:
+    """The dtype `drop_path` draws its coins in: the branch's output dtype (the autocast dtype under autocast)."""
+    if torch.is_autocast_enabled(y_like.device.type):
+        return torch.get_autocast_dtype(y_like.device.type)
+    return y_like.dtype
+
+
+def add_kept_branch(x: torch.Tensor, branch, drop_path: nn.Module) -> torch.Tensor:
+    """`x + drop_path(branch(x))`, (B, N, D), with `branch` computed only for the samples whose coin keeps it."""
+    p = getattr(drop_path, "drop_prob", 0.0)
+    if p == 0.0 or not drop_path.training or x.device.type != "cpu" or torch.compiler.is_compiling():
+        return x + drop_path(branch(x))  # the plain residual
+    keep_prob = 1 - p
+    shape = (x.shape[0],) + (1,) * (x.ndim - 1)  # (B, 1, 1): one coin per sample, as drop_path draws them
+    coins = (keep_prob + torch.rand(shape, dtype=_coin_dtype(x), device=x.device)).floor_()  # 1 = keep
+    kept = coins.flatten().nonzero().squeeze(1)  # (b,): the samples that keep their branch
+    if len(kept) in (0, x.shape[0]):  # nobody dropped, or everybody (the branch's weights still take part, at 0)
+        return x + branch(x).div(keep_prob) * coins  # (B, N, D): the plain drop_path with these coins
+    y = branch(x[kept]).div(keep_prob)  # (b, N, D): the branch of the kept samples alone
+    return x.index_add(0, kept, y.to(x.dtype))  # (B, N, D): a dropped sample's row stays x
+
+
+def block_skip_dropped(self: Block, x: torch.Tensor, return_attention: bool = False):
+    """`Block.forward`, each residual branch computed only for the samples that keep it."""
+    if return_attention:
+        return Block.forward(self, x, return_attention=True)
+    x = add_kept_branch(x, lambda t: self.attn(self.norm1(t)), self.drop_path)  # (B, N, D)
+    return add_kept_branch(x, lambda t: self.mlp(self.norm2(t)), self.drop_path)  # (B, N, D)
+
+
 # ----------------------------------------------------------------------------- applying them
 
 SPEEDUPS = {  # name: (module class, attribute, the trick's function)
     "cls_only_last_block": (VisionTransformer, "forward", forward_cls_only_last_block),
     "explicit_attention": (Attention, "attend", attend_explicit_on_cpu_bf16),
+    "skip_dropped_branches": (Block, "forward", block_skip_dropped),
 }
 
 
