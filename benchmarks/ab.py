@@ -1,10 +1,10 @@
 """Each speed trick of `vitdino_core.speedups` against the same step without it, in one process; prints one JSON.
 
-    python benchmarks/ab.py ROUNDS [train_step args...]          # e.g. 10 --dtype bf16
+    python benchmarks/ab.py ROUNDS [--tricks A,B] [train_step args...]    # e.g. 10 --dtype bf16
 
 Ways: `all` (the trainer as built, every trick applied) and `without_<name>` for each trick (removed from that
 trainer's student and teacher with `remove_speedups`). On a CPU in fp32 `explicit_attention` does nothing and is
-left out. Every round steps each way once, in an order rotated every round, so that a machine whose speed drifts
+left out. `--tricks` keeps only the named ones' ways. Every round steps each way once, in an order rotated every round, so that a machine whose speed drifts
 slows all of them alike. Per way: the median step, and the median of the per-round ratios way / all (> 1: the step
 is slower without the trick, which then saves 1 - 1 / ratio of the step without it).
 """
@@ -57,15 +57,23 @@ def ab_ways(ways: dict[str, tuple[str, ...]], rounds: int, args: argparse.Namesp
     return out
 
 
-def default_ways(args: argparse.Namespace) -> dict[str, tuple[str, ...]]:
-    acting = [n for n in SPEEDUPS if not (n == "explicit_attention" and args.dtype != "bf16" and args.device == "cpu")]
+def default_ways(args: argparse.Namespace, tricks=tuple(SPEEDUPS)) -> dict[str, tuple[str, ...]]:
+    unknown = set(tricks) - set(SPEEDUPS)
+    if unknown:
+        raise SystemExit(f"--tricks: unknown {sorted(unknown)}; the speedups are {list(SPEEDUPS)}")
+    acting = [n for n in tricks if not (n == "explicit_attention" and args.dtype != "bf16" and args.device == "cpu")]
     return {"all": (), **{f"without_{n}": (n,) for n in acting}}
 
 
 def main(argv=None) -> dict:
     argv = sys.argv[1:] if argv is None else argv
-    args = ts.parse_args(argv[1:])
-    out = {"command": "python benchmarks/ab.py " + " ".join(argv), **ab_ways(default_ways(args), int(argv[0]), args)}
+    rest, tricks = list(argv[1:]), tuple(SPEEDUPS)
+    if "--tricks" in rest:
+        i = rest.index("--tricks")
+        tricks = tuple(rest[i + 1].split(","))
+        del rest[i:i + 2]
+    args = ts.parse_args(rest)
+    out = {"command": "python benchmarks/ab.py " + " ".join(argv), **ab_ways(default_ways(args, tricks), int(argv[0]), args)}
     print(json.dumps(out))
     return out
 

@@ -159,6 +159,9 @@ def head_forward_flops(arch: str, out_dim: int) -> dict[str, float]:
     return {"head_mlp": 2.0 * (D * hidden + hidden * hidden + hidden * bottleneck), "head_last_layer": 2.0 * bottleneck * out_dim}
 
 
+DROP_PATH_RATE = 0.1  # the benchmark's trainer (DINO's rate for ViT-S)
+
+
 def step_flops(args, cls_only_last_block: bool = True) -> dict[str, float]:
     """FLOPs of one step: student forward of all crops, teacher forward of the globals, backward = 2x student forward.
     `cls_only_last_block` as in `vit_forward_flops`: True counts what the project's step computes, False the official."""
@@ -169,6 +172,21 @@ def step_flops(args, cls_only_last_block: bool = True) -> dict[str, float]:
     student = 2 * B * sum(per_global.values()) + args.local_crops * B * sum(per_local.values())
     return {"teacher_forward": teacher, "student_forward": student, "student_backward": 2 * student,
             "total": teacher + 3 * student, "per_global_crop_forward": per_global, "per_local_crop_forward": per_local}
+
+
+def expected_skipped_flops(args, drop_path_rate: float = DROP_PATH_RATE) -> float:
+    """FLOPs of one step that `skip_dropped_branches` leaves out in expectation: a student block i of `depth` drops
+    each branch of a sample with probability rate * i / (depth - 1); the last block (CLS-only) is not skipped.
+    Forward and backward (2x) of the student's blocks; the model's FLOP count (`step_flops`) keeps them in."""
+    D, depth = ARCHS[args.arch].embed_dim, ARCHS[args.arch].depth
+
+    def block(size: int) -> float:  # one block's forward FLOPs for one image: qkv, proj, MLP, then attention
+        T = (size // args.patch_size) ** 2 + 1
+        return 2.0 * T * 12 * D * D + 4.0 * T * T * D
+
+    p_sum = sum(drop_path_rate * i / max(depth - 1, 1) for i in range(depth - 1))  # expected drops per sample
+    per_sample = 2 * block(args.global_size) + args.local_crops * block(args.local_size)
+    return 3 * args.batch * per_sample * p_sum
 
 
 # ----------------------------------------------------------------------------- device helpers
@@ -311,7 +329,7 @@ class SyntheticImages(torch.utils.data.Dataset):
 def make_trainer(args, steps: int, compile_backbones: bool = False) -> DINOTrainer:
     """A DINOTrainer on the benchmark's config: one step per epoch, enough epochs for every timed step."""
     cfg = make_config(dict(
-        dataset="random", arch=args.arch, patch_size=args.patch_size, out_dim=args.out_dim, drop_path_rate=0.1,
+        dataset="random", arch=args.arch, patch_size=args.patch_size, out_dim=args.out_dim, drop_path_rate=DROP_PATH_RATE,
         global_crops_size=args.global_size, local_crops_size=args.local_size, local_crops_number=args.local_crops,
         batch_size_per_gpu=args.batch, epochs=steps + 1, warmup_epochs=0, freeze_last_layer=0,  # steady state: last layer trains
         device=args.device, precision=args.dtype, compile=compile_backbones, compile_mode=args.compile_mode,
@@ -698,6 +716,9 @@ class Mode:
             "model_flop_per_step": flops["total"],
             "model_flop_breakdown": flops,
             "all_tokens_flop_per_step": step_flops(args, cls_only_last_block=False)["total"],  # the official count
+            "expected_flop_skipped_by_drop_path": (  # left out of the model's count: a CPU step skips them
+                expected_skipped_flops(args) if not self.reference and args.device == "cpu" and not args.compile
+                else 0.0),
             "achieved_flop_per_s": flops["total"] / med,
             "matmul": matmul,
             "fraction_of_matmul_peak": flops["total"] / med / matmul["flop_per_s"],

@@ -329,7 +329,7 @@ prof_trainer = DINOTrainer(
         [
             f"output_dir={RUNS}",
             "run_name=profile",
-            "max_images=64",
+            f"max_images={4 * batch}",  # 4 steps per epoch: enough for the 5 steps below
             f"batch_size_per_gpu={batch}",
             "num_workers=0",
         ],
@@ -502,7 +502,7 @@ for name, t in tricks.items():
         assert max(v for v in t["saves"].values() if v is not None) >= tricks_run["threshold"], name
 
 # %% [markdown]
-# Two tricks pass, and both compute the same maths as the plain modules (tests compare the values
+# Three tricks pass, and all compute the same maths as the plain modules (tests compare the values
 # and every gradient):
 #
 # * **The last block computes the class token's row alone.** DINO's feature is the CLS token after
@@ -510,6 +510,12 @@ for name, t in tricks.items():
 #   and values of every token (the CLS token attends to all of them), but the query, the attention
 #   row, the projection and the MLP of one token. For ViT-S/16 at 224 px that skips 10/12 of the
 #   last block's matrix products, about 7% of the step's FLOPs.
+# * **A dropped branch is not computed.** Drop path (notebook 03) multiplies a sample's branch by
+#   0; Huang et al. (2016) skip a dropped block altogether. So the block draws the same coins
+#   first and runs attention or the MLP on the kept samples only; a dropped sample's row is `x`
+#   itself. With DINO's rate 0.1, rising linearly over the 12 blocks, a branch is dropped for 5% of
+#   the samples on average, and the student's blocks are most of the step. On GPUs the plain block
+#   stays: finding the kept samples would make the CPU wait for the GPU at every block.
 # * **On a CPU in bf16, attention as the explicit softmax.** PyTorch's fused CPU attention kernel is
 #   the slow path in bf16, while the explicit `softmax(q k^T / sqrt(d)) v` runs its two products on
 #   the CPU's bf16 units. In fp32 and on GPUs the fused kernel stays.
@@ -540,8 +546,8 @@ torch.testing.assert_close(fast_feature, plain_feature)
 # %% [markdown]
 # And the step as a whole, against the official code's execution strategy rebuilt on the same
 # modules and timed in turn with it (`python benchmarks/train_step.py --compare --paired`; with
-# `--dtype bf16 --reference-dtype fp32` for ours in bf16 against the reference in fp32), before the
-# tricks that did not earn their place were taken out and after:
+# `--dtype bf16 --reference-dtype fp32` for ours in bf16 against the reference in fp32): "before",
+# the step with every small trick in it; "after", the trainer's step with the three tricks above.
 
 # %%
 fmt = lambda v: "not measured" if v is None else f"{v:.3f}"  # noqa: E731
@@ -1077,7 +1083,7 @@ assert (
 #
 # Notebooks 01-04 teach the model as the paper writes it, and the modules of `vitdino_core`
 # compute it that way. This appendix asks what each piece costs and which other forms of the same
-# maths exist. Only two such forms run in training: the two tricks of `vitdino_core/speedups.py`,
+# maths exist. Only three such forms run in training: the tricks of `vitdino_core/speedups.py`,
 # which the trainer applies (section 5, "Making DINO fast on a CPU: which tricks stay"). Every
 # measurement behind them is in `benchmarks/PERFORMANCE.md`.
 
@@ -1266,7 +1272,63 @@ print(
 )
 
 # %% [markdown]
-# ### A.4 Multi-crop: one backbone pass per resolution
+# ### A.4 A dropped branch is not computed
+#
+# Drop path (notebook 03) keeps each sample's residual branch with probability $1 - p$ and
+# multiplies the dropped ones by 0: their attention or MLP is computed and then thrown away.
+# Stochastic depth as Huang et al. (2016) wrote it skips a dropped block altogether. The trainer's
+# `skip_dropped_branches` (`speedups.py`) does that per sample: the block draws the coins first,
+# exactly as `drop_path` would, then runs the branch on the kept samples only
+# (`add_kept_branch`); a dropped sample's row is `x` itself, a kept one `x + f(x) / (1 - p)`. The
+# values and the gradients are the plain block's. Below, a block with $p = 0.5$: the rows its
+# attention and MLP see, and the plain block's output from the same random state.
+
+# %%
+from vitdino_core import Block
+
+torch.manual_seed(0)
+blk = Block(96, num_heads=3, qkv_bias=True, drop_path=0.5).train()
+tokens = torch.randn(8, 17, 96)  # (B, N, D): 8 samples
+rows_seen = []
+hooks = [m.register_forward_hook(lambda m, i, o: rows_seen.append(len(i[0])))
+         for m in (blk.attn, blk.mlp)]
+torch.manual_seed(1)
+plain_out = blk(tokens)  # (8, 17, 96): every branch computed, the dropped ones times 0
+apply_speedups(blk, ["skip_dropped_branches"])
+torch.manual_seed(1)  # the same coins
+skip_out = blk(tokens)  # (8, 17, 96): each branch on its kept samples only
+remove_speedups(blk)
+for h in hooks:
+    h.remove()
+torch.testing.assert_close(skip_out, plain_out)
+print(f"plain block: attention and MLP saw {rows_seen[:2]} samples; with the trick {rows_seen[2:]}")
+unchanged = (skip_out == tokens).flatten(1).all(dim=1)  # (8,): samples with both branches dropped
+print(f"samples that skipped the whole block (output == input): {unchanged.sum().item()} of 8")
+
+# %% [markdown]
+# DINO's rate for ViT-S and ViT-B is $p = 0.1$ for the last block, falling linearly to 0 for the
+# first (`drop_path_rate` in the configs). The share of the samples whose branches each block of
+# the student still computes, in expectation. The last block runs the class token's row alone
+# (A.3) and keeps the plain drop path: its work is already small.
+
+# %%
+rate, depth = 0.1, 12
+kept_share = [1 - rate * i / (depth - 1) for i in range(depth - 1)] + [1.0]  # (12,): 1 - p per block
+fig, ax = plt.subplots(figsize=(7, 2.6))
+ax.bar(range(depth), [1.0] * depth, color="0.85", label="every sample (the plain block)")
+ax.bar(range(depth), kept_share, color="C0", label="with skip_dropped_branches, expected")
+ax.set(
+    xlabel="block",
+    ylabel="samples that run it",
+    xticks=range(depth),
+    ylim=(0.8, 1.08),
+    title=f"drop_path_rate {rate}: branches run for {sum(kept_share) / depth:.1%} of the samples",
+)
+ax.legend(loc="upper right", ncol=2, fontsize=8)
+plt.show()
+
+# %% [markdown]
+# ### A.5 Multi-crop: one backbone pass per resolution
 #
 # Notebook 04's `MultiCropWrapper` runs the backbone once per resolution instead of once per view.
 # Fewer, larger calls keep the matrix multiplications big, which is what CPUs and GPUs are fast at

@@ -117,6 +117,9 @@ def test_ab_script_steps_each_speedup_against_the_step_without_it(monkeypatch):
     assert list(ways) == ["all", "without_cls_only_last_block", "without_skip_dropped_branches"]  # explicit_attention
     # only acts in CPU bf16
     assert "without_explicit_attention" in ab.default_ways(bench.parse_args([*TINY, "--dtype", "bf16"]))
+    assert list(ab.default_ways(args, ["skip_dropped_branches"])) == ["all", "without_skip_dropped_branches"]
+    with pytest.raises(SystemExit, match="unknown"):
+        ab.default_ways(args, ["skip_dropped"])
     built = []
     mode = bench.Mode
     monkeypatch.setattr(bench, "Mode", lambda *a, **k: built.append(mode(*a, **k)) or built[-1])
@@ -267,6 +270,33 @@ def test_analytic_flops_match_pytorchs_flop_counter():
         model(crops)
     assert bench.step_flops(args, cls_only_last_block=False)["student_forward"] == official.get_total_flops()
     assert official.get_total_flops() > 1.05 * student.get_total_flops()
+
+
+def test_expected_skipped_flops_match_the_flops_a_dropping_student_leaves_out():
+    """`expected_skipped_flops` is what skip_dropped_branches leaves out in expectation: the student's forward FLOPs,
+    counted over many seeded forwards of the real modules in training mode, fall short of the model's count by a
+    third of it (forward only; the backward's 2x follows the same rows)."""
+    bench = load_train_step()
+    args = Namespace(arch="vit_tiny", patch_size=8, global_size=32, local_size=16, local_crops=2, batch=4, out_dim=96)
+    from vitdino_core import DINOHead, MultiCropWrapper, vit_tiny
+    from vitdino_core.speedups import apply_speedups
+
+    rate = 0.5  # a high rate: many skipped rows in few forwards
+    model = apply_speedups(MultiCropWrapper(vit_tiny(patch_size=8, img_size=32, drop_path_rate=rate), DINOHead(192, 96)))
+    crops = [torch.randn(2 * args.batch, 3, 32, 32), torch.randn(args.local_crops * args.batch, 3, 16, 16)]
+    torch.manual_seed(0)
+    counted = []
+    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH):
+        for _ in range(60):
+            with FlopCounterMode(display=False) as student:
+                model(crops)
+            counted.append(student.get_total_flops())
+    full = bench.step_flops(args)["student_forward"]
+    skipped = full - sum(counted) / len(counted)  # per forward, on average
+    expected = bench.expected_skipped_flops(args, drop_path_rate=rate) / 3
+    assert expected > 0.1 * full  # a real share at this rate
+    assert skipped == pytest.approx(expected, rel=0.08)
+    assert bench.expected_skipped_flops(args, drop_path_rate=0.0) == 0
 
 
 def test_anchor_step_is_about_810_gflop():

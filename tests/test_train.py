@@ -174,6 +174,17 @@ def test_a_background_save_holds_the_state_of_its_step(data_env, tmp_path):
     assert not all(torch.equal(at_save[k], v) for k, v in trainer.teacher.state_dict().items())
 
 
+def test_a_step_past_the_end_of_training_is_one_clear_error(data_env, tmp_path):
+    """The schedules hold epochs x steps per epoch values; the step after the last says so instead of an IndexError."""
+    cfg = load_config("workshop_tiny", tiny_overrides(tmp_path, max_images=16, epochs=1))  # 2 steps
+    trainer = DINOTrainer(cfg, quiet=True)
+    crops, _ = next(iter(trainer.loader))
+    for _ in range(2):
+        trainer.train_step(*crops)
+    with pytest.raises(ValueError, match="step 2 is past the end of training"):
+        trainer.train_step(*crops)
+
+
 def test_init_weights_starts_student_and_teacher_from_an_exported_backbone(data_env, tmp_path):
     """A warm restart: the backbone comes from an earlier run's exported teacher, the head starts fresh."""
     from vitdino_core.checkpoint import CheckpointError, export_backbone

@@ -222,6 +222,9 @@ class DINOTrainer:
         """One DINO step. global_crops: (2B, 3, G, G), view 1 of every image then view 2; local_crops: (N*B, 3, L, L),
         view-major likewise, or None. Returns the loss (a tensor: no host-device sync)."""
         it, epoch = self.step, self.epoch
+        if it >= len(self.lr_schedule):
+            raise ValueError(f"step {it} is past the end of training ({len(self.lr_schedule)} steps: epochs x steps per "
+                             "epoch); build the trainer with more epochs or images to step further")
         for i, group in enumerate(self.optimizer.param_groups):
             group["lr"] = float(self.lr_schedule[it])
             if i == 0:  # only the regularised group has weight decay
