@@ -85,6 +85,24 @@ def test_denormalize_inverts_normalize_and_load_image(tmp_path):
         load_image(tmp_path / "missing.jpg")
 
 
+def test_load_image_shows_the_colours_of_transparent_and_16_bit_photos(tmp_path):
+    """Attention maps read a photo as training does (`data.to_rgb`): a transparent PNG over white, not the colour its
+    hidden pixels store; a 16-bit gray PNG scaled to 8 bits, not clipped to white."""
+    import numpy as np
+    from PIL import Image
+
+    hidden = Image.new("RGBA", (48, 48), (0, 0, 255, 0))  # blue, fully transparent
+    hidden.save(tmp_path / "clear.png")
+    gray16 = Image.fromarray(np.full((48, 48), 32768, dtype=np.uint16))  # mid gray in 16 bits
+    gray16.save(tmp_path / "gray16.png")
+    assert Image.open(tmp_path / "gray16.png").mode.startswith("I")
+    for image in (tmp_path / "clear.png", hidden):  # a path and a PIL image alike
+        pixel = denormalize(load_image(image, size=24))[0, :, 12, 12]
+        torch.testing.assert_close(pixel, torch.ones(3), atol=0.01, rtol=0)  # white
+    pixel = denormalize(load_image(tmp_path / "gray16.png", size=24))[0, :, 12, 12]
+    torch.testing.assert_close(pixel, torch.full((3,), 128 / 255), atol=0.01, rtol=0)
+
+
 def test_figures_are_drawn_and_saved(tmp_path):
     torch.manual_seed(0)
     model = vit_tiny(patch_size=12, img_size=36).eval()

@@ -36,19 +36,16 @@ def load_image(path_or_image, size: int = 224, patch_size: int | None = None) ->
     `path_or_image` is a file path or a PIL image. Give `patch_size` to check that `size` is a
     multiple of it (the patch grid must tile the image exactly).
     """
-    from PIL import Image
-
-    from .data import eval_transform
+    from .data import eval_transform, open_rgb, to_rgb
 
     if patch_size is not None:
         check_image_size(size, patch_size, what="size")
     if isinstance(path_or_image, (str, os.PathLike)):
         if not Path(path_or_image).is_file():
             raise FileNotFoundError(f"image not found: {path_or_image}")
-        with Image.open(path_or_image) as img:
-            image = img.convert("RGB")
+        image = open_rgb(path_or_image)  # 16-bit, transparent, CMYK: the colours the image shows
     else:
-        image = path_or_image.convert("RGB")
+        image = to_rgb(path_or_image)
     return eval_transform(size)(image).unsqueeze(0)  # (1, 3, size, size)
 
 

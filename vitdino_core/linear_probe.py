@@ -84,12 +84,14 @@ def raw_pixel_features(dataset: Dataset, size: int, normalize: bool = True, desc
     """
     from PIL import Image
 
+    from .data import to_rgb
+
     feats, labels = [], []
     for i in tqdm(range(len(dataset)), desc=desc, leave=False):
         img, label = dataset[i]
         if not isinstance(img, Image.Image):
             raise TypeError(f"raw_pixel_features needs a dataset of PIL images (no transform); item {i} is {type(img).__name__}")
-        img = img.convert("RGB")
+        img = to_rgb(img)  # transparency over white, 16-bit gray scaled: as the training images
         if img.size != (size, size):
             img = img.resize((size, size), Image.BILINEAR)
         feats.append(torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()))  # (size, size, 3)

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .data import REPO_ROOT, data_root
+from .data import REPO_ROOT, data_root, open_rgb, to_rgb
 from .device import resolve_device
 
 SHIPPED_CHECKPOINT = REPO_ROOT / "checkpoints" / "dino_imagenette96.pth"
@@ -55,12 +55,14 @@ def photo(name: str = "grace_hopper") -> Image.Image:
     folder = data_root() / "photos"
     matches = sorted(folder.glob(f"*{name}*")) if folder.is_dir() else []
     if matches:
-        return Image.open(matches[0]).convert("RGB")
+        return open_rgb(matches[0])
     if name == "grace_hopper":
         import matplotlib.cbook
 
         with matplotlib.cbook.get_sample_data("grace_hopper.jpg") as f:
-            return Image.open(f).convert("RGB")
+            img = Image.open(f)
+            img.load()  # decoded before the file closes
+            return to_rgb(img)
     if name in ("china", "flower"):
         from sklearn.datasets import load_sample_image
 
