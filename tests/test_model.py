@@ -243,6 +243,20 @@ def test_skip_dropped_branches_computes_the_branch_for_kept_samples_only():
     assert seen == [64]
 
 
+@pytest.mark.slow
+def test_skip_dropped_branches_compiles_as_the_plain_block():
+    """Under torch.compile the trick takes the plain residual: one graph (fullgraph=True would fail on the
+    data-dependent `nonzero` of the kept samples), and the same output as the plain block when nothing is dropped."""
+    torch.manual_seed(0)
+    blk = Block(32, num_heads=4, qkv_bias=True, drop_path=1e-9).train()  # drops (almost) nobody: comparable
+    plain = copy.deepcopy(blk)
+    apply_speedups(blk, ["skip_dropped_branches"])
+    x = torch.randn(4, 9, 32)
+    torch._dynamo.reset()
+    compiled = torch.compile(blk, fullgraph=True, dynamic=False)
+    assert_close(compiled(x), plain(x), rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_block_and_attention_cls_rows_are_the_first_row_of_forward(dtype):
     """The CLS-only pieces with both attention rules of the speedups on a CPU (fp32: fused; bf16 autocast: explicit)."""
