@@ -178,11 +178,11 @@ def expected_skipped_flops(args, drop_path_rate: float = DROP_PATH_RATE) -> floa
     """FLOPs of one step that `skip_dropped_branches` leaves out in expectation: a student block i of `depth` drops
     each branch of a sample with probability rate * i / (depth - 1); the last block (CLS-only) is not skipped.
     Forward and backward (2x) of the student's blocks; the model's FLOP count (`step_flops`) keeps them in."""
-    D, depth = ARCHS[args.arch].embed_dim, ARCHS[args.arch].depth
+    depth = ARCHS[args.arch].depth
 
-    def block(size: int) -> float:  # one block's forward FLOPs for one image: qkv, proj, MLP, then attention
-        T = (size // args.patch_size) ** 2 + 1
-        return 2.0 * T * 12 * D * D + 4.0 * T * T * D
+    def block(size: int) -> float:  # one full block's forward FLOPs for one image (all tokens, every block alike)
+        full = vit_forward_flops(args.arch, args.patch_size, size, cls_only_last_block=False)
+        return (full["qkv_proj_mlp"] + full["attention"]) / depth
 
     p_sum = sum(drop_path_rate * i / max(depth - 1, 1) for i in range(depth - 1))  # expected drops per sample
     per_sample = 2 * block(args.global_size) + args.local_crops * block(args.local_size)

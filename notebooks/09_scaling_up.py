@@ -1313,7 +1313,7 @@ print(f"samples that skipped the whole block (output == input): {unchanged.sum()
 
 # %%
 rate, depth = 0.1, 12
-kept_share = [1 - rate * i / (depth - 1) for i in range(depth - 1)] + [1.0]  # (12,): 1 - p per block
+kept_share = [1 - rate * i / (depth - 1) for i in range(depth - 1)] + [1.0]  # (12,): 1 - p
 fig, ax = plt.subplots(figsize=(7, 2.6))
 ax.bar(range(depth), [1.0] * depth, color="0.85", label="every sample (the plain block)")
 ax.bar(range(depth), kept_share, color="C0", label="with skip_dropped_branches, expected")
