@@ -257,6 +257,6 @@ class KoLeoLoss(nn.Module):
     def forward(self, student_output: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
         """student_output (B, D): the student's backbone CLS features of one crop."""
         x = F.normalize(student_output.float(), eps=eps, p=2, dim=-1)  # (B, D), unit length
-        I = self.pairwise_NNs_inner(x)  # (B,)  # noqa: E741
+        I = self.pairwise_NNs_inner(x)  # (B,) index of each nearest neighbour
         distances = F.pairwise_distance(x, x[I], p=2, eps=eps)  # (B,) = ||x - x_nn + eps||
         return -torch.log(distances + eps).mean()
