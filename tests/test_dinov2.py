@@ -223,6 +223,7 @@ def _sinkhorn_rank(rank: int, world_size: int, port: int, parts: list, out: dict
     try:
         n_masked = torch.tensor([len(parts[rank])])  # this process's masked patches
         out[rank] = iBOTPatchLoss(8).sinkhorn_knopp_teacher(parts[rank], 0.07, n_masked_patches_tensor=n_masked)
+        out[rank + world_size] = sinkhorn_knopp_teacher(parts[rank], 0.07)  # counting the rows itself
     finally:
         dist.destroy_process_group()
 
@@ -242,7 +243,11 @@ def test_sinkhorn_knopp_over_two_processes_equals_one_process_on_the_whole_batch
         out = manager.dict()
         mp.spawn(_sinkhorn_rank, args=(2, port, parts, out), nprocs=2, join=True)
         got = torch.cat([out[0], out[1]])  # (M, K)
-    assert_close(got, sinkhorn_knopp_teacher(t, 0.07), rtol=1e-5, atol=1e-7)
+        got_rows = torch.cat([out[2], out[3]])
+    want = sinkhorn_knopp_teacher(t, 0.07)
+    assert_close(got, want, rtol=1e-5, atol=1e-7)
+    assert_close(got_rows, want, rtol=1e-5, atol=1e-7)
+    assert not torch.allclose(torch.cat([sinkhorn_knopp_teacher(p, 0.07) for p in parts]), want, atol=1e-3)
 
 
 def test_sinkhorn_knopp_has_no_gradient_and_keeps_float32():

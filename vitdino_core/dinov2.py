@@ -148,20 +148,14 @@ def sinkhorn_knopp_teacher(teacher_output: torch.Tensor, teacher_temp: float, n_
     (DINOv2's `n_masked_patches_tensor` for the patches), by default the rows over all processes.
     """
     scores = teacher_output.float() / teacher_temp  # (B, K)
-    row_max = scores.max(dim=0, keepdim=True).values  # (1, K), each prototype's largest score
+    prototype_max = scores.max(dim=0, keepdim=True).values  # (1, K), each prototype's largest score
     if _distributed():
-        dist.all_reduce(row_max, op=dist.ReduceOp.MAX)
-    Q = torch.exp(scores - row_max).t()  # (K, B): K-by-B as in the paper; every row has an entry equal to 1
+        dist.all_reduce(prototype_max, op=dist.ReduceOp.MAX)
+    Q = torch.exp(scores - prototype_max).t()  # (K, B): K-by-B as in the paper; every row has an entry equal to 1
     K = Q.shape[0]  # how many prototypes
-    if n_samples is None:
-        n_samples = torch.tensor(float(Q.shape[1]))
-        if _distributed():
-            dist.all_reduce(n_samples)
-    elif isinstance(n_samples, torch.Tensor):
-        n_samples = n_samples.clone().float()
-        if _distributed():
-            dist.all_reduce(n_samples)
-    B = n_samples  # number of samples to assign, over all processes
+    B = torch.tensor(float(Q.shape[1] if n_samples is None else n_samples))  # this process's samples ...
+    if _distributed():
+        dist.all_reduce(B)  # ... and every process's: the number of samples to assign
 
     sum_Q = torch.sum(Q)  # make the matrix sum to 1
     if _distributed():
