@@ -111,7 +111,7 @@ def collate_masks(n_images: int, n_tokens: int, mask_generator: MaskingGenerator
     upperbound = 0
     masks_list = []
     for i in range(n_samples_masked):
-        prob_min, prob_max = probs[i], probs[i + 1]
+        prob_min, prob_max = probs[i], probs[i + 1]  # 0-dim float32 tensors, as in the official code
         n_masked = int(n_tokens * random.uniform(prob_min, prob_max))  # this image's share, in patches
         masks_list.append(mask_generator(n_masked))  # (H, W)
         upperbound += int(n_tokens * prob_max)
