@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from vitdino_core.config import load_config  # noqa: E402
+from vitdino_core.training.config import load_config  # noqa: E402
 from vitdino_core.train import train  # noqa: E402
 
 

@@ -50,7 +50,7 @@ from timing import sync  # noqa: E402
 
 import vitdino_core.speedups as speedups  # noqa: E402
 from vitdino_core.attention import Attention, softmax_attention  # noqa: E402
-from vitdino_core.config import make_config  # noqa: E402
+from vitdino_core.training.config import make_config  # noqa: E402
 from vitdino_core.dino_loss import DINOHead, DINOLoss  # noqa: E402
 from vitdino_core.ema_training import cancel_gradients_last_layer, get_params_groups  # noqa: E402
 from vitdino_core.train import DINOTrainer  # noqa: E402

@@ -237,7 +237,7 @@ def test_workers_stop_with_the_one_line_when_nothing_is_usable(tmp_path):
 def test_datasets_and_normalisation_live_in_one_place(repo_root):
     from vitdino_core.multicrop import IMAGENET_MEAN, IMAGENET_STD
 
-    from vitdino_core.config import CHOICES
+    from vitdino_core.training.config import CHOICES
 
     assert data.TORCHVISION_DATASETS.keys() <= set(data.DATASETS)
     assert tuple(CHOICES["dataset"]) == data.DATASETS  # the config's choices must not drift from the one list

@@ -39,7 +39,7 @@ from .checkpoint import (CheckpointError, backbone_state_dict, checkpoint_layout
                          vit_shape)
 from .cli import UserError, run_cli
 from .data import DATASETS, IMAGENETTE_FOLDERS, DatasetNotFoundError, ImageFolderDataset, build_dataset, eval_transform
-from .device import resolve_device
+from .training.device import resolve_device
 from .features import load_features, sample_ids, save_features
 from .linear_probe import extract_features, knn_classifier, linear_probe, raw_pixel_features
 from .multicrop import IMAGENET_MEAN, IMAGENET_STD

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from .data import REPO_ROOT, data_root, open_rgb, to_rgb
-from .device import resolve_device
+from .training.device import resolve_device
 
 SHIPPED_CHECKPOINT = REPO_ROOT / "checkpoints" / "dino_imagenette96.pth"
 

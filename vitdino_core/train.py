@@ -19,9 +19,9 @@ import torch.distributed as dist
 from torch.distributed.elastic.multiprocessing.errors import record
 
 from .cli import EXIT_INTERRUPTED, run_cli
-from .config import load_config
-from .run_state import resume_config
-from .trainer import DINOTrainer, TrainingDivergedError, train  # noqa: F401  (the package's training API, re-exported)
+from .training.config import load_config
+from .training.run_state import resume_config
+from .training.trainer import DINOTrainer, TrainingDivergedError, train  # noqa: F401  (the package's training API, re-exported)
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

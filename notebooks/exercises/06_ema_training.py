@@ -63,7 +63,7 @@ from vitdino_core import (DINOHead, DINOLoss, MultiCropAugmentation, MultiCropWr
                           build_dataset, cancel_gradients_last_layer, clip_gradients,
                           collate_multicrop, cosine_scheduler, evaluate_features, get_params_groups,
                           make_teacher, update_teacher, vit_tiny)
-from vitdino_core.config import load_config
+from vitdino_core.training.config import load_config
 from vitdino_core.exercises import (assert_checked, check_cosine_schedule, check_dino_step,
                                     check_ema_update, check_teacher_temp_schedule, pick)
 from vitdino_core.notebook import save_figure, setup

@@ -24,19 +24,19 @@ import torch.nn as nn
 from torch.utils.data import Subset
 from tqdm.auto import tqdm
 
-from .checkpoint import BackgroundWriter, CheckpointError, backbone_state_dict, load_backbone_weights, load_checkpoint, nonfinite_tensors
-from .cli import UserError
+from ..checkpoint import BackgroundWriter, CheckpointError, backbone_state_dict, load_backbone_weights, load_checkpoint, nonfinite_tensors
+from ..cli import UserError
 from .config import ConfigError, TrainConfig
-from .data import EpochBatchSampler, MultiCropDataset, build_dataset, make_loader
+from ..data import EpochBatchSampler, MultiCropDataset, build_dataset, make_loader
 from .device import DistEnv, resolve_device, resolve_precision, setup_distributed, slow_precision
-from .dino_loss import DINOHead, DINOLoss
-from .ema_training import (cancel_gradients_last_layer, clip_gradients, cosine_scheduler, get_params_groups, make_teacher,
+from ..dino_loss import DINOHead, DINOLoss
+from ..ema_training import (cancel_gradients_last_layer, clip_gradients, cosine_scheduler, get_params_groups, make_teacher,
                            update_teacher)
-from .multicrop import MultiCropAugmentation, MultiCropWrapper, collate_multicrop
+from ..multicrop import MultiCropAugmentation, MultiCropWrapper, collate_multicrop
 from .multicrop_gpu import GPUMultiCropAugmentation, PaddedImages, Uint8Images, collate_uint8
 from .run_state import RunFolder, StopSignals, load_training_state, seed_everything, training_state
-from .speedups import apply_speedups
-from .vision_transformer import build_vit
+from ..speedups import apply_speedups
+from ..vision_transformer import build_vit
 
 
 class TrainingDivergedError(UserError, RuntimeError):

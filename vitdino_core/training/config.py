@@ -20,10 +20,10 @@ from typing import Any
 
 import yaml
 
-from .cli import UserError
-from .data import DATASETS
-from .patch_embedding import check_image_size
-from .vision_transformer import ARCHS
+from ..cli import UserError
+from ..data import DATASETS
+from ..patch_embedding import check_image_size
+from ..vision_transformer import ARCHS
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 

@@ -28,8 +28,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .checkpoint import CheckpointError, load_checkpoint
-from .cli import UserError
+from ..checkpoint import CheckpointError, load_checkpoint
+from ..cli import UserError
 from .config import TrainConfig, make_config, parse_override, save_config
 from .device import DistEnv
 
