@@ -41,7 +41,7 @@
 #
 # We build each piece by hand and check it against `vitdino_core`, then write **one full DINO step**
 # out by hand and show it gives *exactly* the weights of
-# `vitdino_core.train.DINOTrainer.train_step`. Finally we **train for real**, on Imagenette on this
+# `vitdino_core.training.trainer.DINOTrainer.train_step`. Finally we **train for real**, on Imagenette on this
 # CPU, and watch the loss, the teacher's entropy and the KL divergence live as training runs.
 #
 # **Exercises.** Four of the pieces are yours to write: the EMA update, the cosine schedule, the
@@ -67,7 +67,7 @@ from vitdino_core.training.config import load_config
 from vitdino_core.exercises import (assert_checked, check_cosine_schedule, check_dino_step,
                                     check_ema_update, check_teacher_temp_schedule, pick)
 from vitdino_core.notebook import save_figure, setup
-from vitdino_core.train import DINOTrainer
+from vitdino_core.training.trainer import DINOTrainer
 
 env = setup(seed=0)
 FAST = env.fast  # True under CI or VITDINO_FAST=1: a much shorter run, every cell still runs

@@ -25,7 +25,7 @@ from ..data import DATASETS
 from ..patch_embedding import check_image_size
 from ..vision_transformer import ARCHS
 
-CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
 class ConfigError(UserError, ValueError):
