@@ -7,10 +7,11 @@ One module per idea, named like the notebook that builds it:
 
 from .attention import Attention
 from .attention_maps import cls_attention, denormalize, load_image, overlay_masks, plot_attention_heads, threshold_masks, upsample
-from .checkpoint import (CheckpointError, backbone_state_dict, export_backbone, load_backbone_weights, load_checkpoint,
-                         save_checkpoint)
+from .checkpoint import (CheckpointError, backbone_state_dict, build_backbone_from_checkpoint, build_random_backbone,
+                         export_backbone, load_backbone_weights, load_checkpoint, save_checkpoint)
 from .data import DatasetNotFoundError, ImageFolderDataset, build_dataset, data_root, eval_transform
 from .dino_loss import DINOHead, DINOLoss
+from .eval_protocol import evaluate_features
 from .ema_training import (cancel_gradients_last_layer, clip_gradients, cosine_scheduler, get_params_groups, make_teacher,
                            update_teacher)
 from .linear_probe import extract_features, knn_classifier, linear_probe, raw_pixel_features
@@ -20,13 +21,3 @@ from .vision_transformer import Block, DropPath, Mlp, VisionTransformer, build_v
 
 __version__ = "0.1.0"
 
-# Command-line modules load on first use, so that `python -m vitdino_core.<module>` runs a fresh copy of it.
-_LAZY = {"build_backbone_from_checkpoint": "evaluate", "build_random_backbone": "evaluate", "evaluate_features": "evaluate"}
-
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
