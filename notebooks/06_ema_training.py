@@ -37,8 +37,9 @@
 #
 # We build each piece by hand and check it against `vitdino_core`, then write **one full DINO step**
 # out by hand and show it gives *exactly* the weights of
-# `vitdino_core.training.trainer.DINOTrainer.train_step`. Finally we **train for real**, on Imagenette on this
-# CPU, and watch the loss, the teacher's entropy and the KL divergence live as training runs.
+# `vitdino_core.training.trainer.DINOTrainer.train_step`. Finally we **train for real**, on
+# Imagenette on this CPU, and watch the loss, the teacher's entropy and the KL divergence live as
+# training runs.
 #
 # **Exercises.** Four of the pieces are yours to write: the EMA update, the cosine schedule, the
 # teacher temperature schedule and the full step. Each has a hint (click to open) and a check cell
