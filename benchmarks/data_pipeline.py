@@ -34,11 +34,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # timing.py
 
 from timing import sync  # noqa: E402
 
-from vitdino_core.config import make_config  # noqa: E402
+from vitdino_core.training.config import make_config  # noqa: E402
 from vitdino_core.data import EpochBatchSampler, MultiCropDataset, make_loader  # noqa: E402
 from vitdino_core.multicrop import MultiCropAugmentation, collate_multicrop  # noqa: E402
-from vitdino_core.multicrop_gpu import GPUMultiCropAugmentation, PaddedImages, Uint8Images, collate_uint8  # noqa: E402
-from vitdino_core.trainer import _worker_init, build_train_dataset  # noqa: E402
+from vitdino_core.training.multicrop_gpu import GPUMultiCropAugmentation, PaddedImages, Uint8Images, collate_uint8  # noqa: E402
+from vitdino_core.training.trainer import _worker_init, build_train_dataset  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -3,7 +3,7 @@
     python benchmarks/epoch_boundary.py                       # workshop_tiny, 640 images, batch 32, 4 epochs, 2 workers
     python benchmarks/epoch_boundary.py --set num_workers=4 --set device=cuda --config imagenette_small
 
-A short run of the real loop (`vitdino_core.train.train`) with a metrics record after every step; the
+A short run of the real loop (`vitdino_core.training.trainer.train`) with a metrics record after every step; the
 time between consecutive records is one step's wall time. The step after an epoch end also carries
 what happens there: the epoch-end checkpoint and, if the loader had to start its workers' iteration
 again, the wait for a batch built from scratch. Prints one JSON object.
@@ -21,8 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from vitdino_core.config import load_config  # noqa: E402
-from vitdino_core.train import train  # noqa: E402
+from vitdino_core.training.config import load_config  # noqa: E402
+from vitdino_core.training.trainer import train  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -7,7 +7,7 @@
 
 A step is what training runs: teacher forward (2 global crops), student forward (all crops), DINO
 loss, backward, per-parameter gradient clipping, AdamW, EMA update of the teacher. The project's step
-is `vitdino_core.train.DINOTrainer.train_step` itself, fed a fixed synthetic batch. `--reference`
+is `vitdino_core.training.trainer.DINOTrainer.train_step` itself, fed a fixed synthetic batch. `--reference`
 re-creates the execution strategy of the official DINO code (the patch embedding as a convolution, explicit
 softmax attention, the residual add and drop path as three passes, the head's weight-normalised weight written
 out on every call, a Python loop over view pairs in the loss, a `.item()` per parameter in clipping, a Python
@@ -50,10 +50,10 @@ from timing import sync  # noqa: E402
 
 import vitdino_core.speedups as speedups  # noqa: E402
 from vitdino_core.attention import Attention, softmax_attention  # noqa: E402
-from vitdino_core.config import make_config  # noqa: E402
+from vitdino_core.training.config import make_config  # noqa: E402
 from vitdino_core.dino_loss import DINOHead, DINOLoss  # noqa: E402
 from vitdino_core.ema_training import cancel_gradients_last_layer, get_params_groups  # noqa: E402
-from vitdino_core.train import DINOTrainer  # noqa: E402
+from vitdino_core.training.trainer import DINOTrainer  # noqa: E402
 from vitdino_core.vision_transformer import ARCHS, Block, VisionTransformer  # noqa: E402
 
 HEAD_DIMS = (2048, 256)  # DINOHead hidden and bottleneck widths (3 layers)
@@ -700,7 +700,7 @@ class Mode:
             "implementation": "official_style_reference" if self.reference else "vitdino",
             "description": ("official DINO execution strategy re-created with the project's modules: every token through the last block, the patch embedding as a convolution, explicit softmax attention, "
                             "x + drop_path(branch) in three passes, the head's weight-normalised W written out, per-pair Python loss loop, per-parameter clipping with .item(), Python-loop EMA, AdamW foreach=False, "
-                            "loss.item() every step" if self.reference else "vitdino_core.train.DINOTrainer.train_step"),
+                            "loss.item() every step" if self.reference else "vitdino_core.training.trainer.DINOTrainer.train_step"),
             "step_s_median": med,
             "step_s": self.wall,
             "user_cpu_s_median": statistics.median(self.user),

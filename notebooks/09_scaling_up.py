@@ -52,11 +52,11 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from vitdino_core import DINOHead, load_checkpoint, vit_base, vit_small, vit_tiny
-from vitdino_core.config import CONFIG_DIR, ConfigError, load_config, shipped_configs
+from vitdino_core.training.config import CONFIG_DIR, ConfigError, load_config, shipped_configs
 from vitdino_core.data import REPO_ROOT
 from vitdino_core.evaluate import parse_args as evaluate_args
 from vitdino_core.notebook import native_stderr_silenced, save_figure, setup
-from vitdino_core.train import DINOTrainer
+from vitdino_core.training.trainer import DINOTrainer
 from vitdino_core.train import main as train_main
 
 env = setup(seed=0)

@@ -10,8 +10,8 @@ import sys
 import torch
 from torch.distributed.elastic.multiprocessing.errors import record
 
-from vitdino_core.config import load_config
-from vitdino_core.trainer import DINOTrainer
+from vitdino_core.training.config import load_config
+from vitdino_core.training.trainer import DINOTrainer
 
 
 @record

@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from vitdino_core import data
+from vitdino_core.data import imagenette
 from vitdino_core.cli import run_cli
 from vitdino_core.data import (IMAGENETTE_96, MARKER, DatasetNotFoundError, ImageFolderDataset, build_dataset, is_course_copy,
                                make_imagenette_96, open_rgb, to_rgb)
@@ -237,23 +238,24 @@ def test_workers_stop_with_the_one_line_when_nothing_is_usable(tmp_path):
 def test_datasets_and_normalisation_live_in_one_place(repo_root):
     from vitdino_core.multicrop import IMAGENET_MEAN, IMAGENET_STD
 
-    from vitdino_core.config import CHOICES
+    from vitdino_core.training.config import CHOICES
 
     assert data.TORCHVISION_DATASETS.keys() <= set(data.DATASETS)
     assert tuple(CHOICES["dataset"]) == data.DATASETS  # the config's choices must not drift from the one list
     with pytest.raises(ValueError, match="choose one of " + ", ".join(data.DATASETS)):
         build_dataset("imagenet")
-    mine = [repo_root / "vitdino_core" / "data.py", repo_root / "vitdino_core" / "downloads.py",
-            repo_root / "notebooks" / "00_setup_and_data.py"]
+    mine = [*sorted((repo_root / "vitdino_core" / "data").glob("*.py")), repo_root / "notebooks" / "00_setup_and_data.py"]
     for path in mine:
         text = path.read_text()
         assert str(IMAGENET_MEAN[0]) not in text and str(IMAGENET_STD[0]) not in text, path
 
 
 def test_no_user_facing_text_names_folders_beside_the_repository(repo_root):
-    for rel in ("vitdino_core/data.py", "vitdino_core/downloads.py", "data/README.md", "notebooks/00_setup_and_data.py"):
-        text = (repo_root / rel).read_text()
-        assert "shared/" not in text and "../shared" not in text, rel
+    files = [*sorted((repo_root / "vitdino_core" / "data").glob("*.py")), repo_root / "data" / "README.md",
+             repo_root / "notebooks" / "00_setup_and_data.py"]
+    for path in files:
+        text = path.read_text()
+        assert "shared/" not in text and "../shared" not in text, path
 
 
 # ----------------------------------------------------------------------------- the course copy, built from a fake source
@@ -340,7 +342,7 @@ def test_a_source_image_that_cannot_be_read_is_skipped_by_name(tmp_path):
 
 def test_is_course_copy_on_the_real_copy(shared_data):
     assert is_course_copy(shared_data / IMAGENETTE_96)
-    assert len(data.split_files(shared_data / IMAGENETTE_96)) == 9469 + 3925
+    assert len(imagenette.split_files(shared_data / IMAGENETTE_96)) == 9469 + 3925
 
 
 def test_is_course_copy_needs_the_exact_names_and_the_recipe(tmp_path, monkeypatch):
@@ -348,17 +350,17 @@ def test_is_course_copy_needs_the_exact_names_and_the_recipe(tmp_path, monkeypat
     for rel in ("train/n01440764/a.JPEG", "train/n02102040/b.JPEG", "val/n01440764/c.JPEG"):
         (copy / rel).parent.mkdir(parents=True, exist_ok=True)
         Image.new("RGB", (96, 96)).save(copy / rel, "JPEG")
-    names = data.split_files(copy)
-    monkeypatch.setattr(data, "IMAGENETTE_96_COUNTS", {"train": 2, "val": 1})
-    monkeypatch.setattr(data, "IMAGENETTE_V2_FILES_SHA256", data.files_sha256(names))
+    names = imagenette.split_files(copy)
+    monkeypatch.setattr(imagenette, "IMAGENETTE_96_COUNTS", {"train": 2, "val": 1})
+    monkeypatch.setattr(imagenette, "IMAGENETTE_V2_FILES_SHA256", imagenette.files_sha256(names))
     assert is_course_copy(copy)  # the names, 96x96, no marker: a copy made elsewhere
     Image.new("RGB", (160, 160)).save(copy / names[0], "JPEG")
     assert not is_course_copy(copy)  # the same names at another size (e.g. imagenette2-160)
-    (copy / MARKER).write_text(json.dumps({"recipe": data.IMAGENETTE_96_RECIPE}))
+    (copy / MARKER).write_text(json.dumps({"recipe": imagenette.IMAGENETTE_96_RECIPE}))
     assert is_course_copy(copy)  # the marker of our recipe decides
     (copy / MARKER).write_text(json.dumps({"recipe": "something else"}))
     assert not is_course_copy(copy)
-    (copy / MARKER).write_text(json.dumps({"recipe": data.IMAGENETTE_96_RECIPE}))
+    (copy / MARKER).write_text(json.dumps({"recipe": imagenette.IMAGENETTE_96_RECIPE}))
     (copy / names[-1]).unlink()
     assert not is_course_copy(copy)  # a file fewer
     Image.new("RGB", (96, 96)).save(copy / "val" / "n01440764" / "other.JPEG", "JPEG")

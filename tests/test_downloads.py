@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from vitdino_core import data, downloads
+from vitdino_core import data
+from vitdino_core.data import downloads
 from vitdino_core.cli import run_cli
-from vitdino_core.downloads import DINO_WEIGHTS, DownloadError, dino_url, download_file
+from vitdino_core.data.downloads import DINO_WEIGHTS, DownloadError, dino_url, download_file
 
 PAYLOAD = bytes(range(256)) * 4000  # 1,024,000 bytes: a few chunks
 

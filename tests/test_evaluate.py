@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from vitdino_core import DINOHead, MultiCropWrapper, save_checkpoint, vit_tiny
-from vitdino_core.checkpoint import CheckpointError, export_backbone
-from vitdino_core.evaluate import build_backbone_from_checkpoint, holdout_split, main
+from vitdino_core.checkpoint import CheckpointError, build_backbone_from_checkpoint, export_backbone
+from vitdino_core.eval_protocol import holdout_split
+from vitdino_core.evaluate import main
 from vitdino_core.notebook import checkpoint_story
 
 TINY = ["--dataset", "random", "--image-size", "24", "--max-train", "40", "--max-val", "20", "--batch-size", "20"]
@@ -213,7 +214,7 @@ def test_threads_like_training(capsys, monkeypatch):
 
 
 def test_imagenette_data_path_may_be_the_data_root(tmp_path):
-    from vitdino_core.evaluate import eval_datasets
+    from vitdino_core.eval_protocol import eval_datasets
 
     image_folder(tmp_path / "imagenette-96" / "train", per_class=4)
     image_folder(tmp_path / "imagenette-96" / "val", per_class=2)

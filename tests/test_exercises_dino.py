@@ -410,8 +410,8 @@ def test_check_names_the_mistake(name, wrong, message):
 def test_the_step_check_follows_the_trainer(shared_data, tmp_path, monkeypatch):
     """core_dino_step (the reference the step check compares with) is DINOTrainer.train_step, weight for weight."""
     monkeypatch.setenv("VITDINO_DATA", str(shared_data))
-    from vitdino_core.config import load_config
-    from vitdino_core.train import DINOTrainer
+    from vitdino_core.training.config import load_config
+    from vitdino_core.training.trainer import DINOTrainer
 
     cfg = load_config("workshop_tiny", [f"output_dir={tmp_path}", "max_images=16", "batch_size_per_gpu=4",
                                         "local_crops_number=2", "out_dim=64", "num_workers=0", "clip_grad=0.05",

@@ -8,7 +8,9 @@ import pytest
 import torch
 
 from vitdino_core import knn_classifier, linear_probe
-from vitdino_core.evaluate import build_random_backbone, evaluate_features, main, score_features
+from vitdino_core.checkpoint import build_random_backbone
+from vitdino_core.eval_protocol import evaluate_features, score_features
+from vitdino_core.evaluate import main
 from vitdino_core.features import load_features, save_features
 
 RANDOM = ["--dataset", "random", "--image-size", "24", "--max-train", "60", "--max-val", "30", "--batch-size", "30"]

@@ -13,8 +13,8 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
 from vitdino_core.multicrop import IMAGENET_MEAN, IMAGENET_STD, MultiCropAugmentation, crop_box
-import vitdino_core.multicrop_gpu as mg
-from vitdino_core.multicrop_gpu import (GPUMultiCropAugmentation, PaddedImages, Uint8Images, adjust_hue, collate_uint8,
+import vitdino_core.training.multicrop_gpu as mg
+from vitdino_core.training.multicrop_gpu import (GPUMultiCropAugmentation, PaddedImages, Uint8Images, adjust_hue, collate_uint8,
                                         color_jitter, gaussian_blur, grayscale, resized_crops, sample_boxes, solarize)
 
 MEAN = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)

@@ -17,8 +17,9 @@ import pytest
 import torch
 
 from vitdino_core import DINOHead, MultiCropWrapper, VisionTransformer, save_checkpoint, vit_small, vit_tiny
-from vitdino_core.checkpoint import CheckpointError, checkpoint_layout, load_checkpoint, vit_shape
-from vitdino_core.evaluate import build_backbone_from_checkpoint, main
+from vitdino_core.checkpoint import (CheckpointError, build_backbone_from_checkpoint, checkpoint_layout, load_checkpoint,
+                                     vit_shape)
+from vitdino_core.evaluate import main
 
 TINY = ["--dataset", "random", "--max-train", "20", "--max-val", "10", "--batch-size", "10", "--no-probe"]
 

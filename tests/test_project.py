@@ -113,3 +113,45 @@ def test_relative_links_in_the_docs_resolve():
             if not re.match(r"[a-z]+://|mailto:", target) and not (doc.parent / target).exists():
                 broken.append(f"{doc.relative_to(REPO)} -> {target}")
     assert not broken, broken
+
+
+# ----------------------------------------------------------------------------- the package's layers
+
+COMMANDS = {"train", "evaluate", "sanity", "notebook", "exercises"}  # commands and notebook helpers: the top
+
+
+def layer(module: str) -> int:
+    """0: the notebook-named modules and what they stand on (data/, checkpoint, ...); 1: training/; 2: commands."""
+    first = module.split(".")[1] if module.count(".") else ""
+    return 2 if first in COMMANDS else 1 if first == "training" else 0
+
+
+def package_imports(repo_root: Path) -> list[tuple[str, str]]:
+    """(importer, imported) for every import of a vitdino_core module inside vitdino_core, relative or absolute."""
+    import ast
+
+    pairs = []
+    for path in sorted((repo_root / "vitdino_core").rglob("*.py")):
+        parts = path.relative_to(repo_root).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        package = parts[:-1]
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                base = list(package[:len(package) - node.level + 1]) if node.level else []
+                target = ".".join(base + ([node.module] if node.module else []))
+                targets = [target] if node.module else [f"{target}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            else:
+                continue
+            pairs += [(name, t) for t in targets if t.startswith("vitdino_core.")]
+    return pairs
+
+
+def test_no_import_points_upward(repo_root):
+    """The notebook-named modules never import training/ or a command; training/ never imports a command."""
+    pairs = package_imports(repo_root)
+    assert ("vitdino_core.training.trainer", "vitdino_core.vision_transformer") in pairs  # the walk sees relative imports
+    assert ("vitdino_core.data.imagenette", "vitdino_core.data.datasets") in pairs
+    upward = [f"{a} -> {b}" for a, b in pairs if layer(b) > layer(a)]
+    assert not upward, upward

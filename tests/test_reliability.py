@@ -16,10 +16,10 @@ import torch
 from PIL import Image
 
 from vitdino_core.checkpoint import BackgroundWriter, CheckpointError, load_backbone_weights, load_checkpoint, save_checkpoint
-from vitdino_core.config import ConfigError, load_config
+from vitdino_core.training.config import ConfigError, load_config
 from vitdino_core.data import DatasetNotFoundError, ImageFolderDataset, build_dataset
 from vitdino_core.train import main
-from vitdino_core.trainer import DINOTrainer, collapse_state
+from vitdino_core.training.trainer import DINOTrainer, collapse_state
 from vitdino_core.vision_transformer import vit_small, vit_tiny
 
 REPO = Path(__file__).resolve().parents[1]

@@ -15,15 +15,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from vitdino_core import config as config_module
+from vitdino_core.training import config as config_module
 from vitdino_core import data as data_module
-from vitdino_core import device as device_module
+from vitdino_core.training import device as device_module
 from vitdino_core import vision_transformer
 from vitdino_core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from vitdino_core.config import FIELDS, ConfigError, load_config
-from vitdino_core.run_state import RunFolder, RunFolderError
+from vitdino_core.training.config import FIELDS, ConfigError, load_config
+from vitdino_core.training.run_state import RunFolder, RunFolderError
 from vitdino_core.train import main
-from vitdino_core.trainer import DINOTrainer, TrainingDivergedError, split_crops, train
+from vitdino_core.training.trainer import DINOTrainer, TrainingDivergedError, split_crops, train
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).parent))
@@ -97,7 +97,7 @@ def test_a_locked_run_folder_is_refused(data_env, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_the_lock_of_a_killed_process_does_not_block_the_next_run(data_env, tmp_path):
-    code = ("import sys, time; from vitdino_core.run_state import RunFolder\n"
+    code = ("import sys, time; from vitdino_core.training.run_state import RunFolder\n"
             f"RunFolder({str(tmp_path)!r}, 'workshop_tiny').open(continuing=False); print('locked', flush=True); time.sleep(600)\n")
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE, text=True)
     try:

@@ -13,11 +13,11 @@ import pytest
 import torch
 
 from vitdino_core.checkpoint import load_checkpoint, save_checkpoint
-from vitdino_core.config import ConfigError, load_config
+from vitdino_core.training.config import ConfigError, load_config
 from vitdino_core.data import EpochBatchSampler
-from vitdino_core.multicrop_gpu import PaddedImages
+from vitdino_core.training.multicrop_gpu import PaddedImages
 from vitdino_core.train import main
-from vitdino_core.trainer import DINOTrainer, TrainingDivergedError, train
+from vitdino_core.training.trainer import DINOTrainer, TrainingDivergedError, train
 
 REPO = Path(__file__).resolve().parents[1]
 

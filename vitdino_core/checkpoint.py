@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 
 from .cli import UserError
-from .vision_transformer import resize_pos_grid
+from .vision_transformer import VisionTransformer, build_vit, default_img_size, resize_pos_grid
 
 
 class CheckpointError(UserError, ValueError):
@@ -323,3 +323,64 @@ def export_backbone(train_ckpt: str | os.PathLike, out: str | os.PathLike, which
             "step": ckpt.get("step"), "config": config, **dict(meta or {})}
     out.with_suffix(".json").write_text(json.dumps(info, indent=2) + "\n")
     return out
+
+
+# ----------------------------------------------------------------------------- a backbone from a file
+
+def build_backbone_from_checkpoint(path: str | os.PathLike, which: str = "teacher", arch: str | None = None,
+                                   patch_size: int | None = None, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
+    """A VisionTransformer with the `which` ("teacher" or "student") backbone weights of a checkpoint file.
+
+    Reads this project's checkpoints, official DINO training checkpoints (student/teacher with `module.`,
+    `backbone.` and `head.` keys) and bare backbone state dicts (the official `dino_*_pretrain.pth`).
+    The model (embed dim, depth, patch size, pretraining image size) is read from the weights' shapes;
+    `arch`/`patch_size`, when given, are checked against them. Weights load with `strict=True`.
+
+    Returns (model in eval mode, info) with info = {"arch", "patch_size", "image_size", "which", "path",
+    "layout", "depth", "config"}: `image_size` is the size the weights were trained at (our config's
+    `global_crops_size`, else the length of `pos_embed`), `layout` one of `checkpoint_layout`'s names,
+    `config` our training config ({} for official files).
+    """
+    if which not in ("teacher", "student"):
+        raise ValueError(f"which must be 'teacher' or 'student', got {which!r}")
+    ckpt = load_checkpoint(path)
+    layout = checkpoint_layout(ckpt)
+    config = dict(ckpt["config"]) if layout == "vitdino" else {}
+    if which == "student" and "student" not in ckpt:
+        holds = "only the teacher backbone" if "teacher" in ckpt else "a single backbone"
+        raise CheckpointError(f"{path} holds {holds}; evaluate it without --which student")
+    sd = backbone_state_dict(ckpt, key=which)
+    shape = vit_shape(sd, source=str(path))
+    given = {"--arch": (arch, shape["arch"]), "--patch-size": (patch_size, shape["patch_size"])}
+    wrong = [f"{flag} {want}" for flag, (want, have) in given.items() if want is not None and str(want) != str(have)]
+    if wrong:
+        raise CheckpointError(f"{' '.join(wrong)} does not match {path}: its weights are {shape['arch']}/"
+                              f"{shape['patch_size']} ({shape['depth']} blocks, embed dim {shape['embed_dim']}); "
+                              "leave out --arch/--patch-size, they are read from the weights")
+    model = VisionTransformer(img_size=shape["image_size"], patch_size=shape["patch_size"], in_chans=shape["in_chans"],
+                              embed_dim=shape["embed_dim"], depth=shape["depth"], num_heads=shape["num_heads"],
+                              mlp_ratio=shape["mlp_ratio"], qkv_bias=shape["qkv_bias"])
+    load_backbone_weights(model, sd)  # strict: every key of the model, nothing else
+    image_size = int(config.get("global_crops_size") or shape["image_size"])
+    info = {"arch": shape["arch"], "patch_size": shape["patch_size"], "image_size": image_size,
+            "which": which if layout != "backbone" else "backbone", "path": str(path), "layout": layout,
+            "depth": shape["depth"], "config": config}
+    return model.to(device).eval(), info
+
+
+def build_random_backbone(arch: str, patch_size: int, image_size: int | None = None, seed: int = 0,
+                          device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
+    """An untrained VisionTransformer (the random-init baseline), same (model, info) as from a checkpoint."""
+    image_size = image_size or default_img_size(patch_size)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = build_vit(arch, patch_size, img_size=image_size)
+    info = {"arch": arch, "patch_size": patch_size, "image_size": image_size, "which": "random-init", "path": None,
+            "layout": None, "depth": len(model.blocks), "config": {}}
+    return model.to(device).eval(), info
+
+
+def describe(info: dict) -> str:
+    """'vit_small/16 teacher from checkpoints/x.pth', 'vit_small/16 backbone from x.pth' or 'vit_tiny/12 random init'."""
+    name = f"{info['arch']}/{info['patch_size']}" + (f" ({info['depth']} blocks)" if info.get("depth", 12) != 12 else "")
+    return f"{name} random init" if info["path"] is None else f"{name} {info['which']} from {info['path']}"

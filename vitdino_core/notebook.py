@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from .data import REPO_ROOT, data_root, open_rgb, to_rgb
-from .device import resolve_device
+from .training.device import resolve_device
 
 SHIPPED_CHECKPOINT = REPO_ROOT / "checkpoints" / "dino_imagenette96.pth"
 
@@ -109,7 +109,7 @@ def load_course_backbone(device: str | torch.device = "cpu") -> tuple[torch.nn.M
     Architecture and patch size come from the file (its config, or the weights' shapes for official
     files). Returns (None, {"path": None, "label": ...}) when there is no checkpoint at all.
     """
-    from .evaluate import build_backbone_from_checkpoint
+    from .checkpoint import build_backbone_from_checkpoint
 
     path, label = course_checkpoint()
     if path is None:

@@ -3,10 +3,10 @@
     python -m vitdino_core.train --config workshop_tiny [--set key=value ...] [--resume]
     torchrun --nproc_per_node 4 -m vitdino_core.train --config imagenette_small
 
-Results land in <output_dir>/<run_name>/ (run_state.py): checkpoint.pth, metrics.jsonl, config.yaml.
+Results land in <output_dir>/<run_name>/ (training/run_state.py): checkpoint.pth, metrics.jsonl, config.yaml.
 Progress goes to stderr; the last line on stdout is a JSON summary of the run. A mistake in what was
 asked is one line and exit code 2 (`--debug` or VITDINO_DEBUG=1 shows its traceback).
-The training itself is `DINOTrainer` (trainer.py), the same one the notebooks use.
+The training itself is `DINOTrainer` (training/trainer.py), the same one the notebooks use.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ import torch.distributed as dist
 from torch.distributed.elastic.multiprocessing.errors import record
 
 from .cli import EXIT_INTERRUPTED, run_cli
-from .config import load_config
-from .run_state import resume_config
-from .trainer import DINOTrainer, TrainingDivergedError, train  # noqa: F401  (the package's training API, re-exported)
+from .training.config import load_config
+from .training.run_state import resume_config
+from .training.trainer import train
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

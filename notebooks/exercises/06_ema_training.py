@@ -41,8 +41,9 @@
 #
 # We build each piece by hand and check it against `vitdino_core`, then write **one full DINO step**
 # out by hand and show it gives *exactly* the weights of
-# `vitdino_core.train.DINOTrainer.train_step`. Finally we **train for real**, on Imagenette on this
-# CPU, and watch the loss, the teacher's entropy and the KL divergence live as training runs.
+# `vitdino_core.training.trainer.DINOTrainer.train_step`. Finally we **train for real**, on
+# Imagenette on this CPU, and watch the loss, the teacher's entropy and the KL divergence live as
+# training runs.
 #
 # **Exercises.** Four of the pieces are yours to write: the EMA update, the cosine schedule, the
 # teacher temperature schedule and the full step. Each has a hint (click to open) and a check cell
@@ -63,11 +64,11 @@ from vitdino_core import (DINOHead, DINOLoss, MultiCropAugmentation, MultiCropWr
                           build_dataset, cancel_gradients_last_layer, clip_gradients,
                           collate_multicrop, cosine_scheduler, evaluate_features, get_params_groups,
                           make_teacher, update_teacher, vit_tiny)
-from vitdino_core.config import load_config
+from vitdino_core.training.config import load_config
 from vitdino_core.exercises import (assert_checked, check_cosine_schedule, check_dino_step,
                                     check_ema_update, check_teacher_temp_schedule, pick)
 from vitdino_core.notebook import save_figure, setup
-from vitdino_core.train import DINOTrainer
+from vitdino_core.training.trainer import DINOTrainer
 
 env = setup(seed=0)
 FAST = env.fast  # True under CI or VITDINO_FAST=1: a much shorter run, every cell still runs

@@ -84,7 +84,7 @@ from vitdino_core import (
     upsample,
 )
 from vitdino_core.attention_maps import mask_coverage
-from vitdino_core.evaluate import build_backbone_from_checkpoint, build_random_backbone
+from vitdino_core.checkpoint import build_backbone_from_checkpoint, build_random_backbone
 from vitdino_core.exercises import assert_checked, check_cls_attention, check_threshold_mask, pick
 from vitdino_core.notebook import (
     SHIPPED_CHECKPOINT,

@@ -88,7 +88,8 @@ from vitdino_core import (
     linear_probe,
     raw_pixel_features,
 )
-from vitdino_core.evaluate import build_backbone_from_checkpoint, build_random_backbone, subset
+from vitdino_core.checkpoint import build_backbone_from_checkpoint, build_random_backbone
+from vitdino_core.eval_protocol import subset
 from vitdino_core.exercises import assert_checked, check_knn, check_linear_probe, pick
 from vitdino_core.notebook import (
     SHIPPED_CHECKPOINT,

@@ -9,6 +9,7 @@ towards the student by EMA. `fit()` runs the steps over the data and keeps the r
 from __future__ import annotations
 
 import math
+import random
 import signal
 import sys
 import time
@@ -18,25 +19,26 @@ from functools import partial
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn as nn
 from torch.utils.data import Subset
 from tqdm.auto import tqdm
 
-from .checkpoint import BackgroundWriter, CheckpointError, backbone_state_dict, load_backbone_weights, load_checkpoint, nonfinite_tensors
-from .cli import UserError
+from ..checkpoint import BackgroundWriter, CheckpointError, backbone_state_dict, load_backbone_weights, load_checkpoint, nonfinite_tensors
+from ..cli import UserError
 from .config import ConfigError, TrainConfig
-from .data import EpochBatchSampler, MultiCropDataset, build_dataset, make_loader
+from ..data import EpochBatchSampler, MultiCropDataset, build_dataset, make_loader
 from .device import DistEnv, resolve_device, resolve_precision, setup_distributed, slow_precision
-from .dino_loss import DINOHead, DINOLoss
-from .ema_training import (cancel_gradients_last_layer, clip_gradients, cosine_scheduler, get_params_groups, make_teacher,
+from ..dino_loss import DINOHead, DINOLoss
+from ..ema_training import (cancel_gradients_last_layer, clip_gradients, cosine_scheduler, get_params_groups, make_teacher,
                            update_teacher)
-from .multicrop import MultiCropAugmentation, MultiCropWrapper, collate_multicrop
+from ..multicrop import MultiCropAugmentation, MultiCropWrapper, collate_multicrop
 from .multicrop_gpu import GPUMultiCropAugmentation, PaddedImages, Uint8Images, collate_uint8
-from .run_state import RunFolder, StopSignals, load_training_state, seed_everything, training_state
-from .speedups import apply_speedups
-from .vision_transformer import build_vit
+from .run_state import RunFolder, StopSignals
+from ..speedups import apply_speedups
+from ..vision_transformer import build_vit
 
 
 class TrainingDivergedError(UserError, RuntimeError):
@@ -100,6 +102,37 @@ def _load_one(ds) -> None:
 
 def _worker_init(_: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is handled once, by the main process
+
+
+# ----------------------------------------------------------------------------- random streams
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state(device: torch.device, aug_generator: torch.Generator | None) -> dict:
+    """Every random stream a step draws from (torch, numpy, python, CUDA, the GPU augmentation's), as tensors and lists."""
+    rng = {"torch": torch.get_rng_state(), "numpy": torch.from_numpy(np.random.get_state()[1].astype(np.int64)),
+           "numpy_pos": int(np.random.get_state()[2]), "python": list(random.getstate()[1])}
+    if torch.cuda.is_available() and device.type == "cuda":
+        rng["cuda"] = torch.cuda.get_rng_state(device)
+    if aug_generator is not None:
+        rng["augment"] = aug_generator.get_state()
+    return rng
+
+
+def set_rng_state(rng: dict, device: torch.device, rank: int, reseed) -> None:
+    """Restore rank 0's streams; other ranks (whose streams were not saved) start fresh ones with `reseed()`."""
+    if rank > 0:
+        reseed()
+    elif "torch" in rng:
+        torch.set_rng_state(rng["torch"])
+        np.random.set_state(("MT19937", rng["numpy"].numpy().astype(np.uint32), rng["numpy_pos"], 0, 0.0))
+        random.setstate((3, tuple(rng["python"]), None))
+        if "cuda" in rng and device.type == "cuda":
+            torch.cuda.set_rng_state(rng["cuda"], device)
 
 
 class DINOTrainer:
@@ -303,10 +336,39 @@ class DINOTrainer:
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict:
-        return training_state(self)
+        """The checkpoint of a trainer: everything a resumed run needs to continue bit for bit."""
+        return {
+            "student": self.student.state_dict(), "teacher": self.teacher.state_dict(),
+            "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
+            "dino_loss": self.loss_fn.state_dict(), "step": self.step, "epoch": self.epoch,
+            "config": self.cfg.to_dict(), "rng": rng_state(self.device, self.aug_generator),
+            "world_size": self.env.world_size,
+        }
 
     def load_state_dict(self, ckpt: dict) -> None:
-        load_training_state(self, ckpt)
+        """Put a checkpoint of `state_dict` back into a trainer built from the same config (random streams included)."""
+        missing = [k for k in ("student", "teacher", "optimizer", "scaler", "dino_loss", "step") if k not in ckpt]
+        if missing:
+            raise CheckpointError(f"not a training checkpoint of this project: it lacks {missing}")
+        try:
+            self.student.load_state_dict(ckpt["student"])
+            self.teacher.load_state_dict(ckpt["teacher"])
+            self.loss_fn.load_state_dict(ckpt["dino_loss"])
+        except RuntimeError as e:
+            saved = ckpt.get("config", {})
+            was = ", ".join(f"{k}={saved[k]}" for k in ("arch", "patch_size", "out_dim") if k in saved)
+            raise CheckpointError(f"the checkpoint does not fit this run's model (it was trained with {was or 'another config'}):\n{e}") from None
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        self.step = int(ckpt["step"])
+        rank, seed = self.env.rank, self.cfg.seed + 1 + self.env.rank + 7919 * self.step
+        rng = ckpt.get("rng", {})
+        set_rng_state(rng, self.device, rank, reseed=lambda: seed_everything(seed))
+        if self.aug_generator is not None:
+            if rank == 0 and "augment" in rng:
+                self.aug_generator.set_state(rng["augment"].cpu())
+            else:
+                self.aug_generator.manual_seed(seed)
 
     def save(self, block: bool = True) -> None:
         """Checkpoint (rank 0 only), only when loss, gradients and every saved tensor are finite; written atomically.

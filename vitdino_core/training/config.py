@@ -20,12 +20,12 @@ from typing import Any
 
 import yaml
 
-from .cli import UserError
-from .data import DATASETS
-from .patch_embedding import check_image_size
-from .vision_transformer import ARCHS
+from ..cli import UserError
+from ..data import DATASETS
+from ..patch_embedding import check_image_size
+from ..vision_transformer import ARCHS
 
-CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
 class ConfigError(UserError, ValueError):

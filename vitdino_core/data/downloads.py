@@ -18,7 +18,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .cli import PATH_ERRORS, UserError
+from ..cli import PATH_ERRORS, UserError
 
 DINO_BASE_URL = "https://dl.fbaipublicfiles.com/dino"
 # our name -> the official name (facebookresearch/dino README); `<name>_full` is the full training checkpoint

@@ -1,7 +1,7 @@
-"""A run's folder and its state on disk: checkpoints, resuming, the lock, and stopping on a signal.
+"""A run's folder on disk: its files, the config a resumed run reads, the lock, and stopping on a signal.
 
     <output_dir>/<run_name>/
-        checkpoint.pth    student, teacher, optimiser, DINO centre, step, RNG states, config (atomic writes)
+        checkpoint.pth    DINOTrainer.state_dict(): student, teacher, optimiser, DINO centre, step, RNG states, config
         metrics.jsonl     one JSON record per `log_every` steps
         config.yaml       the run's full config
         .lock             held by the process that writes the folder
@@ -17,19 +17,16 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import signal
 import sys
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
-from .checkpoint import CheckpointError, load_checkpoint
-from .cli import UserError
+from ..checkpoint import CheckpointError, load_checkpoint
+from ..cli import UserError
 from .config import TrainConfig, make_config, parse_override, save_config
 from .device import DistEnv
 
@@ -37,9 +34,6 @@ try:
     import fcntl
 except ImportError:  # Windows: no flock; runs are not locked there
     fcntl = None
-
-if TYPE_CHECKING:
-    from .trainer import DINOTrainer
 
 
 class RunFolderError(UserError):
@@ -168,72 +162,6 @@ def resume_config(cfg: TrainConfig, overrides: list[str]) -> TrainConfig:
     values = dict(saved)
     values.update(parse_override(o) for o in overrides)
     return make_config(values)
-
-
-def rng_state(device: torch.device, aug_generator: torch.Generator | None) -> dict:
-    """Every random stream a step draws from (torch, numpy, python, CUDA, the GPU augmentation's), as tensors and lists."""
-    rng = {"torch": torch.get_rng_state(), "numpy": torch.from_numpy(np.random.get_state()[1].astype(np.int64)),
-           "numpy_pos": int(np.random.get_state()[2]), "python": list(random.getstate()[1])}
-    if torch.cuda.is_available() and device.type == "cuda":
-        rng["cuda"] = torch.cuda.get_rng_state(device)
-    if aug_generator is not None:
-        rng["augment"] = aug_generator.get_state()
-    return rng
-
-
-def set_rng_state(rng: dict, device: torch.device, rank: int, reseed) -> None:
-    """Restore rank 0's streams; other ranks (whose streams were not saved) start fresh ones with `reseed()`."""
-    if rank > 0:
-        reseed()
-    elif "torch" in rng:
-        torch.set_rng_state(rng["torch"])
-        np.random.set_state(("MT19937", rng["numpy"].numpy().astype(np.uint32), rng["numpy_pos"], 0, 0.0))
-        random.setstate((3, tuple(rng["python"]), None))
-        if "cuda" in rng and device.type == "cuda":
-            torch.cuda.set_rng_state(rng["cuda"], device)
-
-
-def training_state(trainer: "DINOTrainer") -> dict:
-    """The checkpoint of a trainer: everything a resumed run needs to continue bit for bit."""
-    return {
-        "student": trainer.student.state_dict(), "teacher": trainer.teacher.state_dict(),
-        "optimizer": trainer.optimizer.state_dict(), "scaler": trainer.scaler.state_dict(),
-        "dino_loss": trainer.loss_fn.state_dict(), "step": trainer.step, "epoch": trainer.epoch,
-        "config": trainer.cfg.to_dict(), "rng": rng_state(trainer.device, trainer.aug_generator),
-        "world_size": trainer.env.world_size,
-    }
-
-
-def load_training_state(trainer: "DINOTrainer", ckpt: dict) -> None:
-    """Put a checkpoint of `training_state` back into a trainer built from the same config."""
-    missing = [k for k in ("student", "teacher", "optimizer", "scaler", "dino_loss", "step") if k not in ckpt]
-    if missing:
-        raise CheckpointError(f"not a training checkpoint of this project: it lacks {missing}")
-    try:
-        trainer.student.load_state_dict(ckpt["student"])
-        trainer.teacher.load_state_dict(ckpt["teacher"])
-        trainer.loss_fn.load_state_dict(ckpt["dino_loss"])
-    except RuntimeError as e:
-        saved = ckpt.get("config", {})
-        was = ", ".join(f"{k}={saved[k]}" for k in ("arch", "patch_size", "out_dim") if k in saved)
-        raise CheckpointError(f"the checkpoint does not fit this run's model (it was trained with {was or 'another config'}):\n{e}") from None
-    trainer.optimizer.load_state_dict(ckpt["optimizer"])
-    trainer.scaler.load_state_dict(ckpt["scaler"])
-    trainer.step = int(ckpt["step"])
-    rank, seed = trainer.env.rank, trainer.cfg.seed + 1 + trainer.env.rank + 7919 * trainer.step
-    rng = ckpt.get("rng", {})
-    set_rng_state(rng, trainer.device, rank, reseed=lambda: seed_everything(seed))
-    if trainer.aug_generator is not None:
-        if rank == 0 and "augment" in rng:
-            trainer.aug_generator.set_state(rng["augment"].cpu())
-        else:
-            trainer.aug_generator.manual_seed(seed)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 # ----------------------------------------------------------------------------- signals

@@ -37,7 +37,7 @@ from typing import NamedTuple, Sequence
 import torch
 import torch.nn.functional as F
 
-from .multicrop import BLUR_KERNEL, BLUR_SIGMA, IMAGENET_MEAN, IMAGENET_STD
+from ..multicrop import BLUR_KERNEL, BLUR_SIGMA, IMAGENET_MEAN, IMAGENET_STD
 
 GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # ITU-R 601-2 luma, as torchvision
 JITTER = (0.4, 0.4, 0.2, 0.1)  # brightness, contrast, saturation, hue
