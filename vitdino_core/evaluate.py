@@ -36,11 +36,11 @@ import torch.nn as nn
 from torch.utils.data import Dataset, Subset
 
 from .checkpoint import (CheckpointError, backbone_state_dict, checkpoint_layout, load_backbone_weights, load_checkpoint,
-                         vit_shape)
+                         refuse_nonfinite_weights, vit_shape)
 from .cli import UserError, run_cli
 from .data import DATASETS, IMAGENETTE_FOLDERS, DatasetNotFoundError, ImageFolderDataset, build_dataset, eval_transform
 from .device import resolve_device
-from .features import load_features, sample_ids, save_features
+from .features import check_finite, load_features, sample_ids, save_features, target_problem
 from .linear_probe import extract_features, knn_classifier, linear_probe, raw_pixel_features
 from .multicrop import IMAGENET_MEAN, IMAGENET_STD
 from .patch_embedding import check_image_size
@@ -75,6 +75,7 @@ def build_backbone_from_checkpoint(path: str | os.PathLike, which: str = "teache
         holds = "only the teacher backbone" if "teacher" in ckpt else "a single backbone"
         raise CheckpointError(f"{path} holds {holds}; evaluate it without --which student")
     sd = backbone_state_dict(ckpt, key=which)
+    refuse_nonfinite_weights(sd, path)
     shape = vit_shape(sd, source=str(path))
     given = {"--arch": (arch, shape["arch"]), "--patch-size": (patch_size, shape["patch_size"])}
     wrong = [f"{flag} {want}" for flag, (want, have) in given.items() if want is not None and str(want) != str(have)]
@@ -86,7 +87,11 @@ def build_backbone_from_checkpoint(path: str | os.PathLike, which: str = "teache
                               embed_dim=shape["embed_dim"], depth=shape["depth"], num_heads=shape["num_heads"],
                               mlp_ratio=shape["mlp_ratio"], qkv_bias=shape["qkv_bias"])
     load_backbone_weights(model, sd)  # strict: every key of the model, nothing else
-    image_size = int(config.get("global_crops_size") or shape["image_size"])
+    size = config.get("global_crops_size") or shape["image_size"]
+    if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
+        raise CheckpointError(f"the config saved in {path}: global_crops_size {size!r} is not an image size; "
+                              "give --image-size")
+    image_size = size
     info = {"arch": shape["arch"], "patch_size": shape["patch_size"], "image_size": image_size,
             "which": which if layout != "backbone" else "backbone", "path": str(path), "layout": layout,
             "depth": shape["depth"], "config": config}
@@ -259,7 +264,7 @@ def evaluate_features(model: nn.Module, dataset: str = "imagenette", data_path: 
                       batch_size: int = 128, num_workers: int = 0, max_train: int | None = None, max_val: int | None = None,
                       probe: bool = True, k: int = 20, T: float = 0.07, device: str | torch.device = "cpu",
                       holdout: float | None = None, seed: int = 0, save_dir: str | os.PathLike | None = None,
-                      meta: dict | None = None) -> dict:
+                      meta: dict | None = None, overwrite: bool = False) -> dict:
     """Extract train and val features with the frozen `model`, then weighted kNN and (if `probe`) the linear probe.
 
     Returns {"knn_top1", "knn_top5", "k", "T", "linear_top1", "linear_C", "num_train", "num_val", "feature_dim",
@@ -276,14 +281,14 @@ def evaluate_features(model: nn.Module, dataset: str = "imagenette", data_path: 
                                      "norm, L2-normalised", "normalisation": {"mean": IMAGENET_MEAN, "std": IMAGENET_STD},
                                      "transform": f"resize short side to {image_size} (bicubic), centre crop"}
         save_features(save_dir, train_x, train_y, val_x, val_y, sample_ids(train_set, f"{dataset}:train:"),
-                      sample_ids(val_set, f"{dataset}:val:"), record)
+                      sample_ids(val_set, f"{dataset}:val:"), record, overwrite)
     return score_features(train_x, train_y, val_x, val_y, probe, k, T) | {"image_size": image_size, "data": data}
 
 
 def evaluate_raw_pixels(size: int, dataset: str = "imagenette", data_path: str | None = None, max_train: int | None = None,
                         max_val: int | None = None, probe: bool = True, k: int = 20, T: float = 0.07,
                         holdout: float | None = None, seed: int = 0, save_dir: str | os.PathLike | None = None,
-                        meta: dict | None = None) -> dict:
+                        meta: dict | None = None, overwrite: bool = False) -> dict:
     """The raw-pixel baseline: the same measures on flattened size x size pixels (see `raw_pixel_features`)."""
     train_set, val_set, data = eval_datasets(dataset, data_path, None, holdout, seed, max_train, max_val)
     train_x, train_y = raw_pixel_features(train_set, size, desc="train pixels")  # (N, 3*size*size)
@@ -292,13 +297,15 @@ def evaluate_raw_pixels(size: int, dataset: str = "imagenette", data_path: str |
         record = dict(meta or {}) | {"image_size": size, "data": data, "features": "raw pixels in [0, 1], "
                                      "L2-normalised", "normalisation": None, "transform": f"resize to {size}x{size}"}
         save_features(save_dir, train_x, train_y, val_x, val_y, sample_ids(train_set, f"{dataset}:train:"),
-                      sample_ids(val_set, f"{dataset}:val:"), record)
+                      sample_ids(val_set, f"{dataset}:val:"), record, overwrite)
     return score_features(train_x, train_y, val_x, val_y, probe, k, T) | {"image_size": size, "data": data}
 
 
 def score_features(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor, val_y: torch.Tensor,
                    probe: bool = True, k: int = 20, T: float = 0.07) -> dict:
     """Weighted kNN (k, T) and, if `probe`, the linear probe: train rows are the memory / fit, val rows are scored."""
+    check_finite(train_x, "the train features")
+    check_finite(val_x, "the val features")
     k_eff = min(k, train_x.shape[0])
     top1, top5 = knn_classifier(train_x, train_y, val_x, val_y, k=k_eff, T=T, return_top5=True)
     out = {"knn_top1": round(top1, 2), "knn_top5": round(top5, 2), "k": k_eff, "T": T, "linear_top1": None, "linear_C": None}
@@ -361,6 +368,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--k", type=int, default=20, help="neighbours of the weighted kNN (DINO: 20)")
     p.add_argument("--temperature", type=float, default=0.07, help="temperature of the kNN votes (DINO: 0.07)")
     p.add_argument("--save-features", metavar="DIR", help="also write the train/val features, labels and paths to DIR")
+    p.add_argument("--overwrite", action="store_true", help="let --save-features replace the features already in DIR "
+                   "(a folder holding other files is never replaced)")
     p.add_argument("--attention-maps", metavar="DIR", help="also save attention maps of a few val images as PNGs in DIR")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     args = p.parse_args(argv)
@@ -395,6 +404,8 @@ def choose_data(args: argparse.Namespace, config: dict) -> tuple[str, str | None
 def run(args: argparse.Namespace) -> dict:
     t0 = time.perf_counter()
     save_dir = output_dir(args.save_features, "--save-features") if args.save_features else None
+    if save_dir is not None and target_problem(save_dir, args.overwrite):  # before any work, not after the extraction
+        raise UserError(f"--save-features: {target_problem(save_dir, args.overwrite)}")
     maps_dir = output_dir(args.attention_maps, "--attention-maps") if args.attention_maps else None
     if args.features is not None:
         f = load_features(args.features)
@@ -404,7 +415,7 @@ def run(args: argparse.Namespace) -> dict:
                          "seconds": round(time.perf_counter() - t0, 2)}
     device = resolve_device(args.device)
     common = dict(max_train=args.max_train, max_val=args.max_val, probe=not args.no_probe, k=args.k, T=args.temperature,
-                  holdout=args.holdout, seed=args.seed, save_dir=save_dir)
+                  holdout=args.holdout, seed=args.seed, save_dir=save_dir, overwrite=args.overwrite)
     if args.raw_pixels is not None:
         dataset, data_path, source = choose_data(args, {})
         model_name = f"raw pixels {args.raw_pixels}x{args.raw_pixels}"
@@ -418,8 +429,16 @@ def run(args: argparse.Namespace) -> dict:
         else:
             model, info = build_backbone_from_checkpoint(args.ckpt, args.which, args.arch, args.patch_size, device=device)
         image_size = args.image_size or info["image_size"]
+        if args.image_size is None and info.get("config"):  # the size the run trained at, from its saved config
+            try:
+                check_image_size(image_size, info["patch_size"])
+            except ValueError as e:
+                raise CheckpointError(f"the config saved in {args.ckpt}: {e}; give --image-size") from None
         user_check_image_size(image_size, info["patch_size"])
         dataset, data_path, source = choose_data(args, info.get("config", {}))
+        if source == "the checkpoint's training config" and dataset not in DATASETS:
+            raise CheckpointError(f"the config saved in {args.ckpt} names the dataset {dataset!r}, not one of "
+                                  f"{', '.join(DATASETS)}; give --dataset or --data-path")
         meta = {"model": describe(info), "weights": {k: info.get(k) for k in ("path", "which", "layout", "arch",
                                                                               "patch_size", "depth")}}
         result = {"model": describe(info)} | evaluate_features(model, dataset, data_path, image_size=image_size,
