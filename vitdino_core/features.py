@@ -37,7 +37,7 @@ from .cli import UserError
 SPLITS = ("train", "val")
 FILES = ("features.npy", "labels.npy", "paths.txt")
 FOLDER_FILES = {"features.json", *(f"{s}_{f}" for s in SPLITS for f in FILES)}
-MAX_CLASSES = 100_000  # a larger label is a damaged file, not a dataset: the kNN would allocate that many columns
+MAX_CLASSES = 25_000  # above ImageNet-21k's 21,841: a larger label is a damaged file (the kNN allocates a column per class)
 DISK_FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
 
 
