@@ -8,6 +8,7 @@ objects or run code, so a checkpoint downloaded from a stranger cannot execute a
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import pickle
@@ -52,6 +53,17 @@ def nonfinite_tensors(obj: Any, prefix: str = "") -> list[str]:
     return bad
 
 
+def refuse_nonfinite_weights(sd: Mapping[str, torch.Tensor], source: Any) -> None:
+    """CheckpointError naming `source` and how many weight values are NaN/inf, if any are: such weights would
+    give features that score a meaningless number, or train nothing."""
+    bad = nonfinite_tensors(sd)
+    if bad:
+        n = sum(int((~torch.isfinite(sd[k])).sum()) for k in bad)
+        total = sum(v.numel() for v in sd.values() if isinstance(v, torch.Tensor))
+        raise CheckpointError(f"{source}: {n} of its {total} weight values are not finite (NaN/inf), in {len(bad)} "
+                              f"tensor(s) such as {bad[0]}; it cannot be used: take an earlier checkpoint")
+
+
 def save_checkpoint(obj: Mapping[str, Any], path: str | os.PathLike) -> Path:
     """Write to a temporary file in the same folder, fsync, then rename over `path`.
 
@@ -65,13 +77,19 @@ def save_checkpoint(obj: Mapping[str, Any], path: str | os.PathLike) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        if hasattr(os, "fchmod"):
+            os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes it 0600; the mode open() would give it, as the run's other files
         with os.fdopen(fd, "wb") as f:
             torch.save(dict(obj), f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if _disk_full(e):
+            kept = f"{path} is the previous checkpoint, unchanged" if path.is_file() else f"no {path.name} was written"
+            raise CheckpointError(f"no space left on the disk while writing {path}; {kept}. Free some space, "
+                                  "then continue with --resume") from None
         raise
     try:  # make the rename itself durable
         dir_fd = os.open(path.parent, os.O_RDONLY)
@@ -82,6 +100,24 @@ def save_checkpoint(obj: Mapping[str, Any], path: str | os.PathLike) -> Path:
     except OSError:
         pass
     return path
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it where the system tells (changing it races with other threads)."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(ln.split()[1], 8) for ln in f if ln.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError):
+        mask = os.umask(0o022)
+        os.umask(mask)
+        return mask
+
+
+def _disk_full(e: BaseException) -> bool:
+    """An ENOSPC/EDQUOT, raised as it is or wrapped by torch.save (a RuntimeError from its zip writer)."""
+    if isinstance(e, OSError):
+        return e.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
+    return isinstance(e, RuntimeError) and ("No space left" in str(e) or "quota" in str(e).lower())
 
 
 def snapshot(obj: Any) -> Any:
@@ -185,8 +221,10 @@ def _check_checkpoint_file(path: Path) -> None:
         inside = next((p for p in (path / "checkpoint.pth", *sorted(path.glob("*.pth"))) if p.is_file()), None)
         hint = f"; did you mean {inside}?" if inside else "; give the .pth file, not the folder"
         raise CheckpointError(f"{path} is a folder, not a checkpoint file{hint}")
-    if not path.is_file():
+    if not path.exists():
         raise CheckpointError(f"checkpoint not found: {path}")
+    if not path.is_file():
+        raise CheckpointError(f"{path} is not a regular file (a device, a pipe or a socket); give a .pth file")
     with open(path, "rb") as f:
         head = f.read(4)
     if not head:
@@ -350,6 +388,7 @@ def build_backbone_from_checkpoint(path: str | os.PathLike, which: str = "teache
         holds = "only the teacher backbone" if "teacher" in ckpt else "a single backbone"
         raise CheckpointError(f"{path} holds {holds}; evaluate it without --which student")
     sd = backbone_state_dict(ckpt, key=which)
+    refuse_nonfinite_weights(sd, path)
     shape = vit_shape(sd, source=str(path))
     given = {"--arch": (arch, shape["arch"]), "--patch-size": (patch_size, shape["patch_size"])}
     wrong = [f"{flag} {want}" for flag, (want, have) in given.items() if want is not None and str(want) != str(have)]
@@ -361,7 +400,11 @@ def build_backbone_from_checkpoint(path: str | os.PathLike, which: str = "teache
                               embed_dim=shape["embed_dim"], depth=shape["depth"], num_heads=shape["num_heads"],
                               mlp_ratio=shape["mlp_ratio"], qkv_bias=shape["qkv_bias"])
     load_backbone_weights(model, sd)  # strict: every key of the model, nothing else
-    image_size = int(config.get("global_crops_size") or shape["image_size"])
+    size = config.get("global_crops_size") or shape["image_size"]
+    if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
+        raise CheckpointError(f"the config saved in {path}: global_crops_size {size!r} is not an image size; "
+                              "give --image-size")
+    image_size = size
     info = {"arch": shape["arch"], "patch_size": shape["patch_size"], "image_size": image_size,
             "which": which if layout != "backbone" else "backbone", "path": str(path), "layout": layout,
             "depth": shape["depth"], "config": config}

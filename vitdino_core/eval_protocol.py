@@ -13,7 +13,7 @@ from torch.utils.data import Dataset, Subset
 
 from .cli import UserError
 from .data import DATASETS, IMAGENETTE_FOLDERS, DatasetNotFoundError, ImageFolderDataset, build_dataset, eval_transform
-from .features import sample_ids, save_features
+from .features import check_finite, sample_ids, save_features
 from .linear_probe import extract_features, knn_classifier, linear_probe, raw_pixel_features
 from .multicrop import IMAGENET_MEAN, IMAGENET_STD
 from .patch_embedding import check_image_size
@@ -149,7 +149,7 @@ def evaluate_features(model: nn.Module, dataset: str = "imagenette", data_path: 
                       batch_size: int = 128, num_workers: int = 0, max_train: int | None = None, max_val: int | None = None,
                       probe: bool = True, k: int = 20, T: float = 0.07, device: str | torch.device = "cpu",
                       holdout: float | None = None, seed: int = 0, save_dir: str | os.PathLike | None = None,
-                      meta: dict | None = None) -> dict:
+                      meta: dict | None = None, overwrite: bool = False) -> dict:
     """Extract train and val features with the frozen `model`, then weighted kNN and (if `probe`) the linear probe.
 
     Returns {"knn_top1", "knn_top5", "k", "T", "linear_top1", "linear_C", "num_train", "num_val", "feature_dim",
@@ -166,14 +166,14 @@ def evaluate_features(model: nn.Module, dataset: str = "imagenette", data_path: 
                                      "norm, L2-normalised", "normalisation": {"mean": IMAGENET_MEAN, "std": IMAGENET_STD},
                                      "transform": f"resize short side to {image_size} (bicubic), centre crop"}
         save_features(save_dir, train_x, train_y, val_x, val_y, sample_ids(train_set, f"{dataset}:train:"),
-                      sample_ids(val_set, f"{dataset}:val:"), record)
+                      sample_ids(val_set, f"{dataset}:val:"), record, overwrite)
     return score_features(train_x, train_y, val_x, val_y, probe, k, T) | {"image_size": image_size, "data": data}
 
 
 def evaluate_raw_pixels(size: int, dataset: str = "imagenette", data_path: str | None = None, max_train: int | None = None,
                         max_val: int | None = None, probe: bool = True, k: int = 20, T: float = 0.07,
                         holdout: float | None = None, seed: int = 0, save_dir: str | os.PathLike | None = None,
-                        meta: dict | None = None) -> dict:
+                        meta: dict | None = None, overwrite: bool = False) -> dict:
     """The raw-pixel baseline: the same measures on flattened size x size pixels (see `raw_pixel_features`)."""
     train_set, val_set, data = eval_datasets(dataset, data_path, None, holdout, seed, max_train, max_val)
     train_x, train_y = raw_pixel_features(train_set, size, desc="train pixels")  # (N, 3*size*size)
@@ -182,13 +182,15 @@ def evaluate_raw_pixels(size: int, dataset: str = "imagenette", data_path: str |
         record = dict(meta or {}) | {"image_size": size, "data": data, "features": "raw pixels in [0, 1], "
                                      "L2-normalised", "normalisation": None, "transform": f"resize to {size}x{size}"}
         save_features(save_dir, train_x, train_y, val_x, val_y, sample_ids(train_set, f"{dataset}:train:"),
-                      sample_ids(val_set, f"{dataset}:val:"), record)
+                      sample_ids(val_set, f"{dataset}:val:"), record, overwrite)
     return score_features(train_x, train_y, val_x, val_y, probe, k, T) | {"image_size": size, "data": data}
 
 
 def score_features(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor, val_y: torch.Tensor,
                    probe: bool = True, k: int = 20, T: float = 0.07) -> dict:
     """Weighted kNN (k, T) and, if `probe`, the linear probe: train rows are the memory / fit, val rows are scored."""
+    check_finite(train_x, "the train features")
+    check_finite(val_x, "the val features")
     k_eff = min(k, train_x.shape[0])
     top1, top5 = knn_classifier(train_x, train_y, val_x, val_y, k=k_eff, T=T, return_top5=True)
     out = {"knn_top1": round(top1, 2), "knn_top5": round(top5, 2), "k": k_eff, "T": T, "linear_top1": None, "linear_C": None}

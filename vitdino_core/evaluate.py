@@ -35,11 +35,11 @@ import torch
 import torch.nn as nn
 from torch.utils.data import Dataset
 
-from .checkpoint import build_backbone_from_checkpoint, build_random_backbone, describe
+from .checkpoint import CheckpointError, build_backbone_from_checkpoint, build_random_backbone, describe
 from .cli import UserError, run_cli
 from .data import DATASETS, eval_transform
 from .eval_protocol import DEFAULT_HOLDOUT, eval_datasets, evaluate_features, evaluate_raw_pixels, score_features, subset
-from .features import load_features
+from .features import load_features, target_problem
 from .patch_embedding import check_image_size
 from .training.device import resolve_device
 from .vision_transformer import ARCHS
@@ -123,6 +123,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--k", type=int, default=20, help="neighbours of the weighted kNN (DINO: 20)")
     p.add_argument("--temperature", type=float, default=0.07, help="temperature of the kNN votes (DINO: 0.07)")
     p.add_argument("--save-features", metavar="DIR", help="also write the train/val features, labels and paths to DIR")
+    p.add_argument("--overwrite", action="store_true", help="let --save-features replace the features already in DIR "
+                   "(a folder holding other files is never replaced)")
     p.add_argument("--attention-maps", metavar="DIR", help="also save attention maps of a few val images as PNGs in DIR")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     args = p.parse_args(argv)
@@ -157,6 +159,8 @@ def choose_data(args: argparse.Namespace, config: dict) -> tuple[str, str | None
 def run(args: argparse.Namespace) -> dict:
     t0 = time.perf_counter()
     save_dir = output_dir(args.save_features, "--save-features") if args.save_features else None
+    if save_dir is not None and target_problem(save_dir, args.overwrite):  # before any work, not after the extraction
+        raise UserError(f"--save-features: {target_problem(save_dir, args.overwrite)}")
     maps_dir = output_dir(args.attention_maps, "--attention-maps") if args.attention_maps else None
     if args.features is not None:
         f = load_features(args.features)
@@ -166,7 +170,7 @@ def run(args: argparse.Namespace) -> dict:
                          "seconds": round(time.perf_counter() - t0, 2)}
     device = resolve_device(args.device)
     common = dict(max_train=args.max_train, max_val=args.max_val, probe=not args.no_probe, k=args.k, T=args.temperature,
-                  holdout=args.holdout, seed=args.seed, save_dir=save_dir)
+                  holdout=args.holdout, seed=args.seed, save_dir=save_dir, overwrite=args.overwrite)
     if args.raw_pixels is not None:
         dataset, data_path, source = choose_data(args, {})
         model_name = f"raw pixels {args.raw_pixels}x{args.raw_pixels}"
@@ -180,8 +184,16 @@ def run(args: argparse.Namespace) -> dict:
         else:
             model, info = build_backbone_from_checkpoint(args.ckpt, args.which, args.arch, args.patch_size, device=device)
         image_size = args.image_size or info["image_size"]
+        if args.image_size is None and info.get("config"):  # the size the run trained at, from its saved config
+            try:
+                check_image_size(image_size, info["patch_size"])
+            except ValueError as e:
+                raise CheckpointError(f"the config saved in {args.ckpt}: {e}; give --image-size") from None
         user_check_image_size(image_size, info["patch_size"])
         dataset, data_path, source = choose_data(args, info.get("config", {}))
+        if source == "the checkpoint's training config" and dataset not in DATASETS:
+            raise CheckpointError(f"the config saved in {args.ckpt} names the dataset {dataset!r}, not one of "
+                                  f"{', '.join(DATASETS)}; give --dataset or --data-path")
         meta = {"model": describe(info), "weights": {k: info.get(k) for k in ("path", "which", "layout", "arch",
                                                                               "patch_size", "depth")}}
         result = {"model": describe(info)} | evaluate_features(model, dataset, data_path, image_size=image_size,

@@ -3,8 +3,8 @@
     python -m vitdino_core.train --config workshop_tiny --set epochs=3 --set lr=1e-3
 
 A config is a YAML mapping whose keys are fields of `TrainConfig`. Unknown keys, wrong types and
-impossible values are errors that name the key. Files are read with `yaml.safe_load`, so a config
-can hold data only, never code.
+impossible values are errors that name the key. Files are read with `yaml.SafeLoader` (a key given
+twice is an error), so a config can hold data only, never code.
 """
 
 from __future__ import annotations
@@ -124,6 +124,37 @@ def resolve_config_path(name_or_path: str | os.PathLike) -> Path:
     raise ConfigError(f"config {str(name_or_path)!r} not found: not a file, and not one of the shipped configs {shipped_configs()}")
 
 
+class UniqueKeyLoader(yaml.SafeLoader):
+    """`yaml.SafeLoader` that refuses a mapping naming a key twice (the plain loader keeps the last value, silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict = {}
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                line = key_node.start_mark.line + 1
+                if isinstance(key, typing.Hashable) and key in seen:
+                    raise ConfigError(f"the key {key!r} is set twice, on lines {seen[key]} and {line}; keep one")
+                if isinstance(key, typing.Hashable):
+                    seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_yaml(path: Path) -> Any:
+    """A YAML file's data: UTF-8 text, each key once, data only (no tags that build objects)."""
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}); "
+                          "save it as UTF-8") from None
+    try:
+        return yaml.load(text, Loader=UniqueKeyLoader)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path} is not valid YAML: {e}") from None
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+
+
 def _number(value: Any) -> Any:
     """YAML 1.1 reads `5e-4` (no dot) as a string; accept it as the number it means."""
     if isinstance(value, str):
@@ -198,6 +229,12 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         v = getattr(cfg, key)
         need(v >= 0, f"{key} must be >= 0, got {v}")
     need(cfg.warmup_epochs <= cfg.epochs, f"warmup_epochs ({cfg.warmup_epochs}) must be <= epochs ({cfg.epochs})")
+    need(cfg.warmup_teacher_temp_epochs <= cfg.epochs,
+         f"warmup_teacher_temp_epochs ({cfg.warmup_teacher_temp_epochs}) must be <= epochs ({cfg.epochs}): the teacher "
+         "temperature would never reach teacher_temp")
+    need(cfg.local_crops_number == 0 or cfg.local_crops_size <= cfg.global_crops_size,
+         f"local_crops_size ({cfg.local_crops_size}) must be <= global_crops_size ({cfg.global_crops_size}): local crops "
+         "are the small views (or set local_crops_number=0)")
     need(not (cfg.gpu_augment_size and cfg.gpu_augment_max_size),
          "set gpu_augment_size (a centre square of every image) or gpu_augment_max_size (whole images, shrunk and padded), "
          "not both")
@@ -245,10 +282,7 @@ def load_config(name_or_path: str | os.PathLike | None = None, overrides: list[s
     values: dict[str, Any] = {}
     if name_or_path is not None:
         path = resolve_config_path(name_or_path)
-        try:
-            loaded = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path} is not valid YAML: {e}") from None
+        loaded = read_yaml(path)
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):

@@ -9,8 +9,9 @@
 Rules: a new run never writes into a folder that already holds a checkpoint (continue it with
 `--resume`, or pick another `run_name`); `--resume` with nothing to resume is an error; two
 processes never write one folder at once (the lock is an `flock`, which the system drops when its
-process dies, so a killed run never blocks the next one); a checkpoint is never written with
-non-finite values. Under torchrun only rank 0 touches the folder; the other ranks learn its verdict.
+process dies, so a killed run never blocks the next one; forked children such as data-loader
+workers close their copy of it, so it dies with the run); a checkpoint is never written with
+non-finite values; `--resume` continues the run as it was (`RESUME_CHANGEABLE` lists what it may change). Under torchrun only rank 0 touches the folder; the other ranks learn its verdict.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import torch.distributed as dist
 
 from ..checkpoint import CheckpointError, load_checkpoint
 from ..cli import UserError
-from .config import TrainConfig, make_config, parse_override, save_config
+from .config import ConfigError, TrainConfig, make_config, parse_override, save_config
 from .device import DistEnv
 
 try:
@@ -38,6 +39,24 @@ except ImportError:  # Windows: no flock; runs are not locked there
 
 class RunFolderError(UserError):
     """The run folder cannot be used as asked: it holds another run, holds nothing to resume, or is not writable."""
+
+
+_HELD_LOCKS: set[int] = set()  # descriptors of the run locks this process holds
+
+
+def _close_locks_in_child() -> None:
+    """In a forked child (a data-loader worker): close the inherited lock descriptors. An flock belongs to the open
+    file, shared by every copy of the descriptor: a worker outliving a killed run would hold the run's lock."""
+    for fd in _HELD_LOCKS:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _HELD_LOCKS.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_locks_in_child)
 
 
 # ----------------------------------------------------------------------------- the folder
@@ -113,6 +132,7 @@ class RunFolder:
             os.close(fd)
             return (f"{self.path} is being written by {holder}; wait for it to finish, "
                     "or give this run another name (--set run_name=...)")
+        _HELD_LOCKS.add(fd)
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()} on {os.uname().nodename if hasattr(os, 'uname') else 'this machine'}".encode(), 0)
         return ""
@@ -120,6 +140,7 @@ class RunFolder:
     def close(self) -> None:
         """Release the lock (the file stays: removing it would race with a process about to take it)."""
         if self._lock_fd is not None:
+            _HELD_LOCKS.discard(self._lock_fd)
             os.close(self._lock_fd)  # closing the descriptor drops the flock
             self._lock_fd = None
 
@@ -150,8 +171,19 @@ def raise_shared(problem: str, env: DistEnv, error: type[Exception]) -> None:
 
 # ----------------------------------------------------------------------------- resuming
 
+# what --resume may change: where and how fast the steps run, and the bookkeeping around them. Every
+# other key fixes the model, the data, the random streams or a schedule laid over `epochs` x steps per
+# epoch (lr, weight decay, teacher momentum and temperature): changing one would make another run, or
+# re-index the data position and every schedule. `precision` is fixed too: it is the arithmetic of
+# every step (and fp16 saves a loss scale the others lack); `device` is not: a run may move machines.
+RESUME_CHANGEABLE = ("threads", "num_workers", "max_steps", "log_every", "save_every_steps", "saveckp_freq",
+                     "collapse_patience", "device", "compile", "compile_mode", "grad_checkpointing", "gpu_augment",
+                     "download", "output_dir", "run_name")
+
+
 def resume_config(cfg: TrainConfig, overrides: list[str]) -> TrainConfig:
-    """Resuming uses the run's own config (from its checkpoint) with only the command line's --set on top."""
+    """Resuming uses the run's own config (from its checkpoint) with only the command line's --set on top;
+    a --set that would change what the run is (a key not in RESUME_CHANGEABLE) is refused, naming it."""
     run = RunFolder(cfg.output_dir, cfg.run_name)
     problem = run.checkpoint_problem(resume=True)
     if problem:
@@ -159,9 +191,19 @@ def resume_config(cfg: TrainConfig, overrides: list[str]) -> TrainConfig:
     saved = load_checkpoint(run.checkpoint).get("config")
     if not isinstance(saved, dict):
         raise CheckpointError(f"{run.checkpoint} has no config; cannot resume it")
-    values = dict(saved)
-    values.update(parse_override(o) for o in overrides)
-    return make_config(values)
+    try:
+        was = make_config(saved)
+    except ConfigError as e:
+        raise ConfigError(f"the config saved in {run.checkpoint}: {e}") from None
+    asked = dict(parse_override(o) for o in overrides)
+    now = make_config(dict(saved) | asked)
+    fixed = [f"{k} ({getattr(was, k)} -> {getattr(now, k)})" for k in asked
+             if k not in RESUME_CHANGEABLE and getattr(now, k) != getattr(was, k)]
+    if fixed:
+        raise RunFolderError(f"--resume continues the run as it was; {', '.join(fixed)} would change its model, data or "
+                             "schedules: drop that --set, or start a new run (another run_name; init_weights= starts "
+                             f"from this run's weights). --resume may change {', '.join(RESUME_CHANGEABLE)}")
+    return now
 
 
 # ----------------------------------------------------------------------------- signals

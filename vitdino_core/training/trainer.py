@@ -9,6 +9,7 @@ towards the student by EMA. `fit()` runs the steps over the data and keeps the r
 from __future__ import annotations
 
 import math
+import os
 import random
 import signal
 import sys
@@ -26,7 +27,8 @@ import torch.nn as nn
 from torch.utils.data import Subset
 from tqdm.auto import tqdm
 
-from ..checkpoint import BackgroundWriter, CheckpointError, backbone_state_dict, load_backbone_weights, load_checkpoint, nonfinite_tensors
+from ..checkpoint import (BackgroundWriter, CheckpointError, backbone_state_dict, load_backbone_weights, load_checkpoint,
+                          nonfinite_tensors, refuse_nonfinite_weights)
 from ..cli import UserError
 from .config import ConfigError, TrainConfig
 from ..data import EpochBatchSampler, MultiCropDataset, build_dataset, make_loader
@@ -77,6 +79,23 @@ def build_student(cfg: TrainConfig) -> MultiCropWrapper:
     backbone.grad_checkpointing = cfg.grad_checkpointing
     head = DINOHead(backbone.embed_dim, cfg.out_dim, use_bn=cfg.use_bn_in_head, norm_last_layer=cfg.norm_last_layer)
     return apply_speedups(MultiCropWrapper(backbone, head))  # the step's speed tricks, in one place
+
+
+def check_head_fits(cfg: TrainConfig, device: torch.device) -> None:
+    """Refuse, before building anything, an `out_dim` whose head cannot be allocated: its last layer (256 x out_dim)
+    lives in the student, the teacher, the gradients and AdamW's two moments, 5 float32 copies."""
+    need = 5 * 4 * (256 + 1) * cfg.out_dim  # bytes
+    if device.type == "cuda":
+        have, where = torch.cuda.get_device_properties(device).total_memory, f"{device}'s memory"
+    else:
+        try:
+            have, where = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "this machine's memory"
+        except (AttributeError, ValueError, OSError):
+            return
+    if need > 0.5 * have:
+        raise ConfigError(f"out_dim={cfg.out_dim}: the DINO head's last layer alone would take {need / 2**30:.1f} GiB "
+                          f"(student, teacher, gradients, AdamW moments), more than half of {where} "
+                          f"({have / 2**30:.1f} GiB); DINO uses 65536, the small configs far fewer")
 
 
 def build_train_dataset(cfg: TrainConfig):
@@ -150,6 +169,7 @@ class DINOTrainer:
         self.amp_dtype = resolve_precision(cfg.precision, self.device)
         if slow_precision(self.amp_dtype, self.device) and self.env.is_main:
             warnings.warn(slow_precision(self.amp_dtype, self.device), stacklevel=2)
+        check_head_fits(cfg, self.device)
         if cfg.threads > 0:
             torch.set_num_threads(cfg.threads)
         seed_everything(cfg.seed)  # the same initial weights on every rank
@@ -178,7 +198,9 @@ class DINOTrainer:
         # weights) and never takes a gradient
         self.student = build_student(cfg).to(self.device)
         if cfg.init_weights:  # continue from a backbone trained earlier (a warm restart with a fresh head)
-            load_backbone_weights(self.student.backbone, backbone_state_dict(load_checkpoint(cfg.init_weights)))
+            weights = backbone_state_dict(load_checkpoint(cfg.init_weights))
+            refuse_nonfinite_weights(weights, f"init_weights {cfg.init_weights}")
+            load_backbone_weights(self.student.backbone, weights)
         self.student_ddp: nn.Module = self.student
         if self.env.distributed:
             self.student_ddp = nn.parallel.DistributedDataParallel(
@@ -428,8 +450,9 @@ class DINOTrainer:
         """A progress bar over the current epoch's steps, starting where this epoch stands."""
         start = self.step % self.steps_per_epoch
         end = min(self.steps_per_epoch, start + self.total_steps - self.step)
-        return tqdm(total=end, initial=start, desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}",
-                    disable=not self.env.is_main or self.quiet, leave=False, dynamic_ncols=True, file=sys.stderr)
+        self._bar = tqdm(total=end, initial=start, desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}",
+                         disable=not self.env.is_main or self.quiet, leave=False, dynamic_ncols=True, file=sys.stderr)
+        return self._bar
 
     def _end_epoch(self, steps: int, started: float) -> None:
         """One line per finished epoch, kept on the screen when its progress bar goes: the mean loss of its `steps`."""
@@ -449,7 +472,11 @@ class DINOTrainer:
                 try:
                     records = self._loop(callback, stop, started)
                 finally:
-                    self.wait_for_save()  # the file of the last epoch end is on disk before fit returns or raises
+                    try:
+                        self.wait_for_save()  # the file of the last epoch end is on disk before fit returns or raises
+                    finally:
+                        if getattr(self, "_bar", None) is not None:
+                            self._bar.close()  # an error's line starts on a line of its own, not after the bar
         finally:
             self.run.close()
         if records:
@@ -525,6 +552,7 @@ def train(cfg: TrainConfig, resume: bool = False, callback: Callable[[dict], Non
           quiet: bool = False) -> DINOTrainer:
     """Train one run: a new one (its folder must hold no checkpoint) or, with resume=True, the one in its folder."""
     env = setup_distributed(cfg.device)
+    check_head_fits(cfg, resolve_device(cfg.device, env))  # before the folder is made
     run = RunFolder(cfg.output_dir, cfg.run_name, env)
     run.check(resume)  # before the minutes of building: fail fast
     run.open(continuing=resume)  # the lock, held until fit ends
