@@ -89,8 +89,8 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor, return_attention: bool = False):
         if self.fast and self.training and not return_attention and x.device.type == "cpu" \
-                and not torch.compiler.is_compiling():  # eager CPU only: finding the kept samples needs their coins
-            return self.forward_kept(x)  # (B, N, D)
+                and not torch.compiler.is_compiling():  # eager CPU: the kept samples are found without a wait
+            return self.forward_kept(x)  # (B, N, D): a dropped branch is not computed
         if return_attention:
             y, attn = self.attn(self.norm1(x), return_attention=True)  # (B, N, D), (B, H, N, N)
         else:
