@@ -48,7 +48,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # timing.py
 
 from timing import sync  # noqa: E402
 
-import vitdino_core.speedups as speedups  # noqa: E402
 from vitdino_core.attention import Attention, softmax_attention  # noqa: E402
 from vitdino_core.training.config import make_config  # noqa: E402
 from vitdino_core.dino_loss import DINOHead, DINOLoss  # noqa: E402
@@ -77,14 +76,14 @@ def explicit_attention_upto(max_tokens: int) -> None:
     of each tile empty; the explicit path's (N x N) matrices are small there. 0 leaves the rule as it is."""
     if max_tokens <= 0:
         return
-    cls, attr, rule = speedups.SPEEDUPS["explicit_attention"]  # what apply_speedups binds when the trainer is built
+    rule = Attention.attend  # the module's own rule (a fast module's included)
 
     def attend(self, q, k, v, return_attention=False):  # k: (B, H, N, d)
         if k.shape[-2] <= max_tokens:
             return softmax_attention(q, k, v, self.scale, self.attn_drop)
         return rule(self, q, k, v, return_attention)
 
-    speedups.SPEEDUPS["explicit_attention"] = (cls, attr, attend)
+    Attention.attend = attend  # an experiment for this process only, never the package's way
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -137,9 +136,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 def vit_forward_flops(arch: str, patch: int, size: int, cls_only_last_block: bool = True) -> dict[str, float]:
     """Matmul FLOPs (2 per multiply-add) of one image through the backbone; norms, GELU, softmax left out.
 
-    `cls_only_last_block`: the last block computes the CLS token's row alone, as the trainer's backbone (`speedups`)
-    does (keys and values of all T tokens; query, attention row, proj and MLP of one). False: every token through
-    every block, as the official code (and the official-style reference) computes it."""
+    `cls_only_last_block`: the last block computes the CLS token's row alone, as a fast backbone (`fast=True`, what
+    the trainer builds) does (keys and values of all T tokens; query, attention row, proj and MLP of one). False:
+    every token through every block, as the official code (and the official-style reference) computes it."""
     D, depth = ARCHS[arch].embed_dim, ARCHS[arch].depth
     n = (size // patch) ** 2  # patches
     T = n + 1  # tokens incl. CLS
@@ -175,8 +174,9 @@ def step_flops(args, cls_only_last_block: bool = True) -> dict[str, float]:
 
 
 def expected_skipped_flops(args, drop_path_rate: float = DROP_PATH_RATE) -> float:
-    """FLOPs of one step that `skip_dropped_branches` leaves out in expectation: a student block i of `depth` drops
-    each branch of a sample with probability rate * i / (depth - 1); the last block (CLS-only) is not skipped.
+    """FLOPs of one step that fast blocks (`Block.forward_kept`, on a CPU) leave out in expectation: a student block i
+    of `depth` drops each branch of a sample with probability rate * i / (depth - 1); the last block (CLS-only) is
+    not skipped.
     Forward and backward (2x) of the student's blocks; the model's FLOP count (`step_flops`) keeps them in."""
     depth = ARCHS[args.arch].depth
 
@@ -483,6 +483,8 @@ def to_official_style(trainer: DINOTrainer) -> None:
     """Swap in the official execution strategy: backbone forward (all tokens through the last block), patch
     embedding, attention, residual + drop path, head, loss, optimizer (for-loop AdamW)."""
     for m in list(trainer.student.modules()) + list(trainer.teacher.modules()):
+        if hasattr(m, "fast"):
+            m.fast = False  # the plain modules; their forwards are replaced below in any case
         if isinstance(m, VisionTransformer):
             m.forward = official_vit_forward.__get__(m)
         elif isinstance(m, Attention):
@@ -507,7 +509,7 @@ def official_step(tr: DINOTrainer, crops, marks: Marks) -> torch.Tensor:
         if i == 0:
             group["weight_decay"] = tr.wd_schedule[it]
     images = [im.to(tr.device, non_blocking=True) for im in crops]  # one tensor per view, as the official loader gives
-    with tr._autocast():
+    with torch.autocast(tr.device.type, dtype=tr.amp_dtype, enabled=tr.amp_dtype != torch.float32):
         teacher_output = tr.teacher(images[:2])
         marks("teacher_end")
         student_output = tr.student(images)

@@ -166,8 +166,9 @@ print("MyMlp == vitdino_core.Mlp;", sum(p.numel() for p in my_mlp.parameters()),
 # and the kept branches are scaled by $1/(1-p)$ so that the *expected* output is unchanged. At
 # evaluation time nothing is dropped. It is not dropout: dropout zeroes single activations, drop
 # path removes a whole branch for a whole image, so that sample sees a network with one block fewer.
-# (The trainer goes one step further and does not compute a dropped branch at all: the same
-# result, less work; notebook 09, appendix A.4.)
+# (Training goes one step further: the trainer builds its model with `fast=True`, and a fast
+# block does not compute a dropped branch at all: the same result, less work; notebook 09,
+# appendix A.4.)
 #
 # ### Exercise `drop_path` · difficulty 2 · 10 min
 #

@@ -192,7 +192,10 @@ print(help_text.getvalue())
 
 # %% [markdown]
 # We run it for real in a terminal (a subprocess), with `workshop_tiny` shrunk by `--set` overrides
-# to a few steps. Everything lands in `<output_dir>/<run_name>/`.
+# to a few steps. Everything lands in `<output_dir>/<run_name>/`. The run's summary (on stderr)
+# names the model, the device and the **path**: `fast` (the config key `fast: true`, the default:
+# the speed tricks of section 5, the same values in less time) or `plain` (`--set fast=false`:
+# every module exactly as notebooks 01-03 build it).
 
 # %%
 batch = 16 if FAST else 32
@@ -221,9 +224,11 @@ cli = shell(
 assert cli.returncode == 0, cli.stderr[-2000:]
 result = json.loads(cli.stdout.strip().splitlines()[-1])
 run_dir = Path(result["run_dir"])
+print("\n".join(ln for ln in cli.stderr.splitlines() if ln.startswith(("model:", "path:"))))
 for f in sorted(run_dir.iterdir()):
     print(f"  {f.name:18s} {f.stat().st_size / 1e6:8.2f} MB")
 assert {"checkpoint.pth", "metrics.jsonl", "config.yaml"} <= {f.name for f in run_dir.iterdir()}
+assert "\npath:   fast (" in cli.stderr  # fast: true, the default
 
 # %% [markdown]
 # * `config.yaml`: the full config of the run, every key, so the run can be repeated exactly;
@@ -454,8 +459,10 @@ assert timed[1] < timed[2]  # the same maths in less time
 # Notebooks 01-08 build DINO as the paper and the official code write it, and the model modules of
 # `vitdino_core` are exactly that. A faster way to compute the same thing earns a place in the
 # package only if it saves **at least 3% of a measured training step** (or decides whether a run
-# fits in memory), and then it lives in one module, `vitdino_core/speedups.py`, which the trainer
-# applies to the models it builds (`apply_speedups`). Each candidate was timed against the same step
+# fits in memory), and then in plain sight: as a branch in the module it speeds up, behind one
+# flag, `fast`. `VisionTransformer(fast=True)` sets it on the model, on every block and on every
+# attention; the trainer builds its student so when the config says `fast: true` (the default),
+# and the teacher, a copy, keeps it. Each candidate was timed against the same step
 # without it, in one process, the two stepped in turn so that a busy machine slows both alike
 # (`benchmarks/ab.py`), on the CPU anchor (ViT-S/16 + a 65536-prototype head, batch 8) and on
 # `workshop_tiny`, in fp32 and in bf16 autocast. The measurements are committed:
@@ -525,22 +532,23 @@ for name, t in tricks.items():
 # `chunk` instead of DINO's reshape, the loss's view pairs summed by an algebraic rewrite instead of
 # the loop, the EMA as one `lerp`, clipping that skipped the gradients it left alone, the patch
 # embedding computed as a matmul on CPUs, and the head's weight-normalised last layer with
-# hand-written gradients. The mechanism, on a small ViT: the trick is bound to the module, and the
-# feature is the plain forward's.
+# hand-written gradients. The flag on a small ViT: `repr` shows it on every module that reads it,
+# the weights are the same ones (the flag adds none), and so is the feature. Appendix A.2-A.4 shows
+# each branch and what it saves; `benchmarks/ab.py` measures each by turning the flag off on one
+# kind of module only.
 
 # %%
-from vitdino_core.speedups import SPEEDUPS, apply_speedups, remove_speedups  # noqa: E402
-
 torch.manual_seed(0)
-small_vit = vit_tiny(patch_size=16, img_size=64).eval()
+small_vit = vit_tiny(patch_size=16, img_size=64).eval()  # fast=False: notebooks 01-08's modules
+fast_vit = vit_tiny(patch_size=16, img_size=64, fast=True).eval()  # as the trainer builds it
+fast_vit.load_state_dict(small_vit.state_dict(), strict=True)  # the same parameters, by name
+print("\n".join(repr(fast_vit).splitlines()[:12]), "\n  ...")
 images = torch.randn(4, 3, 64, 64)  # (B, 3, H, W)
 with torch.no_grad():
     plain_feature = small_vit(images)  # (4, 192): every token through every block
-    apply_speedups(small_vit)  # what the trainer does to its student (the teacher is a copy)
-    fast_feature = small_vit(images)  # (4, 192): the last block computed the CLS row alone
-    remove_speedups(small_vit)
+    fast_feature = fast_vit(images)  # (4, 192): the last block computed the CLS row alone
 gap = (fast_feature - plain_feature).abs().max()
-print(f"speedups: {list(SPEEDUPS)}; largest difference from the plain forward {gap:.1e}")
+print(f"fast=True: largest difference from the plain forward {gap:.1e}")
 torch.testing.assert_close(fast_feature, plain_feature)
 
 # %% [markdown]
@@ -1083,9 +1091,9 @@ assert (
 #
 # Notebooks 01-04 teach the model as the paper writes it, and the modules of `vitdino_core`
 # compute it that way. This appendix asks what each piece costs and which other forms of the same
-# maths exist. Only three such forms run in training: the tricks of `vitdino_core/speedups.py`,
-# which the trainer applies (section 5, "Making DINO fast on a CPU: which tricks stay"). Every
-# measurement behind them is in `benchmarks/PERFORMANCE.md`.
+# maths exist. Only three such forms run in training: the branches that `fast=True` turns on in the
+# modules themselves (section 5, "Making DINO fast on a CPU: which tricks stay"); below, each one
+# with the flag off and on. Every measurement behind them is in `benchmarks/PERFORMANCE.md`.
 
 # %% [markdown]
 # ### A.1 Patch embedding: a convolution or one matrix product
@@ -1182,10 +1190,37 @@ for n, te, tf in zip(Ns, timings["explicit"], timings["fused"]):
 # fitting in a CPU cache), but the slope does not: past a few hundred tokens, doubling $N$ makes
 # attention about four times slower. `vitdino_core.Attention` takes the fused kernel unless the
 # weights are asked for (attention maps, notebooks 02 and 07). On a CPU in bf16, PyTorch's fused
-# kernel is the slow path, so the trainer binds `explicit_attention` from `speedups.py`, which
-# takes the explicit softmax there and leaves `Attention`'s choice alone everywhere else (section
-# 5; `benchmarks/attention.py --dtype bf16` times the paths at a training step's shapes).
-#
+# kernel is the slow path, so a fast `Attention` takes the explicit softmax there: one more
+# condition in `Attention.attend`, which leaves the choice alone everywhere else (section 5;
+# `benchmarks/attention.py --dtype bf16` times the paths at a training step's shapes). Below, one
+# attention layer of ViT-S in bf16 autocast, forward and backward, with the flag off and on. (On a
+# CPU without bf16 units bf16 is emulated and slow either way; the trainer warns about it.)
+
+# %%
+from vitdino_core import Attention
+
+torch.manual_seed(0)
+attn_layer = Attention(384, num_heads=6, qkv_bias=True)
+attn_in = torch.randn(8, 65 if FAST else 197, 384, requires_grad=True)  # (B, N, D)
+
+
+def attention_step() -> None:
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = attn_layer(attn_in)  # (B, N, D) in bf16
+    y.float().square().mean().backward()
+
+
+bf16_times = {}
+for flag in (False, True):
+    attn_layer.fast = flag  # the flag of this one module: False = the fused kernel
+    bf16_times[flag] = best_time(attention_step, 0.2 if FAST else 1.0)
+print(
+    f"{tuple(attn_in.shape)} in bf16, forward + backward: fused {bf16_times[False] * 1e3:.1f} ms, "
+    f"explicit (fast=True) {bf16_times[True] * 1e3:.1f} ms: "
+    f"{1 - bf16_times[True] / bf16_times[False]:+.0%} of the time saved on this machine"
+)
+
+# %% [markdown]
 # ### A.3 Only the class token leaves the last block
 #
 # DINO reads one vector per image: the class token after the final norm. After the *last* block
@@ -1194,18 +1229,17 @@ for n, te, tf in zip(Ns, timings["explicit"], timings["fused"]):
 # projection and the MLP are needed for one token only.
 #
 # The plain `VisionTransformer.forward` runs every token through every block, as the official
-# code does: it returns `forward_features(x)[:, 0]`. The trainer replaces it, on the student's
-# backbone and so on the teacher (a copy of the student), by `cls_only_last_block` from
-# `speedups.py`, which computes the last block for the class token's row alone (`block_cls`). The
-# feature and every gradient are the same; only the unread rows are skipped. What reads the other
-# tokens runs the plain blocks: `forward_features`, `get_intermediate_layers` and
-# `get_last_selfattention` (notebook 07's attention maps). The backbones that notebook 08 and
+# code does. With `fast=True` it calls the last block's `forward_cls` instead, which computes the
+# class token's row alone (with `Attention.forward_cls`: one query against every key and value);
+# the trainer's student is built so, and the teacher is its copy. The feature and every gradient
+# are the same; only the unread rows are skipped. What reads the other tokens runs the plain
+# blocks: `forward_features`, `get_intermediate_layers` and `get_last_selfattention` (notebook
+# 07's attention maps). The backbones that notebook 08 and
 # `vitdino_core.evaluate` load from checkpoints are plain modules, so their `forward` computes every
 # token and gives the same feature. Below, the last block's class-token row by hand:
 
 # %%
 from vitdino_core import VisionTransformer
-from vitdino_core.speedups import apply_speedups, block_cls, remove_speedups
 
 torch.manual_seed(0)
 small_vit = VisionTransformer(img_size=96, patch_size=12, embed_dim=96, depth=4, num_heads=3).eval()
@@ -1226,20 +1260,21 @@ with torch.no_grad():
     cls = x[:, :1] + y  # (2, 1, C): the residual of the class token alone
     cls = cls + last.mlp(last.norm2(cls))  # (2, 1, C)
     feat_cls_only = small_vit.norm(cls[:, 0])  # (2, C)
-    torch.testing.assert_close(cls, block_cls(last, x))  # (2, 1, C): the trick's last block
-    plain = small_vit(images)  # (2, C): every token through every block
+    torch.testing.assert_close(cls, last.forward_cls(x))  # (2, 1, C): the fast last block
+    plain = small_vit(images)  # (2, C): fast=False, every token through every block
     torch.testing.assert_close(plain, small_vit.forward_features(images)[:, 0])
-    apply_speedups(small_vit, ["cls_only_last_block"])  # what the trainer does to its student
+    small_vit.fast = True  # the model's own flag: its last block computes the CLS row alone
     torch.testing.assert_close(feat_cls_only, small_vit(images))  # (2, C)
-    remove_speedups(small_vit)  # the plain forward again
+    small_vit.fast = False  # the plain forward again
 torch.testing.assert_close(feat_cls_only, plain)
-print("by hand == block_cls; the class-token row == plain forward == forward with the trick")
+print("by hand == forward_cls; the class-token row == plain forward == fast forward")
 
 # %% [markdown]
 # How much that saves, counted in multiply-adds of one 224 px image through ViT-S/16
 # ($N + 1 = 197$ tokens, $D = 384$, MLP $4D$): each of the first eleven blocks does the same work;
-# the last one, with the trick, a fraction of it (the cell prints how much). Section 5 measures
-# what this is worth in a training step.
+# the last one, with the trick, a fraction of it (the cell prints how much). Then a forward and
+# backward of the model on this machine with its flag off and on (the blocks' own flags stay off:
+# this trick alone). Section 5 measures what it is worth in a whole training step.
 
 
 # %%
@@ -1256,7 +1291,7 @@ full = [block_macs(D, T) / 1e9] * 12
 ours = full[:-1] + [block_macs(D, T, cls_only=True) / 1e9]
 fig, ax = plt.subplots(figsize=(7, 2.6))
 ax.bar(range(12), full, color="0.85", label="every token (the plain forward)")
-ax.bar(range(12), ours, color="C0", label="with cls_only_last_block")
+ax.bar(range(12), ours, color="C0", label="fast=True: the last block's CLS row alone")
 ax.set(
     xlabel="block",
     ylabel="GMAC per image",
@@ -1271,17 +1306,39 @@ print(
     f" all blocks: {1 - sum(ours) / sum(full):.1%} skipped, forward and backward alike"
 )
 
+torch.manual_seed(0)
+timed_vit = (vit_tiny if FAST else vit_small)(patch_size=16, img_size=224).train()
+timed_images = torch.randn(2 if FAST else 4, 3, 224, 224)  # (B, 3, 224, 224)
+
+
+def vit_step() -> None:
+    timed_vit.zero_grad(set_to_none=True)
+    timed_vit(timed_images).square().mean().backward()  # (B, D) -> a scalar
+
+
+vit_times = {}
+for flag in (False, True):
+    timed_vit.fast = flag  # the model's flag only
+    vit_times[flag] = best_time(vit_step, 0.5 if FAST else 3.0)
+print(
+    f"{'ViT-Ti/16' if FAST else 'ViT-S/16'}, {timed_images.shape[0]} images of 224 px, "
+    f"forward + backward: plain {vit_times[False]:.2f} s, fast {vit_times[True]:.2f} s "
+    f"({1 - vit_times[True] / vit_times[False]:+.0%} of the time saved on this machine)"
+)
+
 # %% [markdown]
 # ### A.4 A dropped branch is not computed
 #
 # Drop path (notebook 03) keeps each sample's residual branch with probability $1 - p$ and
 # multiplies the dropped ones by 0: their attention or MLP is computed and then thrown away.
-# Stochastic depth as Huang et al. (2016) wrote it skips a dropped block altogether. The trainer's
-# `skip_dropped_branches` (`speedups.py`) does that per sample: the block draws the coins first,
-# exactly as `drop_path` would, then runs the branch on the kept samples only
-# (`add_kept_branch`); a dropped sample's row is `x` itself, a kept one `x + f(x) / (1 - p)`. The
-# values and the gradients are the plain block's. Below, a block with $p = 0.5$: the rows its
-# attention and MLP see, and the plain block's output from the same random state.
+# Stochastic depth as Huang et al. (2016) wrote it skips a dropped block altogether. A fast block
+# does that per sample, in training on a CPU (`Block.forward_kept`): it draws the coins first,
+# exactly as `drop_path` would, then runs the branch on the kept samples only; a dropped sample's
+# row is `x` itself, a kept one `x + f(x) / (1 - p)`. The values and the gradients are the plain
+# block's. (On a GPU, finding the kept samples would make the CPU wait for the GPU at every block,
+# and a compiled graph cannot have a shape that depends on the coins: there the plain block runs.)
+# Below, a block with $p = 0.5$: the rows its attention and MLP see with the flag off and on, and
+# the two outputs from the same random state.
 
 # %%
 from vitdino_core import Block
@@ -1294,14 +1351,14 @@ hooks = [m.register_forward_hook(lambda m, i, o: rows_seen.append(len(i[0])))
          for m in (blk.attn, blk.mlp)]
 torch.manual_seed(1)
 plain_out = blk(tokens)  # (8, 17, 96): every branch computed, the dropped ones times 0
-apply_speedups(blk, ["skip_dropped_branches"])
+blk.fast = True  # the block's flag
 torch.manual_seed(1)  # the same coins
 skip_out = blk(tokens)  # (8, 17, 96): each branch on its kept samples only
-remove_speedups(blk)
+blk.fast = False
 for h in hooks:
     h.remove()
 torch.testing.assert_close(skip_out, plain_out)
-print(f"plain block: attention and MLP saw {rows_seen[:2]} samples; with the trick {rows_seen[2:]}")
+print(f"plain block: attention and MLP saw {rows_seen[:2]} samples; fast: {rows_seen[2:]}")
 unchanged = (skip_out == tokens).flatten(1).all(dim=1)  # (8,): samples with both branches dropped
 print(f"samples that skipped the whole block (output == input): {unchanged.sum().item()} of 8")
 
@@ -1316,7 +1373,7 @@ rate, depth = 0.1, 12
 kept_share = [1 - rate * i / (depth - 1) for i in range(depth - 1)] + [1.0]  # (12,): 1 - p
 fig, ax = plt.subplots(figsize=(7, 2.6))
 ax.bar(range(depth), [1.0] * depth, color="0.85", label="every sample (the plain block)")
-ax.bar(range(depth), kept_share, color="C0", label="with skip_dropped_branches, expected")
+ax.bar(range(depth), kept_share, color="C0", label="fast=True, expected")
 ax.set(
     xlabel="block",
     ylabel="samples that run it",
@@ -1326,6 +1383,27 @@ ax.set(
 )
 ax.legend(loc="upper right", ncol=2, fontsize=8)
 plt.show()
+
+torch.manual_seed(0)
+timed_block = Block(384, num_heads=6, qkv_bias=True, drop_path=rate).train()  # ViT-S width, p = 0.1
+block_in = torch.randn(32, 65, 384)  # (B, N, D): 32 crops of 96 px at patch 12
+
+
+def block_step() -> None:
+    torch.manual_seed(0)  # the same coins in every run, with the flag off and on
+    timed_block.zero_grad(set_to_none=True)
+    timed_block(block_in).square().mean().backward()
+
+
+block_times = {}
+for flag in (False, True):
+    timed_block.fast = flag  # the block's flag only: attention keeps its own
+    block_times[flag] = best_time(block_step, 0.3 if FAST else 2.0)
+print(
+    f"one block with p = {rate}, forward + backward of {tuple(block_in.shape)}: "
+    f"plain {block_times[False] * 1e3:.1f} ms, fast {block_times[True] * 1e3:.1f} ms "
+    f"({1 - block_times[True] / block_times[False]:+.0%} on this machine, these coins)"
+)
 
 # %% [markdown]
 # ### A.5 Multi-crop: one backbone pass per resolution

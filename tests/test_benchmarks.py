@@ -39,6 +39,68 @@ def load_train_step():
     return mod
 
 
+def load_walk():
+    spec = importlib.util.spec_from_file_location("bench_walk", BENCH / "walk.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def files_a_learner_meets() -> set[str]:
+    """The package files (relative to vitdino_core/) that define what notebooks 01-08 import: the modules a learner
+    opens. Notebook 09 and the appendices are left out: a file only they import is hidden from a reader of the step."""
+    import ast
+    import importlib
+    import inspect
+
+    import vitdino_core
+
+    package, files = Path(vitdino_core.__file__).parent, set()
+    for nb in sorted((REPO / "notebooks").glob("0[1-8]_*.py")):
+        for node in ast.walk(ast.parse(nb.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "vitdino_core":
+                module = importlib.import_module(node.module)
+                objs = [getattr(module, a.name) for a in node.names]
+            elif isinstance(node, ast.Import):
+                objs = [importlib.import_module(a.name) for a in node.names if a.name.startswith("vitdino_core.")]
+            else:
+                continue
+            for obj in objs:
+                try:
+                    path = Path(inspect.getsourcefile(obj))
+                except TypeError:  # a constant: it lives where it was imported from
+                    path = Path(module.__file__)
+                if path.is_relative_to(package):
+                    files.add(path.relative_to(package).as_posix())
+    return files
+
+
+def test_the_walk_from_train_step_to_the_loss_is_short_and_in_plain_sight(capsys):
+    """benchmarks/walk.py: one step of workshop_tiny on a CPU in fp32 (the default, fast path) calls at most 25
+    distinct package functions up to the loss, every one in a file that notebooks 01-08 import from; the tricks
+    are among them, in the modules they speed up; the plain path walks fewer."""
+    walk = load_walk()
+    threads = torch.get_num_threads()
+    try:
+        r = walk.main([])
+        plain = walk.walk(overrides=["fast=false"])
+    finally:
+        torch.set_num_threads(threads)
+    assert json.loads(capsys.readouterr().out) == r
+    fns = r["functions"]
+    assert r["fast"] is True and r["count"] == len(fns) == len(set(fns)) and r["file_count"] == len(r["files"])
+    assert r["count"] <= 25, fns
+    assert fns[0] == "training/trainer.py:DINOTrainer.train_step" and fns[-1] == "dino_loss.py:DINOLoss.update_center"
+    met = files_a_learner_meets()
+    assert {"patch_embedding.py", "attention.py", "vision_transformer.py", "dino_loss.py", "training/trainer.py"} <= met
+    assert [f for f in fns if f.split(":")[0] not in met] == []  # no hidden module
+    tricks = {"vision_transformer.py:Block.forward_cls", "attention.py:Attention.forward_cls",
+              "vision_transformer.py:Block.forward_kept"}
+    assert tricks <= set(fns) and not tricks & set(plain["functions"])
+    assert plain["fast"] is False and set(plain["functions"]) < set(fns) and plain["count"] == r["count"] - 3
+    assert fns.count("patch_embedding.py:check_image_batch") == 1 and "patch_embedding.py:PatchEmbed.forward" not in fns
+
+
 TINY = ["--arch", "vit_tiny", "--patch-size", "8", "--global-size", "16", "--local-size", "8", "--local-crops", "1",
         "--batch", "2", "--out-dim", "64", "--warmup", "0", "--repeat", "1", "--matmul-size", "64", "--threads", "1"]
 
@@ -99,16 +161,16 @@ def test_train_step_pairs_ours_in_bf16_with_the_reference_in_fp32(capsys):
     assert bench.parse_args(TINY).reference_dtype == "fp32" and bench.parse_args([*TINY, "--dtype", "bf16"]).reference_dtype == "bf16"
 
 
-def test_ab_script_steps_each_speedup_against_the_step_without_it(monkeypatch):
-    """benchmarks/ab.py: one trainer per way, the named speedups removed from its student and teacher only; every
-    round steps each way once; the ratios are the step times' ratios to `all`; in fp32 the losses agree."""
+def test_ab_script_steps_each_trick_against_the_step_without_it(monkeypatch):
+    """benchmarks/ab.py: one trainer per way, the `fast` flag turned off on one class's instances of its student and
+    teacher only; every round steps each way once; the ratios are the step times' ratios to `all`; in fp32 the
+    losses agree."""
     sys.path.insert(0, str(BENCH))
     try:
         import ab
     finally:
         sys.path.remove(str(BENCH))
-    from vitdino_core.speedups import SPEEDUPS
-    from vitdino_core.vision_transformer import VisionTransformer
+    from vitdino_core import Attention, Block, VisionTransformer
 
     bench = load_train_step()
     monkeypatch.setattr(ab, "ts", bench)
@@ -131,14 +193,17 @@ def test_ab_script_steps_each_speedup_against_the_step_without_it(monkeypatch):
     assert r["rounds"] == 3 and set(r["ways"]) == set(ways)
     for w in r["ways"].values():
         assert len(w["step_s"]) == 3 and w["over_base_per_round"] == [x / b for x, b in zip(w["step_s"], r["ways"]["all"]["step_s"])]
-    backbones = [(m.trainer.student.backbone, m.trainer.teacher.backbone) for m in built]
-    assert all("forward" in vars(b) for b in backbones[0])  # all: the CLS-only forward bound to both
-    assert all("forward" not in vars(b) and isinstance(b, VisionTransformer) for b in backbones[1])  # removed
-    student_blocks = [m.trainer.student.backbone.blocks for m in built]
-    assert all("forward" in vars(b) for b in student_blocks[0]) and not any("forward" in vars(b) for b in student_blocks[2])
+    def flags(way: int, kind: type) -> set[bool]:  # the `fast` flags of one way's modules of one class, both models
+        tr = built[way].trainer
+        return {m.fast for model in (tr.student, tr.teacher) for m in model.modules() if isinstance(m, kind)}
+
+    assert [flags(0, k) for k in (VisionTransformer, Block, Attention)] == [{True}] * 3  # all: the trainer as built
+    assert [flags(1, k) for k in (VisionTransformer, Block, Attention)] == [{False}, {True}, {True}]  # one class off
+    assert [flags(2, k) for k in (VisionTransformer, Block, Attention)] == [{True}, {False}, {True}]
     last = [w["last_loss"] for w in r["ways"].values()]
     assert last[0] == pytest.approx(last[1], rel=1e-5) == pytest.approx(last[2], rel=1e-5)  # fp32: the same maths
-    assert set(SPEEDUPS) == {"cls_only_last_block", "explicit_attention", "skip_dropped_branches"}
+    assert ab.TRICKS == {"cls_only_last_block": VisionTransformer, "explicit_attention": Attention,
+                         "skip_dropped_branches": Block}
 
 
 def test_train_step_with_bf16_autocast_and_grad_checkpointing(capsys):
@@ -192,17 +257,16 @@ def test_profile_kinds(name, kind):
 
 def test_explicit_attention_for_short_sequences_is_the_same_step(capsys, monkeypatch):
     import vitdino_core.attention as attention
-    import vitdino_core.speedups as speedups
 
     bench, threads = load_train_step(), torch.get_num_threads()
-    monkeypatch.setitem(speedups.SPEEDUPS, "explicit_attention", speedups.SPEEDUPS["explicit_attention"])  # restored after
+    monkeypatch.setattr(attention.Attention, "attend", attention.Attention.attend)  # the experiment's, restored after
     fused_calls, sdpa = [], attention.F.scaled_dot_product_attention
     monkeypatch.setattr(attention.F, "scaled_dot_product_attention", lambda *a, **k: fused_calls.append(1) or sdpa(*a, **k))
     try:
         fused = bench.main(TINY)
         assert fused_calls
         bench.explicit_attention_upto(2)  # TINY's local crops: 1 patch + CLS; its global crops have 5 tokens
-        attn = speedups.apply_speedups(speedups.Attention(8, num_heads=2), ["explicit_attention"])
+        attn = attention.Attention(8, num_heads=2, fast=True)
         seq = lambda n: torch.zeros(1, 2, n, 4)  # (B, H, N, d)
         fused_calls.clear()
         assert attn.attend(seq(2), seq(2), seq(2))[1] is not None and not fused_calls  # explicit: weights returned
@@ -251,9 +315,8 @@ def test_analytic_flops_match_pytorchs_flop_counter():
     bench = load_train_step()
     args = Namespace(arch="vit_tiny", patch_size=8, global_size=32, local_size=16, local_crops=2, batch=2, out_dim=96)
     from vitdino_core import DINOHead, MultiCropWrapper, vit_tiny
-    from vitdino_core.speedups import apply_speedups
 
-    model = apply_speedups(MultiCropWrapper(vit_tiny(patch_size=8, img_size=32), DINOHead(192, 96)))  # as the trainer
+    model = MultiCropWrapper(vit_tiny(patch_size=8, img_size=32, fast=True), DINOHead(192, 96))  # as the trainer
     crops = [torch.randn(2 * args.batch, 3, 32, 32), torch.randn(args.local_crops * args.batch, 3, 16, 16)]
     with torch.no_grad(), sdpa_kernel(SDPBackend.MATH):
         with FlopCounterMode(display=False) as student:
@@ -264,8 +327,8 @@ def test_analytic_flops_match_pytorchs_flop_counter():
     assert flops["student_forward"] == student.get_total_flops()
     assert flops["teacher_forward"] == teacher.get_total_flops()
     assert flops["total"] == flops["teacher_forward"] + 3 * flops["student_forward"]
-    # the official forward (every token through the last block too), as the official-style reference runs it
-    model.backbone.forward = bench.official_vit_forward.__get__(model.backbone)
+    # the plain forward (every token through the last block too), as the official code and its reference run it
+    model.backbone.fast = False
     with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as official:
         model(crops)
     assert bench.step_flops(args, cls_only_last_block=False)["student_forward"] == official.get_total_flops()
@@ -279,10 +342,9 @@ def test_expected_skipped_flops_match_the_flops_a_dropping_student_leaves_out():
     bench = load_train_step()
     args = Namespace(arch="vit_tiny", patch_size=8, global_size=32, local_size=16, local_crops=2, batch=4, out_dim=96)
     from vitdino_core import DINOHead, MultiCropWrapper, vit_tiny
-    from vitdino_core.speedups import apply_speedups
 
     rate = 0.5  # a high rate: many skipped rows in few forwards
-    model = apply_speedups(MultiCropWrapper(vit_tiny(patch_size=8, img_size=32, drop_path_rate=rate), DINOHead(192, 96)))
+    model = MultiCropWrapper(vit_tiny(patch_size=8, img_size=32, drop_path_rate=rate, fast=True), DINOHead(192, 96))
     crops = [torch.randn(2 * args.batch, 3, 32, 32), torch.randn(args.local_crops * args.batch, 3, 16, 16)]
     torch.manual_seed(0)
     counted = []

@@ -17,7 +17,6 @@ from vitdino_core import Attention, Block, DropPath, VisionTransformer, vit_base
 from vitdino_core.checkpoint import resize_pos_embed
 from vitdino_core.sanity import main as sanity_main
 from vitdino_core.patch_embedding import patchify
-from vitdino_core.speedups import add_kept_branch, apply_speedups, attention_cls, block_cls
 
 
 @contextmanager
@@ -154,33 +153,13 @@ def full_forward(model: VisionTransformer, x: torch.Tensor) -> torch.Tensor:
     return model.forward_features(x)[:, 0]
 
 
-@pytest.mark.parametrize("grad_checkpointing", [False, True])
-def test_cls_only_last_block_gives_the_same_value_and_gradients(grad_checkpointing):
-    """speedups' cls_only_last_block runs the last block for the CLS token alone; in training (drop path on, same
-    random state) it gives the plain forward's feature and the same gradient for every parameter, the last
-    block's included."""
-    torch.manual_seed(0)
-    model = tiny_vit(patch_size=8, img_size=32, depth=3, drop_path_rate=0.5).train()
-    model.grad_checkpointing = grad_checkpointing
-    fast = apply_speedups(copy.deepcopy(model), ["cls_only_last_block"])
-    assert "forward" in vars(fast) and "forward" not in vars(model)  # bound to the copy only
-    x = torch.randn(6, 3, 40, 24)  # not the native size: positions interpolated
-    grads = []
-    for m in (fast, model):
-        m.zero_grad(set_to_none=True)
-        torch.manual_seed(1)  # the same samples dropped by both
-        out = m(x)  # (6, 32)
-        (out * torch.linspace(-1, 1, 32)).square().sum().backward()
-        grads.append((out.detach(), {n: p.grad.clone() for n, p in m.named_parameters()}))
-    (cls_only, g_cls), (full, g_full) = grads
-    assert cls_only.shape == (6, 32) and cls_only.std() > 0.1
-    assert_close(cls_only, full)
-    assert g_cls.keys() == g_full.keys() and all(g.abs().sum() > 0 for g in g_cls.values())  # every weight is trained
-    for name in g_full:
-        assert_close(g_cls[name], g_full[name], rtol=1e-4, atol=1e-6, msg=name)
-    fast.eval()
-    with torch.no_grad():
-        assert_close(fast(x), full_forward(fast, x))
+def fast_copy(model: nn.Module, *kinds: type) -> nn.Module:
+    """A deep copy of `model` with the `fast` flag on for the modules of these kinds only: one trick at a time."""
+    fast = copy.deepcopy(model)
+    for m in fast.modules():
+        if isinstance(m, kinds):
+            m.fast = True
+    return fast
 
 
 def step_with_seed(model: nn.Module, x: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, dict]:
@@ -193,64 +172,129 @@ def step_with_seed(model: nn.Module, x: torch.Tensor, dtype: torch.dtype) -> tup
     return out.detach().float(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
+def assert_same_step(a: tuple[torch.Tensor, dict], b: tuple[torch.Tensor, dict], dtype: torch.dtype) -> None:
+    """Two (output, gradients) of `step_with_seed` agree: element by element in fp32 (to float rounding of the
+    tensor's largest entry); in bf16 autocast, where two ways of computing one value round differently, each
+    tensor to 2% of its norm."""
+    (out_a, g_a), (out_b, g_b) = a, b
+    assert g_a.keys() == g_b.keys()
+    for name, x, y in [("output", out_a, out_b), *((n, g_a[n], g_b[n]) for n in g_b)]:
+        if dtype == torch.float32:
+            assert_close(x, y, rtol=1e-4, atol=1e-6 * max(1.0, y.abs().max().item()), msg=name)
+        else:
+            assert x.shape == y.shape and (x - y).norm() <= 2e-2 * y.norm(), name
+
+
+def test_fast_is_one_flag_off_by_default_shown_by_repr_and_kept_by_a_copy():
+    """`fast` is a constructor argument of the model (and of vit_*), set on every block and its attention; off by
+    default; `repr` says which path each module runs; a deep copy (the EMA teacher) keeps it; the parameters and
+    their names are the same, so weights load across the two with strict=True."""
+    plain, fast = tiny_vit(depth=2), tiny_vit(depth=2, fast=True)
+    flags = lambda m: [x.fast for x in m.modules() if hasattr(x, "fast")]  # noqa: E731
+    assert flags(plain) == [False] * 5 and flags(fast) == [True] * 5  # the model, 2 blocks, 2 attentions
+    assert repr(plain).startswith("VisionTransformer(\n  fast=False") and "fast=True" not in repr(plain)
+    assert repr(fast).startswith("VisionTransformer(\n  fast=True") and "fast=False" not in repr(fast)
+    assert repr(fast.blocks[0]).count("fast=True") == 2  # the block and its attention
+    assert flags(copy.deepcopy(fast)) == [True] * 5 and flags(vit_small(fast=True)) == [True] * 25
+    assert not any(flags(vit_small()))
+    fast.load_state_dict(plain.state_dict(), strict=True)
+    assert fast.state_dict().keys() == plain.state_dict().keys()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("grad_checkpointing", [False, True])
+def test_cls_only_last_block_gives_the_same_value_and_gradients(dtype, grad_checkpointing):
+    """A fast VisionTransformer runs its last block for the CLS token alone; in training (drop path on, same
+    random state) it gives the plain forward's feature and the same gradient for every parameter, the last
+    block's included (fp32 and bf16 autocast)."""
+    torch.manual_seed(0)
+    model = tiny_vit(patch_size=8, img_size=32, depth=3, drop_path_rate=0.5).train()
+    model.grad_checkpointing = grad_checkpointing
+    fast = fast_copy(model, VisionTransformer)
+    assert fast.fast and not any(b.fast for b in fast.blocks)  # this trick alone
+    x = torch.randn(6, 3, 40, 24)  # not the native size: positions interpolated
+    (cls_only, g_cls), (full, g_full) = step_with_seed(fast, x, dtype), step_with_seed(model, x, dtype)
+    assert cls_only.shape == (6, 32) and cls_only.std() > 0.1
+    assert g_cls.keys() == {n for n, _ in model.named_parameters()}
+    assert all(g.abs().sum() > 0 for g in g_cls.values())  # every weight is trained
+    assert_same_step((cls_only, g_cls), (full, g_full), dtype)
+    fast.eval()
+    with torch.no_grad():
+        assert_close(fast(x), full_forward(fast, x))
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("grad_checkpointing", [False, True])
 def test_skip_dropped_branches_gives_the_same_value_and_gradients(dtype, grad_checkpointing):
-    """speedups' skip_dropped_branches draws drop path's coins first and runs each branch on the kept samples only:
-    with the same random state, the plain model's output and every parameter's gradient (fp32 and bf16 autocast)."""
+    """Fast blocks draw drop path's coins first and run each branch on the kept samples only: with the same random
+    state, the plain model's output and every parameter's gradient (fp32 and bf16 autocast)."""
     torch.manual_seed(0)
     model = tiny_vit(patch_size=8, img_size=32, depth=4, drop_path_rate=0.6).train()
     model.grad_checkpointing = grad_checkpointing
-    fast = apply_speedups(copy.deepcopy(model), ["skip_dropped_branches"])
-    assert all("forward" in vars(b) for b in fast.blocks) and not any("forward" in vars(b) for b in model.blocks)
+    fast = fast_copy(model, Block)
+    assert all(b.fast for b in fast.blocks) and not fast.fast and not any(b.attn.fast for b in fast.blocks)
     x = torch.randn(10, 3, 32, 32)
-    (out_fast, g_fast), (out_plain, g_plain) = step_with_seed(fast, x, dtype), step_with_seed(model, x, dtype)
-    assert out_plain.std() > 0.1
-    tol = {"rtol": 1e-4, "atol": 1e-6} if dtype == torch.float32 else {"rtol": 2e-2, "atol": 2e-3}
-    assert_close(out_fast, out_plain, **tol)
-    assert g_fast.keys() == g_plain.keys() == {n for n, _ in model.named_parameters()}
-    for name in g_plain:
-        assert_close(g_fast[name], g_plain[name], **tol, msg=name)
+    plain = step_with_seed(model, x, dtype)
+    assert plain[0].std() > 0.1 and plain[1].keys() == {n for n, _ in model.named_parameters()}
+    assert_same_step(step_with_seed(fast, x, dtype), plain, dtype)
 
 
-def test_skip_dropped_branches_computes_the_branch_for_kept_samples_only():
-    """The branch sees the kept samples alone; a dropped sample's row is x itself, a kept one x + branch / keep;
-    when every sample is dropped the branch still runs (its weights take part, with zero gradient)."""
-    drop = DropPath(0.5).train()
-    x = torch.randn(64, 3, 4)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("grad_checkpointing", [False, True])
+def test_all_three_tricks_together_give_the_same_value_and_gradients(dtype, grad_checkpointing):
+    """The model as training builds it (`fast=True`: every trick at once) against the plain one."""
+    torch.manual_seed(0)
+    model = tiny_vit(patch_size=8, img_size=32, depth=3, drop_path_rate=0.5).train()
+    model.grad_checkpointing = grad_checkpointing
+    fast = fast_copy(model, VisionTransformer, Block, Attention)
+    x = torch.randn(8, 3, 32, 16)
+    plain = step_with_seed(model, x, dtype)
+    assert plain[0].std() > 0.1 and plain[1].keys() == {n for n, _ in model.named_parameters()}
+    assert_same_step(step_with_seed(fast, x, dtype), plain, dtype)
+
+
+def test_fast_block_computes_a_branch_for_its_kept_samples_only():
+    """The branch sees the kept samples alone (the coins drop_path would draw); a dropped sample's row is x itself;
+    when every sample is dropped the branch still runs (its weights take part, with zero gradient); in evaluation
+    the block is the plain one."""
+    torch.manual_seed(0)
+    blk = Block(8, num_heads=2, qkv_bias=True, drop_path=0.5, fast=True).train()
     seen = []
-
-    def branch(t):
-        seen.append(t.shape[0])
-        return 2 * t
-
+    for m in (blk.attn, blk.mlp):
+        m.register_forward_hook(lambda m, inputs, out: seen.append(inputs[0].shape[0]))
+    x = torch.randn(64, 3, 8)
     torch.manual_seed(3)
-    out = add_kept_branch(x, branch, drop)
+    out = blk(x)  # (64, 3, 8)
     torch.manual_seed(3)
-    coins = (0.5 + torch.rand(64, 1, 1)).floor_()  # the same draw as drop_path
-    assert 10 < seen[0] == int(coins.sum()) < 54
-    assert_close(out, x + 2 * x / 0.5 * coins)
-    drop.drop_prob = 1 - 1e-7  # (almost) never kept: nobody keeps the branch
-    seen.clear()
-    w = torch.ones(3, 4, requires_grad=True)
-    out = add_kept_branch(x, lambda t: branch(t) * w, drop)
+    coins = [(0.5 + torch.rand(64, 1, 1)).floor_() for _ in range(2)]  # the draws of drop_path: attention, then MLP
+    assert seen == [int(c.sum()) for c in coins] and all(10 < n < 54 for n in seen)
+    both_dropped = (coins[0] + coins[1]).flatten() == 0  # (64,)
+    assert both_dropped.any() and torch.equal(out[both_dropped], x[both_dropped])
+    blk.fast = False
+    torch.manual_seed(3)
+    assert_close(out, blk(x))  # the plain block from the same random state
+    blk.fast, seen[:] = True, []
+    blk.drop_path.drop_prob = 1 - 1e-7  # (almost) never kept: nobody keeps a branch
+    blk.zero_grad(set_to_none=True)
+    out = blk(x)
     out.sum().backward()
-    assert seen == [64] and w.grad is not None and w.grad.abs().max() == 0
+    assert seen == [64, 64] and blk.attn.qkv.weight.grad is not None and blk.attn.qkv.weight.grad.abs().max() == 0
     assert_close(out, x)
     seen.clear()
-    drop.eval()  # evaluation: the plain residual, every sample
-    assert_close(add_kept_branch(x, branch, drop), x + 2 * x)
-    assert seen == [64]
+    blk.eval()  # evaluation: nothing dropped, every sample through both branches
+    with torch.no_grad():
+        assert_close(blk(x), x + blk.attn(blk.norm1(x)) + blk.mlp(blk.norm2(x + blk.attn(blk.norm1(x)))))
+    assert seen[:2] == [64, 64]
 
 
 @pytest.mark.slow
 def test_skip_dropped_branches_compiles_as_the_plain_block():
-    """Under torch.compile the trick takes the plain residual: one graph (fullgraph=True would fail on the
+    """Under torch.compile a fast block takes the plain residual: one graph (fullgraph=True would fail on the
     data-dependent `nonzero` of the kept samples), and the same output as the plain block when nothing is dropped."""
     torch.manual_seed(0)
-    blk = Block(32, num_heads=4, qkv_bias=True, drop_path=1e-9).train()  # drops (almost) nobody: comparable
+    blk = Block(32, num_heads=4, qkv_bias=True, drop_path=1e-9, fast=True).train()  # drops (almost) nobody
     plain = copy.deepcopy(blk)
-    apply_speedups(blk, ["skip_dropped_branches"])
+    plain.fast = plain.attn.fast = False
     x = torch.randn(4, 9, 32)
     torch._dynamo.reset()
     compiled = torch.compile(blk, fullgraph=True, dynamic=False)
@@ -259,18 +303,38 @@ def test_skip_dropped_branches_compiles_as_the_plain_block():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_block_and_attention_cls_rows_are_the_first_row_of_forward(dtype):
-    """The CLS-only pieces with both attention rules of the speedups on a CPU (fp32: fused; bf16 autocast: explicit)."""
+    """The CLS-only pieces with both attention rules of a fast model on a CPU (fp32: fused; bf16 autocast:
+    explicit)."""
     torch.manual_seed(0)
-    blk = apply_speedups(Block(32, num_heads=4, qkv_bias=True).eval())
+    blk = Block(32, num_heads=4, qkv_bias=True, fast=True).eval()
     x = torch.randn(3, 17, 32)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
-        a_cls, a_all = attention_cls(blk.attn, blk.norm1(x)), blk.attn(blk.norm1(x))  # (3, 1, 32), (3, 17, 32)
-        b_cls, b_all = block_cls(blk, x), blk(x)
+        a_cls, a_all = blk.attn.forward_cls(blk.norm1(x)), blk.attn(blk.norm1(x))  # (3, 1, 32), (3, 17, 32)
+        b_cls, b_all = blk.forward_cls(x), blk(x)
     tol = {} if dtype == torch.float32 else {"rtol": 2e-2, "atol": 2e-2}
     assert a_cls.shape == b_cls.shape == (3, 1, 32)
     assert_close(a_cls.float(), a_all[:, :1].float(), **tol)
     assert_close(b_cls.float(), b_all[:, :1].float(), **tol)
     assert (b_all[:, 1:] - b_all[:, :1]).abs().max() > 0.1  # the other rows differ: the first one was compared
+
+
+def test_the_input_is_checked_once_per_forward(monkeypatch):
+    """The backbone checks an image batch once (before its tokens), not once in every module it passes; PatchEmbed
+    used alone checks its own input."""
+    import vitdino_core.patch_embedding as patch_embedding
+    import vitdino_core.vision_transformer as vision_transformer
+
+    calls = []
+    check = patch_embedding.check_image_batch
+    counting = lambda *a: calls.append(1) or check(*a)  # noqa: E731
+    monkeypatch.setattr(patch_embedding, "check_image_batch", counting)
+    monkeypatch.setattr(vision_transformer, "check_image_batch", counting)
+    model = tiny_vit(patch_size=8, img_size=32, depth=2)
+    model(torch.randn(2, 3, 32, 32))
+    assert len(calls) == 1
+    with pytest.raises(ValueError, match=r"\b30\b.*\b8\b"):
+        model.patch_embed(torch.randn(2, 3, 30, 32))  # alone: its own clear error
+    assert len(calls) == 2
 
 
 @pytest.mark.parametrize("size", [100, 224])
@@ -339,9 +403,9 @@ def test_attention_fused_and_explicit_paths_agree():
 
 
 def test_attention_path_per_dtype_on_cpu(monkeypatch):
-    """The plain module always calls the fused kernel when no weights are wanted; with speedups' explicit_attention,
-    CPU bf16 autocast takes the explicit product instead (fp32 stays fused), and still matches fp32 to bf16
-    precision, gradients included."""
+    """The plain module always calls the fused kernel when no weights are wanted; a fast one takes the explicit
+    product in CPU bf16 autocast instead (fp32 stays fused), and still matches fp32 to bf16 precision, gradients
+    included."""
     import vitdino_core.attention as attention_module
 
     calls = []
@@ -350,7 +414,7 @@ def test_attention_path_per_dtype_on_cpu(monkeypatch):
                         lambda *a, **kw: calls.append(a[0].dtype) or fused(*a, **kw))
     torch.manual_seed(0)
     plain = Attention(64, num_heads=4, qkv_bias=True).eval()
-    attn = apply_speedups(copy.deepcopy(plain), ["explicit_attention"])
+    attn = fast_copy(plain, Attention)
     x = torch.randn(2, 17, 64, requires_grad=True)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         plain(x)

@@ -295,7 +295,9 @@ def test_progress_a_person_sees(data_env, tmp_path, capsys):
     summary = next(i for i, ln in enumerate(lines) if ln.startswith("data:"))
     assert "imagenette, 48 images" in lines[summary] and "6 steps per epoch, 8 steps in all" in lines[summary]
     assert re.match(r"model: +vit_tiny/12 \+ DINO head \(128 outputs\): [\d.]+M parameters", lines[summary + 1])
-    assert re.match(r"device: cpu, 1 thread, fp32", lines[summary + 2]) and lines[summary + 3].endswith(str(run))
+    assert re.match(r"device: cpu, 1 thread, fp32", lines[summary + 2]) and lines[summary + 4].endswith(str(run))
+    assert lines[summary + 3] == ("path:   fast (the last block computes the CLS row alone; a dropped branch is not "
+                                  "computed; the same values as plain)")  # fast: true, the default
     epoch_lines = [ln for ln in lines if re.search(r"epoch \d/2: loss [\d.]+ \(step", ln)]
     assert len(epoch_lines) == 1 and "step 6/8" in epoch_lines[0]
     done = [ln for ln in err.splitlines() if "done:" in ln]

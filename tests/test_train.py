@@ -48,6 +48,30 @@ def read_metrics(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
+def test_the_fast_flag_is_one_config_key_that_student_and_teacher_carry(data_env, tmp_path):
+    """`fast` (default true) builds the student with the model's speed tricks on and the EMA teacher, a copy, keeps
+    them; the summary's path line says which path runs and which tricks act on this device; fast=false builds the
+    plain modules; a value that is not true or false is an error that names the key."""
+    import warnings
+
+    assert load_config("workshop_tiny").fast is True
+    for fast, precision in ((True, "fp32"), (True, "bf16"), (False, "fp32")):
+        cfg = load_config("workshop_tiny", tiny_overrides(tmp_path, fast=fast, precision=precision))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # bf16 on a CPU without bf16 units: the slow-precision warning
+            tr = DINOTrainer(cfg, quiet=True)
+        flags = {m.fast for model in (tr.student, tr.teacher) for m in model.modules() if hasattr(m, "fast")}
+        assert flags == {fast} and f"fast={fast}" in repr(tr.teacher.backbone)
+        path = next(ln for ln in tr.summary().splitlines() if ln.startswith("path:"))
+        if not fast:
+            assert path.startswith("path:   plain (")
+        else:
+            assert path.startswith("path:   fast (the last block computes the CLS row alone; a dropped branch is not")
+            assert ("attention as the explicit softmax" in path) == (precision == "bf16")
+    with pytest.raises(ConfigError, match="fast: expected true or false"):
+        load_config("workshop_tiny", ["fast=sometimes"])
+
+
 def test_cli_writes_checkpoint_metrics_and_config(data_env, tmp_path):
     assert main(tiny(tmp_path, max_steps=3)) == 0
     run = tmp_path / "workshop_tiny"

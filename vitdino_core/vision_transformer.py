@@ -7,6 +7,13 @@
 
 Parameter names match the official DINO `vision_transformer.py` (and timm), so official
 backbone weights load with `strict=True` and a reader can hold the two side by side.
+
+`fast=True` (what training uses; `fast: true` in the configs) turns on three ways of computing the
+same values in less time, each a branch next to the plain code it replaces, and `repr(model)` shows
+the flag on every module that has one: the last block computes the CLS row alone
+(`VisionTransformer.forward`, `Block.forward_cls`, `Attention.forward_cls`); in training on a CPU a
+dropped residual branch is not computed (`Block.forward_kept`); on a CPU in bf16 attention is the
+explicit softmax (`Attention.attend`). Notebook 09 shows what each one saves.
 """
 
 from __future__ import annotations
@@ -71,15 +78,19 @@ class Block(nn.Module):
     """Pre-norm transformer block: attention then MLP, each inside a residual connection."""
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = False, drop: float = 0.0,
-                 attn_drop: float = 0.0, drop_path: float = 0.0, norm_layer=nn.LayerNorm):
+                 attn_drop: float = 0.0, drop_path: float = 0.0, norm_layer=nn.LayerNorm, fast: bool = False):
         super().__init__()
         self.norm1 = norm_layer(dim)
-        self.attn = Attention(dim, num_heads=num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=drop)
+        self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=drop, fast=fast)
         self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
         self.norm2 = norm_layer(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop)
+        self.fast = fast  # in training on a CPU, a dropped residual branch is not computed (`forward_kept`)
 
     def forward(self, x: torch.Tensor, return_attention: bool = False):
+        if self.fast and self.training and not return_attention and x.device.type == "cpu" \
+                and not torch.compiler.is_compiling():  # eager CPU: the kept samples are found without a wait
+            return self.forward_kept(x)  # (B, N, D): a dropped branch is not computed
         if return_attention:
             y, attn = self.attn(self.norm1(x), return_attention=True)  # (B, N, D), (B, H, N, N)
         else:
@@ -87,6 +98,34 @@ class Block(nn.Module):
         x = x + self.drop_path(y)  # (B, N, D)
         x = x + self.drop_path(self.mlp(self.norm2(x)))  # (B, N, D)
         return (x, attn) if return_attention else x
+
+    def forward_kept(self, x: torch.Tensor) -> torch.Tensor:
+        """`self(x)` in training, (B, N, D), with stochastic depth as Huang et al. (2016) meant it: a sample whose
+        residual branch is dropped does not compute it. The coins are those `drop_path` would draw (one per sample,
+        in the branch's dtype), drawn before the branch; the values and the gradients are the plain block's."""
+        p = getattr(self.drop_path, "drop_prob", 0.0)  # nn.Identity: nothing dropped
+        keep = 1 - p
+        dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype  # the branch's dtype
+        for norm, branch in ((self.norm1, self.attn), (self.norm2, self.mlp)):
+            if p == 0.0:
+                x = x + branch(norm(x))  # (B, N, D): no coins to draw
+                continue
+            coins = (keep + torch.rand(x.shape[0], 1, 1, dtype=dtype, device=x.device)).floor_()  # (B, 1, 1): 1 = keep
+            kept = coins.flatten().nonzero().squeeze(1)  # (b,): the samples that keep the branch
+            if 0 < len(kept) < x.shape[0]:
+                y = branch(norm(x[kept])).div(keep)  # (b, N, D): the branch of the kept samples alone
+                x = x.index_add(0, kept, y.to(x.dtype))  # (B, N, D): a dropped sample's row stays x
+            else:  # nobody dropped, or everybody (the branch's weights still take part, at 0)
+                x = x + branch(norm(x)).div(keep) * coins  # (B, N, D): drop_path with these coins
+        return x
+
+    def forward_cls(self, x: torch.Tensor) -> torch.Tensor:
+        """`self(x)[:, :1]`, (B, N, D) -> (B, 1, D): the block's output for the CLS token alone."""
+        x_cls = x[:, :1] + self.drop_path(self.attn.forward_cls(self.norm1(x)))  # (B, 1, D): CLS attends to all
+        return x_cls + self.drop_path(self.mlp(self.norm2(x_cls)))  # (B, 1, D): the MLP of one token
+
+    def extra_repr(self) -> str:
+        return f"fast={self.fast}"
 
 
 def resize_pos_grid(grid_pos: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
@@ -110,15 +149,20 @@ def default_img_size(patch_size: int, target: int = 224) -> int:
 
 
 class VisionTransformer(nn.Module):
+    """`fast=True` sets the flag on the model and on every block and its attention; each module reads its own,
+    so turning it off on one kind of module turns off that module's trick alone."""
+
     def __init__(self, img_size: int = 224, patch_size: int = 16, in_chans: int = 3, embed_dim: int = 768, depth: int = 12,
                  num_heads: int = 12, mlp_ratio: float = 4.0, qkv_bias: bool = True, drop_path_rate: float = 0.0,
-                 num_classes: int = 0, drop_rate: float = 0.0, attn_drop_rate: float = 0.0, norm_layer=None):
+                 num_classes: int = 0, drop_rate: float = 0.0, attn_drop_rate: float = 0.0, norm_layer=None,
+                 fast: bool = False):
         super().__init__()
         norm_layer = norm_layer or partial(nn.LayerNorm, eps=1e-6)
         self.num_features = self.embed_dim = embed_dim
         self.patch_size = patch_size
         self.num_heads = num_heads
         self.grad_checkpointing = False  # recompute block activations in backward to save memory
+        self.fast = fast  # the last block computes the CLS row alone (`forward`)
 
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
         num_patches = self.patch_embed.num_patches
@@ -128,7 +172,7 @@ class VisionTransformer(nn.Module):
 
         dpr = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]  # linear rule: deeper blocks drop more
         self.blocks = nn.ModuleList([
-            Block(embed_dim, num_heads, mlp_ratio, qkv_bias, drop_rate, attn_drop_rate, dpr[i], norm_layer)
+            Block(embed_dim, num_heads, mlp_ratio, qkv_bias, drop_rate, attn_drop_rate, dpr[i], norm_layer, fast=fast)
             for i in range(depth)
         ])
         self.norm = norm_layer(embed_dim)
@@ -159,29 +203,35 @@ class VisionTransformer(nn.Module):
         return torch.cat((self.pos_embed[:, :1], grid), dim=1)  # (1, 1+h0*w0, D): the CLS entry as it is
 
     def prepare_tokens(self, x: torch.Tensor) -> torch.Tensor:
-        check_image_batch(x, self.patch_size, self.patch_embed.in_chans)
+        check_image_batch(x, self.patch_size, self.patch_embed.in_chans)  # the batch's one input check
         B, _, h, w = x.shape
-        x = self.patch_embed(x)  # (B, N, D)
+        x = self.patch_embed.proj(x).flatten(2).transpose(1, 2)  # (B, N, D): `patch_embed(x)`, checked above
         x = torch.cat((self.cls_token.expand(B, -1, -1), x), dim=1)  # (B, N+1, D)
         x = x + self.interpolate_pos_encoding(x, h, w)  # (B, N+1, D)
         return self.pos_drop(x)
 
-    def _run_block(self, blk, x: torch.Tensor) -> torch.Tensor:
-        """blk(x), with its activations recomputed in backward instead of stored when grad_checkpointing is on."""
-        if self.grad_checkpointing and self.training and torch.is_grad_enabled():
-            return torch.utils.checkpoint.checkpoint(blk, x, use_reentrant=False)
-        return blk(x)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The CLS token after the final norm, (B, D): the image's feature."""
+        x = self.prepare_tokens(x)  # (B, N+1, D)
+        blocks = list(self.blocks)
+        if self.fast:  # nothing reads the last block's other N outputs: it computes the CLS row alone
+            blocks[-1] = self.blocks[-1].forward_cls  # (B, N+1, D) -> (B, 1, D)
+        recompute = self.grad_checkpointing and self.training and torch.is_grad_enabled()  # save memory, not time
+        for blk in blocks:
+            x = torch.utils.checkpoint.checkpoint(blk, x, use_reentrant=False) if recompute else blk(x)  # (B, N+1, D)
+        x = self.norm(x)  # (B, N+1, D), or (B, 1, D) when fast
+        return self.head(x[:, 0])  # (B, D)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """All tokens after the final norm: (B, N+1, D)."""
         x = self.prepare_tokens(x)  # (B, N+1, D)
+        recompute = self.grad_checkpointing and self.training and torch.is_grad_enabled()
         for blk in self.blocks:
-            x = self._run_block(blk, x)  # (B, N+1, D)
+            x = torch.utils.checkpoint.checkpoint(blk, x, use_reentrant=False) if recompute else blk(x)  # (B, N+1, D)
         return self.norm(x)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The CLS token after the final norm, (B, D): the image's feature."""
-        return self.head(self.forward_features(x)[:, 0])  # (B, D)
+    def extra_repr(self) -> str:
+        return f"fast={self.fast}"
 
     @torch.no_grad()
     def get_last_selfattention(self, x: torch.Tensor) -> torch.Tensor:

@@ -578,6 +578,9 @@ print("after 3 steps every student and teacher weight, and the centre, agree"
 # From here on, `DINOTrainer` runs the steps. Its `fit()` adds what a real run needs around them:
 # the data loader with per-image augmentation seeds (so a resumed run sees the same crops), a
 # metrics record every `log_every` steps, a check for NaNs, collapse warnings and checkpoints.
+# It builds its models with the config's `fast: true` (the default): the modules of notebooks
+# 01-03 with their speed tricks on, the same values in less time (notebook 09 shows each); the
+# `path:` line of the summary that `fit()` prints says so.
 #
 # ## 7. Training for real, on this CPU
 #

@@ -84,6 +84,7 @@ class TrainConfig:
     gpu_augment_size: int = 0  # with gpu_augment: resize+centre-crop images to this square first (0 = as they are)
     gpu_augment_max_size: int = 0  # with gpu_augment: shrink images whose longer side exceeds this, pad to a square (0 = off)
     grad_checkpointing: bool = False
+    fast: bool = True  # the model's speed tricks (vision_transformer.py, attention.py): the same values, less time
     threads: int = 0  # torch CPU threads (0 = PyTorch's default)
     # --- bookkeeping
     max_steps: int = 0  # stop after this many optimisation steps in total (0 = all epochs)

@@ -176,7 +176,7 @@ def raise_shared(problem: str, env: DistEnv, error: type[Exception]) -> None:
 # epoch (lr, weight decay, teacher momentum and temperature): changing one would make another run, or
 # re-index the data position and every schedule. `precision` is fixed too: it is the arithmetic of
 # every step (and fp16 saves a loss scale the others lack); `device` is not: a run may move machines.
-RESUME_CHANGEABLE = ("threads", "num_workers", "max_steps", "log_every", "save_every_steps", "saveckp_freq",
+RESUME_CHANGEABLE = ("fast", "threads", "num_workers", "max_steps", "log_every", "save_every_steps", "saveckp_freq",
                      "collapse_patience", "device", "compile", "compile_mode", "grad_checkpointing", "gpu_augment",
                      "download", "output_dir", "run_name")
 

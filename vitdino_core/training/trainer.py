@@ -15,7 +15,6 @@ import signal
 import sys
 import time
 import warnings
-from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
 from typing import Callable
@@ -39,7 +38,6 @@ from ..ema_training import (cancel_gradients_last_layer, clip_gradients, cosine_
 from ..multicrop import MultiCropAugmentation, MultiCropWrapper, collate_multicrop
 from .multicrop_gpu import GPUMultiCropAugmentation, PaddedImages, Uint8Images, collate_uint8
 from .run_state import RunFolder, StopSignals
-from ..speedups import apply_speedups
 from ..vision_transformer import build_vit
 
 
@@ -75,10 +73,11 @@ def split_crops(crops: list[torch.Tensor], batch_size: int) -> tuple[torch.Tenso
 # ----------------------------------------------------------------------------- building a run
 
 def build_student(cfg: TrainConfig) -> MultiCropWrapper:
-    backbone = build_vit(cfg.arch, cfg.patch_size, img_size=cfg.global_crops_size, drop_path_rate=cfg.drop_path_rate)
+    backbone = build_vit(cfg.arch, cfg.patch_size, img_size=cfg.global_crops_size, drop_path_rate=cfg.drop_path_rate,
+                         fast=cfg.fast)  # the teacher, a copy, keeps the flag
     backbone.grad_checkpointing = cfg.grad_checkpointing
     head = DINOHead(backbone.embed_dim, cfg.out_dim, use_bn=cfg.use_bn_in_head, norm_last_layer=cfg.norm_last_layer)
-    return apply_speedups(MultiCropWrapper(backbone, head))  # the step's speed tricks, in one place
+    return MultiCropWrapper(backbone, head)
 
 
 def check_head_fits(cfg: TrainConfig, device: torch.device) -> None:
@@ -248,11 +247,6 @@ class DINOTrainer:
         except (RuntimeError, TypeError, ValueError):
             return torch.optim.AdamW(get_params_groups(self.student), foreach=True)
 
-    def _autocast(self):
-        if self.amp_dtype == torch.float32:
-            return nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
-
     def _reset_meters(self) -> None:
         z = lambda: torch.zeros((), device=self.device)  # noqa: E731
         self._m = {"loss": z(), "teacher_entropy": z(), "batch_entropy": z()}
@@ -287,13 +281,14 @@ class DINOTrainer:
         global_crops = global_crops.to(self.device, non_blocking=True)  # (2B, 3, G, G)
         crops = [global_crops] if local_crops is None else [global_crops, local_crops.to(self.device, non_blocking=True)]
 
-        with self._autocast():
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype != torch.float32):
             with torch.no_grad():
                 teacher_out = self.teacher(global_crops)  # (2B, K): the global views only
             student_out = self.student_ddp(crops)  # ((2+N)B, K): every view
         with torch.no_grad():
             teacher_probs = self.loss_fn.teacher_probs(teacher_out, epoch)  # (2B, K), centred and sharpened
-            self._record_teacher_stats(teacher_probs)
+            self._m["teacher_entropy"] += entropy(teacher_probs).mean()  # per-image entropy: ln K when uniform
+            self._m["batch_entropy"] += entropy(teacher_probs.mean(0))  # of the batch mean: ~0 when one dim wins
         loss = self.loss_fn(student_out, teacher_out, epoch, teacher_probs=teacher_probs)  # one teacher softmax, not two
 
         self.optimizer.zero_grad(set_to_none=True)
@@ -314,11 +309,6 @@ class DINOTrainer:
         self._m_images += global_crops.shape[0] // 2 * self.env.world_size
         self.step += 1
         return loss.detach()
-
-    def _record_teacher_stats(self, p: torch.Tensor) -> None:
-        """p: the teacher's centred and sharpened distribution, (2B, K)."""
-        self._m["teacher_entropy"] += entropy(p).mean()  # per-sample entropy: ln K when uniform
-        self._m["batch_entropy"] += entropy(p.mean(0))  # entropy of the batch mean: ~0 when one dim wins
 
     # ------------------------------------------------------------------ metrics
     def collect_metrics(self) -> dict:
@@ -444,7 +434,19 @@ class DINOTrainer:
             f"model:  {cfg.arch}/{cfg.patch_size} + DINO head ({cfg.out_dim} outputs): {n_student / 1e6:.2f}M parameters "
             f"({n_backbone / 1e6:.2f}M in the backbone)",
             f"device: {self.device}, {torch.get_num_threads()} thread{'s' if torch.get_num_threads() > 1 else ''}, {dtype}",
+            f"path:   {self._path()}",
             f"run:    {self.run_dir}"])
+
+    def _path(self) -> str:
+        """Which forward runs (the model's `fast` flag) and, when fast, the tricks that act on this device."""
+        if not self.cfg.fast:
+            return "plain (every module as DINO writes it; fast=true for the speed tricks)"
+        cpu = self.device.type == "cpu"
+        tricks = ["the last block computes the CLS row alone"]
+        skips = cpu and not self.cfg.compile and self.cfg.drop_path_rate > 0  # eager CPU training with stochastic depth
+        tricks += ["a dropped branch is not computed"] if skips else []
+        tricks += ["attention as the explicit softmax"] if cpu and self.amp_dtype == torch.bfloat16 else []
+        return f"fast ({'; '.join(tricks)}; the same values as plain)"
 
     def _epoch_bar(self) -> tqdm:
         """A progress bar over the current epoch's steps, starting where this epoch stands."""
