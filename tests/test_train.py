@@ -261,3 +261,27 @@ def test_python_m_entry_point(data_env, tmp_path):
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout.strip().splitlines()[-1])["step"] == 1
+
+
+def test_progress_lines_go_to_stdout_in_a_notebook(monkeypatch, capsys):
+    """In a terminal progress goes to stderr (stdout carries the command's JSON); in a notebook kernel to stdout,
+    since JupyterLab paints stderr as an error box under the live plot."""
+    import io
+    from types import SimpleNamespace
+
+    from vitdino_core.training.device import DistEnv
+    from vitdino_core.training.trainer import progress_stream
+
+    fake_self = SimpleNamespace(env=DistEnv(), quiet=False)
+    DINOTrainer.say(fake_self, "epoch 1/2: loss 5.0")
+    out, err = capsys.readouterr()
+    assert "epoch 1/2" in err and "epoch 1/2" not in out
+
+    class OutStream(io.StringIO):  # what ipykernel puts in sys.stderr
+        pass
+
+    OutStream.__module__ = "ipykernel.iostream"
+    monkeypatch.setattr(sys, "stderr", OutStream())
+    assert progress_stream() is sys.stdout
+    DINOTrainer.say(fake_self, "epoch 2/2: loss 4.0")
+    assert "epoch 2/2" in capsys.readouterr().out and sys.stderr.getvalue() == ""

@@ -418,7 +418,7 @@ class DINOTrainer:
     def say(self, text: str) -> None:
         """A line for the person watching (stderr, above the progress bar); nothing when quiet and on ranks > 0."""
         if self.env.is_main and not self.quiet:
-            tqdm.write(text, file=sys.stderr)
+            tqdm.write(text, file=progress_stream())
 
     def summary(self) -> str:
         """What is about to run: data, steps, model, device, precision, folder."""
@@ -453,7 +453,7 @@ class DINOTrainer:
         start = self.step % self.steps_per_epoch
         end = min(self.steps_per_epoch, start + self.total_steps - self.step)
         self._bar = tqdm(total=end, initial=start, desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}",
-                         disable=not self.env.is_main or self.quiet, leave=False, dynamic_ncols=True, file=sys.stderr)
+                         disable=not self.env.is_main or self.quiet, leave=False, dynamic_ncols=True, file=progress_stream())
         return self._bar
 
     def _end_epoch(self, steps: int, started: float) -> None:
@@ -543,6 +543,12 @@ class DINOTrainer:
         if bar is not None:
             bar.close()
         return records
+
+
+def progress_stream():
+    """Where progress lines go: stderr in a terminal (stdout carries the command's JSON summary), stdout in a
+    notebook, where JupyterLab paints stderr as an error box."""
+    return sys.stdout if type(sys.stderr).__module__.startswith("ipykernel") else sys.stderr
 
 
 def _clock(seconds: float) -> str:
