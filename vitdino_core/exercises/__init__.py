@@ -1,26 +1,44 @@
 """Self-checks for the workshop exercises in notebooks 01-08.
 
 Each exercise in a notebook has one `check_<name>(fn)`: it calls the learner's function on several
-shapes, seeds and edge cases, compares it with the finished code in `vitdino_core`, and then either
-prints one short line or raises an `ExerciseMistake` (an `AssertionError`) that names the likely
-mistake in the learner's words ("softmax over the wrong axis: rows do not sum to 1"). It never shows
-the solution.
+shapes, seeds, settings and modes, compares the results with `reference_<name>` (the finished code
+of `vitdino_core`, with the learner's signature), and then either prints one short line or raises an
+`ExerciseMistake` that names the likely mistake in the learner's words. It never shows the solution.
 
     check_patchify(patchify_by_hand)          # ok: patchify - matches vitdino_core on 5 cases
     patchify_fn = pick("patchify", patchify_by_hand, patchify)   # yours once its check passed
 
-The checks live in two files, one per half of the course: `vit.py` (notebooks 01-04, the Vision
-Transformer) and `dino.py` (notebooks 05-08, DINO and its evaluation). This file keeps the record of
-which checks ran and how they ended, so that later cells can fall back to the core's version and a
-notebook's last cell (`assert_checked([...])`) can prove that every check really ran.
+Every check is written the same way, with the helpers below:
+
+    @reference("attention")                   # what pick() falls back to
+    def reference_attention(q, k, v, scale=True): ...
+
+    @check("attention")                       # records the outcome, prints the verdict
+    def check_attention(fn):
+        for case in CASES:
+            got = expect_tensor(fn(...))      # the learner's result
+            expect_shape(got, want.shape, axes, "weights", known={wrong shape: "message"})
+            expect_same(got, want, {          # the table of named wrong answers: message -> wrong value
+                "the scores are scaled after the softmax: ...": lambda: ...,
+            }, "what the result should be")   # when it matches none of them
+
+`close` is the one tolerance rule; `first_match` returns the first wrong answer a result equals.
+The checks live in two files, one per half of the course: `vit.py` (notebooks 01-04) and `dino.py`
+(notebooks 05-08). This file keeps the record of which checks ran and how they ended, so that later
+cells can fall back to the reference and a notebook's last cell (`assert_checked([...])`) can prove
+that every check really ran.
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
-from typing import Callable, Sequence, TypeVar
+import sysconfig
+import traceback
+from pathlib import Path
+from typing import Callable, Mapping, Sequence, TypeVar
 
+import numpy as np
 import torch
 
 F = TypeVar("F", bound=Callable)
@@ -28,12 +46,45 @@ F = TypeVar("F", bound=Callable)
 # name -> "passed" | "failed" | "todo" (the stub still raises NotImplementedError)
 #         | "broken" (the check passed although the function is still the stub: a bug in the check)
 STATUS: dict[str, str] = {}
-# name -> the core's version of the exercise, with the learner's signature (see `reference`)
+# name -> reference_<name>, the finished version with the learner's signature (see `reference`)
 REFERENCES: dict[str, Callable] = {}
+
+_CHECKER_DIR = str(Path(__file__).resolve().parent)
+_LIBRARY_DIRS = tuple(str(Path(p).resolve()) for p in {sysconfig.get_paths()[k] for k in ("stdlib", "purelib",
+                                                                                          "platlib")})
+
+
+def _learners_frames(tb) -> list[traceback.FrameSummary]:
+    """The frames of a traceback that are the learner's: not this checker, not torch or the standard library."""
+    frames = []
+    for frame in traceback.extract_tb(tb):
+        path = str(Path(frame.filename).resolve()) if not frame.filename.startswith("<") else frame.filename
+        if not path.startswith(_CHECKER_DIR) and not path.startswith(_LIBRARY_DIRS):
+            frames.append(frame)
+    return frames
 
 
 class ExerciseMistake(AssertionError):
-    """A check failed; the message names the likely mistake."""
+    """A check failed; the message names the likely mistake.
+
+    In a notebook the red box shows the learner's lines and the mistake, not the checker's code:
+    IPython calls `_render_traceback_` instead of printing the traceback. When the learner's
+    function raised, that error stays chained (`__cause__`) and its frames in the learner's code
+    are shown above the message."""
+
+    def _render_traceback_(self) -> list[str]:
+        lines = []
+        cause = self.__cause__
+        if cause is not None:
+            frames = _learners_frames(cause.__traceback__)
+            if frames:
+                lines.append("Your code raised an error here:")
+                lines += "".join(traceback.format_list(frames)).rstrip("\n").splitlines()
+        else:
+            frames = _learners_frames(self.__traceback__)
+            if frames:
+                lines += "".join(traceback.format_list(frames[-1:])).rstrip("\n").splitlines()
+        return lines + [f"ExerciseMistake: {self}"]
 
 
 def mistake(message: str) -> ExerciseMistake:
@@ -51,18 +102,20 @@ def is_stub(fn: Callable) -> bool:
 
 
 def check(name: str) -> Callable[[Callable], Callable]:
-    """Decorator for `check_<name>(fn)` functions: records the outcome and prints the verdict.
+    """Register `check_<name>(fn)`: run the body with its own random state, record the outcome, print it.
 
     The body calls `fn` and raises `mistake("...")` when it finds one; what it returns (a short
-    string such as "matches vitdino_core on 5 cases") ends the success line.
+    string such as "matches vitdino_core on 5 cases") ends the success line. The learner's global
+    random state is left as it was.
     """
 
     def decorate(body: Callable) -> Callable:
         @functools.wraps(body)
         def run(fn: Callable, *args, **kwargs) -> None:
-            __tracebackhide__ = True  # IPython and pytest show the learner's cell, not this frame
+            __tracebackhide__ = True  # pytest shows the learner's line, not this frame
             try:
-                detail = body(fn, *args, **kwargs)
+                with torch.random.fork_rng():
+                    detail = body(fn, *args, **kwargs)
             except NotImplementedError as e:
                 STATUS[name] = "todo"
                 task = str(e) or "replace the `raise NotImplementedError` line with your code"
@@ -87,7 +140,7 @@ def check(name: str) -> Callable[[Callable], Callable]:
 
 
 def reference(name: str) -> Callable[[F], F]:
-    """Decorator: register the core's version of exercise `name` (same signature as the learner's)."""
+    """Register `reference_<name>`: the finished version of exercise `name`, with the learner's signature."""
 
     def register(fn: F) -> F:
         REFERENCES[name] = fn
@@ -103,7 +156,7 @@ def passed(name: str) -> bool:
 def pick(name: str, mine: F, core: F | None = None) -> F:
     """The learner's function once its check passed, else the core's (and say so).
 
-    `core` defaults to the version registered for `name` with `@reference(name)`."""
+    `core` defaults to `reference_<name>`, registered with `@reference(name)`."""
     if passed(name):
         return mine
     if core is None:
@@ -142,20 +195,31 @@ def reset() -> None:
     STATUS.clear()
 
 
-# ---- helpers for writing checks: each raises `mistake(...)` with a message in the learner's terms
+# ---- the helpers every check uses: each raises `mistake(...)` with a message in the learner's terms
+
+RTOL, ATOL = 1e-4, 1e-5  # the one tolerance rule, see `close`
+
 
 def expect_tensor(got, what: str = "your function") -> torch.Tensor:
+    """The learner's result as a tensor (a NumPy array is converted), else a named mistake."""
+    if isinstance(got, np.ndarray):
+        return torch.from_numpy(got)
     if not isinstance(got, torch.Tensor):
         raise mistake(f"{what} returned {type(got).__name__}, expected a torch.Tensor")
     return got
 
 
-def expect_shape(got, want: Sequence[int], axes: Sequence[str] | None = None, what: str = "output") -> None:
-    """Compare shapes; when the sizes are right but in another order, say which axes look swapped."""
+def expect_shape(got, want: Sequence[int], axes: Sequence[str] | None = None, what: str = "output",
+                 known: Mapping[tuple, str] | None = None) -> None:
+    """Compare shapes; `known` maps typical wrong shapes to their message, and when the sizes are
+    right but in another order, the message says which axes look swapped."""
     got = expect_tensor(got)
     shape, want = tuple(got.shape), tuple(want)
     if shape == want:
         return
+    for wrong, message in (known or {}).items():
+        if shape == tuple(wrong):
+            raise mistake(message)
     axes = list(axes) if axes else [f"axis {i}" for i in range(len(want))]
     named = "(" + ", ".join(f"{a}={n}" for a, n in zip(axes, want)) + ")"
     message = f"wrong {what} shape {shape}, expected {want} = {named}"
@@ -167,24 +231,60 @@ def expect_shape(got, want: Sequence[int], axes: Sequence[str] | None = None, wh
     raise mistake(message)
 
 
-def close(got: torch.Tensor, want: torch.Tensor, atol: float = 1e-5, rtol: float = 1e-4) -> bool:
-    return got.shape == want.shape and torch.allclose(got.float(), want.float(), atol=atol, rtol=rtol)
+def close(got, want) -> bool:
+    """The one tolerance rule: same shape, and every value within RTOL of itself or ATOL of the largest
+    value (in float64); booleans and integers must be equal. Lists and tuples compare item by item."""
+    if isinstance(want, (list, tuple)):
+        return (isinstance(got, (list, tuple)) and len(got) == len(want)
+                and all(close(a, b) for a, b in zip(got, want)))
+    if isinstance(want, (int, float, np.ndarray)):
+        want = torch.as_tensor(want)
+    if isinstance(got, (int, float, np.ndarray)):
+        got = torch.as_tensor(got)
+    if not isinstance(got, torch.Tensor) or tuple(got.shape) != tuple(want.shape):
+        return False
+    got, want = got.detach().cpu(), want.detach().cpu()
+    if not (want.is_floating_point() or got.is_floating_point()):
+        return torch.equal(got.long(), want.long())
+    got, want = got.double(), want.double()
+    scale = want.abs().max().item() if want.numel() else 0.0
+    return bool(torch.allclose(got, want, rtol=RTOL, atol=ATOL * max(scale, 1e-3)))
 
 
-def expect_close(got, want: torch.Tensor, hint: str, atol: float = 1e-5, rtol: float = 1e-4) -> None:
-    """Shapes first (with the swapped-axes message), then values; `hint` says what to look at."""
-    expect_shape(got, want.shape)
-    if not close(got, want, atol, rtol):
-        err = (got.float() - want.float()).abs().max().item()
-        raise mistake(f"wrong values (largest difference {err:.3g}): {hint}")
+def first_match(got, wrong: Mapping[str, object]) -> str | None:
+    """The label of the first wrong answer `got` equals (by `close`), if any.
 
-
-def first_match(got: torch.Tensor, candidates: dict[str, torch.Tensor], atol: float = 1e-5) -> str | None:
-    """The name of the first typical wrong answer `got` equals, if any."""
-    for label, value in candidates.items():
-        if close(got, value, atol=atol):
+    Each value is a wrong result, or a function of no arguments that computes it (so that only the
+    ones needed are computed); None leaves an entry out for this case."""
+    for label, value in wrong.items():
+        if value is None:
+            continue
+        if callable(value):
+            try:
+                value = value()
+            except Exception:  # a wrong version that cannot run on this case
+                continue
+        if close(got, value):
             return label
     return None
+
+
+def expect_same(got, want, wrong: Mapping[str, object], otherwise: str) -> None:
+    """Pass when `got` equals `want`; else raise the label of the first wrong answer it equals, or
+    `otherwise` (what the result should be) when it equals none of them."""
+    if close(got, want):
+        return
+    raise mistake(first_match(got, wrong) or otherwise)
+
+
+def expect_unchanged(before: Sequence[torch.Tensor], after: Sequence[torch.Tensor], message: str) -> None:
+    """Raise `message` when a tensor the learner's function received was changed in place."""
+    if any(not torch.equal(a, b) for a, b in zip(before, after)):
+        raise mistake(message)
+
+
+def gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
 
 
 # the checks, one file per half of the course (each defines __all__)
