@@ -118,7 +118,7 @@ MODEL = weights.model  # the model the by-hand cells and retrieval use
 TAG = f"{TRAINED_TAG}: {WEIGHTS}" if trained is not None else "RANDOM init: no trained checkpoint"
 MODELS = {RANDOM_TAG: random_model} | ({TRAINED_TAG: trained} if trained is not None else {})
 print(weights.summary())
-print("evaluated beside it: raw pixels" + ("" if trained is not None else "; no DINO row yet"))
+print("also evaluated: raw pixels" + ("" if trained is not None else "; no DINO row yet"))
 
 # %% [markdown]
 # ## 1. The data
