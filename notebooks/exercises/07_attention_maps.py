@@ -559,8 +559,8 @@ if trained is not None:
     sharper = int((trained_coverage < random_coverage - 0.02).sum())  # by more than 2 points
     print(f"{WEIGHTS}: mean per-head coverage {trained_coverage.mean():.0%} against random init's "
           f"{random_coverage.mean():.0%}, entropy {trained_entropy.mean():.3f} against "
-          f"{random_entropy.mean():.3f}; {sharper} of {HEADS} heads more selective than random init "
-          "(coverage lower by more than 2 points)")
+          f"{random_entropy.mean():.3f}; {sharper} of {HEADS} heads more selective than random "
+          "init (coverage lower by more than 2 points)")
 
 # %% [markdown]
 # The random network's entropy is almost exactly 1 and its masks cover about 60% of the patches: it
