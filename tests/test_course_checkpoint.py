@@ -46,6 +46,9 @@ def test_a_path_relative_to_the_repository_works_from_the_notebooks_folder(monke
     monkeypatch.chdir(SHIPPED_CHECKPOINT.parents[1] / "notebooks")  # where a notebook's kernel runs
     monkeypatch.setenv("VITDINO_CHECKPOINT", "checkpoints/dino_imagenette96.pth")
     assert course_checkpoint()[0].resolve() == SHIPPED_CHECKPOINT.resolve()
+    monkeypatch.setenv("VITDINO_CHECKPOINT", "checkpoints/nope.pth")  # missing: both places named
+    with pytest.raises(CheckpointError, match=r"notebooks/checkpoints/nope.pth, nor under the repository root"):
+        course_checkpoint()
 
 
 def test_a_missing_file_is_one_line_naming_the_variable_and_the_path(monkeypatch, tmp_path):

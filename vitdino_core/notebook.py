@@ -99,10 +99,12 @@ def course_checkpoint() -> tuple[Path | None, str]:
     if value:
         path = _variable_path(value)
         if path.is_dir():
-            raise CheckpointError(f"{CHECKPOINT_ENV}={value} is a folder ({path}); point it at the checkpoint "
+            raise CheckpointError(f"{CHECKPOINT_ENV}={value} is a folder ({path.resolve()}); point it at the checkpoint "
                                   f"file inside (a .pth), or unset it to use the shipped one")
         if not path.is_file():
-            raise CheckpointError(f"{CHECKPOINT_ENV}={value}: no such file ({path}); point it at a checkpoint "
+            where = f"no such file ({path.resolve()}, nor under the repository root)" if not path.is_absolute() \
+                else "no such file"
+            raise CheckpointError(f"{CHECKPOINT_ENV}={value}: {where}; point it at a checkpoint "
                                   f"(e.g. dino_deitsmall8_pretrain.pth) or unset it to use the shipped one")
         return path, path.name
     return (SHIPPED_CHECKPOINT, SHIPPED_LABEL) if SHIPPED_CHECKPOINT.is_file() else (None, "no checkpoint")
