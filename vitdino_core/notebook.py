@@ -121,8 +121,9 @@ def load_course_backbone(device: str | torch.device = "cpu") -> tuple[torch.nn.M
     """The teacher backbone of `course_checkpoint()` in eval mode, and its info: (model, info).
 
     info holds "arch", "patch_size", "image_size" (the training resolution), "depth", "path" and
-    "label". Architecture, depth and patch size come from the file (its config, or the weights' shapes
-    for official files). Weights that hold NaN or inf are refused. Any problem with the file is one
+    "label". Architecture, depth and patch size are read from the weights' shapes, the training
+    resolution from the config (from `pos_embed` for official files). Weights that hold NaN or inf
+    are refused. Any problem with the file is one
     CheckpointError line that names the variable when the file came from it. Returns
     (None, {"path": None, "label": ...}) when there is no checkpoint at all.
     """
