@@ -54,8 +54,7 @@ from vitdino_core import PatchEmbed, VisionTransformer, patchify
 from vitdino_core.exercises import assert_checked, check_patch_embed, check_patchify, pick
 from vitdino_core.notebook import photo, save_figure, setup
 
-env = setup(seed=0)
-FAST = env.fast  # True under CI or VITDINO_FAST=1 (this notebook is quick either way)
+setup(seed=0)  # seeds every RNG, picks the device, prints what it chose
 
 # %% [markdown]
 # ## 1. A photo and its patch grid

@@ -55,8 +55,7 @@ from vitdino_core import Attention, PatchEmbed
 from vitdino_core.exercises import assert_checked, check_attention, check_multi_head_attention, pick
 from vitdino_core.notebook import photo, save_figure, setup
 
-env = setup(seed=0)
-FAST = env.fast  # True under CI or VITDINO_FAST=1 (this notebook is quick either way)
+setup(seed=0)  # seeds every RNG, picks the device, prints what it chose
 
 # %% [markdown]
 # ## 1. Scaled dot-product attention, by hand

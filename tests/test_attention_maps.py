@@ -114,3 +114,22 @@ def test_figures_are_drawn_and_saved(tmp_path):
     assert (tmp_path / "masks.png").read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(ValueError, match="tile"):
         plot_attention_heads(image, torch.rand(3, 5, 5))
+
+
+def test_tint_masks_tints_only_the_masked_patches_in_the_heads_colours():
+    from matplotlib import colormaps
+
+    from vitdino_core.attention_maps import tint_masks
+    from vitdino_core.multicrop import IMAGENET_MEAN, IMAGENET_STD
+
+    mean, std = torch.tensor(IMAGENET_MEAN)[:, None, None], torch.tensor(IMAGENET_STD)[:, None, None]
+    image = (torch.full((3, 8, 8), 0.5) - mean) / std  # a grey 8 x 8 image, normalised: 2 x 2 patches of 4 px
+    masks = torch.zeros(2, 2, 2, dtype=torch.bool)  # (heads, h, w)
+    masks[0, 0, 0] = masks[1, 0, 0] = masks[1, 1, 1] = True
+    out = tint_masks(image, masks, alpha=0.5)  # (8, 8, 3)
+    blue, orange = (torch.tensor(colormaps["tab10"].colors[i]).numpy() for i in (0, 1))
+    assert out.shape == (8, 8, 3)
+    assert abs(out[4:, :4] - 0.5).max() < 1e-6  # no mask: the image
+    assert abs(out[4:, 4:] - (0.25 + 0.5 * orange)).max() < 1e-6  # head 1 only
+    assert abs(out[:4, :4] - (0.5 * (0.25 + 0.5 * blue) + 0.5 * orange)).max() < 1e-6  # both heads mix
+    assert abs(tint_masks(image, masks, heads=[0])[4:, 4:] - 0.5).max() < 1e-6  # head 1 not drawn

@@ -178,6 +178,22 @@ def plot_attention_heads(image: torch.Tensor, attn: torch.Tensor, title: str | N
     return fig
 
 
+def tint_masks(image: torch.Tensor, masks: torch.Tensor, heads: Sequence[int] | None = None,
+               alpha: float = 0.5) -> np.ndarray:
+    """The image with each head's mask tinted in its own colour (tab10: head 0 blue, 1 orange, 2 green...),
+    where masks overlap the tints mix: (H, W, 3) in [0, 1]. `masks`: (heads, h, w) booleans; `heads`: which
+    to draw (all by default)."""
+    from matplotlib import colormaps
+
+    out = _to_hwc(image)  # (H, W, 3)
+    masks = _pixel_maps(masks.detach().cpu().bool(), out.shape[:2]).numpy()  # (heads, H, W) bool
+    colors = colormaps["tab10"].colors
+    for i in range(masks.shape[0]) if heads is None else heads:
+        color = np.asarray(colors[i % len(colors)])  # (3,)
+        out = np.where(masks[i][..., None], (1 - alpha) * out + alpha * color, out)  # (H, W, 3): tint the mask
+    return out
+
+
 def overlay_masks(image: torch.Tensor, masks: torch.Tensor, title: str | None = None, ncols: int = 4, panel: float = 2.5,
                   alpha: float = 0.5, combined: bool = True, save: str | os.PathLike | None = None):
     """Each head's mask drawn over the image in its own colour, plus all heads on one image.
@@ -195,11 +211,7 @@ def overlay_masks(image: torch.Tensor, masks: torch.Tensor, title: str | None = 
         panels.append(("all heads", list(range(masks.shape[0]))))
     fig, axes = _figure(len(panels), ncols, panel)
     for ax, (name, heads) in zip(axes, panels):
-        out = img.copy()  # (H, W, 3)
-        for i in heads:
-            color = np.asarray(colors[i % len(colors)])  # (3,)
-            out = np.where(masks[i][..., None], (1 - alpha) * out + alpha * color, out)  # (H, W, 3): tint the mask
-        ax.imshow(out, interpolation="nearest")
+        ax.imshow(tint_masks(image, torch.from_numpy(masks), heads, alpha), interpolation="nearest")  # (H, W, 3)
         for i in heads:
             if masks[i].any() and not masks[i].all():
                 ax.contour(masks[i].astype(float), levels=[0.5], colors=[colors[i % len(colors)]], linewidths=1.0)

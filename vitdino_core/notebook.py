@@ -70,52 +70,165 @@ def photo(name: str = "grace_hopper") -> Image.Image:
     raise FileNotFoundError(f"photo {name!r} not found in {folder}; grace_hopper, china and flower are always available")
 
 
-def shipped_checkpoint() -> Path | None:
-    """The DINO checkpoint the notebooks show: $VITDINO_CHECKPOINT if set, else the one shipped in
-    checkpoints/ (trained on imagenette-96), or None when there is none."""
-    env = os.environ.get("VITDINO_CHECKPOINT")
-    path = Path(env).expanduser() if env else SHIPPED_CHECKPOINT
-    return path if path.is_file() else None
-
-
 CHECKPOINT_ENV = "VITDINO_CHECKPOINT"
 SHIPPED_LABEL = "shipped ViT-Ti/12 (imagenette-96, CPU)"
+SHIPPED_SHAPE = ("vit_tiny", 12, 72)  # the shipped model: arch, patch size, training resolution
+
+
+def _variable_path(value: str) -> Path:
+    """The file `$VITDINO_CHECKPOINT` names: as given (relative to the working directory), else relative
+    to the repository root (a notebook's kernel runs in notebooks/, the README's paths start at the root)."""
+    path = Path(value).expanduser()
+    if path.is_absolute() or path.exists() or not (REPO_ROOT / path).exists():
+        return path
+    return REPO_ROOT / path
 
 
 def course_checkpoint() -> tuple[Path | None, str]:
-    """The weights notebooks 07 and 08 show, and a short label for figure titles: (path, label).
+    """The weights the notebooks show, and a short label for figure titles: (path, label).
 
     `$VITDINO_CHECKPOINT` names any checkpoint or backbone file, official DINO files included
-    (e.g. dino_deitsmall8_pretrain.pth); its label is the file name. Unset, the shipped
-    checkpoints/dino_imagenette96.pth, labelled as the small CPU-trained model it is. The path is
-    None only when the variable is unset and the shipped file is missing.
+    (e.g. dino_deitsmall8_pretrain.pth); its label is the file name. A missing file or a folder is a
+    CheckpointError, never a silent fallback. Unset, the shipped checkpoints/dino_imagenette96.pth,
+    labelled as the small CPU-trained model it is. The path is None only when the variable is unset
+    and the shipped file is missing.
     """
     from .checkpoint import CheckpointError
 
-    env = os.environ.get(CHECKPOINT_ENV)
-    if env:
-        path = Path(env).expanduser()
+    value = os.environ.get(CHECKPOINT_ENV)
+    if value:
+        path = _variable_path(value)
+        if path.is_dir():
+            raise CheckpointError(f"{CHECKPOINT_ENV}={value} is a folder ({path.resolve()}); point it at the checkpoint "
+                                  f"file inside (a .pth), or unset it to use the shipped one")
         if not path.is_file():
-            raise CheckpointError(f"{CHECKPOINT_ENV}={env} is not a file; point it at a checkpoint (e.g. "
-                                  f"dino_deitsmall8_pretrain.pth) or unset it to use the shipped one")
+            where = f"no such file ({path.resolve()}, nor under the repository root)" if not path.is_absolute() \
+                else "no such file"
+            raise CheckpointError(f"{CHECKPOINT_ENV}={value}: {where}; point it at a checkpoint "
+                                  f"(e.g. dino_deitsmall8_pretrain.pth) or unset it to use the shipped one")
         return path, path.name
     return (SHIPPED_CHECKPOINT, SHIPPED_LABEL) if SHIPPED_CHECKPOINT.is_file() else (None, "no checkpoint")
+
+
+def nonfinite_count(model: torch.nn.Module) -> tuple[int, list[str]]:
+    """How many floating-point values in the model's weights are NaN or inf, and in which tensors."""
+    counts = {k: int((~torch.isfinite(t)).sum()) for k, t in model.state_dict().items() if t.is_floating_point()}
+    bad = [k for k, n in counts.items() if n]
+    return sum(counts[k] for k in bad), bad
 
 
 def load_course_backbone(device: str | torch.device = "cpu") -> tuple[torch.nn.Module | None, dict]:
     """The teacher backbone of `course_checkpoint()` in eval mode, and its info: (model, info).
 
-    info holds "arch", "patch_size", "image_size" (the training resolution), "path" and "label".
-    Architecture and patch size come from the file (its config, or the weights' shapes for official
-    files). Returns (None, {"path": None, "label": ...}) when there is no checkpoint at all.
+    info holds "arch", "patch_size", "image_size" (the training resolution), "depth", "path" and
+    "label". Architecture, depth and patch size are read from the weights' shapes, the training
+    resolution from the config (from `pos_embed` for official files). Weights that hold NaN or inf
+    are refused. Any problem with the file is one
+    CheckpointError line that names the variable when the file came from it. Returns
+    (None, {"path": None, "label": ...}) when there is no checkpoint at all.
     """
-    from .checkpoint import build_backbone_from_checkpoint
+    from .checkpoint import CheckpointError, build_backbone_from_checkpoint
 
     path, label = course_checkpoint()
     if path is None:
         return None, {"path": None, "label": label}
-    model, info = build_backbone_from_checkpoint(path, which="teacher", arch=None, patch_size=None, device=device)
+    source = f"{CHECKPOINT_ENV}={os.environ[CHECKPOINT_ENV]}" if os.environ.get(CHECKPOINT_ENV) else "the shipped checkpoint"
+    try:
+        model, info = build_backbone_from_checkpoint(path, which="teacher", arch=None, patch_size=None, device=device)
+    except CheckpointError as e:
+        raise CheckpointError(f"{source}: {e}") from None
+    n_bad, tensors = nonfinite_count(model)
+    if n_bad:
+        raise CheckpointError(f"{source}: {path} holds {n_bad:,} weight values that are not finite (NaN or inf) in "
+                              f"{len(tensors)} tensor(s), e.g. {tensors[0]}; use a checkpoint from before training "
+                              "diverged")
     return model, info | {"path": str(path), "label": label}
+
+
+@dataclass
+class CourseWeights:
+    """The weights a notebook shows (`course_weights()`): the trained backbone, if any, and a random one."""
+
+    trained: torch.nn.Module | None  # the teacher backbone, eval mode; None when there is no checkpoint
+    random: torch.nn.Module  # the same architecture, freshly initialised: the baseline
+    arch: str
+    patch_size: int
+    image_size: int  # the resolution the weights were trained at
+    label: str  # names the weights in figure titles
+    story: str  # one line: what the weights are and how they were trained
+    record: dict  # the JSON record beside a shipped-style checkpoint ({} for official files)
+    path: Path | None
+
+    @property
+    def model(self) -> torch.nn.Module:
+        """The model most cells show: the trained one, else the random one."""
+        return self.trained if self.trained is not None else self.random
+
+    @property
+    def grid(self) -> int:
+        """Patches per side at the training resolution."""
+        return self.image_size // self.patch_size
+
+    @property
+    def depth(self) -> int:
+        return len(self.model.blocks)
+
+    @property
+    def num_heads(self) -> int:
+        return self.model.num_heads
+
+    @property
+    def embed_dim(self) -> int:
+        return self.model.embed_dim
+
+    def shape_line(self) -> str:
+        """'vit_tiny/12: 12 blocks, 3 heads, embed dim 192, trained at 72 px = 6 x 6 patches'."""
+        return (f"{self.arch}/{self.patch_size}: {self.depth} blocks, {self.num_heads} heads, embed dim "
+                f"{self.embed_dim}, trained at {self.image_size} px = {self.grid} x {self.grid} patches")
+
+    def summary(self) -> str:
+        """A few lines for a notebook to print: which weights, their shape, the baseline beside them."""
+        if self.trained is None:
+            wanted = os.environ.get(CHECKPOINT_ENV) or short_path(SHIPPED_CHECKPOINT)
+            return (f"weights: RANDOM INITIALISATION: there is no trained checkpoint at {wanted} yet, so every "
+                    f"result below comes from an untrained network\n{self.shape_line()}")
+        skip = ("file", "weights", "dtype", "step", "steps", "epochs", "command", "evaluate")
+        extra = [f"   {k}: {v}" for k, v in self.record.items() if isinstance(v, (str, int, float)) and k not in skip]
+        return "\n".join([f"weights: {self.story}", *extra, self.shape_line(),
+                          "beside it: the same architecture at random initialisation"])
+
+
+def course_weights(device: str | torch.device = "cpu", seed: int = 0) -> CourseWeights:
+    """Which weights a notebook shows, in one call: the teacher of `$VITDINO_CHECKPOINT` or of the shipped
+    checkpoint (`load_course_backbone`), what it is (`checkpoint_story`), and a random-init backbone of
+    the same architecture. Without any checkpoint, the shipped model's architecture at random init."""
+    from .checkpoint import build_random_backbone
+
+    trained, info = load_course_backbone(device)
+    if trained is not None:
+        arch, patch, size = info["arch"], info["patch_size"], info["image_size"]
+        story, _, record = checkpoint_story(Path(info["path"]))
+    else:
+        (arch, patch, size), story, record = SHIPPED_SHAPE, "random initialisation", {}
+    random_model, _ = build_random_backbone(arch, patch, size, seed=seed, device=device)
+    if trained is not None and len(random_model.blocks) != len(trained.blocks):  # an official file of another depth
+        random_model = _random_like(trained, seed).to(device)
+    path = Path(info["path"]) if info["path"] else None
+    return CourseWeights(trained, random_model, arch, patch, size, info["label"], story, record, path)
+
+
+def _random_like(model: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """A freshly initialised VisionTransformer with exactly `model`'s shape, eval mode."""
+    from .vision_transformer import VisionTransformer
+
+    blk = model.blocks[0]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        out = VisionTransformer(img_size=model.patch_embed.img_size, patch_size=model.patch_embed.patch_size,
+                                embed_dim=model.embed_dim, depth=len(model.blocks), num_heads=model.num_heads,
+                                mlp_ratio=blk.mlp.fc1.out_features / model.embed_dim,
+                                qkv_bias=blk.attn.qkv.bias is not None)
+    return out.eval()
 
 
 def short_path(path: Path) -> str:

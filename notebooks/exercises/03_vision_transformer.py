@@ -60,16 +60,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from vitdino_core import (Attention, Block, DropPath, Mlp, PatchEmbed, VisionTransformer, build_vit,
-                          vit_base, vit_small, vit_tiny)
-from vitdino_core.checkpoint import backbone_state_dict, load_backbone_weights, load_checkpoint
+from vitdino_core import (Attention, Block, DropPath, Mlp, PatchEmbed, VisionTransformer, vit_base,
+                          vit_small, vit_tiny)
 from vitdino_core.data import eval_transform
 from vitdino_core.exercises import (assert_checked, check_block, check_drop_path, check_mlp,
                                     check_prepare_tokens, check_vit_forward, pick)
-from vitdino_core.notebook import photo, save_figure, setup, shipped_checkpoint
+from vitdino_core.notebook import load_course_backbone, photo, save_figure, setup
 
-env = setup(seed=0)
-FAST = env.fast  # True under CI or VITDINO_FAST=1 (this notebook is quick either way)
+setup(seed=0)  # seeds every RNG, picks the device, prints what it chose
 
 # %% [markdown]
 # ## 1. The MLP: the same small network on every token
@@ -649,31 +647,25 @@ plt.show()
 # structure must be learned.
 #
 # The project ships a DINO checkpoint trained on imagenette-96 (`checkpoints/dino_imagenette96.pth`;
-# the environment variable `VITDINO_CHECKPOINT` can point to another one). When it is there, we load
-# its **teacher backbone** (the network DINO keeps for evaluation), with the architecture and patch
-# size written in its `config`, and draw the same picture from its learned `pos_embed`. When it is
-# not there (a fresh clone without the file), we draw a fixed 2-D sine-cosine embedding instead, to
-# show what position structure looks like: the hand-made recipe of the original Transformer and of
-# MAE (sines and cosines of the row and of the column, at geometrically spaced frequencies, here
-# chosen to suit an 8 x 8 grid). It is **not** learned.
+# the environment variable `VITDINO_CHECKPOINT` can name another one, an official DINO file
+# included). When it is there, `load_course_backbone` loads its **teacher backbone** (the network
+# DINO keeps for evaluation): `torch.load(..., weights_only=True)`, the teacher's weights without
+# the `backbone.` prefix and the DINO head, the architecture and patch size read from the weights'
+# shapes, and a strict `load_state_dict`. We draw the same picture from its learned `pos_embed`.
+# When there is no checkpoint (a fresh clone without the file), we draw a fixed 2-D sine-cosine
+# embedding instead, to show what position structure looks like: the hand-made recipe of the
+# original Transformer and of MAE (sines and cosines of the row and of the column, at geometrically
+# spaced frequencies, here chosen to suit an 8 x 8 grid). It is **not** learned.
 
 # %%
-ckpt_path = shipped_checkpoint()
-if ckpt_path is not None:
-    ckpt = load_checkpoint(ckpt_path)  # torch.load(..., weights_only=True)
-    config = ckpt["config"]
-    # teacher backbone, `backbone.` prefix and head removed
-    state = backbone_state_dict(ckpt, key="teacher")
-    side = math.isqrt(state["pos_embed"].shape[1] - 1)  # the grid the weights were trained on
-    trained = build_vit(config["arch"], config["patch_size"], img_size=side * config["patch_size"])
-    load_backbone_weights(trained, state)  # strict: every name and shape must match
-    trained.eval()
+trained, info = load_course_backbone("cpu")  # $VITDINO_CHECKPOINT or the shipped file, or None
+if trained is not None:
     structured_pos = trained.pos_embed.detach()  # (1, 1+side*side, D)
-    structured_title = (f"LEARNED: teacher of {ckpt_path.name}\n"
-                        f"{config['arch']}/{config['patch_size']}, {ckpt.get('step', '?')}"
-                        f" DINO steps on {config.get('dataset', '?')} ({side} x {side} grid)")
-    print(f"loaded the teacher backbone of {ckpt_path}: {config['arch']},"
-          f" patch {config['patch_size']}, {side} x {side} grid")
+    side = math.isqrt(structured_pos.shape[1] - 1)  # the grid the weights were trained on
+    structured_title = (f"LEARNED: teacher of {info['label']}\n"
+                        f"{info['arch']}/{info['patch_size']} ({side} x {side} grid)")
+    print(f"loaded the teacher backbone of {info['path']}: {info['arch']},"
+          f" patch {info['patch_size']}, {side} x {side} grid")
 else:
     side, dim = 8, 96
     pos = torch.arange(side, dtype=torch.float32)  # (s,)
@@ -689,8 +681,7 @@ else:
     structured_pos = torch.cat([torch.zeros(1, dim), grid.reshape(side * side, dim)]).unsqueeze(0)
     structured_title = ("NOT LEARNED: fixed 2-D sine-cosine positions\n"
                         "(no checkpoint found; what structure looks like)")
-    print("no shipped checkpoint (checkpoints/dino_imagenette96.pth):"
-          " showing a fixed sine-cosine embedding instead")
+    print(f"no checkpoint ({info['label']}): showing a fixed sine-cosine embedding instead")
 
 fig = plot_pos_similarity(structured_pos, structured_title)
 save_figure(fig, "03_position_similarity")

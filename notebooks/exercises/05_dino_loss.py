@@ -305,8 +305,10 @@ torch.testing.assert_close(grad_mine, grad_core)  # same gradient for the studen
 print(f"{2 * (ncrops - 1)} (teacher, student) pairs per image; gradients agree too")
 
 # %% [markdown]
-# The core loss computes the same double sum without the loop: it sums the student's
-# log-probabilities over all views once and subtracts the two same-view terms.
+# `DINOLoss.forward` in `vitdino_core/dino_loss.py` is the same double loop as the official code
+# and yours: the teacher's two global views, every student view except the same one, one
+# cross-entropy per pair, averaged over the pairs. It takes the student's log-softmax once for all
+# views before the loop, and it moves its own centre after computing the loss.
 #
 # **A useful number: $\ln K$.** If both distributions are uniform, every term is $-\sum_k
 # \frac{1}{K} \ln \frac{1}{K} = \ln K$. A DINO loss that sits at $\ln K$ (11.09 for $K = 65536$)

@@ -26,14 +26,18 @@
 # masks the way the paper does.
 #
 # ```
-# image (1, 3, 72, 72) ──► patch_embed + cls_token + pos_embed ──► blocks[0..10] ──► blocks[11]
-#                                                                     norm1, attn.qkv │
-#              ┌──────────────────────────────────────────────────────────────────────┘
+# image (1, 3, S, S) ──► patch_embed + cls_token + pos_embed ──► blocks[:-1] ──► blocks[-1]
+#                                                                  norm1, attn.qkv │
+#              ┌───────────────────────────────────────────────────────────────────┘
 #              ▼
 #              A = softmax(q k^T / sqrt(d))   (1, heads, N+1, N+1)    one matrix per head
 #              A[:, :, 0, 1:]                 (1, heads, N)           CLS row, patch columns
-#              .reshape(1, heads, 6, 6)       one heat map per head   ──► masks (60% of mass)
+#              .reshape(1, heads, h, w)       one heat map per head   ──► masks (60% of mass)
 # ```
+#
+# $S$ is the image size, $p$ the patch size, $h = w = S / p$ and $N = h w$: for the shipped model at
+# its 72 px training size, a $6 \times 6$ grid of $N = 36$ patches. The cells print these numbers
+# for the weights in use.
 #
 # **Which weights?** The notebook shows the DINO teacher shipped in
 # `checkpoints/dino_imagenette96.pth` (ViT-tiny/12 trained on 72 px crops of Imagenette's training
@@ -66,7 +70,6 @@
 
 # %%
 import math
-import os
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -83,89 +86,38 @@ from vitdino_core import (
     threshold_masks,
     upsample,
 )
-from vitdino_core.attention_maps import mask_coverage
-from vitdino_core.checkpoint import build_backbone_from_checkpoint, build_random_backbone
+from vitdino_core.attention_maps import mask_coverage, tint_masks
 from vitdino_core.exercises import assert_checked, check_cls_attention, check_threshold_mask, pick
-from vitdino_core.notebook import (
-    SHIPPED_CHECKPOINT,
-    checkpoint_story,
-    photo,
-    save_figure,
-    setup,
-    short_path,
-    shipped_checkpoint,
-)
+from vitdino_core.notebook import photo, save_figure, setup
 
 env = setup(seed=0)
-FAST = (
-    env.fast
-)  # True under CI or VITDINO_FAST=1: fewer images in the statistics, every cell still runs
+FAST = env.fast  # True under CI or VITDINO_FAST=1: fewer images in the statistics, every cell runs
 
 # %% [markdown]
 # ## 0. Which weights are we looking at?
 #
-# `load_course_backbone()` reads `$VITDINO_CHECKPOINT` if it is set, else
-# `checkpoints/dino_imagenette96.pth`, and returns the teacher backbone with a label for figure
-# titles. A shipped file holds `{"teacher": backbone weights (fp16), "config": the training config}`
-# and a `.json` record beside it; an official DINO file holds the weights only, and the architecture
-# and patch size are read from their shapes. The random baseline is the same architecture, freshly
-# initialised.
+# `course_weights()` reads `$VITDINO_CHECKPOINT` if it is set, else
+# `checkpoints/dino_imagenette96.pth`, and returns the teacher backbone, a label for figure titles,
+# a line saying what the weights are, and a randomly initialised backbone of the same shape as the
+# baseline. A shipped file holds `{"teacher": backbone weights (fp16), "config": the training
+# config}` and a `.json` record beside it; an official DINO file holds the weights only, and the
+# architecture, depth and patch size are read from their shapes. A variable that names a missing
+# file or weights that are not finite stops here with one line saying what to do.
 
 # %%
-from vitdino_core.notebook import load_course_backbone
+from vitdino_core.notebook import course_weights
 
-trained, info = load_course_backbone(
-    "cpu"
-)  # the teacher of $VITDINO_CHECKPOINT or the shipped file, eval mode
-CKPT, WEIGHTS = info["path"], info["label"]  # WEIGHTS names the weights in every figure title
-if trained is not None:
-    STORY, _, RECORD = checkpoint_story(CKPT)
-    TRAINED_TAG = f"DINO teacher: {WEIGHTS}"
-    ARCH, PATCH, IMG = info["arch"], info["patch_size"], info["image_size"]
-else:
-    STORY, TRAINED_TAG, RECORD = None, None, {}
-    ARCH, PATCH, IMG = (
-        "vit_tiny",
-        12,
-        72,
-    )  # what the shipped checkpoint is: ViT-tiny/12 trained on 72 px crops
-random_model, random_info = build_random_backbone(ARCH, PATCH, IMG, seed=0)
+weights = course_weights("cpu")  # the teacher of $VITDINO_CHECKPOINT or the shipped file, eval mode
+trained, random_model = weights.trained, weights.random  # trained is None without any checkpoint
+WEIGHTS = weights.label  # names the weights in every figure title
+ARCH, PATCH, IMG = weights.arch, weights.patch_size, weights.image_size
+TRAINED_TAG = f"DINO teacher: {WEIGHTS}" if trained is not None else None
 RANDOM_TAG = f"RANDOM init {ARCH}/{PATCH}"
 
-MODEL = trained if trained is not None else random_model  # the model most pictures show
+MODEL = weights.model  # the model most pictures show: the trained one, else the random one
 TAG = TRAINED_TAG if trained is not None else RANDOM_TAG + ": no trained checkpoint yet"
-HEADS, GRID = MODEL.num_heads, IMG // PATCH
-
-print("=" * 100)
-if trained is not None:
-    print("weights:", STORY)
-    extra = {
-        k: v
-        for k, v in RECORD.items()
-        if isinstance(v, (str, int, float))
-        and k not in ("file", "weights", "dtype", "step", "epochs")
-    }
-    for k, v in extra.items():
-        print(f"   {k}: {v}")
-    print("the random-init baseline of the same architecture is shown beside it")
-else:
-    wanted = os.environ.get("VITDINO_CHECKPOINT") or short_path(SHIPPED_CHECKPOINT)
-    print(f"weights: RANDOM INITIALISATION. There is no trained checkpoint at {wanted} yet.")
-    print(
-        f"Every map below comes from an untrained {ARCH}/{PATCH}: expect near-uniform, noisy "
-        "attention and masks that"
-    )
-    print(
-        "cover most of the image. With the trained DINO teacher the heads concentrate on the "
-        "object (the bird, the"
-    )
-    print(
-        "dog, the church) and different heads pick out different parts; the trained-vs-random "
-        "comparison appears"
-    )
-    print("once the checkpoint exists.")
-print("=" * 100)
-print(f"{ARCH}/{PATCH}: {HEADS} heads, trained resolution {IMG} px = {GRID} x {GRID} patches")
+HEADS, GRID, DEPTH = weights.num_heads, weights.grid, weights.depth
+print(weights.summary())
 
 # %% [markdown]
 # ## 1. The CLS token's attention, by hand
@@ -179,18 +131,21 @@ print(f"{ARCH}/{PATCH}: {HEADS} heads, trained resolution {IMG} px = {GRID} x {G
 #
 # Row 0 of $A_h$ says how the CLS token, whose final state *is* the image's feature, mixes the
 # tokens. Dropping column 0 (what CLS takes from itself) leaves one weight per patch,
-# $A_h[0, 1{:}]$, and the $N = 36$ weights fold back into the $6 \times 6$ patch grid in the same
+# $A_h[0, 1{:}]$, and the $N = h w$ weights fold back into the $h \times w$ patch grid in the same
 # row-major order in which `patch_embed` flattened it.
 #
-# We run the first 11 blocks as they are, then open up the last one as far as its queries and keys.
+# We run every block but the last as it is, then open up the last one as far as its queries and
+# keys.
 
 # %%
-x = load_image(photo("grace_hopper"), IMG, PATCH)  # (1, 3, 72, 72): resized, cropped, normalised
+x = load_image(photo("grace_hopper"), IMG, PATCH)  # (1, 3, IMG, IMG): resized, cropped, normalised
 B, _, H, W = x.shape
-h, w = H // PATCH, W // PATCH  # 6 x 6 patch grid
-N = h * w  # 36 patches
+h, w = H // PATCH, W // PATCH  # the patch grid
+N = h * w  # patches
 D = MODEL.embed_dim
 d = D // HEADS  # head dimension
+print(f"{H} x {W} px image, {PATCH} px patches: {h} x {w} grid, N = {N} patches; D = {D}, {HEADS} "
+      f"heads of d = {d}; {DEPTH - 1} blocks run as they are, then block {DEPTH - 1} opened")
 
 with torch.no_grad():
     tokens = MODEL.patch_embed(x)  # (1, N, D)
@@ -242,9 +197,9 @@ check_cls_attention(cls_attention_by_hand)
 
 # %%
 cls_attention_fn = pick("cls_attention", cls_attention_by_hand)
-maps_by_hand = cls_attention_fn(q, k, h, w)  # (1, heads, 6, 6)
+maps_by_hand = cls_attention_fn(q, k, h, w)  # (1, heads, h, w)
 A = MODEL.get_last_selfattention(x)  # (1, heads, N+1, N+1)
-torch.testing.assert_close(maps_by_hand, cls_attention(MODEL, x))  # (1, heads, 6, 6)
+torch.testing.assert_close(maps_by_hand, cls_attention(MODEL, x))  # (1, heads, h, w)
 torch.testing.assert_close(A.sum(dim=-1), torch.ones(B, HEADS, N + 1))  # rows are distributions
 cls_row = A[:, :, 0, :]  # (1, heads, N+1): what CLS draws from every token
 print("attention matrices", tuple(A.shape), "-> CLS maps", tuple(maps_by_hand.shape))
@@ -258,8 +213,8 @@ print("CLS maps by hand == vitdino_core.cls_attention")
 
 # %% [markdown]
 # The path from the matrix to the map, for head 0: row 0 of the $(N+1) \times (N+1)$ matrix, without
-# its first entry, is a vector of 36 patch weights; folded, it is a $6 \times 6$ picture the size of
-# the patch grid.
+# its first entry, is a vector of $N$ patch weights; folded, it is an $h \times w$ picture the size
+# of the patch grid.
 
 # %%
 fig, axes = plt.subplots(
@@ -336,10 +291,9 @@ check_threshold_mask(threshold_mask_by_hand)
 
 # %%
 threshold_mask_fn = pick("threshold_mask", threshold_mask_by_hand)
-masks_by_hand = torch.stack(
-    [threshold_mask_fn(maps_by_hand[0, i]) for i in range(HEADS)]
-)  # (heads, h, w)
-masks_core = threshold_masks(maps_by_hand)  # (1, heads, 6, 6) bool
+# (heads, h, w)
+masks_by_hand = torch.stack([threshold_mask_fn(maps_by_hand[0, i]) for i in range(HEADS)])
+masks_core = threshold_masks(maps_by_hand)  # (1, heads, h, w) bool
 assert torch.equal(masks_by_hand, masks_core[0])
 for i in range(HEADS):
     held = maps_by_hand[0, i][masks_by_hand[i]].sum() / maps_by_hand[0, i].sum()
@@ -385,7 +339,7 @@ plt.show()
 # `overlay_masks` (each head's mask in its own colour). Both return a matplotlib figure.
 
 # %%
-attn_gh = cls_attention(MODEL, x)  # (1, heads, 6, 6)
+attn_gh = cls_attention(MODEL, x)  # (1, heads, h, w)
 display(
     plot_attention_heads(x[0], attn_gh[0], title=f"grace_hopper, CLS attention per head ({TAG})")
 )
@@ -398,27 +352,13 @@ display(overlay_masks(x[0], threshold_masks(attn_gh)[0], title=f"grace_hopper, 6
 # together, each head in its own colour (head 0 blue, head 1 orange, head 2 green; where masks
 # overlap the colours mix). Each heat map is coloured on **its own** range (black = its least
 # attended patch, yellow = its most attended), so even a nearly flat map looks contrasted: the masks
-# column and the numbers in section 4 tell flat from sharp.
+# column and the numbers in section 4 tell flat from sharp. The masks are tinted by
+# `vitdino_core.attention_maps.tint_masks`, the drawing step of `overlay_masks`.
 
 # %%
-HEAD_COLORS = plt.get_cmap("tab10").colors
-
-
 def as_picture(image: torch.Tensor) -> np.ndarray:
     """(3, H, W) normalised tensor -> (H, W, 3) array in [0, 1]."""
     return denormalize(image).permute(1, 2, 0).numpy()  # (H, W, 3)
-
-
-def tint_masks(image: torch.Tensor, masks: torch.Tensor, alpha: float = 0.5) -> np.ndarray:
-    """Each head's (h, w) mask tinted over the image in its own colour: (H, W, 3)."""
-    out = as_picture(image)  # (H, W, 3)
-    p = image.shape[-1] // masks.shape[-1]
-    pixel_masks = upsample(masks, p).numpy()  # (heads, H, W) bool
-    for i, m in enumerate(pixel_masks):
-        out = np.where(
-            m[..., None], (1 - alpha) * out + alpha * np.array(HEAD_COLORS[i % 10]), out
-        )  # (H, W, 3)
-    return out
 
 
 def attention_grid(images: torch.Tensor, names: list[str], model, title: str):
@@ -460,25 +400,25 @@ for name in ["grace_hopper", "astronaut", "chelsea", "coffee", "rocket", "china"
     except FileNotFoundError:
         print(f"photo {name!r} is not in the data root; skipped")
 PHOTO_NAMES = PHOTO_NAMES[:5]
-photos = torch.cat([load_image(photo(n), IMG, PATCH) for n in PHOTO_NAMES])  # (n, 3, 72, 72)
+photos = torch.cat([load_image(photo(n), IMG, PATCH) for n in PHOTO_NAMES])  # (n, 3, IMG, IMG)
 fig = attention_grid(
     photos, PHOTO_NAMES, MODEL, f"Last-layer CLS attention on photos at {IMG} px ({TAG})"
 )
 plt.show()
 
 # %% [markdown]
-# The photos are much larger than the $72 \times 72$ pixels the model sees: at this resolution a
-# patch is a sixth of the image, so a map has only 36 cells. The Imagenette images are what the
-# model was trained on (from the training split; these are from the validation split, never seen):
-# one per class.
+# The photos are much larger than the $S \times S$ pixels the model sees at its training size: a
+# patch is $1/h$ of the image side, so a map has only $N$ cells (printed below). The Imagenette
+# images are what the shipped model was trained on (from the training split; these are from the
+# validation split, never seen): one per class.
 
 # %%
+print(f"at {IMG} px a patch is 1/{GRID} of the image side: {GRID * GRID} cells per map")
 val_pil = build_dataset("imagenette", "val")  # PIL images
-first_of_class = [
-    val_pil.targets.index(c) for c in range(len(val_pil.classes))
-]  # (10,) first val image of each class
+# (10,) first val image of each class
+first_of_class = [val_pil.targets.index(c) for c in range(len(val_pil.classes))]
 picks = first_of_class[:4] if FAST else first_of_class[:8]
-val_images = torch.cat([load_image(val_pil[i][0], IMG, PATCH) for i in picks])  # (n, 3, 72, 72)
+val_images = torch.cat([load_image(val_pil[i][0], IMG, PATCH) for i in picks])  # (n, 3, IMG, IMG)
 val_names = [val_pil.classes[val_pil.targets[i]] for i in picks]
 print("classes:", ", ".join(val_names))
 fig = attention_grid(
@@ -502,15 +442,13 @@ plt.show()
 # bar chart below (the union of the heads' masks, which the tinted picture shows, is larger).
 
 # %%
-compare = torch.cat([photos[:2], val_images[:3]])  # (5, 3, 72, 72)
+compare = torch.cat([photos[:2], val_images[:3]])  # (5, 3, IMG, IMG)
 compare_names = PHOTO_NAMES[:2] + val_names[:3]
 models = ([(TRAINED_TAG, trained)] if trained is not None else []) + [(RANDOM_TAG, random_model)]
-compare_attn = {
-    tag: cls_attention(model, compare) for tag, model in models
-}  # tag -> (n, heads, h, w)
-VMAX = max(
-    float((a.mean(1) * GRID**2).max()) for a in compare_attn.values()
-)  # one colour scale for every map
+# tag -> (n, heads, h, w)
+compare_attn = {tag: cls_attention(model, compare) for tag, model in models}
+# one colour scale for every map
+VMAX = max(float((a.mean(1) * GRID**2).max()) for a in compare_attn.values())
 ncols = 1 + 2 * len(models)
 fig, axes = plt.subplots(
     len(compare),
@@ -521,14 +459,12 @@ fig, axes = plt.subplots(
 )
 for col, (tag, attn) in enumerate(compare_attn.items()):
     masks = threshold_masks(attn)  # (n, heads, h, w)
-    cover = mask_coverage(masks).mean(
-        1
-    )  # (n,): fraction of patches in one head's mask, mean over heads
+    # (n,): fraction of patches in one head's mask, mean over heads
+    cover = mask_coverage(masks).mean(1)
     for r in range(len(compare)):
         ax_map, ax_mask = axes[r, 1 + 2 * col], axes[r, 2 + 2 * col]
-        im = ax_map.imshow(
-            (attn[r].mean(0) * GRID**2).numpy(), cmap="inferno", vmin=0, vmax=VMAX
-        )  # 1 = uniform
+        # 1 = uniform
+        im = ax_map.imshow((attn[r].mean(0) * GRID**2).numpy(), cmap="inferno", vmin=0, vmax=VMAX)
         ax_mask.imshow(tint_masks(compare[r], masks[r]))
         ax_mask.text(
             1,
@@ -562,8 +498,8 @@ plt.show()
 # %% [markdown]
 # Pictures can flatter, so we also measure, over many validation images, two things per head:
 #
-# * **mask coverage**: the fraction of the 36 patches needed to hold 60% of the attention (about 0.6
-#   for a flat map);
+# * **mask coverage**: the fraction of the $N$ patches needed to hold 60% of the attention (about
+#   0.6 for a flat map);
 # * **normalised entropy** of the map, $-\sum_i p_i \ln p_i / \ln N$: 1 for a flat map, 0 when one
 #   patch takes all.
 
@@ -572,16 +508,14 @@ n_stats = 40 if FAST else 300
 stats_idx = torch.randperm(len(val_pil), generator=torch.Generator().manual_seed(0))[
     :n_stats
 ].tolist()
-stats_images = torch.cat(
-    [load_image(val_pil[i][0], IMG, PATCH) for i in stats_idx]
-)  # (n, 3, 72, 72)
+# (n, 3, IMG, IMG)
+stats_images = torch.cat([load_image(val_pil[i][0], IMG, PATCH) for i in stats_idx])
 
 
 def attention_stats(model) -> tuple[torch.Tensor, torch.Tensor]:
     """Per head, averaged over the images: mask coverage and normalised entropy of the CLS map."""
-    attn = torch.cat(
-        [cls_attention(model, chunk) for chunk in stats_images.split(50)]
-    )  # (n, heads, h, w)
+    # (n, heads, h, w)
+    attn = torch.cat([cls_attention(model, chunk) for chunk in stats_images.split(50)])
     coverage = mask_coverage(threshold_masks(attn)).mean(0)  # (heads,)
     p = attn.flatten(2) / attn.flatten(2).sum(-1, keepdim=True)  # (n, heads, N): each map sums to 1
     entropy = (-(p * p.clamp_min(1e-12).log()).sum(-1) / math.log(p.shape[-1])).mean(0)  # (heads,)
@@ -620,26 +554,34 @@ plt.show()
 random_coverage, random_entropy = results[RANDOM_TAG]
 assert (random_entropy > 0.95).all(), "an untrained ViT's CLS attention is close to uniform"
 assert (random_coverage > 0.45).all(), "so its masks need about 60% of the patches"
+if trained is not None:
+    trained_coverage, trained_entropy = results[TRAINED_TAG]
+    sharper = int((trained_coverage < random_coverage - 0.02).sum())  # by more than 2 points
+    print(f"{WEIGHTS}: mean per-head coverage {trained_coverage.mean():.0%} against random init's "
+          f"{random_coverage.mean():.0%}, entropy {trained_entropy.mean():.3f} against "
+          f"{random_entropy.mean():.3f}; {sharper} of {HEADS} heads more selective than random "
+          "init (coverage lower by more than 2 points)")
 
 # %% [markdown]
 # The random network's entropy is almost exactly 1 and its masks cover about 60% of the patches: it
 # attends everywhere equally, and the "structure" in its heat maps is colour-scale noise. Whatever a
 # trained teacher's heads show beyond that, lower entropy and smaller masks, was learned from
-# nothing but agreement between crops. How far it gets depends on training time. The official
-# ViT-S/16 trained 300 epochs on ImageNet and its heads pick out objects; the shipped checkpoint
-# trained 111 epochs on a 2-core CPU and is early in that process. Its heads have become more
-# selective than the random network's (per head, their 60% masks cover clearly fewer patches than
-# the random network's 60%: the numbers printed above), but in the pictures they follow the objects
-# only now and then: on some images the mean attention peaks on the object, on others in a corner or
-# on the background. A longer run (notebook 09: the GPU configs), or official weights through
-# `VITDINO_CHECKPOINT`, is what changes that.
+# nothing but agreement between crops; the last printed line compares the weights in use with it.
+# How far training gets depends on training time. The official ViT-S/16 trained 300 epochs on
+# ImageNet and its heads pick out objects. The shipped checkpoint trained 111 epochs on a 2-core CPU
+# and is early in that process: its heads are more selective than the random network's (their 60%
+# masks cover clearly fewer patches), but in the pictures they follow the objects only now and then:
+# on some images the mean attention peaks on the object, on others in a corner or on the background.
+# A longer run (notebook 09: the GPU configs), or official weights through `VITDINO_CHECKPOINT`, is
+# what changes that.
 #
 # ## 5. More detail: larger input than in training
 #
-# A model trained on 72 px crops sees a $6 \times 6$ grid, so its maps are coarse. The ViT itself
-# does not care about the number of tokens: feed a 144 px image and there are $12 \times 12 = 144$
-# patches, each still $12 \times 12$ pixels. Only the position embeddings have a fixed grid;
-# `interpolate_pos_encoding` resizes them bicubically from $6 \times 6$ to the new grid (as the
+# A model sees at its training size a grid of only $h \times w$ patches, so its maps are coarse (the
+# shipped model, trained on 72 px crops: $6 \times 6$). The ViT itself does not care about the
+# number of tokens: feed it an image twice as large and there are four times as many patches, each
+# still $p \times p$ pixels. Only the position embeddings have a fixed grid;
+# `interpolate_pos_encoding` resizes them bicubically from the training grid to the new one (as the
 # official DINO code does). Any size that is a multiple of the patch works. The official attention
 # pictures use the same trick: /8 models trained at 224 px, drawn at 480 px (a $60 \times 60$ grid).
 #
@@ -648,20 +590,13 @@ assert (random_coverage > 0.45).all(), "so its masks need about 60% of the patch
 # share).
 
 # %%
-BIG = (
-    3 * IMG if IMG < 160 else 480
-)  # the shipped model: 3x its training size; a 224 px model: the paper's 480 px
-sizes = [
-    IMG,
-    PATCH * round((IMG + BIG) / 2 / PATCH),
-    PATCH * round(BIG / PATCH),
-]  # 72, 144, 216 px when shipped
+BIG = 3 * IMG if IMG < 160 else 480  # a small model: 3x its training size; 224 px: the paper's 480
+sizes = [IMG, PATCH * round((IMG + BIG) / 2 / PATCH), PATCH * round(BIG / PATCH)]  # 3 sizes
 DETAIL = sizes[1]  # the size the next sections draw at: finer than training, not far from it
 for size in sizes[1:]:
     g = size // PATCH
-    pos = MODEL.interpolate_pos_encoding(
-        torch.zeros(1, g * g + 1, MODEL.embed_dim), size, size
-    )  # (1, g*g+1, D)
+    # (1, g*g+1, D)
+    pos = MODEL.interpolate_pos_encoding(torch.zeros(1, g * g + 1, MODEL.embed_dim), size, size)
     assert pos.shape == (1, g * g + 1, MODEL.embed_dim)
     print(
         f"{size} px: {g} x {g} = {g * g} patches; "
@@ -670,18 +605,15 @@ for size in sizes[1:]:
 
 hires_names = PHOTO_NAMES[:3]
 hires = {
-    (name, size): cls_attention(
-        MODEL, load_image(photo(name), size, PATCH)
-    )  # (1, heads, size/p, size/p)
+    # (1, heads, size/p, size/p)
+    (name, size): cls_attention(MODEL, load_image(photo(name), size, PATCH))
     for name in hires_names
     for size in sizes
 }
-rel = {
-    key: a[0].mean(0) * a[0, 0].numel() for key, a in hires.items()
-}  # (g, g): mean of heads, 1 = uniform
-VMAX = float(
-    torch.quantile(torch.cat([r.flatten() for r in rel.values()]), 0.99)
-)  # one scale, top 1% clipped
+# (g, g): mean of heads, 1 = uniform
+rel = {key: a[0].mean(0) * a[0, 0].numel() for key, a in hires.items()}
+# one scale, top 1% clipped
+VMAX = float(torch.quantile(torch.cat([r.flatten() for r in rel.values()]), 0.99))
 fig, axes = plt.subplots(
     len(hires_names),
     2 * len(sizes),
@@ -707,11 +639,11 @@ save_figure(fig, "07_attention_resolutions")
 plt.show()
 
 # %% [markdown]
-# Larger inputs give finer maps for free, up to a point: at 3x the patches are much smaller parts of
-# the object than anything the model saw in training (its 72 px global crops and 36 px local crops),
-# so the maps can get noisier again. The DINO paper's crisp masks come from ViT-S/8 and ViT-B/8,
-# where every patch is 8 pixels of a 224 px crop; with such a file in `VITDINO_CHECKPOINT` this
-# figure shows 224, 352 and 480 px.
+# Larger inputs give finer maps for free, up to a point: at the largest size the patches are much
+# smaller parts of the object than anything the model saw in training (the shipped model: 72 px
+# global crops and 36 px local crops), so the maps can get noisier again. The DINO paper's crisp
+# masks come from ViT-S/8 and ViT-B/8, where every patch is 8 pixels of a 224 px crop; with such a
+# file in `VITDINO_CHECKPOINT` this figure shows 224, 352 and 480 px.
 #
 # ## 6. The CLS attention across depth
 #
@@ -726,18 +658,18 @@ plt.show()
 # %%
 from vitdino_core.attention_maps import attention_entropy, cls_attention_by_layer
 
+# (3, 3, S, S)
 depth_images = torch.cat(
     [
         load_image(photo(PHOTO_NAMES[0]), DETAIL, PATCH),
         torch.cat([load_image(val_pil[i][0], DETAIL, PATCH) for i in picks[:2]]),
     ]
-)  # (3, 3, S, S)
+)
 depth_names = [PHOTO_NAMES[0]] + val_names[:2]
 by_layer = cls_attention_by_layer(MODEL, depth_images)  # (3, depth, heads, g, g)
-DEPTH = by_layer.shape[1]
-rel_layers = (
-    by_layer.mean(2) * by_layer[0, 0, 0].numel()
-)  # (3, depth, g, g): mean of heads, 1 = uniform
+assert by_layer.shape[1] == DEPTH  # one map per block
+# (3, depth, g, g): mean of heads, 1 = uniform
+rel_layers = by_layer.mean(2) * by_layer[0, 0, 0].numel()
 VMAX = float(torch.quantile(rel_layers.flatten(), 0.99))
 
 fig = plt.figure(figsize=(1.45 * (DEPTH + 1), 1.5 * len(depth_images) + 3.2), layout="constrained")
@@ -756,14 +688,20 @@ top.colorbar(im, ax=axes, fraction=0.012, label="x uniform")
 top.suptitle(f"CLS attention in every block, mean of heads, at {DETAIL} px: {WEIGHTS}", fontsize=10)
 
 ax = bottom.subplots()
-depth_stats = stats_images[
-    : 20 if FAST else 100
-]  # (n, 3, IMG, IMG): val images at the training size
+# (n, 3, IMG, IMG): val images at the training size
+depth_stats = stats_images[: 20 if FAST else 100]
+depth_entropy = {}  # tag -> (depth,) mean normalised entropy per block
 for tag, model in models:
     ent = attention_entropy(cls_attention_by_layer(model, depth_stats))  # (n, depth, heads)
     mean, spread = ent.mean(dim=(0, 2)), ent.mean(0).std(1)  # (depth,): over images, then heads
     ax.errorbar(range(DEPTH), mean.numpy(), yerr=spread.numpy(), marker="o", capsize=3, label=tag)
     print(f"{tag:>40}: entropy / ln N per block {np.round(mean.numpy(), 3)}")
+    depth_entropy[tag] = mean
+if trained is not None:
+    gap = depth_entropy[RANDOM_TAG] - depth_entropy[TRAINED_TAG]  # (depth,): > 0 = more selective
+    most = f"; the largest gap in block {int(gap.argmax())}" if (gap > 0.02).any() else ""
+    print(f"{WEIGHTS}: {int((gap > 0.02).sum())} of {DEPTH} blocks more selective than random init "
+          f"(entropy lower by more than 0.02){most}")
 ax.set(
     xlabel="block",
     ylabel="entropy / ln N",
@@ -775,18 +713,17 @@ ax.legend(fontsize=8)
 save_figure(fig, "07_attention_depth")
 plt.show()
 
-assert torch.allclose(
-    by_layer[:, -1], cls_attention(MODEL, depth_images)
-)  # the last block is section 1's map
+# the last block is section 1's map
+assert torch.allclose(by_layer[:, -1], cls_attention(MODEL, depth_images))
 
 # %% [markdown]
 # The random network is flat (entropy about 1) in every block: nothing in its weights prefers one
-# patch. Every block of the trained teacher has learned to be selective, but not every block in the
-# same way: the printed numbers show which blocks concentrate most, and the maps show that the
-# shipped model's selective blocks pick small groups of patches, an edge or a corner as often as the
-# object. The DINO paper draws the last block because that is where, after a long training, the
-# heads segment objects; with an official file the last row of maps above looks like the paper's
-# Fig. 1.
+# patch. A block whose entropy sits below that line has learned to be selective; the last printed
+# line counts those blocks for the weights in use and names the one with the largest gap. In the
+# shipped model every block has, but not in the same way, and the maps show that its selective
+# blocks pick small groups of patches, an edge or a corner as often as the object. The DINO paper
+# draws the last block because that is where, after a long training, the heads segment objects; with
+# an official file the last row of maps above looks like the paper's Fig. 1.
 #
 # ## 7. What the patch features know: PCA as colours
 #
@@ -811,10 +748,11 @@ assert torch.allclose(
 from vitdino_core.attention_maps import center_per_image, patch_features, pca_foreground, pca_rgb
 
 pca_names = PHOTO_NAMES[:4] + val_names[:4]
+# (8, 3, S, S)
 pca_images = torch.cat(
     [load_image(photo(n), DETAIL, PATCH) for n in PHOTO_NAMES[:4]]
     + [load_image(val_pil[i][0], DETAIL, PATCH) for i in picks[:4]]
-)  # (8, 3, S, S)
+)
 feats = center_per_image(patch_features(MODEL, pca_images))  # (8, g, g, D)
 first, foreground = pca_foreground(feats)  # (8, g, g) in [0, 1], (8, g, g) bool
 rgb = pca_rgb(feats, foreground)  # (8, g, g, 3), background black
@@ -835,9 +773,8 @@ fig, axes = plt.subplots(
 for i in range(len(pca_images)):
     axes[0, i].imshow(as_picture(pca_images[i]))
     axes[0, i].set_title(pca_names[i], fontsize=8)
-    im = axes[1, i].imshow(
-        first[i].numpy(), cmap="viridis", vmin=0, vmax=1
-    )  # one scale: fitted on all images
+    # one scale: fitted on all images
+    im = axes[1, i].imshow(first[i].numpy(), cmap="viridis", vmin=0, vmax=1)
     axes[2, i].imshow(tint_masks(pca_images[i], foreground[i][None]))
     axes[3, i].imshow(rgb[i].numpy())
 for ax in axes.flat:
@@ -893,9 +830,10 @@ matches = []  # (row title, pair images, index in A, index in B, similarity)
 for c, pair in zip(pair_classes, pairs):
     for tag, model in models:
         fa, fb = patch_features(model, pair)  # (g, g, D) each
-        matches.append(
-            (f"{val_pil.classes[c]}: {tag}", pair, *mutual_nearest_patches(fa, fb, top=TOP))
-        )
+        ia, ib, sim = mutual_nearest_patches(fa, fb, top=TOP)  # (m,), (m,), (m,)
+        matches.append((f"{val_pil.classes[c]}: {tag}", pair, ia, ib, sim))
+        print(f"{val_pil.classes[c]:>18}, {tag}: {len(ia)} mutual matches shown, "
+              f"cosine similarity {sim.min():.2f} to {sim.max():.2f}")
 norm = Normalize(min(float(m[4].min()) for m in matches), max(float(m[4].max()) for m in matches))
 cmap = plt.get_cmap("plasma")
 
@@ -926,25 +864,23 @@ for n, (title, pair, ia, ib, sim) in enumerate(matches):
 fig.colorbar(
     plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax=axes, fraction=0.02, label="cosine similarity"
 )
-fig.suptitle(
-    f"Top-{TOP} mutual nearest patches at {DETAIL} px: {WEIGHTS} (top) and random init (bottom)",
-    fontsize=10,
-)
+shown = f"{WEIGHTS} (top) and random init (bottom)" if trained is not None else RANDOM_TAG
+fig.suptitle(f"Top-{TOP} mutual nearest patches at {DETAIL} px: {shown}", fontsize=10)
 save_figure(fig, "07_correspondence")
 plt.show()
 
 # %% [markdown]
-# The random network's features are a fixed random function of the pixels: all its similarities are
-# high (its features point in similar directions, as notebook 08 shows) and its lines join patches
-# that look alike in colour and brightness. The trained features match fewer patches with high
-# confidence, and with the shipped model many lines still join background to background or texture
-# to texture. With an official /8 model at 480 px the lines join the same parts (eye to eye, ear to
-# ear) across different dogs: the property that DINO features are used for in correspondence and
-# retrieval.
+# The random network's features are a fixed random function of the pixels: its best matches reach
+# a similarity close to 1 (its features point in similar directions, as notebook 08 shows) and its
+# lines join patches that look alike in colour and brightness. With the shipped model the trained
+# features' similarities stay well below that (the printed ranges), and many lines still join
+# background to background or texture to texture. With an official /8 model at 480 px the lines
+# join the same parts (eye to eye, ear to ear) across different dogs: the property that DINO
+# features are used for in correspondence and retrieval.
 #
 # ## What we built
 #
-# * the last-layer CLS attention by hand: tokens through 11 blocks, `norm1`, `qkv`,
+# * the last-layer CLS attention by hand: tokens through every block but the last, `norm1`, `qkv`,
 #   $\mathrm{softmax}(QK^\top/\sqrt{d})$, row 0 without its first column, folded to the patch grid;
 #   equal to `get_last_selfattention` and `vitdino_core.cls_attention`;
 # * DINO's masks by hand: normalise, sort, cumulative sum, keep the patches above the bottom 40% of

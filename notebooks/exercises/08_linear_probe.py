@@ -69,7 +69,6 @@
 # 6. measure label efficiency: accuracy with 1, 2, 5, 10, 50 labels per class and with all of them.
 
 # %%
-import os
 import time
 
 import matplotlib.pyplot as plt
@@ -88,17 +87,9 @@ from vitdino_core import (
     linear_probe,
     raw_pixel_features,
 )
-from vitdino_core.checkpoint import build_backbone_from_checkpoint, build_random_backbone
 from vitdino_core.eval_protocol import subset
 from vitdino_core.exercises import assert_checked, check_knn, check_linear_probe, pick
-from vitdino_core.notebook import (
-    SHIPPED_CHECKPOINT,
-    checkpoint_story,
-    save_figure,
-    setup,
-    short_path,
-    shipped_checkpoint,
-)
+from vitdino_core.notebook import save_figure, setup
 
 env = setup(seed=0)
 FAST = env.fast  # True under CI or VITDINO_FAST=1: subsets of the data, every cell still runs
@@ -106,72 +97,35 @@ FAST = env.fast  # True under CI or VITDINO_FAST=1: subsets of the data, every c
 # %% [markdown]
 # ## 0. Which weights are we evaluating?
 #
-# `load_course_backbone()` reads `$VITDINO_CHECKPOINT` if it is set, else
-# `checkpoints/dino_imagenette96.pth`, and returns the teacher backbone with a label for figure
-# titles; the architecture, patch size and training resolution come from the file (its config, or
-# the weights' shapes for official files). `build_random_backbone` builds the same architecture
-# untrained.
+# `course_weights()` reads `$VITDINO_CHECKPOINT` if it is set, else
+# `checkpoints/dino_imagenette96.pth`, and returns the teacher backbone, a label for figure titles,
+# a line saying what the weights are, and a randomly initialised backbone of the same shape as the
+# baseline; the architecture, patch size and training resolution come from the file (its config, or
+# the weights' shapes for official files). A variable that names a missing file or weights that are
+# not finite stops here with one line saying what to do.
 
 # %%
-from vitdino_core.notebook import load_course_backbone
+from vitdino_core.notebook import course_weights
 
-trained, info = load_course_backbone(
-    "cpu"
-)  # the teacher of $VITDINO_CHECKPOINT or the shipped file, eval mode
-CKPT, WEIGHTS = info["path"], info["label"]  # WEIGHTS names the weights in every figure title
-if trained is not None:
-    STORY, _, RECORD = checkpoint_story(CKPT)
-    TRAINED_TAG = "DINO teacher"  # short, for tables and legends; titles add WEIGHTS
-    ARCH, PATCH, IMG = info["arch"], info["patch_size"], info["image_size"]
-else:
-    STORY, TRAINED_TAG, RECORD = None, None, {}
-    ARCH, PATCH, IMG = (
-        "vit_tiny",
-        12,
-        72,
-    )  # what the shipped checkpoint is: ViT-tiny/12 trained on 72 px crops
-random_model, _ = build_random_backbone(ARCH, PATCH, IMG, seed=0)
+weights = course_weights("cpu")  # the teacher of $VITDINO_CHECKPOINT or the shipped file, eval mode
+trained, random_model = weights.trained, weights.random  # trained is None without any checkpoint
+WEIGHTS = weights.label  # names the weights in every figure title
+ARCH, PATCH, IMG = weights.arch, weights.patch_size, weights.image_size
+TRAINED_TAG = "DINO teacher" if trained is not None else None  # short, for tables and legends
 RANDOM_TAG = f"random init {ARCH}/{PATCH}"
 
-MODEL = (
-    trained if trained is not None else random_model
-)  # the model the by-hand cells and retrieval use
-TAG = (
-    f"{TRAINED_TAG}: {WEIGHTS}" if trained is not None else "RANDOM init: no trained checkpoint yet"
-)
+MODEL = weights.model  # the model the by-hand cells and retrieval use
+TAG = f"{TRAINED_TAG}: {WEIGHTS}" if trained is not None else "RANDOM init: no trained checkpoint"
 MODELS = {RANDOM_TAG: random_model} | ({TRAINED_TAG: trained} if trained is not None else {})
-
-print("=" * 100)
-if trained is not None:
-    print("weights:", STORY)
-    for k, v in RECORD.items():
-        if isinstance(v, (str, int, float)) and k not in (
-            "file",
-            "weights",
-            "dtype",
-            "step",
-            "epochs",
-        ):
-            print(f"   {k}: {v}")
-    print(f"evaluated beside: raw pixels and a {RANDOM_TAG} backbone")
-else:
-    wanted = os.environ.get("VITDINO_CHECKPOINT") or short_path(SHIPPED_CHECKPOINT)
-    print(f"weights: NO TRAINED CHECKPOINT at {wanted} yet, so only the baselines are evaluated:")
-    print(
-        f"raw pixels and a RANDOMLY INITIALISED {ARCH}/{PATCH}. With the trained DINO teacher "
-        "the table gains a row"
-    )
-    print(
-        "that should sit well above both, its PCA shows class clusters and its neighbours "
-        "share the query's class."
-    )
-print("=" * 100)
+print(weights.summary())
+print("also evaluated: raw pixels" + ("" if trained is not None else "; no DINO row yet"))
 
 # %% [markdown]
 # ## 1. The data
 #
 # Features are extracted from the whole image, resized to the resolution the backbone was trained at
-# (its short side to 72 px, then a centre crop; ImageNet normalisation). No augmentation: evaluation
+# (its short side to that size, 72 px for the shipped model, then a centre crop; ImageNet
+# normalisation). No augmentation: evaluation
 # wants one fixed view. In fast mode (CI, `VITDINO_FAST=1`) we take a fixed random subset of each
 # split; a full run uses all of imagenette-96 (9,469 training and 3,925 validation images), as
 # `python -m vitdino_core.evaluate` does; that takes several minutes on a laptop CPU, most of it in
@@ -189,6 +143,7 @@ SPLIT_NOTE = (
     else f"full imagenette-96: {len(train_set):,} train / {len(val_set):,} val images"
 )
 print(SPLIT_NOTE, "|", len(CLASSES), "classes:", ", ".join(CLASSES))
+print(f"images resized to {IMG} px, the resolution {WEIGHTS} was trained at")
 image, label = val_set[0]
 print("one sample:", tuple(image.shape), image.dtype, "label", label, f"({CLASSES[label]})")
 
@@ -204,9 +159,8 @@ print("one sample:", tuple(image.shape), image.dtype, "label", label, f"({CLASSE
 # token for both measures.)
 
 # %%
-images, labels = next(
-    iter(DataLoader(Subset(val_set, range(16)), batch_size=16))
-)  # (16, 3, 72, 72), (16,)
+batch = DataLoader(Subset(val_set, range(16)), batch_size=16)
+images, labels = next(iter(batch))  # (16, 3, IMG, IMG), (16,)
 with torch.no_grad():
     tokens = MODEL.forward_features(images)  # (16, N+1, D): all tokens after the final norm
     cls = tokens[:, 0]  # (16, D): the CLS token
@@ -220,9 +174,8 @@ print(
     feats_by_hand.norm(dim=1)[:4].numpy().round(4),
 )
 
-feats_core, labels_core = extract_features(
-    MODEL, Subset(val_set, range(16)), batch_size=8
-)  # (16, D), (16,)
+# (16, D), (16,)
+feats_core, labels_core = extract_features(MODEL, Subset(val_set, range(16)), batch_size=8)
 torch.testing.assert_close(feats_by_hand, feats_core)
 assert torch.equal(labels_core, labels)
 torch.testing.assert_close(MODEL(images), cls)  # forward() is the CLS token after the norm
@@ -235,12 +188,10 @@ print("features by hand == vitdino_core.extract_features")
 # %%
 features = {}  # tag -> (train_x (N, D), train_y (N,), val_x (M, D), val_y (M,))
 for tag, model in MODELS.items():
-    train_x, train_y = extract_features(
-        model, train_set, batch_size=128, desc=f"{tag}: train"
-    )  # (N, D)
-    val_x, val_y = extract_features(
-        model, val_set, batch_size=128, desc=f"{tag}: val"
-    )  # (M, D), (M,)
+    # (N, D)
+    train_x, train_y = extract_features(model, train_set, batch_size=128, desc=f"{tag}: train")
+    # (M, D), (M,)
+    val_x, val_y = extract_features(model, val_set, batch_size=128, desc=f"{tag}: val")
     features[tag] = (train_x, train_y, val_x, val_y)
     print(f"{tag:>32}: train {tuple(train_x.shape)}, val {tuple(val_x.shape)}")
 MAIN_TAG = TRAINED_TAG if trained is not None else RANDOM_TAG
@@ -436,9 +387,8 @@ assert probe["C"] == max(probe["val_scores"], key=probe["val_scores"].get)  # ch
 # green grass). Any feature worth learning must beat it.
 
 # %%
-pil_train = subset(
-    build_dataset("imagenette", "train"), N_TRAIN
-)  # the same images as train_set, as PIL
+# the same images as train_set, as PIL
+pil_train = subset(build_dataset("imagenette", "train"), N_TRAIN)
 pil_val = subset(build_dataset("imagenette", "val"), N_VAL)
 raw_train = raw_pixel_features(pil_train, 32)  # ((N, 3072), (N,))
 raw_val = raw_pixel_features(pil_val, 32)  # ((M, 3072), (M,))
@@ -451,9 +401,8 @@ all_features = {RAW_TAG: (*raw_train, *raw_val)} | features
 rows = []
 for tag, (tx, ty, vx, vy) in all_features.items():
     knn1, knn5 = knn_classifier(tx, ty, vx, vy, k=20, T=0.07, return_top5=True)
-    lin = (
-        probe if tag == MAIN_TAG else linear_probe(tx, ty, vx, vy)
-    )  # section 4 already fitted MODEL's probe
+    # section 4 already fitted MODEL's probe
+    lin = probe if tag == MAIN_TAG else linear_probe(tx, ty, vx, vy)
     rows.append(
         {
             "features": tag,
@@ -525,14 +474,14 @@ for r in rows:
 # %% [markdown]
 # Read the table from the bottom up. The **random** network already beats chance and often the raw
 # pixels: a random ViT is still a big fixed function of local colour and texture, and a linear probe
-# on 192 random features can find some use in them. That is why a random-init row belongs in every
-# such table: it says how much of an accuracy the *architecture* gives for free. What **DINO** adds
-# on top is the part that was learned. On ImageNet the gap is large (DINO's ViT-S/16 reaches 74.5%
-# kNN top-1 over 1000 classes). The shipped checkpoint is a ViT-tiny trained for 111 epochs on a
-# 2-core CPU, and its gap is clear but far from DINO's: on the full splits its linear probe is 24
-# points above the random network's (60.4% against 36.5%) and its kNN 22 points (52.5% against
-# 30.4%). On the subsets of fast mode the differences are close to the noise. DINO's published
-# numbers come from hundreds of epochs.
+# on its $D$ random features ($D = 192$ for ViT-tiny) can find some use in them. That is why a
+# random-init row belongs in every such table: it says how much of an accuracy the *architecture*
+# gives for free. What **DINO** adds on top is the part that was learned. On ImageNet the gap is
+# large (DINO's ViT-S/16 reaches 74.5% kNN top-1 over 1000 classes). The shipped checkpoint is a
+# ViT-tiny trained for 111 epochs on a 2-core CPU, and its gap is clear but far from DINO's: on the
+# full splits its linear probe is 24 points above the random network's (60.4% against 36.5%) and its
+# kNN 22 points (52.5% against 30.4%). On the subsets of fast mode the differences are close to the
+# noise. DINO's published numbers come from hundreds of epochs.
 #
 # ## 6. The feature space
 #
@@ -573,16 +522,15 @@ plt.show()
 
 # %%
 n_tsne = min(200 if FAST else 2000, len(val_set))
-tsne_idx = torch.randperm(len(val_set), generator=torch.Generator().manual_seed(0))[
-    :n_tsne
-]  # (n_tsne,)
+# (n_tsne,)
+tsne_idx = torch.randperm(len(val_set), generator=torch.Generator().manual_seed(0))[:n_tsne]
 fig, axes = plt.subplots(
     1, len(all_features), figsize=(4.6 * len(all_features), 4.2), squeeze=False
 )
 for ax, (tag, (_, _, vx, vy)) in zip(axes[0], all_features.items()):
-    x50 = PCA(n_components=min(50, vx.shape[1]), random_state=0).fit_transform(
-        vx[tsne_idx].numpy()
-    )  # (n, 50)
+    # (n, 50)
+    x50 = PCA(n_components=min(50, vx.shape[1]), random_state=0).fit_transform(vx[tsne_idx].numpy())
+    # (n, 2)
     xy = TSNE(
         n_components=2,
         perplexity=min(30, n_tsne // 4),
@@ -590,7 +538,7 @@ for ax, (tag, (_, _, vx, vy)) in zip(axes[0], all_features.items()):
         random_state=0,
         max_iter=500 if FAST else 1000,
         method="exact" if FAST else "barnes_hut",
-    ).fit_transform(x50)  # (n, 2)
+    ).fit_transform(x50)
     scatter_by_class(ax, xy, vy[tsne_idx].numpy(), f"{tag}\nt-SNE of {n_tsne} val images")
 axes[0, -1].legend(fontsize=7, markerscale=3, loc="center left", bbox_to_anchor=(1.0, 0.5))
 fig.suptitle(f"Val features, t-SNE ({TAG})")
@@ -617,9 +565,8 @@ def show_image(ax, image, title, color=None):
 
 
 query_classes = [0, 2, 4, 9]  # tench, cassette player, church, parachute
-queries = [
-    int((val_y == c).nonzero()[0]) for c in query_classes
-]  # the first val image of each (in val_set order)
+# the first val image of each (in val_set order)
+queries = [int((val_y == c).nonzero()[0]) for c in query_classes]
 retrieval_models = list(features)[::-1]  # the trained model first when there is one
 fig, axes = plt.subplots(
     len(queries) * len(retrieval_models),
@@ -685,6 +632,7 @@ for tag, (tx, ty, vx, vy) in all_features.items():
     table = summarize_label_efficiency(
         label_efficiency(tx, ty, vx, vy, shots=SHOTS, draws=DRAWS, seed=0, desc=tag)
     )
+    # section 5: all labels
     table.append(
         {
             "shots": None,
@@ -695,7 +643,7 @@ for tag, (tx, ty, vx, vy) in all_features.items():
             "linear_mean": RESULTS[tag]["linear_top1"],
             "linear_std": 0.0,
         }
-    )  # section 5: all labels
+    )
     curves[tag] = table
 print(
     f"{len(SHOTS)} label counts x {DRAWS} draws x {len(curves)} features "
@@ -751,10 +699,8 @@ fig.tight_layout()
 save_figure(fig, "08_label_efficiency")
 plt.show()
 
-for (
-    tag,
-    table,
-) in curves.items():  # more labels never hurt much on average: a check that the draws are sane
+# more labels never hurt much on average: a check that the draws are sane
+for tag, table in curves.items():
     assert table[-1]["linear_mean"] >= table[0]["linear_mean"] - 2, tag
     assert table[0]["knn_mean"] > 10 - 3 * max(table[0]["knn_std"], 1.0), (
         f"{tag}: one label per class below chance"
@@ -784,7 +730,8 @@ for (
 # * label-efficiency curves: kNN and the linear probe with 1 to 50 labels per class, mean and spread
 #   over seeded draws (`vitdino_core.linear_probe.label_efficiency`).
 #
-# The same evaluation from the command line, on the whole split:
+# The same evaluation from the command line, on the whole split (the random-init line with the
+# shipped model's shape):
 #
 # ```
 # python -m vitdino_core.evaluate --ckpt checkpoints/dino_imagenette96.pth
