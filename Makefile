@@ -87,7 +87,7 @@ $(SITE_STATIC)/mathjax/tex-chtml.js:
 	mv $(SITE_STATIC)/mathjax-tmp/package/es5 $(SITE_STATIC)/mathjax && rm -rf $(SITE_STATIC)/mathjax-tmp
 
 site: $(SITE_STAMP) $(SITE_STATIC)/mathjax/tex-chtml.js
-	CI=true VITDINO_FAST=1 $(BIN)/python -m sphinx -b html -c docs -W --keep-going -q . build/site
+	CI=true VITDINO_FAST=1 $(BIN)/python -m sphinx -b html -c docs -W --keep-going . build/site
 	printf '<!doctype html><meta charset="utf-8"><meta http-equiv="refresh" content="0; url=README.html"><title>vitdino</title><a href="README.html">vitdino</a>\n' > build/site/index.html
 	@echo "site: build/site/index.html"
 

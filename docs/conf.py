@@ -12,7 +12,7 @@ DOCS = Path(__file__).resolve().parent
 ROOT = DOCS.parent
 sys.path.insert(0, str(DOCS))
 
-import site_pages  # noqa: E402  (docs/site_pages.py: pages, banners, links, checks)
+import site_pages  # docs/site_pages.py: pages, banners, links, checks
 
 # the notebooks run in fast mode, as under CI: fewer steps and images, every cell
 os.environ.setdefault("VITDINO_FAST", "1")
@@ -36,6 +36,9 @@ source_suffix = {".md": "myst-nb", ".py": "myst-nb"}
 nb_execution_mode = "cache"  # a notebook runs again only when its source changed
 nb_execution_cache_path = str(ROOT / "build" / "site-cache")
 nb_execution_timeout = 1800
+# the exercise pages show the learner's version as it opens: stubs and hints, no outputs (running
+# them would only repeat the complete notebooks' work, with the core's functions standing in)
+nb_execution_excludepatterns = ["notebooks/exercises/*"]
 nb_execution_raise_on_error = True  # a failing cell fails the build (cells tagged raises-exception may raise)
 nb_execution_show_tb = True
 nb_merge_streams = True

@@ -133,8 +133,12 @@ def banner(app, docname: str) -> str:
     lines = []
     if nb or ex:
         topic = (nb or ex).group(1)
-        lines.append(f"This page is {src_link}, run top to bottom in fast mode "
-                     "(<code>VITDINO_FAST=1</code>: fewer steps and images than a full run, every cell).")
+        if nb:
+            lines.append(f"This page is {src_link}, run top to bottom in fast mode (<code>VITDINO_FAST=1"
+                         "</code>: fewer steps and images than a full run, every cell).")
+        else:
+            lines.append(f"This page is {src_link}, the learner's version as it opens: the functions "
+                         "to write, their hints and their checks, before any cell has run.")
         lines.append(f"Run it yourself: {RUN_LOCALLY}; then open <code>{src.removeprefix('notebooks/')}"
                      "</code> in JupyterLab (a double-click opens the <code>.py</code> as a notebook).")
         twin = f"notebooks/exercises/{topic}" if nb else f"notebooks/{topic}"
