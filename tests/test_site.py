@@ -255,15 +255,16 @@ def test_exercise_page_shows_its_stubs_and_collapsed_hints(visits, name):
     shown = page.evaluate("""[...document.querySelectorAll('.cell_input')]
         .filter(c => /raise NotImplementedError\\(/.test(c.innerText)).length""")
     assert shown >= stubs, f"{name}: {shown} stub cells shown, the source has {stubs}"
-    details = page.evaluate("""[...document.querySelectorAll('details')].map(d => [
+    details = page.evaluate("""[...document.querySelectorAll('article.bd-article details')].map(d => [
         d.open, d.querySelector('summary')?.innerText || '', d.getBoundingClientRect().height])""")
     assert len(details) == hints, f"{name}: {len(details)} <details> on the page, {hints} hints in the source"
     assert all(not is_open for is_open, _, _ in details), f"{name}: a hint is open on arrival"
     assert all(summary.strip() for _, summary, _ in details), f"{name}: a hint without a visible summary"
-    summary = page.locator("details > summary").first
+    summary = page.locator("article.bd-article details > summary").first
     summary.click()  # a hint opens on a click and shows more than its summary line
-    assert page.evaluate("document.querySelector('details').open")
-    assert page.evaluate("document.querySelector('details').innerText.length") > len(summary.inner_text()) + 20
+    hint = "document.querySelector('article.bd-article details')"
+    assert page.evaluate(f"{hint}.open")
+    assert page.evaluate(f"{hint}.innerText.length") > len(summary.inner_text()) + 20
 
 
 @pytest.mark.parametrize("name", solution_notebooks())
