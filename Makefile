@@ -12,7 +12,7 @@ IPYNB     := $(patsubst notebooks/%.py,$(BUILD)/%.ipynb,$(SOLUTIONS))
 EX_IPYNB  := $(patsubst notebooks/%.py,$(BUILD)/%.ipynb,$(EXERCISES))
 NBVAL     := --nbval-lax --nbval-current-env -p no:cacheprovider
 
-.PHONY: lab test unit nbtest exercises compat notebooks sanity bench clean
+.PHONY: lab test unit nbtest exercises compat notebooks sanity bench clean site site-check browser
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -69,3 +69,33 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .venv-torch* build/notebooks notebooks/*.ipynb notebooks/exercises/*.ipynb .pytest_cache
+
+## site: the course website in build/site/ (open build/site/index.html): every notebook run in fast
+##       mode with its outputs, the exercise versions, the instructor, benchmark and checkpoint pages.
+##       Sphinx + myst-nb (docs/conf.py); MathJax comes from npm's mathjax package, served by the site.
+##       A broken link or a failing cell fails the build, one line each.
+MATHJAX_VERSION := 3.2.2
+SITE_STATIC     := build/site-static
+SITE_STAMP      := $(VENV)/.installed-site
+$(SITE_STAMP): $(STAMP)
+	$(BIN)/python -m pip install -q -e ".[dev,site]"
+	touch $(SITE_STAMP)
+
+$(SITE_STATIC)/mathjax/tex-chtml.js:
+	rm -rf $(SITE_STATIC)/mathjax $(SITE_STATIC)/mathjax-tmp && mkdir -p $(SITE_STATIC)/mathjax-tmp
+	cd $(SITE_STATIC)/mathjax-tmp && npm pack --silent mathjax@$(MATHJAX_VERSION) >/dev/null && tar xzf mathjax-$(MATHJAX_VERSION).tgz
+	mv $(SITE_STATIC)/mathjax-tmp/package/es5 $(SITE_STATIC)/mathjax && rm -rf $(SITE_STATIC)/mathjax-tmp
+
+site: $(SITE_STAMP) $(SITE_STATIC)/mathjax/tex-chtml.js
+	CI=true VITDINO_FAST=1 $(BIN)/python -m sphinx -b html -c docs -W --keep-going . build/site
+	printf '<!doctype html><meta charset="utf-8"><meta http-equiv="refresh" content="0; url=README.html"><title>vitdino</title><a href="README.html">vitdino</a>\n' > build/site/index.html
+	@echo "site: build/site/index.html"
+
+## browser: Debian's chromium for the site's browser check (installs it with apt-get when missing)
+browser:
+	@command -v chromium >/dev/null || { echo "installing Debian's chromium for the browser check (apt-get)"; \
+	  apt-get update -q && apt-get install -y -q chromium; }
+
+## site-check: open every page of build/site/ in headless Chromium (tests/test_site.py)
+site-check: $(SITE_STAMP) browser
+	$(BIN)/python -m pytest tests/test_site.py -m site -p no:cacheprovider

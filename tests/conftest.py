@@ -31,3 +31,15 @@ def shared_data() -> Path:
             pytest.fail(msg)
         pytest.skip(msg)
     return root
+
+
+def pytest_collection_modifyitems(config, items):
+    """The browser check of the website (marker `site`) runs after `make site`: with `-m site`
+    (make site-check) or when tests/test_site.py is named; a plain `pytest tests` leaves it out."""
+    wanted = "site" in (config.option.markexpr or "") or any("test_site" in a for a in config.args)
+    if wanted:
+        return
+    kept = [item for item in items if item.get_closest_marker("site") is None]
+    if len(kept) != len(items):
+        config.hook.pytest_deselected(items=[i for i in items if i not in kept])
+        items[:] = kept
