@@ -5,8 +5,8 @@
     python benchmarks/data_pipeline.py --dataset random --images 64 --batch 8 --batches 2 --workers 0
 
 CPU path: the loader train.py builds (dataset -> MultiCropAugmentation in DataLoader workers ->
-collate_multicrop), timed per worker count after its first batch (worker start-up is reported apart).
-Device path: the workers only decode to uint8 (Uint8Images + collate_uint8), and
+collate_multicrop), timed per worker count after its first batch (worker start-up is reported
+apart). Device path: the workers only decode to uint8 (Uint8Images + collate_uint8), and
 GPUMultiCropAugmentation makes the crops of the whole batch on --device.
 
 Training is data-bound when the pipeline's images/s is below the step's images/s
@@ -34,29 +34,63 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # timing.py
 
 from timing import sync  # noqa: E402
 
-from vitdino_core.training.config import make_config  # noqa: E402
 from vitdino_core.data import EpochBatchSampler, MultiCropDataset, make_loader  # noqa: E402
 from vitdino_core.multicrop import MultiCropAugmentation, collate_multicrop  # noqa: E402
-from vitdino_core.training.multicrop_gpu import GPUMultiCropAugmentation, PaddedImages, Uint8Images, collate_uint8  # noqa: E402
+from vitdino_core.training.config import make_config  # noqa: E402
+from vitdino_core.training.multicrop_gpu import (
+    GPUMultiCropAugmentation,
+    PaddedImages,
+    Uint8Images,
+    collate_uint8,
+)  # noqa: E402
 from vitdino_core.training.trainer import _worker_init, build_train_dataset  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--dataset", default="imagenette", help="a dataset name of vitdino_core.data (imagenette, random, ...)")
+    p.add_argument(
+        "--dataset",
+        default="imagenette",
+        help="a dataset name of vitdino_core.data (imagenette, random, ...)",
+    )
     p.add_argument("--data-path", default="", help="overrides where the dataset is looked for")
-    p.add_argument("--images", type=int, default=0, help="use the first N images of a fixed shuffle (0 = all)")
+    p.add_argument(
+        "--images", type=int, default=0, help="use the first N images of a fixed shuffle (0 = all)"
+    )
     p.add_argument("--global-size", type=int, default=224)
     p.add_argument("--local-size", type=int, default=96)
     p.add_argument("--local-crops", type=int, default=6)
     p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--batches", type=int, default=10, help="timed batches per measurement (after one warm-up batch)")
+    p.add_argument(
+        "--batches",
+        type=int,
+        default=10,
+        help="timed batches per measurement (after one warm-up batch)",
+    )
     p.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--device", default="cpu", help="where the batched multi-crop runs: cpu | cuda | cuda:N")
-    p.add_argument("--threads", type=int, default=0, help="torch threads in the main process (0 = PyTorch's default)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the device path's pixel work (as train.py does with compile=true)")
-    p.add_argument("--max-size", type=int, default=0,
-                   help="device path: shrink images to this longer side and pad batches to a square (gpu_augment_max_size)")
+    p.add_argument(
+        "--device", default="cpu", help="where the batched multi-crop runs: cpu | cuda | cuda:N"
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch threads in the main process (0 = PyTorch's default)",
+    )
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the device path's pixel work (as train.py does with compile=true)",
+    )
+    p.add_argument(
+        "--max-size",
+        type=int,
+        default=0,
+        help=(
+            "device path: shrink images to this longer side and pad batches to a square"
+            " (gpu_augment_max_size)"
+        ),
+    )
     p.add_argument("--skip-cpu-path", action="store_true")
     p.add_argument("--skip-gpu-path", action="store_true")
     return p.parse_args(argv)
@@ -68,15 +102,25 @@ def cpu_seconds(children: bool = False) -> float:
 
 
 def make_cfg(args):
-    return make_config(dict(dataset=args.dataset, data_path=args.data_path, max_images=args.images,
-                            global_crops_size=args.global_size, local_crops_size=args.local_size,
-                            local_crops_number=args.local_crops, batch_size_per_gpu=args.batch,
-                            output_dir=tempfile.gettempdir(), patch_size=math.gcd(args.global_size, args.local_size)))
+    return make_config(
+        dict(
+            dataset=args.dataset,
+            data_path=args.data_path,
+            max_images=args.images,
+            global_crops_size=args.global_size,
+            local_crops_size=args.local_size,
+            local_crops_number=args.local_crops,
+            batch_size_per_gpu=args.batch,
+            output_dir=tempfile.gettempdir(),
+            patch_size=math.gcd(args.global_size, args.local_size),
+        )
+    )
 
 
 def time_loader(make, nbatches: int, ncrops_per_image: int) -> dict:
-    """Build a loader with make() -> (loader, sampler); one warm-up batch (worker start-up), then `nbatches` timed
-    ones. CPU seconds include the workers' (counted once they have exited, after the loader is dropped)."""
+    """Build a loader with make() -> (loader, sampler); one warm-up batch (worker start-up), then
+    `nbatches` timed ones. CPU seconds include the workers' (counted once they have exited, after
+    the loader is dropped)."""
     self0, kids0 = cpu_seconds(), cpu_seconds(children=True)
     loader, sampler = make()
     sampler.set_epoch(0, 0, nbatches + 1)
@@ -89,20 +133,42 @@ def time_loader(make, nbatches: int, ncrops_per_image: int) -> dict:
     del it, loader  # persistent workers exit here
     gc.collect()
     cpu = cpu_seconds() - self0 + cpu_seconds(children=True) - kids0
-    return {"images_per_s": n / (t2 - t1), "crops_per_s": n * ncrops_per_image / (t2 - t1), "first_batch_s": t1 - t0,
-            "timed_images": n, "cpu_s_per_image": cpu / (n + sampler.batch_size)}  # incl. the warm-up batch
+    return {
+        "images_per_s": n / (t2 - t1),
+        "crops_per_s": n * ncrops_per_image / (t2 - t1),
+        "first_batch_s": t1 - t0,
+        "timed_images": n,
+        "cpu_s_per_image": cpu / (n + sampler.batch_size),
+    }  # incl. the warm-up batch
 
 
 def cpu_path(args, cfg, dataset) -> list[dict]:
-    augment = MultiCropAugmentation(cfg.global_crops_scale, cfg.local_crops_scale, cfg.local_crops_number,
-                                    cfg.global_crops_size, cfg.local_crops_size)
+    augment = MultiCropAugmentation(
+        cfg.global_crops_scale,
+        cfg.local_crops_scale,
+        cfg.local_crops_number,
+        cfg.global_crops_size,
+        cfg.local_crops_size,
+    )
 
     def make(w):
         sampler = EpochBatchSampler(len(dataset), args.batch, cfg.seed)
-        return make_loader(MultiCropDataset(dataset, augment), sampler, w, collate_multicrop, pin_memory=False,
-                           worker_init_fn=_worker_init), sampler
+        return (
+            make_loader(
+                MultiCropDataset(dataset, augment),
+                sampler,
+                w,
+                collate_multicrop,
+                pin_memory=False,
+                worker_init_fn=_worker_init,
+            ),
+            sampler,
+        )
 
-    return [{"workers": w, **time_loader(lambda: make(w), args.batches, cfg.ncrops)} for w in args.workers]
+    return [
+        {"workers": w, **time_loader(lambda: make(w), args.batches, cfg.ncrops)}
+        for w in args.workers
+    ]
 
 
 def gpu_path(args, cfg, dataset) -> dict:
@@ -112,17 +178,36 @@ def gpu_path(args, cfg, dataset) -> dict:
 
     def make(w):
         sampler = EpochBatchSampler(len(dataset), args.batch, cfg.seed)
-        return make_loader(MultiCropDataset(dataset, to_uint8), sampler, w, collate, pin_memory=device.type == "cuda",
-                           worker_init_fn=_worker_init), sampler
+        return (
+            make_loader(
+                MultiCropDataset(dataset, to_uint8),
+                sampler,
+                w,
+                collate,
+                pin_memory=device.type == "cuda",
+                worker_init_fn=_worker_init,
+            ),
+            sampler,
+        )
 
-    loaders = [{"workers": w, **time_loader(lambda: make(w), args.batches, 1)} for w in args.workers]
+    loaders = [
+        {"workers": w, **time_loader(lambda: make(w), args.batches, 1)} for w in args.workers
+    ]
     for r in loaders:
         r.pop("crops_per_s")
 
-    images, _ = collate([(to_uint8(dataset[i][0]), 0) for i in range(args.batch)])  # one batch: (B, 3, H, W) or PaddedImages
+    images, _ = collate(
+        [(to_uint8(dataset[i][0]), 0) for i in range(args.batch)]
+    )  # one batch: (B, 3, H, W) or PaddedImages
     images = images.to(device)
-    augment = GPUMultiCropAugmentation(cfg.global_crops_scale, cfg.local_crops_scale, cfg.local_crops_number,
-                                       cfg.global_crops_size, cfg.local_crops_size, compile=args.compile)
+    augment = GPUMultiCropAugmentation(
+        cfg.global_crops_scale,
+        cfg.local_crops_scale,
+        cfg.local_crops_number,
+        cfg.global_crops_size,
+        cfg.local_crops_size,
+        compile=args.compile,
+    )
     gen = torch.Generator(device=device).manual_seed(0)
     t0 = time.perf_counter()
     augment(images, generator=gen)  # warm-up (and compiling, with --compile)
@@ -135,12 +220,21 @@ def gpu_path(args, cfg, dataset) -> dict:
     dt, cpu = time.perf_counter() - t0, cpu_seconds() - c0
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
     n = args.batches * args.batch
-    return {"device": str(device), "compiled": args.compile, "augment_first_call_s": first_call_s,
-            "augment_images_per_s": n / dt, "augment_crops_per_s": n * cfg.ncrops / dt,
-            "augment_s_per_batch": dt / args.batches, "augment_cpu_s_per_image": cpu / n,
-            "augment_peak_memory_bytes": peak,
-            "input_image_size": list((images.images if isinstance(images, PaddedImages) else images).shape[-2:]),
-            "output_shapes": [list(c.shape) for c in crops], "loader_uint8": loaders}
+    return {
+        "device": str(device),
+        "compiled": args.compile,
+        "augment_first_call_s": first_call_s,
+        "augment_images_per_s": n / dt,
+        "augment_crops_per_s": n * cfg.ncrops / dt,
+        "augment_s_per_batch": dt / args.batches,
+        "augment_cpu_s_per_image": cpu / n,
+        "augment_peak_memory_bytes": peak,
+        "input_image_size": list(
+            (images.images if isinstance(images, PaddedImages) else images).shape[-2:]
+        ),
+        "output_shapes": [list(c.shape) for c in crops],
+        "loader_uint8": loaders,
+    }
 
 
 def main(argv=None) -> dict:
@@ -152,13 +246,34 @@ def main(argv=None) -> dict:
     cfg = make_cfg(args)
     dataset = build_train_dataset(cfg)
     if len(dataset) < args.batch * (args.batches + 1):
-        raise SystemExit(f"{len(dataset)} images are too few for {args.batches + 1} batches of {args.batch}; "
-                         "lower --batch or --batches, or raise --images")
-    result = {"benchmark": "data_pipeline",
-              "config": {k: getattr(args, k) for k in ("dataset", "images", "global_size", "local_size", "local_crops",
-                                                        "batch", "batches", "workers", "device", "compile", "max_size")},
-              "dataset_images": len(dataset), "crops_per_image": cfg.ncrops, "cpu_count": os.cpu_count(),
-              "torch_threads": torch.get_num_threads(), "torch": torch.__version__}
+        raise SystemExit(
+            f"{len(dataset)} images are too few for {args.batches + 1} batches of {args.batch}; "
+            "lower --batch or --batches, or raise --images"
+        )
+    result = {
+        "benchmark": "data_pipeline",
+        "config": {
+            k: getattr(args, k)
+            for k in (
+                "dataset",
+                "images",
+                "global_size",
+                "local_size",
+                "local_crops",
+                "batch",
+                "batches",
+                "workers",
+                "device",
+                "compile",
+                "max_size",
+            )
+        },
+        "dataset_images": len(dataset),
+        "crops_per_image": cfg.ncrops,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+    }
     if not args.skip_cpu_path:
         result["cpu_path"] = cpu_path(args, cfg, dataset)
         best = max(result["cpu_path"], key=lambda r: r["images_per_s"])

@@ -1,11 +1,14 @@
-"""Draw two training runs' loss curves and their difference from their metrics.jsonl files, into one PNG.
+"""Draw two training runs' loss curves and their difference from their metrics.jsonl files, into one
+PNG.
 
     python benchmarks/plot_runs.py A.jsonl B.jsonl OUT.png [--labels fp32 bf16] [--title TEXT]
 
-Used for the bf16-against-fp32 runs in results/ (e.g. cpu-zen4_cls-only-and-bf16/workshop_tiny_bf16_vs_fp32.png:
-`python benchmarks/plot_runs.py results/cpu-zen4_cls-only-and-bf16/workshop_tiny_200_steps_fp32.jsonl
+Used for the bf16-against-fp32 runs in results/ (e.g.
+cpu-zen4_cls-only-and-bf16/workshop_tiny_bf16_vs_fp32.png: `python benchmarks/plot_runs.py
+results/cpu-zen4_cls-only-and-bf16/workshop_tiny_200_steps_fp32.jsonl
 results/cpu-zen4_cls-only-and-bf16/workshop_tiny_200_steps_bf16.jsonl
-results/cpu-zen4_cls-only-and-bf16/workshop_tiny_bf16_vs_fp32.png --title "workshop_tiny, 200 steps, AMD Zen 4 CPU"`).
+results/cpu-zen4_cls-only-and-bf16/workshop_tiny_bf16_vs_fp32.png --title "workshop_tiny, 200 steps,
+AMD Zen 4 CPU"`).
 """
 
 from __future__ import annotations
@@ -38,7 +41,11 @@ def main(argv=None) -> None:
     ax.legend()
     bx.plot(steps, [b["loss"] - a["loss"] for a, b in zip(*runs)], color="k", lw=1)
     bx.axhline(0, color="0.6", lw=0.8)
-    bx.set(title="difference at each logged step", xlabel="step", ylabel=f"{args.labels[1]} - {args.labels[0]} (nats)")
+    bx.set(
+        title="difference at each logged step",
+        xlabel="step",
+        ylabel=f"{args.labels[1]} - {args.labels[0]} (nats)",
+    )
     fig.tight_layout()
     fig.savefig(args.out, dpi=100)
 

@@ -15,7 +15,8 @@ def sync(device: torch.device) -> None:
 
 
 def median_seconds(fn, device: torch.device, warmup: int, repeat: int) -> float:
-    """Median wall time of `fn()` over `repeat` calls after `warmup` untimed ones, the device synced around each."""
+    """Median wall time of `fn()` over `repeat` calls after `warmup` untimed ones, the device synced
+    around each."""
     for _ in range(warmup):
         fn()
     sync(device)

@@ -1,14 +1,15 @@
-"""The walk from `DINOTrainer.train_step` to the loss: which `vitdino_core` functions one step calls; prints one JSON.
+"""The walk from `DINOTrainer.train_step` to the loss: which `vitdino_core` functions one step
+calls; prints one JSON.
 
     python benchmarks/walk.py                       # workshop_tiny, CPU, fp32, the config's own path
     python benchmarks/walk.py --set fast=false      # the plain path (any config key, as on the command line)
 
-Counted with `sys.setprofile` around one step on a synthetic batch: every distinct function (by file and
-qualified name) whose code lives in `vitdino_core`, from the start of `train_step` until the loss
-(`DINOLoss.forward`) returns; each counts once however often it runs, backward is not counted. A comprehension
-is part of the function that holds it (Python 3.12 no longer gives a list comprehension a frame of its own). This
-is what a reader who follows the step through the code has to open: the fewer functions and files, the shorter
-the walk.
+Counted with `sys.setprofile` around one step on a synthetic batch: every distinct function (by file
+and qualified name) whose code lives in `vitdino_core`, from the start of `train_step` until the
+loss (`DINOLoss.forward`) returns; each counts once however often it runs, backward is not counted.
+A comprehension is part of the function that holds it (Python 3.12 no longer gives a list
+comprehension a frame of its own). This is what a reader who follows the step through the code has
+to open: the fewer functions and files, the shorter the walk.
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from vitdino_core.training.config import load_config  # noqa: E402
 from vitdino_core.dino_loss import DINOLoss  # noqa: E402
+from vitdino_core.training.config import load_config  # noqa: E402
 from vitdino_core.training.trainer import DINOTrainer  # noqa: E402
 
 PACKAGE = ROOT / "vitdino_core"
@@ -46,20 +47,38 @@ class NoImages(torch.utils.data.Dataset):
 
 
 def walk(config: str = "workshop_tiny", overrides: list[str] | None = None) -> dict:
-    """One step of `config` (on a CPU in fp32 unless overridden): the distinct package functions it calls, in
-    the order first called, as 'file:function' with the file relative to `vitdino_core/`."""
-    cfg = load_config(config, ["device=cpu", "precision=fp32", "num_workers=0", "compile=false",
-                               "gpu_augment=false", f"output_dir={tempfile.gettempdir()}", "run_name=walk",
-                               *(overrides or [])])  # nothing is written: the trainer is never fit
+    """One step of `config` (on a CPU in fp32 unless overridden): the distinct package functions it
+    calls, in the order first called, as 'file:function' with the file relative to `vitdino_core/`.
+    """
+    cfg = load_config(
+        config,
+        [
+            "device=cpu",
+            "precision=fp32",
+            "num_workers=0",
+            "compile=false",
+            "gpu_augment=false",
+            f"output_dir={tempfile.gettempdir()}",
+            "run_name=walk",
+            *(overrides or []),
+        ],
+    )  # nothing is written: the trainer is never fit
     torch.manual_seed(0)
     B = cfg.batch_size_per_gpu
     trainer = DINOTrainer(cfg, dataset=NoImages(B), quiet=True)
     trainer.student.train()
     trainer.teacher.train()
     g = torch.Generator().manual_seed(0)
-    global_crops = torch.randn(2 * B, 3, cfg.global_crops_size, cfg.global_crops_size, generator=g)  # (2B, 3, G, G)
-    local_crops = (torch.randn(cfg.local_crops_number * B, 3, cfg.local_crops_size, cfg.local_crops_size, generator=g)
-                   if cfg.local_crops_number else None)  # (N*B, 3, L, L)
+    global_crops = torch.randn(
+        2 * B, 3, cfg.global_crops_size, cfg.global_crops_size, generator=g
+    )  # (2B, 3, G, G)
+    local_crops = (
+        torch.randn(
+            cfg.local_crops_number * B, 3, cfg.local_crops_size, cfg.local_crops_size, generator=g
+        )
+        if cfg.local_crops_number
+        else None
+    )  # (N*B, 3, L, L)
 
     seen: dict[str, None] = {}  # insertion-ordered set
     loss_code, done = DINOLoss.forward.__code__, [False]
@@ -81,8 +100,15 @@ def walk(config: str = "workshop_tiny", overrides: list[str] | None = None) -> d
         sys.setprofile(None)
     functions = list(seen)
     files = sorted({f.split(":")[0] for f in functions})
-    return {"config": config, "overrides": overrides or [], "fast": getattr(cfg, "fast", None),
-            "count": len(functions), "files": files, "file_count": len(files), "functions": functions}
+    return {
+        "config": config,
+        "overrides": overrides or [],
+        "fast": getattr(cfg, "fast", None),
+        "count": len(functions),
+        "files": files,
+        "file_count": len(files),
+        "functions": functions,
+    }
 
 
 def main(argv=None) -> dict:

@@ -27,8 +27,17 @@ html_title = "ViT + DINO from scratch"
 extensions = ["myst_nb", "site_pages"]
 root_doc = "README"
 include_patterns = site_pages.INCLUDE
-exclude_patterns = [".git", ".venv", ".venv-*", "build", "dist", "data/imagenette*", "data/dino",
-                    "checkpoints/*/", "**/.ipynb_checkpoints"]
+exclude_patterns = [
+    ".git",
+    ".venv",
+    ".venv-*",
+    "build",
+    "dist",
+    "data/imagenette*",
+    "data/dino",
+    "checkpoints/*/",
+    "**/.ipynb_checkpoints",
+]
 
 # notebooks/NN_topic.py are jupytext percent files; myst-nb reads them through jupytext
 nb_custom_formats = {".py": ["jupytext.reads", {"fmt": "py:percent"}]}
@@ -39,13 +48,17 @@ nb_execution_timeout = 1800
 # the exercise pages show the learner's version as it opens: stubs and hints, no outputs (running
 # them would only repeat the complete notebooks' work, with the core's functions standing in)
 nb_execution_excludepatterns = ["notebooks/exercises/*"]
-nb_execution_raise_on_error = True  # a failing cell fails the build (cells tagged raises-exception may raise)
+nb_execution_raise_on_error = (
+    True  # a failing cell fails the build (cells tagged raises-exception may raise)
+)
 nb_execution_show_tb = True
 nb_merge_streams = True
 # tqdm.auto draws widgets in JupyterLab; a static page shows their text and loads no widget scripts
 nb_ipywidgets_js = {}
-nb_mime_priority_overrides = [("html", "application/vnd.jupyter.widget-view+json", None),
-                              ("html", "application/vnd.jupyter.widget-state+json", None)]
+nb_mime_priority_overrides = [
+    ("html", "application/vnd.jupyter.widget-view+json", None),
+    ("html", "application/vnd.jupyter.widget-state+json", None),
+]
 
 myst_enable_extensions = ["dollarmath", "amsmath", "html_image"]
 myst_heading_anchors = 3

@@ -10,6 +10,7 @@ A Sphinx extension used by docs/conf.py:
 - after the build every internal link, image and anchor of every page is checked: a broken one
   is one warning line (`broken link: PAGE -> TARGET (...)`) and the build fails.
 """
+
 from __future__ import annotations
 
 import html
@@ -55,8 +56,10 @@ def mathjax_dir() -> Path:
     """The folder whose mathjax/ holds MathJax 3 (`make site-mathjax` puts npm's package there)."""
     static = ROOT / "build" / "site-static"
     if not (static / "mathjax" / "tex-chtml.js").is_file():
-        raise SphinxError(f"MathJax not found in {static / 'mathjax'}: run `make site` "
-                          "(it installs npm's mathjax@3 there; needs npm)")
+        raise SphinxError(
+            f"MathJax not found in {static / 'mathjax'}: run `make site` "
+            "(it installs npm's mathjax@3 there; needs npm)"
+        )
     return static
 
 
@@ -67,15 +70,25 @@ def docnames(pattern: str) -> list[str]:
 
 def navigation() -> str:
     """The landing page's hidden table of contents, made from the file list."""
+
     def toctree(caption: str, names: list[str]) -> str:
         entries = "\n".join("/" + name for name in names)
         return f"\n\n```{{toctree}}\n:hidden:\n:caption: {caption}\n\n{entries}\n```\n"
 
-    exercises = docnames("notebooks/exercises/README.md") + docnames(f"notebooks/exercises/{NN}_*.py")
-    more = (docnames("benchmarks/README.md") + docnames("benchmarks/PERFORMANCE.md")
-            + docnames("checkpoints/README.md") + docnames("data/README.md"))
-    return (toctree("Notebooks", docnames(f"notebooks/{NN}_*.py"))
-            + toctree("Exercises", exercises) + toctree("Benchmarks, checkpoint, data", more))
+    exercises = docnames("notebooks/exercises/README.md") + docnames(
+        f"notebooks/exercises/{NN}_*.py"
+    )
+    more = (
+        docnames("benchmarks/README.md")
+        + docnames("benchmarks/PERFORMANCE.md")
+        + docnames("checkpoints/README.md")
+        + docnames("data/README.md")
+    )
+    return (
+        toctree("Notebooks", docnames(f"notebooks/{NN}_*.py"))
+        + toctree("Exercises", exercises)
+        + toctree("Benchmarks, checkpoint, data", more)
+    )
 
 
 def on_source_read(app, docname: str, source: list[str]) -> None:
@@ -121,7 +134,9 @@ def on_doctree_read(app, doctree) -> None:
 
 
 def on_env_merge(app, env, docnames, other) -> None:
-    env.site_linked_dirs = getattr(env, "site_linked_dirs", set()) | getattr(other, "site_linked_dirs", set())
+    env.site_linked_dirs = getattr(env, "site_linked_dirs", set()) | getattr(
+        other, "site_linked_dirs", set()
+    )
 
 
 def banner(app, docname: str) -> str:
@@ -134,24 +149,35 @@ def banner(app, docname: str) -> str:
     if nb or ex:
         topic = (nb or ex).group(1)
         if nb:
-            lines.append(f"This page is {src_link}, run top to bottom in fast mode (<code>VITDINO_FAST=1"
-                         "</code>: fewer steps and images than a full run, every cell).")
+            lines.append(
+                f"This page is {src_link}, run top to bottom in fast mode (<code>VITDINO_FAST=1"
+                "</code>: fewer steps and images than a full run, every cell)."
+            )
         else:
-            lines.append(f"This page is {src_link}, the learner's version as it opens: the functions "
-                         "to write, their hints and their checks, before any cell has run.")
-        lines.append(f"Run it yourself: {RUN_LOCALLY}; then open <code>{src.removeprefix('notebooks/')}"
-                     "</code> in JupyterLab (a double-click opens the <code>.py</code> as a notebook).")
+            lines.append(
+                f"This page is {src_link}, the learner's version as it opens: the functions "
+                "to write, their hints and their checks, before any cell has run."
+            )
+        lines.append(
+            f"Run it yourself: {RUN_LOCALLY}; then open <code>{src.removeprefix('notebooks/')}"
+            "</code> in JupyterLab (a double-click opens the <code>.py</code> as a notebook)."
+        )
         twin = f"notebooks/exercises/{topic}" if nb else f"notebooks/{topic}"
         if twin in app.env.all_docs:
             label = "the exercise version" if nb else "the complete notebook"
             kind = "site-exercise-link" if nb else "site-solution-link"
-            lines.append(f'See also <a class="{kind}" href="{uri(docname, twin)}">{label}</a>'
-                         f" (<code>{twin}.py</code>).")
+            lines.append(
+                f'See also <a class="{kind}" href="{uri(docname, twin)}">{label}</a>'
+                f" (<code>{twin}.py</code>)."
+            )
     else:
         lines.append(f"This page is {src_link}.")
         lines.append(f"Run the course yourself: {RUN_LOCALLY}.")
     body = "".join(f"<p>{line}</p>" for line in lines)
-    return f'<div class="admonition note site-banner"><p class="admonition-title">Run it locally</p>{body}</div>'
+    return (
+        '<div class="admonition note site-banner"><p class="admonition-title">Run it'
+        f" locally</p>{body}</div>"
+    )
 
 
 def on_doctree_resolved(app, doctree, docname: str) -> None:
@@ -197,11 +223,17 @@ def copy_sources(app, outdir: Path) -> None:
             (outdir / SRC / here).mkdir(parents=True, exist_ok=True)
             for f in files:
                 shutil.copyfile(Path(folder) / f, outdir / SRC / here / f)
-            items = [f'<li><a href="{html.escape(d)}/index.html">{html.escape(d)}/</a></li>' for d in subdirs]
-            items += [f'<li><a href="{html.escape(f)}">{html.escape(f)}</a></li>' for f in sorted(files)]
+            items = [
+                f'<li><a href="{html.escape(d)}/index.html">{html.escape(d)}/</a></li>'
+                for d in subdirs
+            ]
+            items += [
+                f'<li><a href="{html.escape(f)}">{html.escape(f)}</a></li>' for f in sorted(files)
+            ]
             (outdir / SRC / here / "index.html").write_text(
                 f"<!doctype html><meta charset='utf-8'><title>{here}/</title>"
-                f"<h1><code>{here}/</code></h1><ul>{''.join(items)}</ul>\n")
+                f"<h1><code>{here}/</code></h1><ul>{''.join(items)}</ul>\n"
+            )
 
 
 def check_links(outdir: Path) -> list[str]:

@@ -40,7 +40,6 @@ import os
 import platform
 import sys
 import tempfile
-from pathlib import Path
 from unittest import mock
 
 import matplotlib.pyplot as plt
@@ -49,8 +48,13 @@ import torch
 import torchvision
 
 import vitdino_core
-from vitdino_core import (DatasetNotFoundError, build_dataset, data_root, knn_classifier,
-                          raw_pixel_features)
+from vitdino_core import (
+    DatasetNotFoundError,
+    build_dataset,
+    data_root,
+    knn_classifier,
+    raw_pixel_features,
+)
 from vitdino_core.data import DATASETS, IMAGENETTE_96, find_imagenette, is_course_copy, where_lines
 from vitdino_core.notebook import photo, save_figure, setup
 
@@ -86,8 +90,10 @@ rows = {
     "device": str(env.device),
     "CUDA GPU": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
     "CPU capability": cpu_capability,
-    "bf16 on CPU": f"works: {bf16_works}; fast: "
-                   + ("maybe (needs AVX512-BF16/AMX)" if bf16_fast else "no, use float32"),
+    "bf16 on CPU": (
+        f"works: {bf16_works}; fast: "
+        + ("maybe (needs AVX512-BF16/AMX)" if bf16_fast else "no, use float32")
+    ),
     "fast mode (CI / VITDINO_FAST)": FAST,
 }
 for key, value in rows.items():
@@ -175,8 +181,9 @@ for name in DATASETS:
     print(f"{name:>14} : {ABOUT[name]}")
 
 digits = build_dataset("digits", "train")  # offline, always there
-print(f"\ndigits: {len(digits)} train images, first one {digits[0][0].size} px, "
-      f"label {digits[0][1]}")
+print(
+    f"\ndigits: {len(digits)} train images, first one {digits[0][0].size} px, label {digits[0][1]}"
+)
 
 # %% [markdown]
 # ## 4. Imagenette, 96 pixels
@@ -213,14 +220,18 @@ imagenette_folder = find_imagenette(data_root(), "train").parent
 course_copy = is_course_copy(imagenette_folder)
 which = "the course copy" if course_copy else "not the course copy: numbers will differ"
 print(f"Imagenette from {imagenette_folder}: {which}")
-print(f"train: {len(train_set)} images | val: {len(val_set)} images | "
-      f"{len(train_set.classes)} classes")
+print(
+    f"train: {len(train_set)} images | val: {len(val_set)} images | "
+    f"{len(train_set.classes)} classes"
+)
 print("classes:", ", ".join(train_set.classes))
 
 img, label = train_set[0]
 x = torch.from_numpy(np.array(img)).permute(2, 0, 1)  # (H, W, 3) uint8 -> (3, H, W)
-print(f"one image: PIL {img.mode} {img.size} -> tensor {tuple(x.shape)} {x.dtype}, "
-      f"label {label} = {train_set.classes[label]}")
+print(
+    f"one image: PIL {img.mode} {img.size} -> tensor {tuple(x.shape)} {x.dtype}, "
+    f"label {label} = {train_set.classes[label]}"
+)
 
 assert train_set.classes == val_set.classes and len(train_set.classes) == 10
 assert x.shape[0] == 3 and x.dtype == torch.uint8
@@ -234,9 +245,19 @@ targets = np.array(train_set.targets)  # (N_train,) class index per image
 rng = np.random.default_rng(env.seed)
 n_classes = len(train_set.classes)
 fig_w, fig_h = per_class * 0.95 + 1.4, n_classes * 0.95 + 0.4  # inches: room for the class names
-fig, axes = plt.subplots(n_classes, per_class, figsize=(fig_w, fig_h),
-                         gridspec_kw={"wspace": 0.04, "hspace": 0.04, "left": 1.4 / fig_w,
-                                      "right": 0.995, "bottom": 0.005, "top": 1 - 0.4 / fig_h})
+fig, axes = plt.subplots(
+    n_classes,
+    per_class,
+    figsize=(fig_w, fig_h),
+    gridspec_kw={
+        "wspace": 0.04,
+        "hspace": 0.04,
+        "left": 1.4 / fig_w,
+        "right": 0.995,
+        "bottom": 0.005,
+        "top": 1 - 0.4 / fig_h,
+    },
+)
 for c, name in enumerate(train_set.classes):
     picks = rng.choice(np.flatnonzero(targets == c), size=per_class, replace=False)  # (per_class,)
     for j, i in enumerate(picks):
@@ -339,16 +360,20 @@ val_x, val_y = raw_pixel_features(knn_val, size=32, desc="val pixels")  # (N_val
 print(f"features: train {tuple(train_x.shape)}, val {tuple(val_x.shape)}")
 
 top1 = knn_classifier(train_x, train_y, val_x, val_y, k=20, T=0.07)
-print(f"raw-pixel weighted kNN (32 px, k=20, T=0.07): {top1:.1f}% top-1 "
-      f"on {len(val_y)} val images; chance 10%")
+print(
+    f"raw-pixel weighted kNN (32 px, k=20, T=0.07): {top1:.1f}% top-1 "
+    f"on {len(val_y)} val images; chance 10%"
+)
 
 assert torch.allclose(train_x.norm(dim=1), torch.ones(len(train_x)))
 assert top1 > 15, "raw pixels should beat chance (10%) clearly"
 if not FAST and course_copy:
     assert abs(top1 - 28.3) < 0.3, "on the full course copy the raw-pixel baseline is 28.3%"
 elif not FAST:
-    print(f"Not the course copy, so the baseline depends on your images: yours is {top1:.1f}% "
-          f"(28.3% on the course copy: python -m vitdino_core.data download {IMAGENETTE_96})")
+    print(
+        f"Not the course copy, so the baseline depends on your images: yours is {top1:.1f}% "
+        f"(28.3% on the course copy: python -m vitdino_core.data download {IMAGENETTE_96})"
+    )
 
 # %% [markdown]
 # Keep the 28.3% (or your own copy's number) in mind. Notebook 08 runs the very same kNN on the CLS

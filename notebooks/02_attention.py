@@ -94,6 +94,7 @@ setup(seed=0)  # seeds every RNG, picks the device, prints what it chose
 #
 # </details>
 
+
 # %%
 def attention_by_hand(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: bool = True):
     """softmax(q k^T / sqrt(d)) v over the last two axes; returns (output, weights)."""
@@ -162,8 +163,13 @@ for dim in dims:
     v = torch.zeros(keys, 1)  # (64, 1): values do not matter here
     for name, scale in (("scaled", True), ("unscaled", False)):
         _, w = attention_fn(q, k, v, scale=scale)  # w: (256, 64)
-        stats[name].append((row_entropy(w).mean().item(), w.max(dim=-1).values.mean().item(),
-                            (w * (1 - w)).max(dim=-1).values.mean().item()))
+        stats[name].append(
+            (
+                row_entropy(w).mean().item(),
+                w.max(dim=-1).values.mean().item(),
+                (w * (1 - w)).max(dim=-1).values.mean().item(),
+            )
+        )
 
 fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
 for name, style in (("scaled", "o-"), ("unscaled", "s--")):
@@ -173,11 +179,19 @@ for name, style in (("scaled", "o-"), ("unscaled", "s--")):
     axes[1].plot(dims, top_weight, style, label=label)
 axes[0].axhline(math.log(keys), color="gray", lw=0.8, ls=":")
 axes[0].text(dims[0], math.log(keys) - 0.3, "uniform: ln 64", color="gray", fontsize=9)
-axes[0].set(xscale="log", xlabel="head dimension d", ylabel="mean row entropy (nats)",
-            title="How spread out is each row?")
-axes[1].set(xscale="log", xlabel="head dimension d", ylabel="mean largest weight in a row",
-            ylim=(0, 1.05),
-            title="How much goes to the top key?")
+axes[0].set(
+    xscale="log",
+    xlabel="head dimension d",
+    ylabel="mean row entropy (nats)",
+    title="How spread out is each row?",
+)
+axes[1].set(
+    xscale="log",
+    xlabel="head dimension d",
+    ylabel="mean largest weight in a row",
+    ylim=(0, 1.05),
+    title="How much goes to the top key?",
+)
 for ax in axes:
     ax.legend()
 fig.suptitle(f"Random q, k ~ N(0, 1): {queries} queries over {keys} keys", y=1.02)
@@ -186,9 +200,11 @@ save_figure(fig, "02_softmax_saturation")
 plt.show()
 
 i64 = dims.index(64)
-print(f"d = 64 (a ViT head): entropy {stats['scaled'][i64][0]:.2f} nats scaled"
-      f" vs {stats['unscaled'][i64][0]:.2f} unscaled;"
-      f" top weight {stats['scaled'][i64][1]:.2f} vs {stats['unscaled'][i64][1]:.2f}")
+print(
+    f"d = 64 (a ViT head): entropy {stats['scaled'][i64][0]:.2f} nats scaled"
+    f" vs {stats['unscaled'][i64][0]:.2f} unscaled;"
+    f" top weight {stats['scaled'][i64][1]:.2f} vs {stats['unscaled'][i64][1]:.2f}"
+)
 scaled_entropy = [s[0] for s in stats["scaled"]]
 unscaled_entropy = [s[0] for s in stats["unscaled"]]
 # with the scale, the spread hardly depends on d
@@ -242,6 +258,7 @@ assert unscaled_entropy[-1] < 0.5 * scaled_entropy[-1]
 # before you `reshape` to $(B, N, D)$.
 #
 # </details>
+
 
 # %%
 def multi_head_attention_by_hand(x: torch.Tensor, qkv: nn.Linear, proj: nn.Linear, num_heads: int):
@@ -332,8 +349,10 @@ torch.testing.assert_close(attn_core, attn_mine, rtol=0, atol=1e-5)
 torch.testing.assert_close(y_fused, y_mine, rtol=0, atol=1e-5)
 torch.testing.assert_close(attn_core.sum(dim=-1), torch.ones(2, H, 50))  # rows sum to 1
 assert (attn_core >= 0).all()
-print("MyAttention == vitdino_core.Attention (explicit and fused paths), max |diff| fused vs mine:",
-      f"{(y_fused - y_mine).abs().max():.1e}")
+print(
+    "MyAttention == vitdino_core.Attention (explicit and fused paths), max |diff| fused vs mine:",
+    f"{(y_fused - y_mine).abs().max():.1e}",
+)
 
 # %% [markdown]
 # From here on we use `vitdino_core.Attention` (inside every ViT block it is `blocks[i].attn`).
@@ -346,6 +365,7 @@ print("MyAttention == vitdino_core.Attention (explicit and fused paths), max |di
 # attention layer above. **All weights are random**: nothing has been trained. Whatever structure
 # appears comes from the image itself: patches that look alike (sky, uniform, face) produce similar
 # queries and keys.
+
 
 # %%
 def center_square(img: Image.Image, size: int) -> Image.Image:
@@ -382,8 +402,10 @@ for h, ax in enumerate(axes.flat):
     ax.set_xlabel("key token (attended to)")
     ax.set_ylabel("query token (attending)")
     fig.colorbar(shown, ax=ax, fraction=0.046)
-fig.suptitle(f"Attention matrices A = softmax(QK^T/sqrt(d)), {grid * grid} patch tokens,"
-             " random weights; every row sums to 1")
+fig.suptitle(
+    f"Attention matrices A = softmax(QK^T/sqrt(d)), {grid * grid} patch tokens,"
+    " random weights; every row sums to 1"
+)
 fig.tight_layout()
 save_figure(fig, "02_attention_matrices")
 plt.show()
@@ -408,19 +430,30 @@ axes[0].add_patch(plt.Rectangle((qj * p, qi * p), p, p, fill=False, edgecolor="y
 axes[0].set_title("query patch")  # colours below are scaled per panel
 for h in range(H):
     axes[h + 1].imshow(crop)
-    axes[h + 1].imshow(rows[h].numpy(), cmap="inferno", alpha=0.7, extent=(0, size, size, 0),
-                       interpolation="nearest")
+    axes[h + 1].imshow(
+        rows[h].numpy(),
+        cmap="inferno",
+        alpha=0.7,
+        extent=(0, size, size, 0),
+        interpolation="nearest",
+    )
     axes[h + 1].set_title(f"head {h}: max {rows[h].max():.3f}", fontsize=9)
 for ax in axes:
     ax.axis("off")
-fig.suptitle(f"Where token {query} looks, per head (random weights; uniform would be"
-             f" {1 / grid ** 2:.4f} everywhere)", y=1.02)
+fig.suptitle(
+    f"Where token {query} looks, per head (random weights; uniform would be"
+    f" {1 / grid**2:.4f} everywhere)",
+    y=1.02,
+)
 fig.tight_layout()
 plt.show()
 
 entropy = row_entropy(attn[0]).mean(dim=-1)  # (H,): mean row entropy per head
-print("mean row entropy per head:", entropy.numpy().round(2),
-      f"(uniform: ln {grid * grid} = {math.log(grid * grid):.2f})")
+print(
+    "mean row entropy per head:",
+    entropy.numpy().round(2),
+    f"(uniform: ln {grid * grid} = {math.log(grid * grid):.2f})",
+)
 
 # %% [markdown]
 # With random weights the rows are close to uniform (entropy near $\ln 196 \approx 5.28$): every
@@ -443,6 +476,7 @@ print("mean row entropy per head:", entropy.numpy().round(2),
 # And the memory of that matrix, for a batch of images, in float32 (4 bytes), *per layer*. Training
 # must keep it for the backward pass in every one of the 12 layers unless the fused kernel is used:
 
+
 # %%
 def attention_matrix_bytes(batch: int, heads: int, n_tokens: int, bytes_per_number: int = 4) -> int:
     return batch * heads * n_tokens * n_tokens * bytes_per_number
@@ -456,8 +490,10 @@ settings = [  # (name, image size, patch, heads)
     ("ViT-S/8, 480 px (one image for a map)", 480, 8, 6),
 ]
 batch = 64
-print(f"{'model, image':>38} {'N+1':>6} {'one image, one layer':>22}"
-      f" {f'batch {batch} x 12 layers':>22}")
+print(
+    f"{'model, image':>38} {'N+1':>6} {'one image, one layer':>22}"
+    f" {f'batch {batch} x 12 layers':>22}"
+)
 for name, img_size, patch, heads in settings:
     n = (img_size // patch) ** 2 + 1  # patches + CLS
     one = attention_matrix_bytes(1, heads, n)

@@ -56,11 +56,27 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from vitdino_core import (Attention, Block, DropPath, Mlp, PatchEmbed, VisionTransformer, vit_base,
-                          vit_small, vit_tiny)
+from vitdino_core import (
+    Attention,
+    Block,
+    DropPath,
+    Mlp,
+    PatchEmbed,
+    VisionTransformer,
+    vit_base,
+    vit_small,
+    vit_tiny,
+)
 from vitdino_core.data import eval_transform
-from vitdino_core.exercises import (assert_checked, check_block, check_drop_path, check_mlp,
-                                    check_prepare_tokens, check_vit_forward, pick)
+from vitdino_core.exercises import (
+    assert_checked,
+    check_block,
+    check_drop_path,
+    check_mlp,
+    check_prepare_tokens,
+    check_vit_forward,
+    pick,
+)
 from vitdino_core.notebook import load_course_backbone, photo, save_figure, setup
 
 setup(seed=0)  # seeds every RNG, picks the device, prints what it chose
@@ -105,6 +121,7 @@ plt.show()
 #
 # </details>
 
+
 # %%
 def mlp_by_hand(x: torch.Tensor, fc1: nn.Linear, fc2: nn.Linear) -> torch.Tensor:
     """(..., D) -> (..., D): fc1, GELU, fc2, applied to each token on its own."""
@@ -147,8 +164,12 @@ torch.testing.assert_close(my_mlp(x), core_mlp(x))  # (2, 65, 96)
 
 # "on every token independently": the MLP of token 5 does not depend on any other token
 torch.testing.assert_close(my_mlp(x)[:, 5], my_mlp(x[:, 5:6])[:, 0])
-print("MyMlp == vitdino_core.Mlp;", sum(p.numel() for p in my_mlp.parameters()),
-      "parameters = 8 D^2 + 5 D =", 8 * D**2 + 5 * D)
+print(
+    "MyMlp == vitdino_core.Mlp;",
+    sum(p.numel() for p in my_mlp.parameters()),
+    "parameters = 8 D^2 + 5 D =",
+    8 * D**2 + 5 * D,
+)
 
 
 # %% [markdown]
@@ -188,6 +209,7 @@ print("MyMlp == vitdino_core.Mlp;", sum(p.numel() for p in my_mlp.parameters()),
 #
 # </details>
 
+
 # %%
 def drop_path_by_hand(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     """Zero the whole branch x for a random subset of samples (probability p), rescale the rest."""
@@ -214,8 +236,9 @@ print("per-sample value after drop path (p = 0.25):", [round(v, 4) for v in out[
 print("   dropped samples are 0, kept ones are 1 / 0.75 =", round(1 / 0.75, 4))
 
 big = drop_path_fn(torch.ones(20000, 1, 1), p=0.25, training=True)  # (20000, 1, 1)
-print(f"mean over 20,000 samples: {big.mean():.3f}"
-      " (expectation 1: the rescaling keeps it unbiased)")
+print(
+    f"mean over 20,000 samples: {big.mean():.3f} (expectation 1: the rescaling keeps it unbiased)"
+)
 
 # the core module draws the same coins from the same seed
 core_dp = DropPath(0.25).train()
@@ -260,9 +283,11 @@ print("drop_path_fn == vitdino_core.DropPath (train and eval)")
 #
 # </details>
 
+
 # %%
-def block_by_hand(x: torch.Tensor, block: nn.Module, drop_prob: float = 0.0,
-                  training: bool = False) -> torch.Tensor:
+def block_by_hand(
+    x: torch.Tensor, block: nn.Module, drop_prob: float = 0.0, training: bool = False
+) -> torch.Tensor:
     """Pre-norm block: x + attn(norm1(x)), then x + mlp(norm2(x)), each branch under drop path."""
     ### BEGIN SOLUTION
     # task: the attention step, then the MLP step; pre-norm, with drop path
@@ -293,8 +318,14 @@ class MyBlock(nn.Module):
         return block_fn(x, self, self.drop_prob, self.training)  # (B, N, D)
 
 
-core_block = Block(D, heads, mlp_ratio=4.0, qkv_bias=True, drop_path=0.2,
-                   norm_layer=partial(nn.LayerNorm, eps=1e-6))
+core_block = Block(
+    D,
+    heads,
+    mlp_ratio=4.0,
+    qkv_bias=True,
+    drop_path=0.2,
+    norm_layer=partial(nn.LayerNorm, eps=1e-6),
+)
 my_block = MyBlock(D, heads, drop_prob=0.2)
 print("parameter names:", [k for k in core_block.state_dict()])
 my_block.load_state_dict(core_block.state_dict())  # strict: every name matches
@@ -324,14 +355,19 @@ dpr_by_hand = [rate * i / (depth - 1) for i in range(depth)]  # linear rule
 
 with torch.device("meta"):
     vits = vit_small(patch_size=16, drop_path_rate=rate)
-dpr_core = [blk.drop_path.drop_prob if isinstance(blk.drop_path, DropPath) else 0.0
-            for blk in vits.blocks]
+dpr_core = [
+    blk.drop_path.drop_prob if isinstance(blk.drop_path, DropPath) else 0.0 for blk in vits.blocks
+]
 np.testing.assert_allclose(dpr_core, dpr_by_hand)
 
 fig, ax = plt.subplots(figsize=(6, 3))
 ax.bar(range(depth), dpr_core, color="tab:purple")
-ax.set(xlabel="block index", ylabel="drop probability", xticks=range(depth),
-       title=f"Stochastic depth, linear rule (drop_path_rate = {rate})")
+ax.set(
+    xlabel="block index",
+    ylabel="drop probability",
+    xticks=range(depth),
+    title=f"Stochastic depth, linear rule (drop_path_rate = {rate})",
+)
 plt.show()
 kept = 2 * sum(1 - p for p in dpr_core)
 print(f"on average a training sample goes through {kept:.2f} of the {2 * depth} residual branches")
@@ -370,9 +406,11 @@ print(f"on average a training sample goes through {kept:.2f} of the {2 * depth} 
 #
 # </details>
 
+
 # %%
-def prepare_tokens_by_hand(images: torch.Tensor, patch_embed: nn.Module, cls_token: torch.Tensor,
-                           pos_embed: torch.Tensor) -> torch.Tensor:
+def prepare_tokens_by_hand(
+    images: torch.Tensor, patch_embed: nn.Module, cls_token: torch.Tensor, pos_embed: torch.Tensor
+) -> torch.Tensor:
     """(B, 3, H, W) -> (B, N+1, D): [class token; patch tokens] + position embeddings."""
     ### BEGIN SOLUTION
     # task: [cls_token; patch tokens] + pos_embed, shape (B, N+1, D)
@@ -400,8 +438,12 @@ nn.init.trunc_normal_(pos_embed, std=0.02)
 
 with torch.no_grad():
     tokens = prepare_fn(image, patch_embed, cls_token, pos_embed)  # (1, 65, 96): 64 patches + CLS
-print("patch tokens", tuple(patch_embed(image).shape), "-> with class token and positions",
-      tuple(tokens.shape))
+print(
+    "patch tokens",
+    tuple(patch_embed(image).shape),
+    "-> with class token and positions",
+    tuple(tokens.shape),
+)
 
 
 # %% [markdown]
@@ -434,6 +476,7 @@ print("patch tokens", tuple(patch_embed(image).shape), "-> with class token and 
 #
 # </details>
 
+
 # %%
 def vit_forward_by_hand(images: torch.Tensor, vit: nn.Module) -> torch.Tensor:
     """(B, 3, H, W) -> (B, D): tokens, every block, the final norm, the class token."""
@@ -458,16 +501,25 @@ vit_forward_fn = pick("vit_forward", vit_forward_by_hand)
 
 
 class MyViT(nn.Module):
-    def __init__(self, img_size=96, patch_size=12, embed_dim=96, depth=4, num_heads=3,
-                 mlp_ratio=4.0, drop_path_rate=0.0):
+    def __init__(
+        self,
+        img_size=96,
+        patch_size=12,
+        embed_dim=96,
+        depth=4,
+        num_heads=3,
+        mlp_ratio=4.0,
+        drop_path_rate=0.0,
+    ):
         super().__init__()
         self.patch_embed = PatchEmbed(img_size, patch_size, 3, embed_dim)
         num_patches = self.patch_embed.num_patches
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))  # (1, 1, D)
         self.pos_embed = nn.Parameter(torch.zeros(1, num_patches + 1, embed_dim))  # (1, N+1, D)
         dpr = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]  # linear rule
-        self.blocks = nn.ModuleList([MyBlock(embed_dim, num_heads, mlp_ratio, dpr[i])
-                                     for i in range(depth)])
+        self.blocks = nn.ModuleList(
+            [MyBlock(embed_dim, num_heads, mlp_ratio, dpr[i]) for i in range(depth)]
+        )
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
         nn.init.trunc_normal_(self.cls_token, std=0.02)
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
@@ -507,6 +559,7 @@ print(f"  blocks.1 … blocks.{cfg['depth'] - 1}: the same names as blocks.0")
 # the class token's output on the original and on the puzzle: once with the positions set to zero,
 # once with them.
 
+
 # %%
 def shuffle_patches(img: torch.Tensor, p: int, perm: torch.Tensor) -> torch.Tensor:
     """Rearrange the p x p patches of (B, C, H, W) images in the order `perm`: a jigsaw puzzle."""
@@ -537,10 +590,14 @@ for ax, im, title in zip(axes, (image, puzzle), ("original", "patches shuffled")
     ax.set(title=title, xticks=[], yticks=[])
 fig.suptitle("Two inputs for the class token", y=1.0)
 plt.show()
-print(f"largest change of the class-token feature, no positions:   {same:.1e}"
-      "  (the network sees a bag of patches)")
-print(f"largest change of the class-token feature, with positions: {differ:.1e}"
-      "  (small: positions start small, std 0.02)")
+print(
+    f"largest change of the class-token feature, no positions:   {same:.1e}"
+    "  (the network sees a bag of patches)"
+)
+print(
+    f"largest change of the class-token feature, with positions: {differ:.1e}"
+    "  (small: positions start small, std 0.02)"
+)
 
 # %% [markdown]
 # From here on we use `vitdino_core.VisionTransformer` and its builders `vit_tiny`, `vit_small`,
@@ -567,6 +624,7 @@ print(f"largest change of the class-token feature, with positions: {differ:.1e}"
 # build the models on the `meta` device, which records shapes without allocating or initialising
 # anything.
 
+
 # %%
 def vit_params_by_hand(D: int, depth: int, patch: int, img: int) -> int:
     N = (img // patch) ** 2
@@ -576,15 +634,19 @@ def vit_params_by_hand(D: int, depth: int, patch: int, img: int) -> int:
 
 rows = []
 with torch.device("meta"):
-    for name, build, letter in (("vit_tiny", vit_tiny, "Ti"), ("vit_small", vit_small, "S"),
-                                ("vit_base", vit_base, "B")):
+    for name, build, letter in (
+        ("vit_tiny", vit_tiny, "Ti"),
+        ("vit_small", vit_small, "S"),
+        ("vit_base", vit_base, "B"),
+    ):
         for p in (16, 12):
             m = build(patch_size=p)  # default image size: the multiple of p nearest 224
             n = sum(t.numel() for t in m.parameters())
             img = m.patch_embed.img_size
             assert n == vit_params_by_hand(m.embed_dim, len(m.blocks), p, img)
-            rows.append((f"ViT-{letter}/{p}", m.embed_dim, m.num_heads, img,
-                         m.patch_embed.num_patches, n))
+            rows.append(
+                (f"ViT-{letter}/{p}", m.embed_dim, m.num_heads, img, m.patch_embed.num_patches, n)
+            )
 
 print(f"{'model':10s} {'D':>4s} {'heads':>5s} {'image':>6s} {'patches':>8s} {'parameters':>12s}")
 for model, dim, h, img, npatch, n in rows:
@@ -599,8 +661,12 @@ assert params["ViT-B/12"] == 85_667_328 and round(params["ViT-B/12"] / 1e6, 2) =
 # %%
 with torch.device("meta"):
     vitb = vit_base(patch_size=12)
-groups = {"attention (qkv, proj)": 0, "MLP (fc1, fc2)": 0, "LayerNorms": 0,
-          "embeddings (patch, cls, pos)": 0}
+groups = {
+    "attention (qkv, proj)": 0,
+    "MLP (fc1, fc2)": 0,
+    "LayerNorms": 0,
+    "embeddings (patch, cls, pos)": 0,
+}
 for name, t in vitb.named_parameters():
     if ".attn." in name:
         groups["attention (qkv, proj)"] += t.numel()
@@ -619,8 +685,11 @@ ax.barh(names, counts, color=["tab:blue", "tab:orange", "tab:gray", "tab:green"]
 for i, c in enumerate(counts):
     ax.text(c + 0.5, i, f"{c:.2f}M ({100 * c / counts.sum():.1f}%)", va="center")
 ax.invert_yaxis()
-ax.set(xlabel="parameters (millions)", xlim=(0, counts.max() * 1.35),
-       title=f"Where the {total / 1e6:.2f}M parameters of ViT-B/12 live")
+ax.set(
+    xlabel="parameters (millions)",
+    xlim=(0, counts.max() * 1.35),
+    title=f"Where the {total / 1e6:.2f}M parameters of ViT-B/12 live",
+)
 fig.tight_layout()
 save_figure(fig, "03_vitb12_parameters")
 plt.show()
@@ -637,6 +706,7 @@ plt.show()
 # position, the cosine similarity of its embedding with the embeddings of all the other positions,
 # drawn as a small heat map at that position. We start with a freshly initialised network.
 
+
 # %%
 def plot_pos_similarity(pos: torch.Tensor, title: str):
     """Grid of heat maps: tile (i, j) = cosine similarity of position (i, j)'s embedding with
@@ -651,15 +721,22 @@ def plot_pos_similarity(pos: torch.Tensor, title: str):
     fig, ax = plt.subplots(figsize=(5.6, 5))
     im = ax.imshow(mosaic.numpy(), cmap="viridis", vmin=-1, vmax=1)
     ticks = np.arange(side) * (side + 1) + side / 2 - 0.5
-    ax.set(xticks=ticks, yticks=ticks, xticklabels=range(1, side + 1),
-           yticklabels=range(1, side + 1),
-           xlabel="input patch column", ylabel="input patch row", title=title)
+    ax.set(
+        xticks=ticks,
+        yticks=ticks,
+        xticklabels=range(1, side + 1),
+        yticklabels=range(1, side + 1),
+        xlabel="input patch column",
+        ylabel="input patch row",
+        title=title,
+    )
     fig.colorbar(im, ax=ax, fraction=0.046, label="cosine similarity")
     return fig
 
 
-fig = plot_pos_similarity(core_vit.pos_embed,
-                          "Position embeddings at random initialisation (8 x 8 grid)")
+fig = plot_pos_similarity(
+    core_vit.pos_embed, "Position embeddings at random initialisation (8 x 8 grid)"
+)
 plt.show()
 
 # %% [markdown]
@@ -684,10 +761,14 @@ trained, info = load_course_backbone("cpu")  # $VITDINO_CHECKPOINT or the shippe
 if trained is not None:
     structured_pos = trained.pos_embed.detach()  # (1, 1+side*side, D)
     side = math.isqrt(structured_pos.shape[1] - 1)  # the grid the weights were trained on
-    structured_title = (f"LEARNED: teacher of {info['label']}\n"
-                        f"{info['arch']}/{info['patch_size']} ({side} x {side} grid)")
-    print(f"loaded the teacher backbone of {info['path']}: {info['arch']},"
-          f" patch {info['patch_size']}, {side} x {side} grid")
+    structured_title = (
+        f"LEARNED: teacher of {info['label']}\n"
+        f"{info['arch']}/{info['patch_size']} ({side} x {side} grid)"
+    )
+    print(
+        f"loaded the teacher backbone of {info['path']}: {info['arch']},"
+        f" patch {info['patch_size']}, {side} x {side} grid"
+    )
 else:
     side, dim = 8, 96
     pos = torch.arange(side, dtype=torch.float32)  # (s,)
@@ -701,8 +782,10 @@ else:
     grid = torch.cat([w.expand(side, side, -1) for w in waves], dim=-1)  # (s, s, D)
     # (1, 1+s*s, D)
     structured_pos = torch.cat([torch.zeros(1, dim), grid.reshape(side * side, dim)]).unsqueeze(0)
-    structured_title = ("NOT LEARNED: fixed 2-D sine-cosine positions\n"
-                        "(no checkpoint found; what structure looks like)")
+    structured_title = (
+        "NOT LEARNED: fixed 2-D sine-cosine positions\n"
+        "(no checkpoint found; what structure looks like)"
+    )
     print(f"no checkpoint ({info['label']}): showing a fixed sine-cosine embedding instead")
 
 fig = plot_pos_similarity(structured_pos, structured_title)
@@ -732,6 +815,7 @@ plt.show()
 # samples input row $(i + \tfrac12)\, s/(h + 0.1) - \tfrac12$, a little off the
 # $(i + \tfrac12)\, s/h - \tfrac12$ that `size=(h, w)` would give.
 
+
 # %%
 def interpolate_positions_by_hand(pos: torch.Tensor, h: int, w: int) -> torch.Tensor:
     """(1, 1+s*s, D) -> (1, 1+h*w, D): bicubic resize of the patch grid, class token unchanged."""
@@ -749,8 +833,10 @@ with torch.no_grad():
     # (1, 362, 96)
     core = core_vit.interpolate_pos_encoding(torch.zeros(1, 1 + 19 * 19, D), 228, 228)
 torch.testing.assert_close(mine, core)
-print("interpolate_positions_by_hand == VisionTransformer.interpolate_pos_encoding:",
-      tuple(core.shape))
+print(
+    "interpolate_positions_by_hand == VisionTransformer.interpolate_pos_encoding:",
+    tuple(core.shape),
+)
 
 # %% [markdown]
 # What interpolation does to the structure: the similarity of the centre patch to every other
@@ -778,15 +864,19 @@ plt.show()
 # %%
 torch.manual_seed(0)
 vitb = vit_base(patch_size=12).eval()  # random weights: this is about shapes and cost
-print(f"ViT-B/12: {sum(t.numel() for t in vitb.parameters()):,} parameters,"
-      f" built for {vitb.patch_embed.img_size} px")
+print(
+    f"ViT-B/12: {sum(t.numel() for t in vitb.parameters()):,} parameters,"
+    f" built for {vitb.patch_embed.img_size} px"
+)
 for size in (228, 96):
     x_img = eval_transform(size)(photo("grace_hopper")).unsqueeze(0)  # (1, 3, size, size)
     with torch.no_grad():
         tokens = vitb.prepare_tokens(x_img)  # (1, 1+N, 768): positions interpolated when needed
         feat = vitb(x_img)  # (1, 768)
-    print(f"  {size:3d} px: {tokens.shape[1] - 1:3d} patches + cls -> tokens {tuple(tokens.shape)},"
-          f" feature {tuple(feat.shape)}")
+    print(
+        f"  {size:3d} px: {tokens.shape[1] - 1:3d} patches + cls -> tokens {tuple(tokens.shape)},"
+        f" feature {tuple(feat.shape)}"
+    )
 
 try:
     vitb(torch.zeros(1, 3, 100, 100))

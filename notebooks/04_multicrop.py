@@ -52,8 +52,14 @@ from matplotlib.patches import Rectangle
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-from vitdino_core import (DINOHead, MultiCropAugmentation, MultiCropWrapper, VisionTransformer,
-                          build_dataset, collate_multicrop)
+from vitdino_core import (
+    DINOHead,
+    MultiCropAugmentation,
+    MultiCropWrapper,
+    VisionTransformer,
+    build_dataset,
+    collate_multicrop,
+)
 from vitdino_core.exercises import assert_checked, check_local_view, check_stack_views, pick
 from vitdino_core.multicrop import IMAGENET_MEAN, IMAGENET_STD, crop_box
 from vitdino_core.notebook import photo, save_figure, setup
@@ -96,8 +102,9 @@ blur_kernel = 13  # 2 * ceil(3 * 2.0) + 1: the kernel covers +-3 sigma at the la
 def flip_jitter_gray() -> list:
     return [
         v2.RandomHorizontalFlip(p=0.5),
-        v2.RandomApply([v2.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1)],
-                       p=0.8),
+        v2.RandomApply(
+            [v2.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1)], p=0.8
+        ),
         v2.RandomGrayscale(p=0.2),
     ]
 
@@ -115,10 +122,18 @@ def random_crop(size: int, scale: tuple[float, float]) -> v2.Transform:
     return v2.RandomResizedCrop(size, scale=scale, interpolation=bicubic, antialias=True)
 
 
-my_global1 = v2.Compose([random_crop(G, (0.4, 1.0)), *flip_jitter_gray(), blur_by_hand(1.0),
-                         *to_float])
-my_global2 = v2.Compose([random_crop(G, (0.4, 1.0)), *flip_jitter_gray(), blur_by_hand(0.1),
-                         v2.RandomSolarize(threshold=128, p=0.2), *to_float])
+my_global1 = v2.Compose(
+    [random_crop(G, (0.4, 1.0)), *flip_jitter_gray(), blur_by_hand(1.0), *to_float]
+)
+my_global2 = v2.Compose(
+    [
+        random_crop(G, (0.4, 1.0)),
+        *flip_jitter_gray(),
+        blur_by_hand(0.1),
+        v2.RandomSolarize(threshold=128, p=0.2),
+        *to_float,
+    ]
+)
 
 # %% [markdown]
 # ### Exercise `local_view` · difficulty 1 · 10 min
@@ -140,6 +155,7 @@ my_global2 = v2.Compose([random_crop(G, (0.4, 1.0)), *flip_jitter_gray(), blur_b
 # (0.5); no solarization.
 #
 # </details>
+
 
 # %%
 def local_view_by_hand(size: int, scale: tuple[float, float]) -> v2.Compose:
@@ -169,16 +185,24 @@ def multicrop_by_hand(image) -> list[torch.Tensor]:
 
 img = photo("grace_hopper")  # a PIL image, 512 x 600
 crops = multicrop_by_hand(img)
-print(f"photo {img.size[0]} x {img.size[1]} -> {len(crops)} crops:",
-      [tuple(c.shape) for c in crops[:3]], "...")
+print(
+    f"photo {img.size[0]} x {img.size[1]} -> {len(crops)} crops:",
+    [tuple(c.shape) for c in crops[:3]],
+    "...",
+)
 
 # %% [markdown]
 # The core class applies its transforms in the same order, global 1, then global 2, then the locals,
 # so the same seed gives the same random draws, and the same crops to the last bit.
 
 # %%
-aug = MultiCropAugmentation(global_crops_scale=(0.4, 1.0), local_crops_scale=(0.05, 0.4),
-                            local_crops_number=n_local, global_crops_size=G, local_crops_size=L)
+aug = MultiCropAugmentation(
+    global_crops_scale=(0.4, 1.0),
+    local_crops_scale=(0.05, 0.4),
+    local_crops_number=n_local,
+    global_crops_size=G,
+    local_crops_size=L,
+)
 for seed in range(3):
     torch.manual_seed(seed)
     mine = multicrop_by_hand(img)
@@ -187,8 +211,10 @@ for seed in range(3):
     assert len(mine) == len(core) == aug.ncrops == 2 + n_local
     for a, b in zip(mine, core):
         assert torch.equal(a, b)
-print(f"multicrop_by_hand == vitdino_core.MultiCropAugmentation for 3 seeds"
-      f" ({aug.ncrops} crops each, exactly equal)")
+print(
+    "multicrop_by_hand == vitdino_core.MultiCropAugmentation for 3 seeds"
+    f" ({aug.ncrops} crops each, exactly equal)"
+)
 
 
 # %% [markdown]
@@ -198,6 +224,7 @@ print(f"multicrop_by_hand == vitdino_core.MultiCropAugmentation for 3 seeds"
 #
 # The crops are normalised tensors; to show them we undo the normalisation. The figure keeps the
 # true sizes: a global crop is 224 pixels wide, a local one 96.
+
 
 # %%
 def to_display(t: torch.Tensor) -> np.ndarray:
@@ -209,8 +236,9 @@ def to_display(t: torch.Tensor) -> np.ndarray:
 def show_multicrop(crops: list[torch.Tensor], title: str):
     """2 global crops (tall) and 8 local crops (two rows of four), at their true relative sizes."""
     mosaic = [["g1", "g2", "l1", "l2", "l3", "l4"], ["g1", "g2", "l5", "l6", "l7", "l8"]]
-    fig, axd = plt.subplot_mosaic(mosaic, figsize=(12, 3.9), width_ratios=[G, G, L, L, L, L],
-                                  layout="constrained")
+    fig, axd = plt.subplot_mosaic(
+        mosaic, figsize=(12, 3.9), width_ratios=[G, G, L, L, L, L], layout="constrained"
+    )
     notes = ["blur p 1.0", "blur p 0.1, solarize p 0.2"]
     for i, crop in enumerate(crops):
         key = f"g{i + 1}" if i < 2 else f"l{i - 1}"
@@ -223,8 +251,10 @@ def show_multicrop(crops: list[torch.Tensor], title: str):
 
 
 torch.manual_seed(0)
-fig = show_multicrop(aug(img), "One photo, ten views: 2 global crops (teacher and student)"
-                     " + 8 local crops (student only)")
+fig = show_multicrop(
+    aug(img),
+    "One photo, ten views: 2 global crops (teacher and student) + 8 local crops (student only)",
+)
 save_figure(fig, "04_multicrop_gallery")
 plt.show()
 
@@ -246,8 +276,9 @@ classes = rng.choice(len(imagenette.classes), size=4 if FAST else 6, replace=Fal
 picks = [int(rng.choice(np.flatnonzero(targets == c))) for c in classes]
 
 mosaic = [[f"r{r}c{c}" for c in range(7)] for r in range(len(picks))]
-fig, axd = plt.subplot_mosaic(mosaic, figsize=(10, 1.6 * len(picks)),
-                              width_ratios=[96, 96, 96, 48, 48, 48, 48])
+fig, axd = plt.subplot_mosaic(
+    mosaic, figsize=(10, 1.6 * len(picks)), width_ratios=[96, 96, 96, 48, 48, 48, 48]
+)
 torch.manual_seed(0)
 for r, index in enumerate(picks):
     image, label = imagenette[index]  # PIL 96 x 96, class index
@@ -258,8 +289,9 @@ for r, index in enumerate(picks):
         axd[f"r{r}c{c}"].imshow(to_display(view))
 for key, ax in axd.items():
     ax.set(xticks=[], yticks=[])
-for c, name in enumerate(["original", "global 1", "global 2", "local 1", "local 2", "local 3",
-                          "local 4"]):
+for c, name in enumerate(
+    ["original", "global 1", "global 2", "local 1", "local 2", "local 3", "local 4"]
+):
     axd[f"r0c{c}"].set_title(name, fontsize=9)
 fig.suptitle("Multi-crop on Imagenette (96 px images: 96 px global, 48 px local crops)")
 fig.tight_layout()
@@ -290,8 +322,9 @@ print("box", box, "-> crop", tuple(by_hand.shape), "== RandomResizedCrop's outpu
 
 # %%
 torch.manual_seed(1)
-boxes = ([("global", crop_box(global_rrc, x)) for _ in range(2)]
-         + [("local", crop_box(local_rrc, x)) for _ in range(6)])
+boxes = [("global", crop_box(global_rrc, x)) for _ in range(2)] + [
+    ("local", crop_box(local_rrc, x)) for _ in range(6)
+]
 colors = plt.cm.tab10(np.arange(len(boxes)))
 
 mosaic = [["orig", "orig", f"v{2 * r}", f"v{2 * r + 1}"] for r in range(4)]
@@ -299,11 +332,20 @@ fig, axd = plt.subplot_mosaic(mosaic, figsize=(9, 6.4))
 axd["orig"].imshow(x.permute(1, 2, 0).numpy())
 for i, ((kind, b), color) in enumerate(zip(boxes, colors)):
     name = f"global {i + 1}" if kind == "global" else f"local {i - 1}"
-    axd["orig"].add_patch(Rectangle((b["left"], b["top"]), b["width"], b["height"], fill=False,
-                                    color=color, lw=3 if kind == "global" else 1.8,
-                                    ls="-" if kind == "global" else "--"))
-    axd["orig"].text(b["left"] + 4, b["top"] + 18, name, color="white", fontsize=8,
-                     bbox=dict(color=color, pad=1))
+    axd["orig"].add_patch(
+        Rectangle(
+            (b["left"], b["top"]),
+            b["width"],
+            b["height"],
+            fill=False,
+            color=color,
+            lw=3 if kind == "global" else 1.8,
+            ls="-" if kind == "global" else "--",
+        )
+    )
+    axd["orig"].text(
+        b["left"] + 4, b["top"] + 18, name, color="white", fontsize=8, bbox=dict(color=color, pad=1)
+    )
     size = G if kind == "global" else L
     # (3, size, size)
     crop = TF.resized_crop(x, **b, size=[size, size], interpolation=bicubic, antialias=True)
@@ -337,14 +379,19 @@ for kind, rrc in (("global", global_rrc), ("local", local_rrc)):
 
 fig, ax = plt.subplots(figsize=(7, 3.2))
 bins = np.linspace(0, 1, 51)
-ax.hist(areas["local"], bins=bins, alpha=0.7, label="local crops: scale (0.05, 0.4)",
-        color="tab:orange")
-ax.hist(areas["global"], bins=bins, alpha=0.7, label="global crops: scale (0.4, 1.0)",
-        color="tab:blue")
+ax.hist(
+    areas["local"], bins=bins, alpha=0.7, label="local crops: scale (0.05, 0.4)", color="tab:orange"
+)
+ax.hist(
+    areas["global"], bins=bins, alpha=0.7, label="global crops: scale (0.4, 1.0)", color="tab:blue"
+)
 for v in (0.05, 0.4, 1.0):
     ax.axvline(v, color="gray", lw=0.8, ls=":")
-ax.set(xlabel="fraction of the image's area inside the crop", ylabel="number of crops",
-       title=f"Crop areas over {n_boxes} draws of each kind")
+ax.set(
+    xlabel="fraction of the image's area inside the crop",
+    ylabel="number of crops",
+    title=f"Crop areas over {n_boxes} draws of each kind",
+)
 ax.legend()
 plt.show()
 for kind in ("global", "local"):
@@ -384,6 +431,7 @@ assert 0.045 <= areas["local"].min() and areas["local"].max() <= 0.41
 # `torch.cat` the global ones, then the local ones.
 #
 # </details>
+
 
 # %%
 def stack_views_by_hand(crops: list[list[torch.Tensor]]) -> list[torch.Tensor]:
@@ -443,8 +491,12 @@ wrapper = MultiCropWrapper(backbone, head)
 
 calls = []
 hook = backbone.register_forward_hook(lambda mod, inputs, out: calls.append(tuple(inputs[0].shape)))
-views = ([globals_[v * B:(v + 1) * B] for v in range(2)]  # 6 x (B, 3, h, w)
-         + [locals_[v * B:(v + 1) * B] for v in range(4)])
+views = (
+    [globals_[v * B : (v + 1) * B] for v in range(2)]
+    + [  # 6 x (B, 3, h, w)
+        locals_[v * B : (v + 1) * B] for v in range(4)
+    ]
+)
 
 with torch.no_grad():
     calls.clear()
@@ -464,8 +516,9 @@ torch.testing.assert_close(from_batch, naive, rtol=1e-4, atol=1e-5)
 assert len(naive_calls) == 6 and len(wrapper_calls) == 2
 print(f"naive loop: {len(naive_calls)} backbone calls, inputs {naive_calls}")
 print(f"wrapper:    {len(wrapper_calls)} backbone calls, inputs {wrapper_calls}")
-print("same output", tuple(grouped.shape),
-      "= (views x B, out_dim), rows in the same view-major order")
+print(
+    "same output", tuple(grouped.shape), "= (views x B, out_dim), rows in the same view-major order"
+)
 
 # %% [markdown]
 # Fewer, larger calls keep the matrix multiplications big (and in training, the backward pass has

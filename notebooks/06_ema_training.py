@@ -56,14 +56,32 @@ import numpy as np
 import torch
 from IPython.display import display
 
-from vitdino_core import (DINOHead, DINOLoss, MultiCropAugmentation, MultiCropWrapper,
-                          build_dataset, cancel_gradients_last_layer, clip_gradients,
-                          collate_multicrop, cosine_scheduler, evaluate_features, get_params_groups,
-                          make_teacher, update_teacher, vit_tiny)
-from vitdino_core.training.config import load_config
-from vitdino_core.exercises import (assert_checked, check_cosine_schedule, check_dino_step,
-                                    check_ema_update, check_teacher_temp_schedule, pick)
+from vitdino_core import (
+    DINOHead,
+    DINOLoss,
+    MultiCropAugmentation,
+    MultiCropWrapper,
+    build_dataset,
+    cancel_gradients_last_layer,
+    clip_gradients,
+    collate_multicrop,
+    cosine_scheduler,
+    evaluate_features,
+    get_params_groups,
+    make_teacher,
+    update_teacher,
+    vit_tiny,
+)
+from vitdino_core.exercises import (
+    assert_checked,
+    check_cosine_schedule,
+    check_dino_step,
+    check_ema_update,
+    check_teacher_temp_schedule,
+    pick,
+)
 from vitdino_core.notebook import save_figure, setup
+from vitdino_core.training.config import load_config
 from vitdino_core.training.trainer import DINOTrainer
 
 env = setup(seed=0)
@@ -95,8 +113,9 @@ print("runs go to", RUNS)
 
 # %%
 torch.manual_seed(0)
-student = MultiCropWrapper(vit_tiny(patch_size=12, img_size=72, drop_path_rate=0.1),
-                           DINOHead(192, 256))
+student = MultiCropWrapper(
+    vit_tiny(patch_size=12, img_size=72, drop_path_rate=0.1), DINOHead(192, 256)
+)
 
 teacher_mine = copy.deepcopy(student)  # new tensors, same values
 for p in teacher_mine.parameters():
@@ -113,8 +132,10 @@ for (name, p_s), p_t in zip(student.named_parameters(), teacher_core.parameters(
 for a, b in zip(teacher_mine.state_dict().values(), teacher_core.state_dict().values()):
     assert torch.equal(a, b)
 drop_probs = {m.drop_prob for m in teacher_core.modules() if hasattr(m, "drop_prob")}
-print(f"teacher: {sum(p.numel() for p in teacher_core.parameters()):,} parameters, none trainable, "
-      f"no shared storage, drop_prob {drop_probs}")
+print(
+    f"teacher: {sum(p.numel() for p in teacher_core.parameters()):,} parameters, none trainable, "
+    f"no shared storage, drop_prob {drop_probs}"
+)
 assert drop_probs == {0.0}
 
 # %% [markdown]
@@ -135,6 +156,7 @@ assert drop_probs == {0.0}
 # variable. The decorator `@torch.no_grad()` keeps autograd out of it.
 #
 # </details>
+
 
 # %%
 @torch.no_grad()
@@ -164,6 +186,8 @@ with torch.no_grad():
         p.add_(0.01 * torch.randn_like(p))  # "a training step" of the student
 
 m = 0.996
+
+
 def gap(teacher, student) -> torch.Tensor:
     """All of teacher - student as one flat vector: (P,) for P weights."""
     pairs = zip(teacher.parameters(), student.parameters())
@@ -177,8 +201,10 @@ for a, b in zip(teacher_mine.parameters(), teacher_core.parameters()):
     torch.testing.assert_close(a, b)
 gap_after = gap(teacher_core, student)  # (P,)
 torch.testing.assert_close(gap_after, m * gap_before)
-print(f"ema_fn == update_teacher; |teacher - student| went from {gap_before.norm():.4f} to "
-      f"{gap_after.norm():.4f} (x {gap_after.norm() / gap_before.norm():.4f} = m)")
+print(
+    f"ema_fn == update_teacher; |teacher - student| went from {gap_before.norm():.4f} to "
+    f"{gap_after.norm():.4f} (x {gap_after.norm() / gap_before.norm():.4f} = m)"
+)
 
 # %% [markdown]
 # What the average does is easiest to see in one dimension. Below, a noisy "student weight" drifts
@@ -198,8 +224,13 @@ for m_demo, color in ((0.9, "tab:blue"), (0.99, "tab:red")):
     for w in student_w:
         ema = m_demo * ema + (1 - m_demo) * w  # theta_t <- m theta_t + (1 - m) theta_s
         trace.append(ema.item())
-    ax.plot(steps, trace, color=color, lw=1.5,
-            label=f"teacher, m = {m_demo} (averages ~{1 / (1 - m_demo):.0f} steps)")
+    ax.plot(
+        steps,
+        trace,
+        color=color,
+        lw=1.5,
+        label=f"teacher, m = {m_demo} (averages ~{1 / (1 - m_demo):.0f} steps)",
+    )
 ax.set(xlabel="step", ylabel="weight value", title="An exponential moving average smooths and lags")
 ax.legend(fontsize=8, loc="lower left")
 plt.show()
@@ -247,6 +278,7 @@ plt.show()
 #
 # </details>
 
+
 # %%
 def cosine_by_hand(base, final, epochs, niter_per_ep, warmup_epochs=0, start_warmup_value=0.0):
     """One value per iteration: linear warm-up to base, then a cosine from base towards final."""
@@ -265,10 +297,15 @@ check_cosine_schedule(cosine_by_hand)
 
 # %%
 cosine_fn = pick("cosine_schedule", cosine_by_hand)
-for args in [(2e-3, 1e-6, 100, 50, 10), (0.04, 0.4, 100, 50, 0), (0.996, 1.0, 7, 3, 0),
-             (1.0, 0.0, 3, 4, 3)]:
-    torch.testing.assert_close(torch.from_numpy(cosine_fn(*args)),
-                               torch.from_numpy(cosine_scheduler(*args)))
+for args in [
+    (2e-3, 1e-6, 100, 50, 10),
+    (0.04, 0.4, 100, 50, 0),
+    (0.996, 1.0, 7, 3, 0),
+    (1.0, 0.0, 3, 4, 3),
+]:
+    torch.testing.assert_close(
+        torch.from_numpy(cosine_fn(*args)), torch.from_numpy(cosine_scheduler(*args))
+    )
 print("cosine_fn == vitdino_core.cosine_scheduler")
 
 # %% [markdown]
@@ -287,6 +324,7 @@ print("cosine_fn == vitdino_core.cosine_scheduler")
 # The same `np.linspace` as the warm-up above, then `np.full(nepochs - W, teacher_temp)`.
 #
 # </details>
+
 
 # %%
 def teacher_temp_by_hand(warmup_teacher_temp, teacher_temp, warmup_teacher_temp_epochs, nepochs):
@@ -315,26 +353,34 @@ lr = cosine_fn(peak_lr, big.min_lr, big.epochs, niter, warmup_epochs=big.warmup_
 wd = cosine_fn(big.weight_decay, big.weight_decay_end, big.epochs, niter)  # (T,)
 mom = cosine_fn(big.momentum_teacher, 1.0, big.epochs, niter)  # (T,)
 teacher_temp_fn = pick("teacher_temp_schedule", teacher_temp_by_hand)
-temp = teacher_temp_fn(big.warmup_teacher_temp, big.teacher_temp, big.warmup_teacher_temp_epochs,
-                       big.epochs)  # (epochs,): one value per epoch
+temp = teacher_temp_fn(
+    big.warmup_teacher_temp, big.teacher_temp, big.warmup_teacher_temp_epochs, big.epochs
+)  # (epochs,): one value per epoch
 temp = np.repeat(temp, niter)  # (T,): the same value for every iteration of an epoch
 epoch_axis = np.arange(len(lr)) / niter  # (T,)
 
 fig, axes = plt.subplots(1, 4, figsize=(14, 3), layout="constrained")
 every = 100  # plot every 100th iteration
-titles = (f"learning rate (peak {big.lr} x {total_batch}/256)", "weight decay",
-          "teacher momentum m", r"teacher temperature $\tau_t$")
+titles = (
+    f"learning rate (peak {big.lr} x {total_batch}/256)",
+    "weight decay",
+    "teacher momentum m",
+    r"teacher temperature $\tau_t$",
+)
 for ax, values, title in zip(axes, (lr, wd, mom, temp), titles):
     ax.plot(epoch_axis[::every], values[::every])
     ax.set(title=title, xlabel="epoch")
 axes[0].axvline(big.warmup_epochs, color="gray", ls=":", lw=1)
-fig.suptitle(f"DINO's schedules for a {big.epochs}-epoch ViT-B run ({len(lr):,} iterations, "
-             "one value each)")
+fig.suptitle(
+    f"DINO's schedules for a {big.epochs}-epoch ViT-B run ({len(lr):,} iterations, one value each)"
+)
 save_figure(fig, "06_schedules")
 plt.show()
-print(f"lr: 0 -> {lr.max():.2e} at epoch {big.warmup_epochs} -> {lr[-1]:.2e}; "
-      f"wd {wd[0]:.3f} -> {wd[-1]:.3f}; "
-      f"momentum {mom[0]} -> {mom[-1]:.6f}; teacher temp {temp[0]} -> {temp[-1]}")
+print(
+    f"lr: 0 -> {lr.max():.2e} at epoch {big.warmup_epochs} -> {lr[-1]:.2e}; "
+    f"wd {wd[0]:.3f} -> {wd[-1]:.3f}; "
+    f"momentum {mom[0]} -> {mom[-1]:.6f}; teacher temp {temp[0]} -> {temp[-1]}"
+)
 assert lr.argmax() == big.warmup_epochs * niter - 1  # the warm-up's last value is the peak
 assert mom[0] == big.momentum_teacher and mom[-1] < 1.0
 
@@ -363,10 +409,13 @@ assert [name_of[id(p)] for p in groups[1]["params"]] == no_decay_mine
 assert groups[1]["weight_decay"] == 0.0
 n_decay = sum(p.numel() for p in groups[0]["params"])
 n_free = sum(p.numel() for p in groups[1]["params"])
-print(f"with weight decay   : {len(decay_mine):3d} tensors, {n_decay:,} values, "
-      f"e.g. {decay_mine[:4]}")
-print(f"without weight decay: {len(no_decay_mine):3d} tensors, {n_free:,} values, "
-      f"e.g. {no_decay_mine[:4]}")
+print(
+    f"with weight decay   : {len(decay_mine):3d} tensors, {n_decay:,} values, e.g. {decay_mine[:4]}"
+)
+print(
+    f"without weight decay: {len(no_decay_mine):3d} tensors, {n_free:,} values, "
+    f"e.g. {no_decay_mine[:4]}"
+)
 
 # %% [markdown]
 # The weight-decay schedule is applied to the first group only; the learning-rate schedule to both.
@@ -391,15 +440,25 @@ augment = MultiCropAugmentation(local_crops_number=2, global_crops_size=72, loca
 torch.manual_seed(0)
 batch = [(augment(images[i][0]), 0) for i in range(0, 8 * 900, 900)]  # 8 images, different classes
 crops, _ = collate_multicrop(batch)  # [globals (16, 3, 72, 72), locals (16, 3, 36, 36)]
-loss_demo = DINOLoss(256, ncrops=4, warmup_teacher_temp=0.04, teacher_temp=0.04,
-                     warmup_teacher_temp_epochs=0, nepochs=1)
+loss_demo = DINOLoss(
+    256,
+    ncrops=4,
+    warmup_teacher_temp=0.04,
+    teacher_temp=0.04,
+    warmup_teacher_temp_epochs=0,
+    nepochs=1,
+)
 with torch.no_grad():
     teacher_out = teacher_core(crops[0])  # (16, 256): the 2 global views of 8 images
 student_out = student(crops)  # (32, 256): all 4 views
 student.zero_grad()
 loss_demo(student_out, teacher_out, epoch=0).backward()
-print("crops:", [tuple(c.shape) for c in crops],
-      "| teacher_out.requires_grad:", teacher_out.requires_grad)
+print(
+    "crops:",
+    [tuple(c.shape) for c in crops],
+    "| teacher_out.requires_grad:",
+    teacher_out.requires_grad,
+)
 
 
 # %%
@@ -427,19 +486,33 @@ for a, p in zip(grads_mine, (p for p in student_clipped.parameters() if p.grad i
     torch.testing.assert_close(a, p.grad)
 after = torch.stack([g.norm() for g in grads_mine])  # (P,)
 assert (after <= clip_demo * (1 + 1e-4)).all()
-print(f"clip_by_hand == clip_gradients for c = {clip_demo:.3g}: "
-      f"{int((norms_mine > clip_demo).sum())} of {len(names)} tensors clipped")
+print(
+    f"clip_by_hand == clip_gradients for c = {clip_demo:.3g}: "
+    f"{int((norms_mine > clip_demo).sum())} of {len(names)} tensors clipped"
+)
 
 # %%
 fig, ax = plt.subplots(figsize=(11, 3))
-ax.bar(range(len(names)), norms_mine.numpy(),
-       color=["tab:red" if n > clip_demo else "tab:blue" for n in norms_mine])
-ax.axhline(clip_demo, color="black", lw=1, ls="--",
-           label=f"clip c = {clip_demo:.3g}: red tensors are scaled down to it")
+ax.bar(
+    range(len(names)),
+    norms_mine.numpy(),
+    color=["tab:red" if n > clip_demo else "tab:blue" for n in norms_mine],
+)
+ax.axhline(
+    clip_demo,
+    color="black",
+    lw=1,
+    ls="--",
+    label=f"clip c = {clip_demo:.3g}: red tensors are scaled down to it",
+)
 ax.axhline(3.0, color="gray", lw=1, ls=":", label="DINO's c = 3.0")
-ax.set(yscale="log", ylim=(None, 40), ylabel="gradient norm",
-       xlabel="parameter tensor (patch_embed ... blocks 0-11 ... head)",
-       title="Per-parameter gradient norms of one DINO step, before clipping")
+ax.set(
+    yscale="log",
+    ylim=(None, 40),
+    ylabel="gradient norm",
+    xlabel="parameter tensor (patch_embed ... blocks 0-11 ... head)",
+    title="Per-parameter gradient norms of one DINO step, before clipping",
+)
 ax.legend(fontsize=8, loc="upper left", ncols=2)
 plt.show()
 
@@ -455,6 +528,7 @@ plt.show()
 # at their random initialisation while the rest of the network organises itself, which the authors
 # found stabilises the start. A parameter whose `.grad` is `None` is skipped by the optimiser
 # entirely: no Adam update and no weight decay either.
+
 
 # %%
 def cancel_last_layer_by_hand(epoch: int, model, freeze_last_layer: int) -> None:
@@ -477,8 +551,10 @@ v_before = student.head.last_layer.parametrizations.weight.original1.clone()  # 
 optimizer = torch.optim.AdamW(get_params_groups(student), lr=1e-3, weight_decay=0.04)
 optimizer.step()
 assert torch.equal(student.head.last_layer.parametrizations.weight.original1, v_before)
-print("last layer has no gradient in epoch 0, and AdamW left it untouched;",
-      f"{sum(p.grad is not None for p in student.parameters())} other tensors were updated")
+print(
+    "last layer has no gradient in epoch 0, and AdamW left it untouched;",
+    f"{sum(p.grad is not None for p in student.parameters())} other tensors were updated",
+)
 
 # %% [markdown]
 # ## 6. One DINO step, written out
@@ -528,9 +604,22 @@ print("last layer has no gradient in epoch 0, and AdamW left it untouched;",
 #
 # </details>
 
+
 # %%
-def dino_step_by_hand(student, teacher, loss_fn, optimizer, crops, it, epoch, lr_schedule,
-                      wd_schedule, momentum_schedule, clip_grad=3.0, freeze_last_layer=1):
+def dino_step_by_hand(
+    student,
+    teacher,
+    loss_fn,
+    optimizer,
+    crops,
+    it,
+    epoch,
+    lr_schedule,
+    wd_schedule,
+    momentum_schedule,
+    clip_grad=3.0,
+    freeze_last_layer=1,
+):
     """One DINO iteration on [globals (2B, 3, G, G), locals (N*B, 3, L, L)]; returns the loss."""
     ### BEGIN SOLUTION
     # task: schedules, teacher, student, loss, backward, clip, freeze, EMA
@@ -564,18 +653,35 @@ check_dino_step(dino_step_by_hand)
 # every weight.
 
 # %%
-check_cfg = load_config("workshop_tiny", [
-    f"output_dir={RUNS}", "run_name=step_check", "max_images=64", "batch_size_per_gpu=8",
-    "local_crops_number=2", "out_dim=256", "freeze_last_layer=1", "num_workers=0"])
+check_cfg = load_config(
+    "workshop_tiny",
+    [
+        f"output_dir={RUNS}",
+        "run_name=step_check",
+        "max_images=64",
+        "batch_size_per_gpu=8",
+        "local_crops_number=2",
+        "out_dim=256",
+        "freeze_last_layer=1",
+        "num_workers=0",
+    ],
+)
 mine, core = DINOTrainer(check_cfg, quiet=True), DINOTrainer(check_cfg, quiet=True)
 for a, b in zip(mine.student.parameters(), core.student.parameters()):
     assert torch.equal(a, b)  # same seed, same initial student (and teacher)
-lr_mine = cosine_fn(check_cfg.lr * check_cfg.batch_size_per_gpu / 256, check_cfg.min_lr,
-                    check_cfg.epochs, mine.steps_per_epoch, check_cfg.warmup_epochs)  # (T,)
+lr_mine = cosine_fn(
+    check_cfg.lr * check_cfg.batch_size_per_gpu / 256,
+    check_cfg.min_lr,
+    check_cfg.epochs,
+    mine.steps_per_epoch,
+    check_cfg.warmup_epochs,
+)  # (T,)
 torch.testing.assert_close(torch.from_numpy(mine.lr_schedule), torch.from_numpy(lr_mine))
-print(f"{mine.steps_per_epoch} steps per epoch; "
-      f"lr {mine.lr_schedule[0]:.2e} -> {mine.lr_schedule[-1]:.2e}, "
-      f"momentum {mine.momentum_schedule[0]} -> {mine.momentum_schedule[-1]:.4f}")
+print(
+    f"{mine.steps_per_epoch} steps per epoch; "
+    f"lr {mine.lr_schedule[0]:.2e} -> {mine.lr_schedule[-1]:.2e}, "
+    f"momentum {mine.momentum_schedule[0]} -> {mine.momentum_schedule[-1]:.4f}"
+)
 
 
 # %%
@@ -583,11 +689,20 @@ dino_step_fn = pick("dino_step", dino_step_by_hand)
 batches = [crops for crops, _ in zip((c for c, _ in mine.loader), range(3))]  # [globals, locals]
 for it, crops in enumerate(batches):
     torch.manual_seed(100 + it)  # stochastic depth draws random numbers: give both the same
-    loss_mine = dino_step_fn(mine.student, mine.teacher, mine.loss_fn, mine.optimizer, crops, it,
-                             epoch=0, lr_schedule=mine.lr_schedule, wd_schedule=mine.wd_schedule,
-                             momentum_schedule=mine.momentum_schedule,
-                             clip_grad=check_cfg.clip_grad,
-                             freeze_last_layer=check_cfg.freeze_last_layer)
+    loss_mine = dino_step_fn(
+        mine.student,
+        mine.teacher,
+        mine.loss_fn,
+        mine.optimizer,
+        crops,
+        it,
+        epoch=0,
+        lr_schedule=mine.lr_schedule,
+        wd_schedule=mine.wd_schedule,
+        momentum_schedule=mine.momentum_schedule,
+        clip_grad=check_cfg.clip_grad,
+        freeze_last_layer=check_cfg.freeze_last_layer,
+    )
     torch.manual_seed(100 + it)
     loss_core = core.train_step(*crops)
     torch.testing.assert_close(loss_mine, loss_core)
@@ -600,8 +715,10 @@ for part in ("student", "teacher"):
         torch.testing.assert_close(a, b, msg=f"{part}.{name}")
         exact &= torch.equal(a, b)
 torch.testing.assert_close(mine.loss_fn.center, core.loss_fn.center)
-print("after 3 steps every student and teacher weight, and the centre, agree"
-      + (" bit for bit" if exact else " (to float rounding: your EMA adds in another order)"))
+print(
+    "after 3 steps every student and teacher weight, and the centre, agree"
+    + (" bit for bit" if exact else " (to float rounding: your EMA adds in another order)")
+)
 
 # %% [markdown]
 # From here on, `DINOTrainer` runs the steps. Its `fit()` adds what a real run needs around them:
@@ -639,16 +756,25 @@ if FAST:  # CI: about a minute of training
     run = dict(max_images=256, epochs=6, log_every=4)
 else:  # a laptop: several minutes
     run = dict(max_images=1024, epochs=6, log_every=8)
-overrides = run | dict(output_dir=RUNS, run_name="workshop_tiny", batch_size_per_gpu=16,
-                       warmup_epochs=1, global_crops_size=48, local_crops_size=24,
-                       teacher_temp=0.02, warmup_teacher_temp=0.02)
+overrides = run | dict(
+    output_dir=RUNS,
+    run_name="workshop_tiny",
+    batch_size_per_gpu=16,
+    warmup_epochs=1,
+    global_crops_size=48,
+    local_crops_size=24,
+    teacher_temp=0.02,
+    warmup_teacher_temp=0.02,
+)
 cfg = load_config("workshop_tiny", [f"{k}={v}" for k, v in overrides.items()])
 trainer = DINOTrainer(cfg)
-print(f"{len(trainer.dataset)} images, {trainer.steps_per_epoch} steps per epoch, "
-      f"{trainer.total_steps} steps; peak lr {trainer.lr_schedule.max():.2e}; "
-      f"crops {cfg.global_crops_size}/{cfg.local_crops_size} px, {cfg.ncrops} per image; "
-      f"K = {cfg.out_dim} (ln K = {math.log(cfg.out_dim):.2f}); "
-      f"teacher momentum {cfg.momentum_teacher}")
+print(
+    f"{len(trainer.dataset)} images, {trainer.steps_per_epoch} steps per epoch, "
+    f"{trainer.total_steps} steps; peak lr {trainer.lr_schedule.max():.2e}; "
+    f"crops {cfg.global_crops_size}/{cfg.local_crops_size} px, {cfg.ncrops} per image; "
+    f"K = {cfg.out_dim} (ln K = {math.log(cfg.out_dim):.2f}); "
+    f"teacher momentum {cfg.momentum_teacher}"
+)
 
 # %% [markdown]
 # Before training, we keep a copy of the teacher's backbone, to compare its features with the
@@ -666,10 +792,22 @@ def draw(fig, axes, records):
         ax.clear()
     axes[0].plot(steps, [r["loss"] for r in records], "o-", ms=3, color="tab:blue")
     axes[0].set(title=r"loss $H(P_t, P_s)$", xlabel="step")
-    axes[1].plot(steps, [r["teacher_entropy"] for r in records], "o-", ms=3, color="tab:green",
-                 label=r"teacher $h(P_t)$")
-    axes[1].plot(steps, [r["batch_entropy"] for r in records], "o-", ms=3, color="tab:olive",
-                 label="entropy of the batch mean")
+    axes[1].plot(
+        steps,
+        [r["teacher_entropy"] for r in records],
+        "o-",
+        ms=3,
+        color="tab:green",
+        label=r"teacher $h(P_t)$",
+    )
+    axes[1].plot(
+        steps,
+        [r["batch_entropy"] for r in records],
+        "o-",
+        ms=3,
+        color="tab:olive",
+        label="entropy of the batch mean",
+    )
     axes[1].axhline(lnK, color="gray", ls=":", lw=1)
     axes[1].set(title=f"entropies (ln K = {lnK:.2f}: uniform)", xlabel="step", ylim=(0, lnK + 0.3))
     axes[1].legend(fontsize=8, loc="lower left")
@@ -707,8 +845,9 @@ print(f"{trainer.step} steps; run folder {trainer.run_dir}")
 steps = np.array([r["step"] for r in records])
 fig, axes = plt.subplots(1, 4, figsize=(15, 3.2), layout="constrained")
 axes[0].plot(steps, [r["loss"] for r in records], "o-", ms=3, label="loss $H(P_t, P_s)$")
-axes[0].plot(steps, [r["teacher_entropy"] for r in records], "o-", ms=3,
-             label="teacher entropy $h(P_t)$")
+axes[0].plot(
+    steps, [r["teacher_entropy"] for r in records], "o-", ms=3, label="teacher entropy $h(P_t)$"
+)
 axes[0].axhline(lnK, color="gray", ls=":", lw=1, label=f"ln K = {lnK:.2f}")
 axes[0].set(xlabel="step", ylabel="nats", title="loss = entropy + KL")
 axes[0].legend(fontsize=8)
@@ -718,8 +857,9 @@ axes[2].plot(steps, [r["lr"] for r in records], color="tab:purple")
 axes[2].set(xlabel="step", title="learning rate (warm-up, cosine)")
 axes[3].plot(steps, [r["momentum"] for r in records], color="tab:brown")
 axes[3].set(xlabel="step", title="teacher momentum m")
-fig.suptitle(f"{trainer.step} DINO steps of a ViT-tiny/12 on {len(trainer.dataset)} "
-             "Imagenette images")
+fig.suptitle(
+    f"{trainer.step} DINO steps of a ViT-tiny/12 on {len(trainer.dataset)} Imagenette images"
+)
 save_figure(fig, "06_training_curves")
 plt.show()
 
@@ -729,12 +869,15 @@ batch_entropy = np.array([r["batch_entropy"] for r in records])
 print(f"{'step':>5} {'loss':>6} = {'h(P_t)':>6} + {'KL':>5}   {'batch-mean entropy':>18}")
 shown = {*range(0, len(records), max(1, len(records) // 8)), int(losses.argmin()), len(records) - 1}
 for i in sorted(shown):
-    print(f"{steps[i]:5d} {losses[i]:6.2f} = {entropy[i]:6.2f} + {kl[i]:5.2f}   "
-          f"{batch_entropy[i]:18.2f}"
-          + ("   <- lowest loss" if i == losses.argmin() else ""))
+    print(
+        f"{steps[i]:5d} {losses[i]:6.2f} = {entropy[i]:6.2f} + {kl[i]:5.2f}   "
+        f"{batch_entropy[i]:18.2f}" + ("   <- lowest loss" if i == losses.argmin() else "")
+    )
 lo, k = int(losses.argmin()), max(2, len(records) // 4)
-print(f"from the lowest loss to the end: loss {losses[-1] - losses[lo]:+.2f} = teacher entropy "
-      f"{entropy[-1] - entropy[lo]:+.2f} + KL {kl[-1] - kl[lo]:+.2f} nats")
+print(
+    f"from the lowest loss to the end: loss {losses[-1] - losses[lo]:+.2f} = teacher entropy "
+    f"{entropy[-1] - entropy[lo]:+.2f} + KL {kl[-1] - kl[lo]:+.2f} nats"
+)
 assert kl[-k:].mean() < kl[:k].mean(), "the student should get closer to the teacher"
 assert all(r["teacher_entropy"] < lnK - 0.1 for r in records), "no uniform collapse"
 assert all(r["batch_entropy"] > 1.0 for r in records), "no one-dimension collapse"
@@ -778,13 +921,23 @@ assert not any(r["collapse"] for r in records)
 # %%
 n_train, n_val = (500, 200) if FAST else (2000, 500)
 knn = {}
-for label, backbone in (("random init (before)", teacher_before),
-                        (f"after {trainer.step} steps", trainer.teacher.backbone)):
-    res = evaluate_features(backbone, image_size=cfg.global_crops_size, max_train=n_train,
-                            max_val=n_val, probe=False, batch_size=100)
+for label, backbone in (
+    ("random init (before)", teacher_before),
+    (f"after {trainer.step} steps", trainer.teacher.backbone),
+):
+    res = evaluate_features(
+        backbone,
+        image_size=cfg.global_crops_size,
+        max_train=n_train,
+        max_val=n_val,
+        probe=False,
+        batch_size=100,
+    )
     knn[label] = res["knn_top1"]
-    print(f"teacher, {label:22s}: weighted kNN top-1 {res['knn_top1']:5.1f}%  "
-          f"({res['num_train']} train / {res['num_val']} val images)")
+    print(
+        f"teacher, {label:22s}: weighted kNN top-1 {res['knn_top1']:5.1f}%  "
+        f"({res['num_train']} train / {res['num_val']} val images)"
+    )
 assert all(acc > 10 for acc in knn.values())  # both better than chance
 
 # %% [markdown]

@@ -39,7 +39,6 @@
 import contextlib
 import io
 import json
-import math
 import socket
 import subprocess
 import sys
@@ -52,12 +51,12 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from vitdino_core import DINOHead, load_checkpoint, vit_base, vit_small, vit_tiny
-from vitdino_core.training.config import CONFIG_DIR, ConfigError, load_config, shipped_configs
 from vitdino_core.data import REPO_ROOT
 from vitdino_core.evaluate import parse_args as evaluate_args
 from vitdino_core.notebook import native_stderr_silenced, save_figure, setup
-from vitdino_core.training.trainer import DINOTrainer
 from vitdino_core.train import main as train_main
+from vitdino_core.training.config import CONFIG_DIR, ConfigError, load_config, shipped_configs
+from vitdino_core.training.trainer import DINOTrainer
 
 env = setup(seed=0)
 FAST = env.fast  # True under CI or VITDINO_FAST=1: fewer steps and images, every cell still runs
@@ -1052,7 +1051,7 @@ scores = json.loads(ev.stdout.strip().splitlines()[-1])
 print(
     f"kNN top-1 {scores['knn_top1']}%, linear probe top-1 {scores['linear_top1']}% "
     f"on {scores['num_val']} val images "
-    f"(chance: 10%)"
+    "(chance: 10%)"
 )
 assert (
     scores["num_train"] == n_train and scores["num_val"] == n_val and 0 <= scores["knn_top1"] <= 100
@@ -1347,8 +1346,10 @@ torch.manual_seed(0)
 blk = Block(96, num_heads=3, qkv_bias=True, drop_path=0.5).train()
 tokens = torch.randn(8, 17, 96)  # (B, N, D): 8 samples
 rows_seen = []
-hooks = [m.register_forward_hook(lambda m, i, o: rows_seen.append(len(i[0])))
-         for m in (blk.attn, blk.mlp)]
+hooks = [
+    m.register_forward_hook(lambda m, i, o: rows_seen.append(len(i[0])))
+    for m in (blk.attn, blk.mlp)
+]
 torch.manual_seed(1)
 plain_out = blk(tokens)  # (8, 17, 96): every branch computed, the dropped ones times 0
 blk.fast = True  # the block's flag
@@ -1468,7 +1469,7 @@ torch.testing.assert_close(rescaled, by_layer)
 w_bytes = 65536 * 256 * 4  # fp32
 print(
     f"rescaled scores == the layer's; at K = 65536 the layer writes a w of {w_bytes / 1e6:.0f} MB "
-    f"on every forward pass, and its gradient as large on every backward pass"
+    "on every forward pass, and its gradient as large on every backward pass"
 )
 
 # %% [markdown]

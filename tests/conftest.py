@@ -25,8 +25,11 @@ def shared_data() -> Path:
     root = Path(env).expanduser() if env else REPO_ROOT / "data"
     missing = [name for name in ("imagenette-96", "photos") if not (root / name).is_dir()]
     if missing:
-        msg = (f"course data not found: {root} lacks {', '.join(missing)}/ (set VITDINO_DATA to a folder "
-               "that holds them; python -m vitdino_core.data download imagenette-96 makes imagenette-96/)")
+        msg = (
+            f"course data not found: {root} lacks {', '.join(missing)}/ (set VITDINO_DATA to a"
+            " folder that holds them; python -m vitdino_core.data download imagenette-96 makes"
+            " imagenette-96/)"
+        )
         if os.environ.get("CI"):
             pytest.fail(msg)
         pytest.skip(msg)

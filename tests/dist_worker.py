@@ -1,6 +1,7 @@
-"""Run by tests under torchrun: train a few steps, save this rank's weights, optionally fail on purpose.
+"""Run by tests under torchrun: train a few steps, save this rank's weights, optionally fail on
+purpose.
 
-    torchrun --nproc_per_node 2 tests/dist_worker.py OUT_DIR [--fail-rank R] -- key=value ...
+torchrun --nproc_per_node 2 tests/dist_worker.py OUT_DIR [--fail-rank R] -- key=value ...
 """
 
 import argparse
@@ -23,7 +24,9 @@ def main() -> None:
     args = parser.parse_intermixed_args()
     cfg = load_config("workshop_tiny", args.overrides)
     trainer = DINOTrainer(cfg, quiet=True)
-    if trainer.env.rank == args.fail_rank:  # inside fit, after one step: every collective before it is matched
+    if (
+        trainer.env.rank == args.fail_rank
+    ):  # inside fit, after one step: every collective before it is matched
         step = trainer.train_step
 
         def step_then_fail(*crops):
@@ -32,8 +35,12 @@ def main() -> None:
 
         trainer.train_step = step_then_fail
     trainer.fit()
-    state = {"student": trainer.student.state_dict(), "teacher": trainer.teacher.state_dict(),
-             "center": trainer.loss_fn.center, "step": trainer.step}
+    state = {
+        "student": trainer.student.state_dict(),
+        "teacher": trainer.teacher.state_dict(),
+        "center": trainer.loss_fn.center,
+        "step": trainer.step,
+    }
     torch.save(state, os.path.join(args.out, f"rank{trainer.env.rank}.pt"))
     torch.distributed.destroy_process_group()
 

@@ -5,7 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vitdino_core import cls_attention, denormalize, load_image, overlay_masks, plot_attention_heads, threshold_masks, upsample, vit_tiny
+from vitdino_core import (
+    cls_attention,
+    denormalize,
+    load_image,
+    overlay_masks,
+    plot_attention_heads,
+    threshold_masks,
+    upsample,
+    vit_tiny,
+)
 from vitdino_core.multicrop import normalize
 
 
@@ -78,7 +87,9 @@ def test_denormalize_inverts_normalize_and_load_image(tmp_path):
     Image.new("RGB", (64, 40), (200, 30, 30)).save(path)
     img = load_image(path, size=24, patch_size=12)
     assert img.shape == (1, 3, 24, 24)
-    torch.testing.assert_close(denormalize(img)[0, :, 12, 12], torch.tensor([200, 30, 30]) / 255.0, atol=0.01, rtol=0)
+    torch.testing.assert_close(
+        denormalize(img)[0, :, 12, 12], torch.tensor([200, 30, 30]) / 255.0, atol=0.01, rtol=0
+    )
     with pytest.raises(ValueError, match="not a multiple of the patch size"):
         load_image(path, size=25, patch_size=12)
     with pytest.raises(FileNotFoundError):
@@ -86,8 +97,9 @@ def test_denormalize_inverts_normalize_and_load_image(tmp_path):
 
 
 def test_load_image_shows_the_colours_of_transparent_and_16_bit_photos(tmp_path):
-    """Attention maps read a photo as training does (`data.to_rgb`): a transparent PNG over white, not the colour its
-    hidden pixels store; a 16-bit gray PNG scaled to 8 bits, not clipped to white."""
+    """Attention maps read a photo as training does (`data.to_rgb`): a transparent PNG over white,
+    not the colour its hidden pixels store; a 16-bit gray PNG scaled to 8 bits, not clipped to
+    white."""
     import numpy as np
     from PIL import Image
 
@@ -122,8 +134,13 @@ def test_tint_masks_tints_only_the_masked_patches_in_the_heads_colours():
     from vitdino_core.attention_maps import tint_masks
     from vitdino_core.multicrop import IMAGENET_MEAN, IMAGENET_STD
 
-    mean, std = torch.tensor(IMAGENET_MEAN)[:, None, None], torch.tensor(IMAGENET_STD)[:, None, None]
-    image = (torch.full((3, 8, 8), 0.5) - mean) / std  # a grey 8 x 8 image, normalised: 2 x 2 patches of 4 px
+    mean, std = (
+        torch.tensor(IMAGENET_MEAN)[:, None, None],
+        torch.tensor(IMAGENET_STD)[:, None, None],
+    )
+    image = (
+        torch.full((3, 8, 8), 0.5) - mean
+    ) / std  # a grey 8 x 8 image, normalised: 2 x 2 patches of 4 px
     masks = torch.zeros(2, 2, 2, dtype=torch.bool)  # (heads, h, w)
     masks[0, 0, 0] = masks[1, 0, 0] = masks[1, 1, 1] = True
     out = tint_masks(image, masks, alpha=0.5)  # (8, 8, 3)
@@ -131,5 +148,7 @@ def test_tint_masks_tints_only_the_masked_patches_in_the_heads_colours():
     assert out.shape == (8, 8, 3)
     assert abs(out[4:, :4] - 0.5).max() < 1e-6  # no mask: the image
     assert abs(out[4:, 4:] - (0.25 + 0.5 * orange)).max() < 1e-6  # head 1 only
-    assert abs(out[:4, :4] - (0.5 * (0.25 + 0.5 * blue) + 0.5 * orange)).max() < 1e-6  # both heads mix
+    assert (
+        abs(out[:4, :4] - (0.5 * (0.25 + 0.5 * blue) + 0.5 * orange)).max() < 1e-6
+    )  # both heads mix
     assert abs(tint_masks(image, masks, heads=[0])[4:, 4:] - 0.5).max() < 1e-6  # head 1 not drawn

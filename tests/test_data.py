@@ -1,4 +1,5 @@
-"""Decoding every Pillow mode to the right RGB, skipping unusable files by name, the course copy of Imagenette."""
+"""Decoding every Pillow mode to the right RGB, skipping unusable files by name, the course copy of
+Imagenette."""
 
 from __future__ import annotations
 
@@ -12,10 +13,19 @@ import torch
 from PIL import Image
 
 from vitdino_core import data
-from vitdino_core.data import imagenette
 from vitdino_core.cli import run_cli
-from vitdino_core.data import (IMAGENETTE_96, MARKER, DatasetNotFoundError, ImageFolderDataset, build_dataset, is_course_copy,
-                               make_imagenette_96, open_rgb, to_rgb)
+from vitdino_core.data import (
+    IMAGENETTE_96,
+    MARKER,
+    DatasetNotFoundError,
+    ImageFolderDataset,
+    build_dataset,
+    imagenette,
+    is_course_copy,
+    make_imagenette_96,
+    open_rgb,
+    to_rgb,
+)
 
 WHITE, BLACK = (255, 255, 255), (0, 0, 0)
 
@@ -24,7 +34,9 @@ def rgb(path: Path) -> np.ndarray:
     return np.asarray(open_rgb(path))  # (H, W, 3) uint8
 
 
-# ----------------------------------------------------------------------------- every mode -> the right RGB values
+# ----------------------------------------------------------------------------- every mode -> the
+# right RGB values
+
 
 def test_mode_1_is_black_and_white(tmp_path):
     im = Image.new("1", (2, 1))
@@ -47,27 +59,39 @@ def test_palette_with_and_without_transparency(tmp_path):
     assert rgb(tmp_path / "opaque.png").tolist() == [[[10, 20, 30], [200, 100, 50], [0, 255, 0]]]
     im.save(tmp_path / "transparent.png", transparency=2)  # entry 2 (green) is fully transparent
     assert Image.open(tmp_path / "transparent.png").mode == "P"
-    assert rgb(tmp_path / "transparent.png").tolist() == [[[10, 20, 30], [200, 100, 50], list(WHITE)]]
+    assert rgb(tmp_path / "transparent.png").tolist() == [
+        [[10, 20, 30], [200, 100, 50], list(WHITE)]
+    ]
     im.save(tmp_path / "transparent.gif", transparency=2)
-    assert rgb(tmp_path / "transparent.gif").tolist() == [[[10, 20, 30], [200, 100, 50], list(WHITE)]]
+    assert rgb(tmp_path / "transparent.gif").tolist() == [
+        [[10, 20, 30], [200, 100, 50], list(WHITE)]
+    ]
 
 
 def test_LA_and_RGBA_are_composited_over_white(tmp_path):
-    la = np.array([[[100, 255], [100, 0], [0, 128]]], dtype=np.uint8)  # (1, 3, 2): opaque, transparent, half
+    la = np.array(
+        [[[100, 255], [100, 0], [0, 128]]], dtype=np.uint8
+    )  # (1, 3, 2): opaque, transparent, half
     Image.fromarray(la, "LA").save(tmp_path / "la.png")
     assert Image.open(tmp_path / "la.png").mode == "LA"
     out = rgb(tmp_path / "la.png")
     assert out[0, 0].tolist() == [100] * 3 and out[0, 1].tolist() == list(WHITE)
     assert np.allclose(out[0, 2], 255 * 127 / 255, atol=1)  # black at alpha 128/255 over white
-    rgba = np.array([[[255, 0, 0, 255], [0, 0, 255, 0], [0, 0, 0, 128]]], dtype=np.uint8)  # the hidden pixel is blue
+    rgba = np.array(
+        [[[255, 0, 0, 255], [0, 0, 255, 0], [0, 0, 0, 128]]], dtype=np.uint8
+    )  # the hidden pixel is blue
     Image.fromarray(rgba, "RGBA").save(tmp_path / "rgba.png")
     out = rgb(tmp_path / "rgba.png")
-    assert out[0, 0].tolist() == [255, 0, 0] and out[0, 1].tolist() == list(WHITE)  # not the stored blue
+    assert out[0, 0].tolist() == [255, 0, 0] and out[0, 1].tolist() == list(
+        WHITE
+    )  # not the stored blue
     assert np.allclose(out[0, 2], 127, atol=1)
 
 
 def test_rgb_with_a_transparent_colour_key(tmp_path):
-    Image.fromarray(np.array([[[1, 2, 3], [9, 9, 9]]], dtype=np.uint8)).save(tmp_path / "key.png", transparency=(9, 9, 9))
+    Image.fromarray(np.array([[[1, 2, 3], [9, 9, 9]]], dtype=np.uint8)).save(
+        tmp_path / "key.png", transparency=(9, 9, 9)
+    )
     assert rgb(tmp_path / "key.png").tolist() == [[[1, 2, 3], list(WHITE)]]
 
 
@@ -89,7 +113,9 @@ def test_16_bit_gray_uses_the_whole_range(tmp_path):
         Image.fromarray(a).save(tmp_path / name)
         assert Image.open(tmp_path / name).mode.startswith("I;16")
         out = rgb(tmp_path / name)
-        assert out[..., 0].tolist() == [[0, 1, 128, 255]], name  # Pillow's own convert would give 0, 255, 255, 255
+        assert out[..., 0].tolist() == [[0, 1, 128, 255]], (
+            name
+        )  # Pillow's own convert would give 0, 255, 255, 255
         assert (out[..., 0] == out[..., 2]).all()
 
 
@@ -134,14 +160,18 @@ def test_the_dataset_decodes_with_the_same_rules(tmp_path):
     assert img.mode == "RGB" and np.asarray(img).min() == 255
 
 
-# ----------------------------------------------------------------------------- unusable files are skipped by name
+# ----------------------------------------------------------------------------- unusable files are
+# skipped by name
+
 
 def make_folder(root: Path, good: int = 3) -> dict[str, Path]:
     """root/cls/ with `good` small PNGs (red = 80 * i) and one file per way of being unusable."""
     folder = root / "cls"
     folder.mkdir(parents=True)
     for i in range(good):
-        Image.fromarray(np.random.default_rng(i).integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(folder / "big.png")
+        Image.fromarray(
+            np.random.default_rng(i).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+        ).save(folder / "big.png")
         Image.new("RGB", (16, 16), (80 * i, 0, 0)).save(folder / f"ok{i}.png")
     ok = (folder / "big.png").read_bytes()
     (folder / "big.png").unlink()
@@ -178,7 +208,9 @@ def test_an_image_over_pillows_safety_limit_is_skipped(tmp_path, monkeypatch):
     folder.mkdir(parents=True)
     Image.new("RGB", (8, 8), (0, 200, 0)).save(folder / "a_small.png")
     Image.new("RGB", (64, 64)).save(folder / "b_huge.png")
-    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 64 x 64 is more than twice the limit: DecompressionBombError
+    monkeypatch.setattr(
+        Image, "MAX_IMAGE_PIXELS", 1000
+    )  # 64 x 64 is more than twice the limit: DecompressionBombError
     ds = ImageFolderDataset(tmp_path / "imgs")
     with pytest.warns(UserWarning, match=r"b_huge\.png.*DecompressionBombError"):
         img, _ = ds[1]
@@ -191,7 +223,10 @@ def test_a_folder_without_any_usable_image_is_one_clear_error(tmp_path, capsys):
     (folder / "a.jpg").write_bytes(b"")
     (folder / "b.png").write_bytes(b"junk")
     ds = ImageFolderDataset(tmp_path / "imgs")
-    with pytest.warns(UserWarning), pytest.raises(DatasetNotFoundError, match=r"no usable image left in .*imgs"):
+    with (
+        pytest.warns(UserWarning),
+        pytest.raises(DatasetNotFoundError, match=r"no usable image left in .*imgs"),
+    ):
         ds[0]
 
     def main(argv):
@@ -207,7 +242,10 @@ def test_a_folder_without_any_usable_image_is_one_clear_error(tmp_path, capsys):
 def loader(root: Path, workers: int) -> torch.utils.data.DataLoader:
     def to_tensor(img):
         return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)  # (3, H, W) uint8
-    return torch.utils.data.DataLoader(ImageFolderDataset(root, transform=to_tensor), batch_size=2, num_workers=workers)
+
+    return torch.utils.data.DataLoader(
+        ImageFolderDataset(root, transform=to_tensor), batch_size=2, num_workers=workers
+    )
 
 
 def test_workers_name_the_skipped_files_too(tmp_path, capfd):
@@ -235,36 +273,46 @@ def test_workers_stop_with_the_one_line_when_nothing_is_usable(tmp_path):
 
 # ----------------------------------------------------------------------------- one list each
 
+
 def test_datasets_and_normalisation_live_in_one_place(repo_root):
     from vitdino_core.multicrop import IMAGENET_MEAN, IMAGENET_STD
-
     from vitdino_core.training.config import CHOICES
 
     assert data.TORCHVISION_DATASETS.keys() <= set(data.DATASETS)
-    assert tuple(CHOICES["dataset"]) == data.DATASETS  # the config's choices must not drift from the one list
+    assert (
+        tuple(CHOICES["dataset"]) == data.DATASETS
+    )  # the config's choices must not drift from the one list
     with pytest.raises(ValueError, match="choose one of " + ", ".join(data.DATASETS)):
         build_dataset("imagenet")
-    mine = [*sorted((repo_root / "vitdino_core" / "data").glob("*.py")), repo_root / "notebooks" / "00_setup_and_data.py"]
+    mine = [
+        *sorted((repo_root / "vitdino_core" / "data").glob("*.py")),
+        repo_root / "notebooks" / "00_setup_and_data.py",
+    ]
     for path in mine:
         text = path.read_text()
         assert str(IMAGENET_MEAN[0]) not in text and str(IMAGENET_STD[0]) not in text, path
 
 
 def test_no_user_facing_text_names_folders_beside_the_repository(repo_root):
-    files = [*sorted((repo_root / "vitdino_core" / "data").glob("*.py")), repo_root / "data" / "README.md",
-             repo_root / "notebooks" / "00_setup_and_data.py"]
+    files = [
+        *sorted((repo_root / "vitdino_core" / "data").glob("*.py")),
+        repo_root / "data" / "README.md",
+        repo_root / "notebooks" / "00_setup_and_data.py",
+    ]
     for path in files:
         text = path.read_text()
         assert "shared/" not in text and "../shared" not in text, path
 
 
-# ----------------------------------------------------------------------------- the course copy, built from a fake source
+# ----------------------------------------------------------------------------- the course copy,
+# built from a fake source
 
 WNIDS = ("n01440764", "n02102040")
 
 
 def fake_imagenette2(root: Path) -> Path:
-    """A tiny imagenette2/ as torchvision's Imagenette(size="full") extracts it: JPEGs of odd sizes and modes."""
+    """A tiny imagenette2/ as torchvision's Imagenette(size="full") extracts it: JPEGs of odd sizes
+    and modes."""
     src = root / "imagenette2"
     rng = np.random.default_rng(0)
     for split, n in (("train", 3), ("val", 2)):
@@ -273,11 +321,15 @@ def fake_imagenette2(root: Path) -> Path:
             for i in range(n):
                 w, h = int(rng.integers(100, 400)), int(rng.integers(100, 400))
                 y, x = np.mgrid[0:h, 0:w]  # (h, w) each: smooth ramps, so JPEG noise stays small
-                a = np.stack([255 * x / w, 255 * y / h, 128 + 100 * np.sin(x / 17.0 + i)], axis=-1)  # (h, w, 3)
+                a = np.stack(
+                    [255 * x / w, 255 * y / h, 128 + 100 * np.sin(x / 17.0 + i)], axis=-1
+                )  # (h, w, 3)
                 im = Image.fromarray(a.astype(np.uint8))
                 im = im.convert("L") if i == 1 else im.convert("CMYK") if i == 2 else im
                 im.save(src / split / wnid / f"{wnid}_{i}.JPEG", quality=95)
-    (src / "train" / WNIDS[0] / "notes.txt").write_text("not an image")  # torchvision's listing ignores it
+    (src / "train" / WNIDS[0] / "notes.txt").write_text(
+        "not an image"
+    )  # torchvision's listing ignores it
     return src
 
 
@@ -295,12 +347,16 @@ def test_make_imagenette_96_follows_the_recipe_and_resumes(tmp_path):
     from torchvision.datasets import Imagenette
 
     src = fake_imagenette2(tmp_path)
-    tv = {split: Imagenette(str(tmp_path), split=split, size="full") for split in ("train", "val")}  # no download
+    tv = {
+        split: Imagenette(str(tmp_path), split=split, size="full") for split in ("train", "val")
+    }  # no download
     dest = tmp_path / IMAGENETTE_96
     counts = make_imagenette_96(src, dest, quiet=True)
     assert counts == {"train": 6, "val": 4} == {split: len(ds) for split, ds in tv.items()}
     out = sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*.JPEG"))
-    assert out == sorted(p.relative_to(src).as_posix() for p in src.rglob("*.JPEG"))  # same layout and names
+    assert out == sorted(
+        p.relative_to(src).as_posix() for p in src.rglob("*.JPEG")
+    )  # same layout and names
     for rel in out:
         with Image.open(dest / rel) as im:
             assert im.format == "JPEG" and im.mode == "RGB" and im.size == (96, 96)
@@ -308,20 +364,28 @@ def test_make_imagenette_96_follows_the_recipe_and_resumes(tmp_path):
             got = np.asarray(im).astype(int)
         squashed = np.abs(got - expected_pixels(src / rel)).mean()
         assert squashed < 2.5, rel  # the recipe, up to JPEG noise
-        assert np.abs(got - expected_pixels(src / rel, crop=True)).mean() > 2 * squashed, rel  # squashed, not cropped
+        assert np.abs(got - expected_pixels(src / rel, crop=True)).mean() > 2 * squashed, (
+            rel
+        )  # squashed, not cropped
     info = json.loads((dest / MARKER).read_text())
-    assert info["counts"] == counts and "bicubic" in info["recipe"] and len(info["files_sha256"]) == 64
+    assert (
+        info["counts"] == counts and "bicubic" in info["recipe"] and len(info["files_sha256"]) == 64
+    )
     assert not is_course_copy(dest)  # a toy source is not the course copy
     assert not list(dest.rglob(".*.tmp"))
 
     first = dest / out[0]
     stamp = first.stat().st_mtime_ns
     (dest / out[-1]).unlink()
-    assert make_imagenette_96(src, dest, quiet=True) == counts  # resumes: only the missing file is made again
+    assert (
+        make_imagenette_96(src, dest, quiet=True) == counts
+    )  # resumes: only the missing file is made again
     assert first.stat().st_mtime_ns == stamp and (dest / out[-1]).is_file()
 
 
-def test_download_imagenette_96_uses_an_extracted_source_without_network(tmp_path, monkeypatch, capsys):
+def test_download_imagenette_96_uses_an_extracted_source_without_network(
+    tmp_path, monkeypatch, capsys
+):
     fake_imagenette2(tmp_path)
     monkeypatch.setenv("VITDINO_DATA", str(tmp_path))
     assert data.main(["download", IMAGENETTE_96, "--quiet"]) == 0

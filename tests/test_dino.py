@@ -1,4 +1,5 @@
-"""DINO: head, loss, centering, temperatures, schedules, EMA teacher, gradients, multi-crop, and a few real steps."""
+"""DINO: head, loss, centering, temperatures, schedules, EMA teacher, gradients, multi-crop, and a
+few real steps."""
 
 from __future__ import annotations
 
@@ -13,14 +14,33 @@ import torch.nn as nn
 from PIL import Image
 from torch.testing import assert_close
 
-from vitdino_core import (DINOHead, DINOLoss, DropPath, MultiCropAugmentation, MultiCropWrapper, VisionTransformer,
-                          cancel_gradients_last_layer, clip_gradients, collate_multicrop, cosine_scheduler,
-                          get_params_groups, make_teacher, update_teacher)
+from vitdino_core import (
+    DINOHead,
+    DINOLoss,
+    DropPath,
+    MultiCropAugmentation,
+    MultiCropWrapper,
+    VisionTransformer,
+    cancel_gradients_last_layer,
+    clip_gradients,
+    collate_multicrop,
+    cosine_scheduler,
+    get_params_groups,
+    make_teacher,
+    update_teacher,
+)
 from vitdino_core.multicrop import IMAGENET_MEAN, IMAGENET_STD
 
 
 def tiny_vit(**kwargs) -> VisionTransformer:
-    kwargs = {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2, **kwargs}
+    kwargs = {
+        "img_size": 32,
+        "patch_size": 8,
+        "embed_dim": 32,
+        "depth": 2,
+        "num_heads": 2,
+        **kwargs,
+    }
     return VisionTransformer(**kwargs)
 
 
@@ -30,10 +50,13 @@ def small_head(in_dim: int = 32, out_dim: int = 64, **kwargs) -> DINOHead:
 
 # ----------------------------------------------------------------------------- head
 
+
 def test_dino_head_parameter_count_matches_official():
     head = DINOHead(384, 65536)
     assert sum(p.numel() for p in head.parameters()) == 22_352_128
-    assert sum(p.numel() for p in head.parameters() if p.requires_grad) == 22_352_128 - 65536  # g is frozen
+    assert (
+        sum(p.numel() for p in head.parameters() if p.requires_grad) == 22_352_128 - 65536
+    )  # g is frozen
 
 
 def test_dino_head_raises_no_deprecation_warning():
@@ -53,9 +76,19 @@ def test_dino_head_loads_official_weight_norm_keys():
         k = k.replace("last_layer.parametrizations.weight.original0", "last_layer.weight_g")
         k = k.replace("last_layer.parametrizations.weight.original1", "last_layer.weight_v")
         official[k] = v.clone()
-    assert set(official) == {"mlp.0.weight", "mlp.0.bias", "mlp.2.weight", "mlp.2.bias", "mlp.4.weight", "mlp.4.bias",
-                             "last_layer.weight_g", "last_layer.weight_v"}
-    assert official["last_layer.weight_g"].shape == (64, 1) and official["last_layer.weight_v"].shape == (64, 16)
+    assert set(official) == {
+        "mlp.0.weight",
+        "mlp.0.bias",
+        "mlp.2.weight",
+        "mlp.2.bias",
+        "mlp.4.weight",
+        "mlp.4.bias",
+        "last_layer.weight_g",
+        "last_layer.weight_v",
+    }
+    assert official["last_layer.weight_g"].shape == (64, 1) and official[
+        "last_layer.weight_v"
+    ].shape == (64, 16)
 
     torch.manual_seed(1)
     dst = small_head(norm_last_layer=False).eval()
@@ -78,13 +111,17 @@ def test_dino_head_output_is_bounded_by_the_normalised_last_layer():
 
 @pytest.mark.parametrize("norm_last_layer", [True, False])
 def test_head_last_layer_is_weight_normalised_and_g_frozen_when_normalised(norm_last_layer):
-    """W = g v / ||v|| row by row, g starts at 1 and trains only without norm_last_layer (as in DINO); the head's
-    output is the normalised bottleneck times W^T."""
+    """W = g v / ||v|| row by row, g starts at 1 and trains only without norm_last_layer (as in
+    DINO); the head's output is the normalised bottleneck times W^T."""
     torch.manual_seed(0)
     head = small_head(norm_last_layer=norm_last_layer)
     wn = head.last_layer.parametrizations.weight
     g, v = wn.original0, wn.original1
-    assert torch.equal(g, torch.ones_like(g)) and g.requires_grad == (not norm_last_layer) and v.requires_grad
+    assert (
+        torch.equal(g, torch.ones_like(g))
+        and g.requires_grad == (not norm_last_layer)
+        and v.requires_grad
+    )
     assert_close(head.last_layer.weight, g * v / v.norm(dim=1, keepdim=True))
     x = torch.randn(5, 32)
     z = torch.nn.functional.normalize(head.mlp(x), dim=-1)  # (5, bottleneck), unit rows
@@ -93,8 +130,15 @@ def test_head_last_layer_is_weight_normalised_and_g_frozen_when_normalised(norm_
 
 # ----------------------------------------------------------------------------- loss
 
+
 def make_loss(out_dim=3, ncrops=3, **kwargs) -> DINOLoss:
-    kwargs = {"warmup_teacher_temp": 0.04, "teacher_temp": 0.04, "warmup_teacher_temp_epochs": 0, "nepochs": 10, **kwargs}
+    kwargs = {
+        "warmup_teacher_temp": 0.04,
+        "teacher_temp": 0.04,
+        "warmup_teacher_temp_epochs": 0,
+        "nepochs": 10,
+        **kwargs,
+    }
     return DINOLoss(out_dim, ncrops, **kwargs)
 
 
@@ -137,7 +181,9 @@ def test_loss_with_precomputed_teacher_probs_is_the_same():
 
 
 def reference_loss(student_rows, teacher_rows, center, student_temp, teacher_temp, ncrops, batch):
-    """DINO's loss by the definition, with plain Python floats: a loop over (teacher view, student view) pairs."""
+    """DINO's loss by the definition, with plain Python floats: a loop over (teacher view, student
+    view) pairs."""
+
     def softmax(row, temp):
         e = [math.exp(v / temp) for v in row]
         return [v / sum(e) for v in e]
@@ -159,11 +205,20 @@ def reference_loss(student_rows, teacher_rows, center, student_temp, teacher_tem
 
 
 def test_loss_matches_a_hand_computed_case():
-    # out_dim 3, 3 crops, one image; teacher temperature 0.2 -> 0.5 over 3 epochs, so 0.35 at epoch 1
+    # out_dim 3, 3 crops, one image; teacher temperature 0.2 -> 0.5 over 3 epochs, so 0.35 at epoch
+    # 1
     student = [[1.0, 0.0, -1.0], [0.5, 0.2, 0.1], [-0.3, 0.8, 0.0]]
     teacher = [[0.2, 0.1, 0.0], [0.0, 0.3, -0.2]]
-    loss = DINOLoss(3, 3, warmup_teacher_temp=0.2, teacher_temp=0.5, warmup_teacher_temp_epochs=3, nepochs=5,
-                    student_temp=0.1, center_momentum=0.9)
+    loss = DINOLoss(
+        3,
+        3,
+        warmup_teacher_temp=0.2,
+        teacher_temp=0.5,
+        warmup_teacher_temp_epochs=3,
+        nepochs=5,
+        student_temp=0.1,
+        center_momentum=0.9,
+    )
     got = loss(torch.tensor(student), torch.tensor(teacher), epoch=1)
     want = reference_loss(student, teacher, [0.0, 0.0, 0.0], 0.1, 0.35, ncrops=3, batch=1)
     assert got.item() == pytest.approx(want, rel=1e-5)
@@ -206,22 +261,39 @@ def test_center_update_is_an_ema_of_the_teacher_mean():
 
 
 def test_teacher_temperature_schedule():
-    loss = DINOLoss(16, 4, warmup_teacher_temp=0.04, teacher_temp=0.07, warmup_teacher_temp_epochs=30, nepochs=100)
+    loss = DINOLoss(
+        16,
+        4,
+        warmup_teacher_temp=0.04,
+        teacher_temp=0.07,
+        warmup_teacher_temp_epochs=30,
+        nepochs=100,
+    )
     assert len(loss.teacher_temp_schedule) == 100
     assert loss.teacher_temp(0) == pytest.approx(0.04)
     assert loss.teacher_temp(15) == pytest.approx(0.04 + 0.03 * 15 / 29)  # linear over epochs 0..29
     assert loss.teacher_temp(29) == pytest.approx(0.07)
     assert loss.teacher_temp(30) == pytest.approx(0.07)
     assert loss.teacher_temp(99) == pytest.approx(0.07)
-    assert loss.teacher_temp(100) == pytest.approx(0.07)  # past the last epoch: stays at the final value
+    assert loss.teacher_temp(100) == pytest.approx(
+        0.07
+    )  # past the last epoch: stays at the final value
     assert loss.teacher_temp(1000) == pytest.approx(0.07)
     # warm-up longer than training: the last epoch's value, not an error
-    short = DINOLoss(16, 4, warmup_teacher_temp=0.04, teacher_temp=0.07, warmup_teacher_temp_epochs=30, nepochs=10)
+    short = DINOLoss(
+        16,
+        4,
+        warmup_teacher_temp=0.04,
+        teacher_temp=0.07,
+        warmup_teacher_temp_epochs=30,
+        nepochs=10,
+    )
     assert short.teacher_temp(0) == pytest.approx(0.04)
     assert short.teacher_temp(50) == pytest.approx(short.teacher_temp(9))
 
 
 # ----------------------------------------------------------------------------- schedules
+
 
 def test_cosine_schedule_with_warmup():
     base, final, epochs, niter, warm = 1e-3, 1e-6, 10, 5, 2
@@ -230,7 +302,7 @@ def test_cosine_schedule_with_warmup():
     assert s[0] == pytest.approx(1e-5)
     assert s[warm * niter - 1] == pytest.approx(base)  # the warm-up reaches the base value
     assert s[warm * niter] == pytest.approx(base)  # and the cosine starts there
-    assert np.all(np.diff(s[: warm * niter]) > 0) and np.all(np.diff(s[warm * niter:]) < 0)
+    assert np.all(np.diff(s[: warm * niter]) > 0) and np.all(np.diff(s[warm * niter :]) < 0)
     assert abs(s[-1] - final) < 1e-2 * (base - final)
     assert s.min() >= final - 1e-12
 
@@ -238,7 +310,9 @@ def test_cosine_schedule_with_warmup():
 def test_cosine_schedule_without_warmup_and_errors():
     s = cosine_scheduler(0.04, 0.4, 3, 4)  # weight decay rises
     assert len(s) == 12 and s[0] == pytest.approx(0.04)
-    assert 0.4 - 0.02 * 0.36 < s[-1] <= 0.4  # a short schedule stops one cosine step short of the final value
+    assert (
+        0.4 - 0.02 * 0.36 < s[-1] <= 0.4
+    )  # a short schedule stops one cosine step short of the final value
     with pytest.raises(ValueError):
         cosine_scheduler(1.0, 0.0, 2, 10, warmup_epochs=3)
 
@@ -253,6 +327,7 @@ def test_momentum_schedule_goes_from_0996_to_1():
 
 # ----------------------------------------------------------------------------- EMA teacher
 
+
 def test_update_teacher_is_the_ema_formula():
     torch.manual_seed(0)
     student = nn.Sequential(tiny_vit(), nn.Linear(32, 8))
@@ -261,7 +336,10 @@ def test_update_teacher_is_the_ema_formula():
         for p in student.parameters():
             p.add_(torch.randn_like(p))
     m = 0.9
-    expected = [m * t.detach().clone() + (1 - m) * s.detach() for t, s in zip(teacher.parameters(), student.parameters())]
+    expected = [
+        m * t.detach().clone() + (1 - m) * s.detach()
+        for t, s in zip(teacher.parameters(), student.parameters())
+    ]
     before_student = [s.detach().clone() for s in student.parameters()]
     update_teacher(student, teacher, m)
     for got, want in zip(teacher.parameters(), expected):
@@ -281,7 +359,9 @@ def test_make_teacher_is_an_independent_frozen_copy_without_drop_path():
     assert all(p.requires_grad for p in student.parameters())
     t_drops = [m for m in teacher.modules() if isinstance(m, DropPath)]
     s_drops = [m for m in student.modules() if isinstance(m, DropPath)]
-    assert len(s_drops) == 2 and all(m.drop_prob > 0 for m in s_drops)  # the student keeps its drop path
+    assert len(s_drops) == 2 and all(
+        m.drop_prob > 0 for m in s_drops
+    )  # the student keeps its drop path
     assert len(t_drops) == 2 and all(m.drop_prob == 0 for m in t_drops)
     x = torch.randn(4, 3, 32, 32)
     assert torch.equal(teacher.train()(x), teacher.eval()(x))  # deterministic even in train mode
@@ -291,6 +371,7 @@ def test_make_teacher_is_an_independent_frozen_copy_without_drop_path():
 
 # ----------------------------------------------------------------------------- gradients
 
+
 def test_params_groups_exclude_biases_and_norms_from_weight_decay():
     model = nn.Sequential(tiny_vit(), small_head())
     decay, no_decay = get_params_groups(model)
@@ -298,11 +379,19 @@ def test_params_groups_exclude_biases_and_norms_from_weight_decay():
     names = {id(p): n for n, p in model.named_parameters()}
     decay_names = {names[id(p)] for p in decay["params"]}
     no_decay_names = {names[id(p)] for p in no_decay["params"]}
-    assert all(p.ndim > 1 for p in decay["params"]) and not any(n.endswith(".bias") for n in decay_names)
-    assert all(n.endswith(".bias") or p.ndim == 1 for n, p in model.named_parameters() if n in no_decay_names)
+    assert all(p.ndim > 1 for p in decay["params"]) and not any(
+        n.endswith(".bias") for n in decay_names
+    )
+    assert all(
+        n.endswith(".bias") or p.ndim == 1
+        for n, p in model.named_parameters()
+        if n in no_decay_names
+    )
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert decay_names | no_decay_names == trainable and not decay_names & no_decay_names
-    assert "0.blocks.0.norm1.weight" in no_decay_names and "0.blocks.0.attn.qkv.weight" in decay_names
+    assert (
+        "0.blocks.0.norm1.weight" in no_decay_names and "0.blocks.0.attn.qkv.weight" in decay_names
+    )
 
 
 def test_clip_gradients_clips_each_parameter_on_its_own():
@@ -317,7 +406,9 @@ def test_clip_gradients_clips_each_parameter_on_its_own():
         assert p.grad.norm().item() <= 3.0 + 1e-4
     assert model[0].weight.grad.norm().item() == pytest.approx(3.0, rel=1e-4)
     assert_close(model[0].weight.grad, big / 40 * 3)  # direction kept
-    assert torch.equal(model[0].bias.grad, small) and torch.equal(model[1].bias.grad, small * 2)  # untouched
+    assert torch.equal(model[0].bias.grad, small) and torch.equal(
+        model[1].bias.grad, small * 2
+    )  # untouched
 
 
 def test_last_layer_gradients_cancelled_only_while_frozen():
@@ -340,6 +431,7 @@ def test_last_layer_gradients_cancelled_only_while_frozen():
 
 # ----------------------------------------------------------------------------- multi-crop
 
+
 def random_photo(size=(80, 64), mode="RGB", seed=0) -> Image.Image:
     rng = np.random.default_rng(seed)
     shape = (size[1], size[0], 3) if mode == "RGB" else (size[1], size[0])
@@ -353,7 +445,9 @@ def check_crops(crops, n_local, g, l):
     for i, c in enumerate(crops):
         size = g if i < 2 else l
         assert c.shape == (3, size, size) and c.dtype == torch.float32
-        assert lo - 1e-4 <= c.min().item() and c.max().item() <= hi + 1e-4  # normalised with ImageNet statistics
+        assert (
+            lo - 1e-4 <= c.min().item() and c.max().item() <= hi + 1e-4
+        )  # normalised with ImageNet statistics
 
 
 def test_multicrop_returns_globals_then_locals():
@@ -397,7 +491,9 @@ def test_multicrop_wrapper_equals_one_view_at_a_time():
     torch.manual_seed(0)
     wrapper = MultiCropWrapper(tiny_vit(drop_path_rate=0.1), small_head()).eval()
     B = 2
-    views = [torch.randn(B, 3, 32, 32) for _ in range(2)] + [torch.randn(B, 3, 16, 16) for _ in range(3)]
+    views = [torch.randn(B, 3, 32, 32) for _ in range(2)] + [
+        torch.randn(B, 3, 16, 16) for _ in range(3)
+    ]
     with torch.no_grad():
         want = torch.cat([wrapper.head(wrapper.backbone(v)) for v in views])  # (5B, K)
         assert_close(wrapper(views), want, atol=1e-5, rtol=1e-5)
@@ -408,14 +504,23 @@ def test_multicrop_wrapper_equals_one_view_at_a_time():
 
 # ----------------------------------------------------------------------------- a few real steps
 
+
 def test_a_few_steps_reduce_the_loss_on_a_fixed_batch():
     torch.manual_seed(0)
     out_dim, B, n_local = 256, 8, 4
-    student = MultiCropWrapper(VisionTransformer(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=2),
-                               DINOHead(64, out_dim, hidden_dim=128, bottleneck_dim=64))
+    student = MultiCropWrapper(
+        VisionTransformer(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=2),
+        DINOHead(64, out_dim, hidden_dim=128, bottleneck_dim=64),
+    )
     teacher = make_teacher(student)
-    loss_fn = DINOLoss(out_dim, 2 + n_local, warmup_teacher_temp=0.04, teacher_temp=0.04,
-                       warmup_teacher_temp_epochs=0, nepochs=1)
+    loss_fn = DINOLoss(
+        out_dim,
+        2 + n_local,
+        warmup_teacher_temp=0.04,
+        teacher_temp=0.04,
+        warmup_teacher_temp_epochs=0,
+        nepochs=1,
+    )
     g = torch.Generator().manual_seed(1)
     globals_ = torch.randn(2 * B, 3, 32, 32, generator=g)
     locals_ = torch.randn(n_local * B, 3, 16, 16, generator=g)
@@ -424,7 +529,9 @@ def test_a_few_steps_reduce_the_loss_on_a_fixed_batch():
 
     def evaluate() -> float:
         with torch.no_grad():
-            return copy.deepcopy(reference)(student([globals_, locals_]), teacher(globals_), epoch=0).item()
+            return copy.deepcopy(reference)(
+                student([globals_, locals_]), teacher(globals_), epoch=0
+            ).item()
 
     before = evaluate()
     opt = torch.optim.AdamW(get_params_groups(student), lr=1e-3)

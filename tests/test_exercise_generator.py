@@ -1,5 +1,6 @@
-"""The learner notebooks in notebooks/exercises/ are generated from the solution notebooks: they are up to
-date, they hold no solution, their check cells may fail, and each notebook proves its checks ran."""
+"""The learner notebooks in notebooks/exercises/ are generated from the solution notebooks: they are
+up to date, they hold no solution, their check cells may fail, and each notebook proves its
+checks ran."""
 
 from __future__ import annotations
 
@@ -11,12 +12,23 @@ import jupytext
 import pytest
 
 import vitdino_core.exercises as ex
-from vitdino_core.exercises.generate import (BEGIN, END, TAG, MarkerError, checked_names, exercise_version,
-                                             exercises_of, generate, main)
+from vitdino_core.exercises.generate import (
+    BEGIN,
+    END,
+    TAG,
+    MarkerError,
+    checked_names,
+    exercise_version,
+    exercises_of,
+    generate,
+    main,
+)
 
 NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 EXERCISE_DIR = NOTEBOOK_DIR / "exercises"
-WITH_EXERCISES = sorted(p for p in NOTEBOOK_DIR.glob("[0-9][0-9]_*.py") if BEGIN in p.read_text(encoding="utf-8"))
+WITH_EXERCISES = sorted(
+    p for p in NOTEBOOK_DIR.glob("[0-9][0-9]_*.py") if BEGIN in p.read_text(encoding="utf-8")
+)
 
 SOLUTION = '''# %% [markdown]
 # # 01 · A title
@@ -50,14 +62,19 @@ def test_the_exercise_notebooks_are_up_to_date():
 def test_every_exercise_notebook_has_its_solution():
     made = sorted(p.name for p in EXERCISE_DIR.glob("[0-9][0-9]_*.py"))
     assert made == [p.name for p in WITH_EXERCISES]
-    assert {"01_patch_embedding.py", "02_attention.py", "03_vision_transformer.py", "04_multicrop.py"} <= set(made)
+    assert {
+        "01_patch_embedding.py",
+        "02_attention.py",
+        "03_vision_transformer.py",
+        "04_multicrop.py",
+    } <= set(made)
 
 
 def test_a_region_becomes_a_stub_with_its_task_and_check_cells_are_tagged():
     out = exercise_version(SOLUTION, "01_a.py")
     assert 'raise NotImplementedError("return \\"x\\" times two")' in out
     assert "return y * x" not in out and BEGIN not in out and END not in out
-    assert '    y = 2' in out  # code outside the markers stays
+    assert "    y = 2" in out  # code outside the markers stays
     assert f'# %% tags=["{TAG}"]\ncheck_double(double)' in out
     assert f'# %% tags=["keep", "{TAG}"]\ncheck_other(double)' in out
     assert "../01_a.py" in out.split("\n# %%")[0]  # the title cell names the solution
@@ -68,13 +85,22 @@ def test_a_region_becomes_a_stub_with_its_task_and_check_cells_are_tagged():
         namespace["double"](3)
 
 
-@pytest.mark.parametrize("broken, message", [
-    (SOLUTION.replace('    # task: return "x" times two\n', ""), "must be '# task: <one line>'"),
-    (SOLUTION.replace("    ### END SOLUTION\n", ""), "without its"),
-    (SOLUTION.replace("    ### BEGIN SOLUTION\n    # task: return \"x\" times two\n", ""), "without its"),
-    (SOLUTION.replace("times two", "times two" + " and more" * 10), "shorten it"),
-    (SOLUTION.replace("# # 01 · A title", "no title"), "no title cell"),
-])
+@pytest.mark.parametrize(
+    "broken, message",
+    [
+        (
+            SOLUTION.replace('    # task: return "x" times two\n', ""),
+            "must be '# task: <one line>'",
+        ),
+        (SOLUTION.replace("    ### END SOLUTION\n", ""), "without its"),
+        (
+            SOLUTION.replace('    ### BEGIN SOLUTION\n    # task: return "x" times two\n', ""),
+            "without its",
+        ),
+        (SOLUTION.replace("times two", "times two" + " and more" * 10), "shorten it"),
+        (SOLUTION.replace("# # 01 · A title", "no title"), "no title cell"),
+    ],
+)
 def test_malformed_markers_are_refused_with_the_line(broken, message):
     with pytest.raises(MarkerError, match=re.escape(message)):
         exercise_version(broken, "01_a.py")
@@ -97,11 +123,15 @@ def test_each_exercise_is_announced_checked_picked_and_counted(path):
     names = [e["name"] for e in announced]
     assert names, "an exercise heading: ### Exercise `<name>` · difficulty <1-3> · <minutes> min"
     assert source.count(BEGIN) == source.count(END) == len(names), "one marked region per exercise"
-    assert source.count("<details><summary>Hint</summary>") == len(names), "one collapsed hint per exercise"
+    assert source.count("<details><summary>Hint</summary>") == len(names), (
+        "one collapsed hint per exercise"
+    )
     assert all(1 <= e["minutes"] <= 45 for e in announced)
     for name in names:
         assert hasattr(ex, f"check_{name}"), f"no check_{name} in vitdino_core.exercises"
-        assert re.search(rf"^check_{name}\(", source, flags=re.M), f"check_{name}(...) is never called"
+        assert re.search(rf"^check_{name}\(", source, flags=re.M), (
+            f"check_{name}(...) is never called"
+        )
         assert f'pick("{name}"' in source, f"later cells should use pick({name!r}, ...)"
     nb = jupytext.read(path, fmt="py:percent")
     last = [c for c in nb.cells if c.cell_type == "code"][-1]
@@ -126,10 +156,17 @@ def test_the_learner_version_holds_no_solution(path):
     assert learner.count("raise NotImplementedError(") == len(regions)
 
 
-@pytest.mark.parametrize("path", WITH_EXERCISES + sorted(EXERCISE_DIR.glob("[0-9][0-9]_*.py")),
-                         ids=lambda p: f"{p.parent.name}/{p.stem}")
+@pytest.mark.parametrize(
+    "path",
+    WITH_EXERCISES + sorted(EXERCISE_DIR.glob("[0-9][0-9]_*.py")),
+    ids=lambda p: f"{p.parent.name}/{p.stem}",
+)
 def test_exercise_notebooks_keep_lines_short(path):
-    long = [i for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if len(line) > 100]
+    long = [
+        i
+        for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        if len(line) > 100
+    ]
     assert not long, f"lines over 100 characters: {long[:10]}"
 
 
@@ -141,8 +178,13 @@ def test_the_lab_opens_each_notebook_once_and_as_a_notebook():
     root = NOTEBOOK_DIR.parent
     config = EXERCISE_DIR / ".jupyter"
     overrides = json.loads((config / "labconfig" / "default_setting_overrides.json").read_text())
-    assert overrides["@jupyterlab/docmanager-extension:plugin"]["defaultViewers"]["python"] == "Jupytext Notebook"
-    hidden = json.loads((config / "jupyter_server_config.json").read_text())["ContentsManager"]["hide_globs"]
+    assert (
+        overrides["@jupyterlab/docmanager-extension:plugin"]["defaultViewers"]["python"]
+        == "Jupytext Notebook"
+    )
+    hidden = json.loads((config / "jupyter_server_config.json").read_text())["ContentsManager"][
+        "hide_globs"
+    ]
     assert any(fnmatch.fnmatch("01_patch_embedding.ipynb", g) for g in hidden)
     assert not any(fnmatch.fnmatch(p.name, g) for g in hidden for p in EXERCISE_DIR.glob("*.py"))
     formats = re.search(r'^formats\s*=\s*"([^"]*)"', (root / "jupytext.toml").read_text(), re.M)[1]

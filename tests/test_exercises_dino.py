@@ -1,5 +1,6 @@
-"""The exercise checks of notebooks 05-08: each accepts the finished version, rejects the stub, and names
-the mistake of typical wrong versions (small functions below, written the way a learner would)."""
+"""The exercise checks of notebooks 05-08: each accepts the finished version, rejects the stub, and
+names the mistake of typical wrong versions (small functions below, written the way a learner
+would)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from vitdino_core import exercises as ex
-from vitdino_core.exercises import ExerciseMistake, dino
 from vitdino_core.ema_training import cancel_gradients_last_layer, clip_gradients, update_teacher
+from vitdino_core.exercises import ExerciseMistake, dino
 
 
 def stub(*args, **kwargs):
@@ -66,8 +67,12 @@ def _loss(s, t, c, ncrops, Ts, Tt, skip_same=True, center_student=False, detach=
     q = F.softmax((t - c) / Tt, dim=-1)
     q = (q.detach() if detach else q).chunk(2)
     logp = F.log_softmax(((s - c) if center_student else s) / Ts, dim=-1).chunk(ncrops)
-    terms = [torch.sum(-q[i] * logp[v], dim=-1).mean() for i in range(2) for v in range(ncrops)
-             if v != i or not skip_same]
+    terms = [
+        torch.sum(-q[i] * logp[v], dim=-1).mean()
+        for i in range(2)
+        for v in range(ncrops)
+        if v != i or not skip_same
+    ]
     return sum(terms) / len(terms)
 
 
@@ -78,7 +83,9 @@ def loss_same_view(s, t, c, ncrops, Ts=0.1, Tt=0.04):
 def loss_center_on_student(s, t, c, ncrops, Ts=0.1, Tt=0.04):
     q = F.softmax(t.detach() / Tt, dim=-1).chunk(2)
     logp = F.log_softmax((s - c) / Ts, dim=-1).chunk(ncrops)
-    terms = [torch.sum(-q[i] * logp[v], dim=-1).mean() for i in range(2) for v in range(ncrops) if v != i]
+    terms = [
+        torch.sum(-q[i] * logp[v], dim=-1).mean() for i in range(2) for v in range(ncrops) if v != i
+    ]
     return sum(terms) / len(terms)
 
 
@@ -170,10 +177,30 @@ def ema_moves_student(student, teacher, m):
         p_s.mul_(m).add_(p_t, alpha=1 - m)
 
 
-def _step(student, teacher, loss_fn, optimizer, crops, it, epoch, lr_schedule, wd_schedule, momentum_schedule,
-          clip_grad=3.0, freeze_last_layer=1, teacher_no_grad=True, clip=True, freeze=True, ema_after=True,
-          zero_grad=True, teacher_all_crops=False, by_epoch=False, per_resolution=False, fixed_clip=None,
-          fixed_freeze=None):
+def _step(
+    student,
+    teacher,
+    loss_fn,
+    optimizer,
+    crops,
+    it,
+    epoch,
+    lr_schedule,
+    wd_schedule,
+    momentum_schedule,
+    clip_grad=3.0,
+    freeze_last_layer=1,
+    teacher_no_grad=True,
+    clip=True,
+    freeze=True,
+    ema_after=True,
+    zero_grad=True,
+    teacher_all_crops=False,
+    by_epoch=False,
+    per_resolution=False,
+    fixed_clip=None,
+    fixed_freeze=None,
+):
     at = epoch if by_epoch else it
     for i, group in enumerate(optimizer.param_groups):
         group["lr"] = float(lr_schedule[at])
@@ -183,7 +210,9 @@ def _step(student, teacher, loss_fn, optimizer, crops, it, epoch, lr_schedule, w
         update_teacher(student, teacher, float(momentum_schedule[at]))
     with torch.set_grad_enabled(not teacher_no_grad):
         teacher_out = teacher(crops if teacher_all_crops else crops[0])
-    if per_resolution:  # the student called once per crop size, the outputs concatenated: the same result
+    if (
+        per_resolution
+    ):  # the student called once per crop size, the outputs concatenated: the same result
         student_out = torch.cat([student(c) for c in crops])
     else:
         student_out = student(crops)
@@ -278,7 +307,9 @@ def mask_sorted_order(a, keep=0.6):
 
 def knn_majority(train_x, train_y, test_x, k=20, T=0.07, num_classes=10):
     _, idx = (test_x @ train_x.T).topk(k, dim=1)
-    votes = torch.zeros(test_x.shape[0], num_classes).scatter_add_(1, train_y[idx], torch.ones(idx.shape))
+    votes = torch.zeros(test_x.shape[0], num_classes).scatter_add_(
+        1, train_y[idx], torch.ones(idx.shape)
+    )
     return votes.argmax(1)
 
 
@@ -289,7 +320,11 @@ def knn_raw_weights(train_x, train_y, test_x, k=20, T=0.07, num_classes=10):
 
 def knn_smallest(train_x, train_y, test_x, k=20, T=0.07, num_classes=10):
     sim, idx = (test_x @ train_x.T).topk(k, dim=1, largest=False)
-    return torch.zeros(test_x.shape[0], num_classes).scatter_add_(1, train_y[idx], (sim / T).exp()).argmax(1)
+    return (
+        torch.zeros(test_x.shape[0], num_classes)
+        .scatter_add_(1, train_y[idx], (sim / T).exp())
+        .argmax(1)
+    )
 
 
 def knn_k_fixed(train_x, train_y, test_x, k=20, T=0.07, num_classes=10):
@@ -333,10 +368,10 @@ def probe_no_scaler(train_x, train_y, val_x, val_y, C=0.1):
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)  # unscaled features converge slowly
-        clf = LogisticRegression(C=C, max_iter=300, random_state=0).fit(train_x.numpy(), train_y.numpy())
+        clf = LogisticRegression(C=C, max_iter=300, random_state=0).fit(
+            train_x.numpy(), train_y.numpy()
+        )
     return 100.0 * clf.score(val_x.numpy(), val_y.numpy())
-
-
 
 
 # ----------------------------------------------------------------------------- more wrong answers
@@ -365,13 +400,20 @@ def center_in_place_probs(c, t, m=0.9):
 def loss_kl(s, t, c, ncrops, Ts=0.1, Tt=0.04):
     q = F.softmax((t - c) / Tt, dim=-1).detach().chunk(2)
     logp = F.log_softmax(s / Ts, dim=-1).chunk(ncrops)
-    terms = [F.kl_div(logp[v], q[i], reduction="batchmean") for i in range(2) for v in range(ncrops) if v != i]
+    terms = [
+        F.kl_div(logp[v], q[i], reduction="batchmean")
+        for i in range(2)
+        for v in range(ncrops)
+        if v != i
+    ]
     return sum(terms) / len(terms)
 
 
 def cosine_backwards(base, final, epochs, niter, warmup_epochs=0, start_warmup_value=0.0):
     W, T = warmup_epochs * niter, epochs * niter
-    cos = base + 0.5 * (final - base) * (1 + np.cos(np.pi * np.arange(T - W) / (T - W)))  # base and final swapped
+    cos = base + 0.5 * (final - base) * (
+        1 + np.cos(np.pi * np.arange(T - W) / (T - W))
+    )  # base and final swapped
     return np.concatenate([np.linspace(start_warmup_value, base, W), cos])
 
 
@@ -471,9 +513,14 @@ def loss_chunks(s, t, c, ncrops, Ts=0.1, Tt=0.04):
 
 def cosine_python(base, final, epochs, niter, warmup_epochs=0, start_warmup_value=0.0):
     W, T = warmup_epochs * niter, epochs * niter
-    warm = [start_warmup_value + (base - start_warmup_value) * i / (W - 1) for i in range(W)] if W > 1 else \
-        [start_warmup_value] * W
-    return warm + [final + 0.5 * (base - final) * (1 + math.cos(math.pi * i / (T - W))) for i in range(T - W)]
+    warm = (
+        [start_warmup_value + (base - start_warmup_value) * i / (W - 1) for i in range(W)]
+        if W > 1
+        else [start_warmup_value] * W
+    )
+    return warm + [
+        final + 0.5 * (base - final) * (1 + math.cos(math.pi * i / (T - W))) for i in range(T - W)
+    ]
 
 
 def cosine_torch(base, final, epochs, niter, warmup_epochs=0, start_warmup_value=0.0):
@@ -488,7 +535,9 @@ def temp_python(a, b, W, n):
 
 
 def temp_torch(a, b, W, n):
-    return torch.cat([torch.linspace(a, b, W, dtype=torch.float64), torch.full((n - W,), b, dtype=torch.float64)])
+    return torch.cat(
+        [torch.linspace(a, b, W, dtype=torch.float64), torch.full((n - W,), b, dtype=torch.float64)]
+    )
 
 
 @torch.no_grad()
@@ -595,48 +644,98 @@ PASSES = {
 }
 
 WRONG = {
-    "dino_head": [(head_no_l2, "not L2-normalised"), (head_v_dim0, "normalised over the wrong axis"),
-                  (head_no_g, "lengths g are ignored"), (head_transposed, "scores are transposed"),
-                  (head_batch_norm, "normalised over the batch")],
-    "teacher_probs": [(probs_no_center, "centre is not subtracted"),
-                      (probs_dim0, "softmax over the wrong axis"),
-                      (probs_not_detached, "gradients would flow into the teacher"),
-                      (probs_times_temp, "multiplied by the temperature"),
-                      (probs_center_added, "added, not subtracted")],
-    "center_update": [(center_backwards, "momentum used backwards"), (center_wrong_axis, "mean over the wrong axis"),
-                      (center_sum, "summed over the batch"), (center_forgotten, "old centre is forgotten"),
-                      (center_in_place_probs, "teacher's probabilities")],
-    "dino_loss": [(loss_same_view, "same view is paired with itself"),
-                  (loss_center_on_student, "centre is applied to the student"),
-                  (loss_swapped_temps, "temperatures are swapped"),
-                  (loss_not_sharpened, "teacher is not sharpened"), (loss_batch_sum, "summed over the batch"),
-                  (loss_grad_into_teacher, "gradients flow into the teacher"),
-                  (loss_interleaved, "views are split wrongly"), (loss_kl, "this is KL")],
-    "cosine_schedule": [(cosine_no_warmup, "no warm-up"), (cosine_reaches_final, "cosine is off by one step"),
-                        (cosine_per_epoch, "one value per epoch"), (cosine_warmup_on_top, "added on top"),
-                        (cosine_warmup_short, "stops one step short"), (cosine_backwards, "swapped")],
-    "teacher_temp_schedule": [(temp_no_warmup, "no warm-up"), (temp_off_by_one, "one step short"),
-                              (temp_too_long, "added on top"), (temp_backwards, "runs backwards")],
-    "ema_update": [(ema_backwards, "momentum used backwards"), (ema_rebinds, "teacher did not move"),
-                   (ema_moves_student, "student was changed"), (ema_fixed_momentum, "momentum is ignored"),
-                   (ema_copies_student, "overwritten with the student")],
-    "dino_step": [(step_no_clip, "not clipped"), (step_no_freeze, "last layer is not frozen"),
-                  (step_ema_first, "EMA update comes before"), (step_no_zero_grad, "gradients pile up"),
-                  (step_teacher_all_crops, "2 global crops only"), (step_by_epoch, "read at the epoch"),
-                  (step_clip_fixed, "clipped at a fixed norm"), (step_freeze_fixed, "frozen for a fixed number")],
-    "cls_attention": [(cls_softmax_dim2, "softmax over the wrong axis"), (cls_no_scale, "not scaled"),
-                      (cls_column, "took column 0"), (cls_column_major, "wrong order"),
-                      (cls_softmax_without_cls, "sums to 1 over the patches"),
-                      (cls_scaled_after, "scaled after the softmax")],
-    "threshold_mask": [(mask_smallest, "least attended"), (mask_by_count, "of the patches"),
-                       (mask_not_normalised, "not normalised"), (mask_sorted_order, "still in sorted order"),
-                       (mask_float, "return booleans")],
-    "knn": [(knn_majority, "every neighbour votes 1"), (knn_raw_weights, "raw similarity"),
-            (knn_smallest, "least similar"), (knn_k_fixed, "k argument is ignored"),
-            (knn_returns_votes, "one predicted class per test image"), (knn_T_ignored, "temperature argument T")],
-    "linear_probe": [(probe_fit_on_val, "fitted on the validation set"),
-                     (probe_scaler_on_val, "validation statistics"), (probe_fraction, "not a fraction"),
-                     (probe_no_scaler, "not standardised"), (probe_C_ignored, "C argument is ignored")],
+    "dino_head": [
+        (head_no_l2, "not L2-normalised"),
+        (head_v_dim0, "normalised over the wrong axis"),
+        (head_no_g, "lengths g are ignored"),
+        (head_transposed, "scores are transposed"),
+        (head_batch_norm, "normalised over the batch"),
+    ],
+    "teacher_probs": [
+        (probs_no_center, "centre is not subtracted"),
+        (probs_dim0, "softmax over the wrong axis"),
+        (probs_not_detached, "gradients would flow into the teacher"),
+        (probs_times_temp, "multiplied by the temperature"),
+        (probs_center_added, "added, not subtracted"),
+    ],
+    "center_update": [
+        (center_backwards, "momentum used backwards"),
+        (center_wrong_axis, "mean over the wrong axis"),
+        (center_sum, "summed over the batch"),
+        (center_forgotten, "old centre is forgotten"),
+        (center_in_place_probs, "teacher's probabilities"),
+    ],
+    "dino_loss": [
+        (loss_same_view, "same view is paired with itself"),
+        (loss_center_on_student, "centre is applied to the student"),
+        (loss_swapped_temps, "temperatures are swapped"),
+        (loss_not_sharpened, "teacher is not sharpened"),
+        (loss_batch_sum, "summed over the batch"),
+        (loss_grad_into_teacher, "gradients flow into the teacher"),
+        (loss_interleaved, "views are split wrongly"),
+        (loss_kl, "this is KL"),
+    ],
+    "cosine_schedule": [
+        (cosine_no_warmup, "no warm-up"),
+        (cosine_reaches_final, "cosine is off by one step"),
+        (cosine_per_epoch, "one value per epoch"),
+        (cosine_warmup_on_top, "added on top"),
+        (cosine_warmup_short, "stops one step short"),
+        (cosine_backwards, "swapped"),
+    ],
+    "teacher_temp_schedule": [
+        (temp_no_warmup, "no warm-up"),
+        (temp_off_by_one, "one step short"),
+        (temp_too_long, "added on top"),
+        (temp_backwards, "runs backwards"),
+    ],
+    "ema_update": [
+        (ema_backwards, "momentum used backwards"),
+        (ema_rebinds, "teacher did not move"),
+        (ema_moves_student, "student was changed"),
+        (ema_fixed_momentum, "momentum is ignored"),
+        (ema_copies_student, "overwritten with the student"),
+    ],
+    "dino_step": [
+        (step_no_clip, "not clipped"),
+        (step_no_freeze, "last layer is not frozen"),
+        (step_ema_first, "EMA update comes before"),
+        (step_no_zero_grad, "gradients pile up"),
+        (step_teacher_all_crops, "2 global crops only"),
+        (step_by_epoch, "read at the epoch"),
+        (step_clip_fixed, "clipped at a fixed norm"),
+        (step_freeze_fixed, "frozen for a fixed number"),
+    ],
+    "cls_attention": [
+        (cls_softmax_dim2, "softmax over the wrong axis"),
+        (cls_no_scale, "not scaled"),
+        (cls_column, "took column 0"),
+        (cls_column_major, "wrong order"),
+        (cls_softmax_without_cls, "sums to 1 over the patches"),
+        (cls_scaled_after, "scaled after the softmax"),
+    ],
+    "threshold_mask": [
+        (mask_smallest, "least attended"),
+        (mask_by_count, "of the patches"),
+        (mask_not_normalised, "not normalised"),
+        (mask_sorted_order, "still in sorted order"),
+        (mask_float, "return booleans"),
+    ],
+    "knn": [
+        (knn_majority, "every neighbour votes 1"),
+        (knn_raw_weights, "raw similarity"),
+        (knn_smallest, "least similar"),
+        (knn_k_fixed, "k argument is ignored"),
+        (knn_returns_votes, "one predicted class per test image"),
+        (knn_T_ignored, "temperature argument T"),
+    ],
+    "linear_probe": [
+        (probe_fit_on_val, "fitted on the validation set"),
+        (probe_scaler_on_val, "validation statistics"),
+        (probe_fraction, "not a fraction"),
+        (probe_no_scaler, "not standardised"),
+        (probe_C_ignored, "C argument is ignored"),
+    ],
 }
 
 assert set(PASSES) == set(WRONG) == set(dino.DINO_EXERCISES)
@@ -645,7 +744,9 @@ assert set(PASSES) == set(WRONG) == set(dino.DINO_EXERCISES)
 def test_every_exercise_has_a_check_a_reference_rewrites_and_wrong_answers():
     assert len(dino.DINO_EXERCISES) == 12
     for name in dino.DINO_EXERCISES:
-        assert getattr(ex, f"check_{name}").exercise == name  # re-exported from vitdino_core.exercises
+        assert (
+            getattr(ex, f"check_{name}").exercise == name
+        )  # re-exported from vitdino_core.exercises
         assert ex.REFERENCES[name] is getattr(ex, f"reference_{name}")
         assert len(PASSES[name]) >= 2 and len(WRONG[name]) >= 4, name
 
@@ -658,8 +759,11 @@ def test_check_accepts_the_reference(name, capsys):
     assert ex.pick(name, stub) is stub  # the learner's version is used from now on
 
 
-@pytest.mark.parametrize("name, i", [(n, i) for n, fns in PASSES.items() for i in range(len(fns))],
-                         ids=[f"{n}-{f.__name__}" for n, fns in PASSES.items() for f in fns])
+@pytest.mark.parametrize(
+    "name, i",
+    [(n, i) for n, fns in PASSES.items() for i in range(len(fns))],
+    ids=[f"{n}-{f.__name__}" for n, fns in PASSES.items() for f in fns],
+)
 def test_check_accepts_an_equivalent_rewrite(name, i, capsys):
     getattr(ex, f"check_{name}")(PASSES[name][i])
     assert ex.passed(name)
@@ -674,8 +778,11 @@ def test_check_rejects_the_stub_and_pick_falls_back(name, capsys):
     assert "using vitdino_core's version" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("name,wrong,message", [(n, w, m) for n, ws in WRONG.items() for w, m in ws],
-                         ids=[f"{n}-{w.__name__}" for n, ws in WRONG.items() for w, _ in ws])
+@pytest.mark.parametrize(
+    "name,wrong,message",
+    [(n, w, m) for n, ws in WRONG.items() for w, m in ws],
+    ids=[f"{n}-{w.__name__}" for n, ws in WRONG.items() for w, _ in ws],
+)
 def test_check_names_the_mistake(name, wrong, message):
     with pytest.raises(ExerciseMistake) as err:
         getattr(ex, f"check_{name}")(wrong)
@@ -686,24 +793,50 @@ def test_check_names_the_mistake(name, wrong, message):
 
 
 def test_the_step_check_follows_the_trainer(shared_data, tmp_path, monkeypatch):
-    """reference_dino_step (the reference the step check compares with) is DINOTrainer.train_step, weight for weight."""
+    """reference_dino_step (the reference the step check compares with) is DINOTrainer.train_step,
+    weight for weight."""
     monkeypatch.setenv("VITDINO_DATA", str(shared_data))
     from vitdino_core.training.config import load_config
     from vitdino_core.training.trainer import DINOTrainer
 
-    cfg = load_config("workshop_tiny", [f"output_dir={tmp_path}", "max_images=16", "batch_size_per_gpu=4",
-                                        "local_crops_number=2", "out_dim=64", "num_workers=0", "clip_grad=0.05",
-                                        "drop_path_rate=0.0", "global_crops_size=24", "local_crops_size=12"])
+    cfg = load_config(
+        "workshop_tiny",
+        [
+            f"output_dir={tmp_path}",
+            "max_images=16",
+            "batch_size_per_gpu=4",
+            "local_crops_number=2",
+            "out_dim=64",
+            "num_workers=0",
+            "clip_grad=0.05",
+            "drop_path_rate=0.0",
+            "global_crops_size=24",
+            "local_crops_size=12",
+        ],
+    )
     mine, core = DINOTrainer(cfg, quiet=True), DINOTrainer(cfg, quiet=True)
     g = torch.Generator().manual_seed(0)
     for it in range(3):
         crops = [torch.randn(8, 3, 24, 24, generator=g), torch.randn(8, 3, 12, 12, generator=g)]
-        loss_mine = dino.reference_dino_step(mine.student, mine.teacher, mine.loss_fn, mine.optimizer, crops, it, 0,
-                                             mine.lr_schedule, mine.wd_schedule, mine.momentum_schedule,
-                                             clip_grad=cfg.clip_grad, freeze_last_layer=cfg.freeze_last_layer)
+        loss_mine = dino.reference_dino_step(
+            mine.student,
+            mine.teacher,
+            mine.loss_fn,
+            mine.optimizer,
+            crops,
+            it,
+            0,
+            mine.lr_schedule,
+            mine.wd_schedule,
+            mine.momentum_schedule,
+            clip_grad=cfg.clip_grad,
+            freeze_last_layer=cfg.freeze_last_layer,
+        )
         assert torch.equal(loss_mine, core.train_step(*crops))
-    for a, b in zip(list(mine.student.parameters()) + list(mine.teacher.parameters()),
-                    list(core.student.parameters()) + list(core.teacher.parameters())):
+    for a, b in zip(
+        list(mine.student.parameters()) + list(mine.teacher.parameters()),
+        list(core.student.parameters()) + list(core.teacher.parameters()),
+    ):
         assert torch.equal(a, b)
 
 

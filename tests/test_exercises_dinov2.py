@@ -1,5 +1,6 @@
-"""The exercise checks of notebook 10: each accepts the finished version and two rewrites of it, rejects the
-stub, and names the mistake of typical wrong versions (small functions below, written the way a learner would)."""
+"""The exercise checks of notebook 10: each accepts the finished version and two rewrites of it,
+rejects the stub, and names the mistake of typical wrong versions (small functions below, written
+the way a learner would)."""
 
 from __future__ import annotations
 
@@ -19,9 +20,21 @@ def stub(*args, **kwargs):
 
 # ----------------------------------------------------------------------------- masking
 
-def masks_stratified(n_images, n_tokens, mask_generator, mask_ratio_tuple=(0.1, 0.5), mask_probability=0.5,
-                     stratified=True, shuffle=True, per_image=True, blocks=True, n_masked=None, flatten=True,
-                     dtype=torch.bool):
+
+def masks_stratified(
+    n_images,
+    n_tokens,
+    mask_generator,
+    mask_ratio_tuple=(0.1, 0.5),
+    mask_probability=0.5,
+    stratified=True,
+    shuffle=True,
+    per_image=True,
+    blocks=True,
+    n_masked=None,
+    flatten=True,
+    dtype=torch.bool,
+):
     n_masked = int(n_images * mask_probability) if n_masked is None else n_masked
     lo, hi = mask_ratio_tuple
     edges = torch.linspace(lo, hi, n_masked + 1).tolist()
@@ -42,7 +55,9 @@ def masks_stratified(n_images, n_tokens, mask_generator, mask_ratio_tuple=(0.1, 
     return (out.flatten(1) if flatten else out).to(dtype)
 
 
-def masks_rewrite_sample(n_images, n_tokens, mask_generator, mask_ratio_tuple=(0.1, 0.5), mask_probability=0.5):
+def masks_rewrite_sample(
+    n_images, n_tokens, mask_generator, mask_ratio_tuple=(0.1, 0.5), mask_probability=0.5
+):
     """Chooses which images to mask with random.sample instead of shuffling a list."""
     n_masked = int(n_images * mask_probability)
     ratios = torch.linspace(*mask_ratio_tuple, n_masked + 1)  # (n_masked + 1,)
@@ -56,18 +71,30 @@ def masks_rewrite_sample(n_images, n_tokens, mask_generator, mask_ratio_tuple=(0
 
 MASKING_WRONG = {
     "ratio over the batch": (lambda *a: masks_stratified(*a, per_image=False), "not the batch's"),
-    "every image masked": (lambda *a: masks_stratified(*a, n_masked=a[0]), "images are masked; mask only"),
-    "whole range": (lambda *a: masks_stratified(*a, stratified=False), "do not spread over the range"),
+    "every image masked": (
+        lambda *a: masks_stratified(*a, n_masked=a[0]),
+        "images are masked; mask only",
+    ),
+    "whole range": (
+        lambda *a: masks_stratified(*a, stratified=False),
+        "do not spread over the range",
+    ),
     "scattered": (lambda *a: masks_stratified(*a, blocks=False), "scattered, not in blocks"),
     "not shuffled": (lambda *a: masks_stratified(*a, shuffle=False), "always the first ones"),
-    "not flattened": (lambda *a: masks_stratified(*a, flatten=False), "flatten each image's (h, w) mask"),
+    "not flattened": (
+        lambda *a: masks_stratified(*a, flatten=False),
+        "flatten each image's (h, w) mask",
+    ),
     "not bool": (lambda *a: masks_stratified(*a, dtype=torch.float32), "return a bool tensor"),
-    "a coin per image": (lambda n, N, g, r, p: masks_stratified(n, N, g, r, p, n_masked=int(n * p) - 1),
-                         "should be (not a coin per image)"),
+    "a coin per image": (
+        lambda n, N, g, r, p: masks_stratified(n, N, g, r, p, n_masked=int(n * p) - 1),
+        "should be (not a coin per image)",
+    ),
 }
 
 
 # ----------------------------------------------------------------------------- iBOT
+
 
 def _ce(s, t, temp):
     return -(t * F.log_softmax(s / temp, dim=-1)).sum(-1)  # (B, N)
@@ -131,8 +158,17 @@ IBOT_WRONG = {
 
 # ----------------------------------------------------------------------------- Sinkhorn-Knopp
 
-def sk_general(t, temp, n_iterations=3, columns_first=False, final=True, swap_sizes=False, use_temp=True,
-               iterations=None):
+
+def sk_general(
+    t,
+    temp,
+    n_iterations=3,
+    columns_first=False,
+    final=True,
+    swap_sizes=False,
+    use_temp=True,
+    iterations=None,
+):
     Q = torch.exp(t / (temp if use_temp else 1.0)).t()  # (K, B)
     K, B = Q.shape
     rows, cols = (B, K) if swap_sizes else (K, B)
@@ -162,18 +198,23 @@ def sk_rewrite_double(t, temp, n_iterations=3):
 
 
 SK_WRONG = {
-    (lambda t, T, n=3: sk_general(t, T, n, columns_first=True)): "the samples are normalised before the prototypes",
+    (
+        lambda t, T, n=3: sk_general(t, T, n, columns_first=True)
+    ): "the samples are normalised before the prototypes",
     (lambda t, T, n=3: sk_general(t, T, n, final=False)): "the final multiply by B is missing",
     (lambda t, T, n=3: sk_general(t, T, n) * t.shape[1] / t.shape[0]): "the final multiply is by K",
     (lambda t, T, n=3: sk_general(t, T, n, use_temp=False)): "exp without the temperature",
     (lambda t, T, n=3: sk_general(t, T, n, iterations=3)): "iterations instead of n_iterations",
-    (lambda t, T, n=3: sk_general(t - t.max(dim=1, keepdim=True).values, T, n)): "each sample's max is subtracted",
+    (
+        lambda t, T, n=3: sk_general(t - t.max(dim=1, keepdim=True).values, T, n)
+    ): "each sample's max is subtracted",
     (lambda t, T, n=3: F.softmax(t / T, dim=-1)): "that is the plain softmax",
     (lambda t, T, n=3: sk_general(t, T, n).t()): "is K-by-B: transpose Q back",
 }
 
 
 # ----------------------------------------------------------------------------- KoLeo
+
 
 def koleo_rewrite_cdist(x):
     u = F.normalize(x, dim=-1)  # (B, D)
@@ -186,7 +227,7 @@ def koleo_rewrite_loop(x):
     u = x / x.norm(dim=1, keepdim=True)
     logs = []
     for i in range(len(u)):
-        others = torch.cat([u[:i], u[i + 1:]])
+        others = torch.cat([u[:i], u[i + 1 :]])
         logs.append(torch.log((others - u[i]).norm(dim=1).min() + 1e-8))
     return -torch.stack(logs).mean()
 
@@ -208,8 +249,16 @@ KOLEO_WRONG = {
     (lambda x: -_koleo(x)): "the sign is flipped",
     (lambda x: _koleo(x, farthest=True)): "the farthest point, not the nearest",
     (lambda x: _koleo(x, reduce="sum")): "summed over the batch",
-    (lambda x: -torch.log(torch.cdist(F.normalize(x, dim=-1), F.normalize(x, dim=-1)).add(
-        torch.diag(torch.full((len(x),), float("inf")))).min(1).values.mean())): "the log of the mean distance",
+    (
+        lambda x: (
+            -torch.log(
+                torch.cdist(F.normalize(x, dim=-1), F.normalize(x, dim=-1))
+                .add(torch.diag(torch.full((len(x),), float("inf"))))
+                .min(1)
+                .values.mean()
+            )
+        )
+    ): "the log of the mean distance",
     (lambda x: _koleo(F.normalize(x, dim=0), normalize=False)): "normalised over the batch (dim=0)",
 }
 
@@ -218,9 +267,16 @@ KOLEO_WRONG = {
 
 CHECKS = {
     "masking": (ex.check_masking, ex.reference_masking, [masks_stratified, masks_rewrite_sample]),
-    "ibot_loss": (ex.check_ibot_loss, ex.reference_ibot_loss, [ibot_rewrite_indexing, ibot_rewrite_loop]),
-    "sinkhorn_knopp": (ex.check_sinkhorn_knopp, ex.reference_sinkhorn_knopp,
-                       [sk_rewrite_batch_first, sk_rewrite_double]),
+    "ibot_loss": (
+        ex.check_ibot_loss,
+        ex.reference_ibot_loss,
+        [ibot_rewrite_indexing, ibot_rewrite_loop],
+    ),
+    "sinkhorn_knopp": (
+        ex.check_sinkhorn_knopp,
+        ex.reference_sinkhorn_knopp,
+        [sk_rewrite_batch_first, sk_rewrite_double],
+    ),
     "koleo": (ex.check_koleo, ex.reference_koleo, [koleo_rewrite_cdist, koleo_rewrite_loop]),
 }
 WRONG = {
@@ -257,8 +313,11 @@ def test_check_rejects_the_stub(name):
         CHECKS[name][0](stub)
 
 
-@pytest.mark.parametrize("name, wrong, message", [(n, fn, m) for n in WRONG for fn, m in WRONG[n]],
-                         ids=[f"{n}-{i}" for n in WRONG for i in range(len(WRONG[n]))])
+@pytest.mark.parametrize(
+    "name, wrong, message",
+    [(n, fn, m) for n in WRONG for fn, m in WRONG[n]],
+    ids=[f"{n}-{i}" for n in WRONG for i in range(len(WRONG[n]))],
+)
 def test_check_names_the_mistake(name, wrong, message):
     with pytest.raises(ExerciseMistake) as info:
         CHECKS[name][0](wrong)

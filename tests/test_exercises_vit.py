@@ -1,6 +1,6 @@
-"""The exercise checks of notebooks 01-04, and the machinery every check shares: each check accepts the
-reference and equivalent rewrites, recognises the stub, and names the mistake of realistic wrong answers
-(written here the way a learner might)."""
+"""The exercise checks of notebooks 01-04, and the machinery every check shares: each check accepts
+the reference and equivalent rewrites, recognises the stub, and names the mistake of realistic
+wrong answers (written here the way a learner might)."""
 
 from __future__ import annotations
 
@@ -40,6 +40,7 @@ def run_check(name: str, fn) -> str:
 
 
 # ---- the shared machinery ---------------------------------------------------------------------
+
 
 def test_every_check_is_exported_and_has_a_reference():
     assert len(VIT_EXERCISES) == 11
@@ -93,7 +94,12 @@ def test_close_is_one_rule_for_tensors_lists_and_exact_types():
     assert ex.close([a, a.long()], [a.double(), a.long()])
     assert not ex.close(torch.tensor([True, False]), torch.tensor([True, True]))
     assert not ex.close(a[:1], a)
-    assert ex.first_match(a, {"skipped": None, "crashes": lambda: 1 / 0, "twice": a * 2, "same": lambda: a}) == "same"
+    assert (
+        ex.first_match(
+            a, {"skipped": None, "crashes": lambda: 1 / 0, "twice": a * 2, "same": lambda: a}
+        )
+        == "same"
+    )
 
 
 def test_checks_leave_the_learners_random_state_alone():
@@ -134,7 +140,9 @@ def test_render_traceback_of_a_crash_shows_the_learners_frame_and_keeps_the_erro
     text = "\n".join(err._render_traceback_())
     assert "Your code raised an error here" in text and "images.reshape(7, -1)" in text
     assert "vitdino_core/exercises" not in text and "torch/" not in text
-    assert text.splitlines()[-1].startswith("ExerciseMistake: patchify: your function raised RuntimeError")
+    assert text.splitlines()[-1].startswith(
+        "ExerciseMistake: patchify: your function raised RuntimeError"
+    )
 
 
 def test_the_stub_and_a_wrong_answer_render_one_message_line():
@@ -142,37 +150,55 @@ def test_the_stub_and_a_wrong_answer_render_one_message_line():
         raise NotImplementedError("split into patches")
 
     err = _mistake_from(stub)
-    assert err.__cause__ is None and err._render_traceback_()[-1] == \
-        "ExerciseMistake: patchify: not written yet - split into patches"
+    assert (
+        err.__cause__ is None
+        and err._render_traceback_()[-1]
+        == "ExerciseMistake: patchify: not written yet - split into patches"
+    )
     assert sys.modules["vitdino_core.exercises"].STATUS["patchify"] == "todo"
 
 
 # ---- per check: the reference and rewrites pass; the stub and wrong answers are named ----------
 
+
 def _patchify_permuted(order):
     def fn(x, p):
         B, C, H, W = x.shape
-        return x.reshape(B, C, H // p, p, W // p, p).permute(*order).reshape(B, (H // p) * (W // p), C * p * p)
+        return (
+            x.reshape(B, C, H // p, p, W // p, p)
+            .permute(*order)
+            .reshape(B, (H // p) * (W // p), C * p * p)
+        )
+
     return fn
 
 
 def _patchify_loops(x, p):
     B, C, H, W = x.shape
-    return torch.stack([x[:, :, i:i + p, j:j + p].reshape(B, -1)
-                        for i in range(0, H - H % p, p) for j in range(0, W - W % p, p)], 1)
+    return torch.stack(
+        [
+            x[:, :, i : i + p, j : j + p].reshape(B, -1)
+            for i in range(0, H - H % p, p)
+            for j in range(0, W - W % p, p)
+        ],
+        1,
+    )
 
 
-def _attention(scale_fn=lambda d: d ** -0.5, dim=-1, after=False, always=False):
+def _attention(scale_fn=lambda d: d**-0.5, dim=-1, after=False, always=False):
     def fn(q, k, v, scale=True):
         s = q @ k.transpose(-2, -1)
         r = scale_fn(q.shape[-1]) if (scale or always) else 1.0
         w = (s.softmax(dim=dim) * r) if after else (s * r).softmax(dim=dim)
         return w @ v, w
+
     return fn
 
 
 def _attention_einsum(q, k, v, scale=True):
-    w = torch.einsum("...nd,...md->...nm", q / math.sqrt(q.shape[-1]) if scale else q, k).softmax(-1)
+    w = torch.einsum("...nd,...md->...nm", q / math.sqrt(q.shape[-1]) if scale else q, k).softmax(
+        -1
+    )
     return torch.einsum("...nm,...md->...nd", w, v), w
 
 
@@ -185,6 +211,7 @@ def _attention_sdpa(q, k, v, scale=True):
 def _mha_wrong(**variant):
     def fn(x, qkv, proj, num_heads):
         return ex.vit._mha_variant(x, qkv, proj, num_heads, **variant)
+
     return fn
 
 
@@ -224,6 +251,7 @@ def _drop_path(scale=True, in_eval=False, per_element=False, swapped=False, in_p
         if in_place:
             return x.mul_(mask / keep)
         return x * mask / keep if scale else x * mask
+
     return fn
 
 
@@ -252,6 +280,7 @@ def _block(dp=drop_path, order="pre", in_place=False):
         h = blk.norm1(x)
         x = x + dp(blk.attn(h), drop_prob, training)
         return x + dp(blk.mlp(blk.norm2(x)), drop_prob, training)
+
     return fn
 
 
@@ -266,7 +295,9 @@ def _tokens_through_blocks(x, vit):
     return z
 
 
-def _local(size, scale, interpolation=v2.InterpolationMode.BICUBIC, blur=0.5, norm=True, jitter=True):
+def _local(
+    size, scale, interpolation=v2.InterpolationMode.BICUBIC, blur=0.5, norm=True, jitter=True
+):
     steps = [v2.RandomResizedCrop(size, scale=scale, interpolation=interpolation, antialias=True)]
     steps += [flip_and_color_jitter()] if jitter else []
     steps += [gaussian_blur(blur), v2.ToDtype(torch.float32, scale=True)]
@@ -274,26 +305,36 @@ def _local(size, scale, interpolation=v2.InterpolationMode.BICUBIC, blur=0.5, no
 
 
 def _local_spelled_out(size, scale):
-    return v2.Compose([
-        v2.RandomResizedCrop(size, scale=scale, interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
-        v2.RandomHorizontalFlip(p=0.5),
-        v2.RandomApply([v2.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1)], p=0.8),
-        v2.RandomGrayscale(p=0.2),
-        gaussian_blur(0.5),
-        v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-    ])
+    return v2.Compose(
+        [
+            v2.RandomResizedCrop(
+                size, scale=scale, interpolation=v2.InterpolationMode.BICUBIC, antialias=True
+            ),
+            v2.RandomHorizontalFlip(p=0.5),
+            v2.RandomApply(
+                [v2.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1)], p=0.8
+            ),
+            v2.RandomGrayscale(p=0.2),
+            gaussian_blur(0.5),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
 
 
 def _stack_image_major(crops):
-    return [torch.stack([views[v] for views in crops for v in range(2)]),
-            torch.stack([views[v] for views in crops for v in range(2, len(views))])]
+    return [
+        torch.stack([views[v] for views in crops for v in range(2)]),
+        torch.stack([views[v] for views in crops for v in range(2, len(views))]),
+    ]
 
 
 def _stack_by_cat(crops):
     V = len(crops[0])
-    return [torch.cat([torch.stack([c[v] for c in crops]) for v in range(2)]),
-            torch.cat([torch.stack([c[v] for c in crops]) for v in range(2, V)])]
+    return [
+        torch.cat([torch.stack([c[v] for c in crops]) for v in range(2)]),
+        torch.cat([torch.stack([c[v] for c in crops]) for v in range(2, V)]),
+    ]
 
 
 def _stack_by_size(crops):
@@ -304,21 +345,38 @@ def _stack_by_size(crops):
 
 PASSES = {
     "patchify": [lambda x, p: F.unfold(x, p, stride=p).transpose(1, 2), _patchify_loops],
-    "patch_embed": [lambda x, w, b, p: F.conv2d(x, w, b, stride=p).flatten(2).transpose(1, 2),
-                    lambda x, w, b, p: patchify(x, p) @ w.flatten(1).T + b,
-                    lambda x, w, b, p: torch.einsum("bnk,dk->bnd", F.unfold(x, p, stride=p).transpose(1, 2),
-                                                    w.reshape(w.shape[0], -1)) + b],
+    "patch_embed": [
+        lambda x, w, b, p: F.conv2d(x, w, b, stride=p).flatten(2).transpose(1, 2),
+        lambda x, w, b, p: patchify(x, p) @ w.flatten(1).T + b,
+        lambda x, w, b, p: (
+            torch.einsum(
+                "bnk,dk->bnd", F.unfold(x, p, stride=p).transpose(1, 2), w.reshape(w.shape[0], -1)
+            )
+            + b
+        ),
+    ],
     "attention": [_attention_einsum, _attention_sdpa, _attention()],
     "multi_head_attention": [_mha_loop, _mha_sdpa],
-    "mlp": [lambda x, fc1, fc2: nn.Sequential(fc1, nn.GELU(), fc2)(x),
-            lambda x, fc1, fc2: F.linear(0.5 * (h := F.linear(x, fc1.weight, fc1.bias)) * (1 + torch.erf(h / 2 ** 0.5)),
-                                         fc2.weight, fc2.bias)],
+    "mlp": [
+        lambda x, fc1, fc2: nn.Sequential(fc1, nn.GELU(), fc2)(x),
+        lambda x, fc1, fc2: F.linear(
+            0.5 * (h := F.linear(x, fc1.weight, fc1.bias)) * (1 + torch.erf(h / 2**0.5)),
+            fc2.weight,
+            fc2.bias,
+        ),
+    ],
     "drop_path": [_drop_path(), _drop_path_bernoulli, _drop_path_where],
     "block": [_block(), _block(dp=_drop_path_bernoulli), _block(dp=_drop_path_where)],
-    "prepare_tokens": [lambda x, pe, cls, pos: torch.cat([cls.repeat(x.shape[0], 1, 1), pe(x)], 1) + pos,
-                       lambda x, pe, cls, pos: torch.cat([(cls + pos[:, :1]).expand(x.shape[0], -1, -1),
-                                                          pe(x) + pos[:, 1:]], 1)],
-    "vit_forward": [lambda x, vit: vit.norm(_tokens_through_blocks(x, vit))[:, 0], lambda x, vit: vit(x)],
+    "prepare_tokens": [
+        lambda x, pe, cls, pos: torch.cat([cls.repeat(x.shape[0], 1, 1), pe(x)], 1) + pos,
+        lambda x, pe, cls, pos: torch.cat(
+            [(cls + pos[:, :1]).expand(x.shape[0], -1, -1), pe(x) + pos[:, 1:]], 1
+        ),
+    ],
+    "vit_forward": [
+        lambda x, vit: vit.norm(_tokens_through_blocks(x, vit))[:, 0],
+        lambda x, vit: vit(x),
+    ],
     "local_view": [_local_spelled_out, lambda size, scale: _local(size, scale)],
     "stack_views": [_stack_by_cat, _stack_by_size],
 }
@@ -329,19 +387,38 @@ WRONG = {
         (_patchify_permuted((0, 2, 4, 3, 5, 1)), "flattened channel-last"),
         (_patchify_permuted((0, 4, 2, 1, 3, 5)), "column by column"),
         (_patchify_permuted((0, 2, 4, 1, 5, 3)), "rows and columns inside each patch are swapped"),
-        (lambda x, p: x.reshape(x.shape[0], -1, x.shape[1] * p * p), "a plain reshape mixes pixels"),
-        (lambda x, p: _patchify_permuted((0, 2, 4, 1, 3, 5))(x, p).transpose(1, 2), "N and C*p*p look swapped"),
-        (lambda x, p: _patchify_permuted((0, 2, 4, 1, 3, 5))(x, p).reshape(
-            x.shape[0], x.shape[2] // p, x.shape[3] // p, -1), "keeps the grid"),
+        (
+            lambda x, p: x.reshape(x.shape[0], -1, x.shape[1] * p * p),
+            "a plain reshape mixes pixels",
+        ),
+        (
+            lambda x, p: _patchify_permuted((0, 2, 4, 1, 3, 5))(x, p).transpose(1, 2),
+            "N and C*p*p look swapped",
+        ),
+        (
+            lambda x, p: _patchify_permuted((0, 2, 4, 1, 3, 5))(x, p).reshape(
+                x.shape[0], x.shape[2] // p, x.shape[3] // p, -1
+            ),
+            "keeps the grid",
+        ),
     ],
     "patch_embed": [
         (lambda x, w, b, p: patchify(x, p) @ w.reshape(w.shape[0], -1).T, "bias is missing"),
-        (lambda x, w, b, p: patchify(x, p) @ w.reshape(w.shape[0], -1).T + 2 * b, "bias is added twice"),
-        (lambda x, w, b, p: patchify(x, p) @ w.permute(0, 2, 3, 1).reshape(w.shape[0], -1).T + b,
-         "flattened in another order"),
+        (
+            lambda x, w, b, p: patchify(x, p) @ w.reshape(w.shape[0], -1).T + 2 * b,
+            "bias is added twice",
+        ),
+        (
+            lambda x, w, b, p: patchify(x, p) @ w.permute(0, 2, 3, 1).reshape(w.shape[0], -1).T + b,
+            "flattened in another order",
+        ),
         (lambda x, w, b, p: F.conv2d(x, w, b, stride=p).flatten(2), "N and D look swapped"),
-        (lambda x, w, b, p: patchify(x.mul_(1.0), p) @ w.reshape(w.shape[0], -1).T + b + 0 * x.add_(1).sum(),
-         "changed its inputs in place"),
+        (
+            lambda x, w, b, p: (
+                patchify(x.mul_(1.0), p) @ w.reshape(w.shape[0], -1).T + b + 0 * x.add_(1).sum()
+            ),
+            "changed its inputs in place",
+        ),
     ],
     "attention": [
         (_attention(dim=-2), "softmax over the wrong axis"),
@@ -351,15 +428,23 @@ WRONG = {
         (_attention(scale_fn=lambda d: math.sqrt(d)), "multiplied by sqrt(d)"),
         (_attention(always=True), "scale=False is ignored"),
         (lambda q, k, v, scale=True: _attention()(q, k, v, scale)[0], "return two tensors"),
-        (lambda q, k, v, scale=True: ((w := _attention()(q, k, v, scale)[1]).transpose(-2, -1) @ v, w),
-         "transposed before multiplying the values"),
+        (
+            lambda q, k, v, scale=True: (
+                (w := _attention()(q, k, v, scale)[1]).transpose(-2, -1) @ v,
+                w,
+            ),
+            "transposed before multiplying the values",
+        ),
     ],
     "multi_head_attention": [
         (_mha_wrong(split="interleaved"), "split in the wrong order"),
         (_mha_wrong(split="no_transpose"), "heads split wrongly"),
         (_mha_wrong(merge="no_transpose"), "heads merged wrongly"),
         (_mha_wrong(use_proj=False), "projection is missing"),
-        (lambda x, qkv, proj, H: ex.vit._mha_variant(x, qkv, proj, H, scale=x.shape[-1] ** -0.5), "not 1/sqrt(D)"),
+        (
+            lambda x, qkv, proj, H: ex.vit._mha_variant(x, qkv, proj, H, scale=x.shape[-1] ** -0.5),
+            "not 1/sqrt(D)",
+        ),
         (_mha_mean_heads, "averaged over the heads"),
     ],
     "mlp": [
@@ -375,55 +460,121 @@ WRONG = {
         (_drop_path(per_element=True), "single values are dropped"),
         (_drop_path(swapped=True), "keep probability swapped"),
         (_drop_path(in_place=True), "in place (training=True"),
-        (lambda x, p, training: x * (1 - p) * (1 - p + torch.rand(x.shape[0], *([1] * (x.ndim - 1)))).floor()
-         if training else x, "multiplied by 1 - p"),
+        (
+            lambda x, p, training: (
+                x * (1 - p) * (1 - p + torch.rand(x.shape[0], *([1] * (x.ndim - 1)))).floor()
+                if training
+                else x
+            ),
+            "multiplied by 1 - p",
+        ),
     ],
     "block": [
         (_block(order="post"), "post-norm"),
-        (lambda x, blk, p=0.0, t=False: blk.mlp(blk.norm2(blk.attn(blk.norm1(x)))), "residual connections"),
-        (lambda x, blk, p=0.0, t=False: x + blk.attn(blk.norm1(x)) + blk.mlp(blk.norm2(x)), "reads the block's input"),
-        (lambda x, blk, p=0.0, t=False: ex.vit._normed_residual(x, blk), "carries the normalised x"),
-        (lambda x, blk, p=0.0, t=False: (x + blk.attn(blk.norm2(x))) + blk.mlp(blk.norm1(x + blk.attn(blk.norm2(x)))),
-         "norm1 and norm2 are swapped"),
+        (
+            lambda x, blk, p=0.0, t=False: blk.mlp(blk.norm2(blk.attn(blk.norm1(x)))),
+            "residual connections",
+        ),
+        (
+            lambda x, blk, p=0.0, t=False: x + blk.attn(blk.norm1(x)) + blk.mlp(blk.norm2(x)),
+            "reads the block's input",
+        ),
+        (
+            lambda x, blk, p=0.0, t=False: ex.vit._normed_residual(x, blk),
+            "carries the normalised x",
+        ),
+        (
+            lambda x, blk, p=0.0, t=False: (
+                (x + blk.attn(blk.norm2(x))) + blk.mlp(blk.norm1(x + blk.attn(blk.norm2(x))))
+            ),
+            "norm1 and norm2 are swapped",
+        ),
         (_block(dp=lambda y, p, t: y), "drop_prob is ignored in training"),
         (_block_whole_output, "applied to the block's output"),
         (_block(in_place=True), "changes its input x in place"),
     ],
     "prepare_tokens": [
-        (lambda x, pe, cls, pos: torch.cat([cls.expand(x.shape[0], -1, -1), pe(x)], 1), "not added"),
-        (lambda x, pe, cls, pos: torch.cat([cls.expand(x.shape[0], -1, -1), pe(x) + pos[:, 1:]], 1), "no position"),
-        (lambda x, pe, cls, pos: torch.cat([pe(x), cls.expand(x.shape[0], -1, -1)], 1) + pos, "at the end"),
-        (lambda x, pe, cls, pos: torch.cat([cls.expand(x.shape[0], -1, -1), pe(x) + pos[:, :-1]], 1),
-         "shifted by one"),
-        (lambda x, pe, cls, pos: torch.cat([cls, pe(x)], 1) + pos, "repeated (expanded) over the batch"),
+        (
+            lambda x, pe, cls, pos: torch.cat([cls.expand(x.shape[0], -1, -1), pe(x)], 1),
+            "not added",
+        ),
+        (
+            lambda x, pe, cls, pos: torch.cat(
+                [cls.expand(x.shape[0], -1, -1), pe(x) + pos[:, 1:]], 1
+            ),
+            "no position",
+        ),
+        (
+            lambda x, pe, cls, pos: torch.cat([pe(x), cls.expand(x.shape[0], -1, -1)], 1) + pos,
+            "at the end",
+        ),
+        (
+            lambda x, pe, cls, pos: torch.cat(
+                [cls.expand(x.shape[0], -1, -1), pe(x) + pos[:, :-1]], 1
+            ),
+            "shifted by one",
+        ),
+        (
+            lambda x, pe, cls, pos: torch.cat([cls, pe(x)], 1) + pos,
+            "repeated (expanded) over the batch",
+        ),
         (lambda x, pe, cls, pos: pe(x) + pos[:, 1:], "class token is missing"),
     ],
     "vit_forward": [
         (lambda x, vit: _tokens_through_blocks(x, vit)[:, 0], "final norm is missing"),
         (lambda x, vit: vit.norm(_tokens_through_blocks(x, vit)).mean(1), "averages all tokens"),
-        (lambda x, vit: vit.norm(_tokens_through_blocks(x, vit))[:, 1:].mean(1), "averages the patch tokens"),
+        (
+            lambda x, vit: vit.norm(_tokens_through_blocks(x, vit))[:, 1:].mean(1),
+            "averages the patch tokens",
+        ),
         (lambda x, vit: vit.norm(_tokens_through_blocks(x, vit))[:, -1], "last token"),
         (lambda x, vit: vit.norm(vit.prepare_tokens(x))[:, 0], "blocks are not applied"),
-        (lambda x, vit: vit.norm(vit.blocks[-1](vit.prepare_tokens(x)))[:, 0], "only the last block"),
+        (
+            lambda x, vit: vit.norm(vit.blocks[-1](vit.prepare_tokens(x)))[:, 0],
+            "only the last block",
+        ),
         (lambda x, vit: vit.norm(_tokens_through_blocks(x, vit)), "returns all"),
     ],
     "local_view": [
         (lambda size, scale: _local(size, (0.4, 1.0)), "global crops' scale"),
-        (lambda size, scale: _local(size, scale, interpolation=v2.InterpolationMode.BILINEAR), "bicubically"),
+        (
+            lambda size, scale: _local(size, scale, interpolation=v2.InterpolationMode.BILINEAR),
+            "bicubically",
+        ),
         (lambda size, scale: _local(size, scale, blur=1.0), "not always"),
         (lambda size, scale: _local(size, scale, norm=False), "not normalised"),
-        (lambda size, scale: _local(size, scale, jitter=False), "colour jitter and grayscale steps are missing"),
-        (lambda size, scale: _local(size, scale)(torch.zeros(3, 8, 8, dtype=torch.uint8)), "return the transform"),
+        (
+            lambda size, scale: _local(size, scale, jitter=False),
+            "colour jitter and grayscale steps are missing",
+        ),
+        (
+            lambda size, scale: _local(size, scale)(torch.zeros(3, 8, 8, dtype=torch.uint8)),
+            "return the transform",
+        ),
     ],
     "stack_views": [
         (_stack_image_major, "image by image"),
-        (lambda crops: [torch.stack([views[v] for views in crops]) for v in range(len(crops[0]))],
-         "concatenate the views of the same size"),
-        (lambda crops: [torch.stack([torch.stack([c[v] for c in crops]) for v in vs])
-                        for vs in (range(2), range(2, len(crops[0])))], "stacked into a new axis"),
+        (
+            lambda crops: [
+                torch.stack([views[v] for views in crops]) for v in range(len(crops[0]))
+            ],
+            "concatenate the views of the same size",
+        ),
+        (
+            lambda crops: [
+                torch.stack([torch.stack([c[v] for c in crops]) for v in vs])
+                for vs in (range(2), range(2, len(crops[0])))
+            ],
+            "stacked into a new axis",
+        ),
         (lambda crops: _stack_by_cat(crops)[::-1], "local views come first"),
-        (lambda crops: [torch.stack([torch.stack(c[:2]) for c in crops]),
-                        torch.stack([torch.stack(c[2:]) for c in crops])], "stacked image by image into (B, views"),
+        (
+            lambda crops: [
+                torch.stack([torch.stack(c[:2]) for c in crops]),
+                torch.stack([torch.stack(c[2:]) for c in crops]),
+            ],
+            "stacked image by image into (B, views",
+        ),
     ],
 }
 

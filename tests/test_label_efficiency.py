@@ -1,12 +1,18 @@
-"""Few-label evaluation: kNN and the linear probe with 1, 2, 5, ... labels per class (vitdino_core.linear_probe)."""
+"""Few-label evaluation: kNN and the linear probe with 1, 2, 5, ... labels per class
+(vitdino_core.linear_probe)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from vitdino_core.linear_probe import (few_shot_indices, knn_classifier, label_efficiency, linear_probe,
-                                       summarize_label_efficiency)
+from vitdino_core.linear_probe import (
+    few_shot_indices,
+    knn_classifier,
+    label_efficiency,
+    linear_probe,
+    summarize_label_efficiency,
+)
 
 
 def noisy_clusters(n: int, num_classes: int = 5, dim: int = 16, noise: float = 1.0, seed: int = 0):
@@ -31,13 +37,26 @@ def test_label_efficiency_rows_scores_and_summary():
     train_x, train_y = noisy_clusters(500)
     val_x, val_y = noisy_clusters(300, seed=1)
     rows = label_efficiency(train_x, train_y, val_x, val_y, shots=(1, 5, None), draws=3, seed=0)
-    assert [(r["shots"], r["draw"]) for r in rows] == [(1, 0), (1, 1), (1, 2), (5, 0), (5, 1), (5, 2), (None, 0)]
+    assert [(r["shots"], r["draw"]) for r in rows] == [
+        (1, 0),
+        (1, 1),
+        (1, 2),
+        (5, 0),
+        (5, 1),
+        (5, 2),
+        (None, 0),
+    ]
     assert [r["n_train"] for r in rows] == [5, 5, 5, 25, 25, 25, 500]
     assert all(r["C"] == 0.1 for r in rows[:3])  # one label per class: nothing to hold out, C fixed
     # each row is the plain classifiers on that draw's subset
     idx = few_shot_indices(train_y, 5, seed=1)
-    assert rows[4]["knn_top1"] == knn_classifier(train_x[idx], train_y[idx], val_x, val_y, k=20, T=0.07)
-    assert rows[4]["linear_top1"] == linear_probe(train_x[idx], train_y[idx], val_x, val_y, seed=1)["top1"]
+    assert rows[4]["knn_top1"] == knn_classifier(
+        train_x[idx], train_y[idx], val_x, val_y, k=20, T=0.07
+    )
+    assert (
+        rows[4]["linear_top1"]
+        == linear_probe(train_x[idx], train_y[idx], val_x, val_y, seed=1)["top1"]
+    )
     assert rows[-1]["knn_top1"] == knn_classifier(train_x, train_y, val_x, val_y, k=20, T=0.07)
     assert len({r["knn_top1"] for r in rows[:3]}) > 1  # different draws, different scores
 

@@ -8,7 +8,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vitdino_core import build_dataset, eval_transform, extract_features, knn_classifier, linear_probe, raw_pixel_features, vit_tiny
+from vitdino_core import (
+    build_dataset,
+    eval_transform,
+    extract_features,
+    knn_classifier,
+    linear_probe,
+    raw_pixel_features,
+    vit_tiny,
+)
 
 
 def clustered(n: int, num_classes: int = 10, dim: int = 32, noise: float = 0.1, seed: int = 0):
@@ -34,25 +42,51 @@ def test_knn_separable_is_perfect_and_random_labels_are_chance():
     test_x, test_y = clustered(200, seed=0)
     assert knn_classifier(train_x, train_y, test_x, test_y) == pytest.approx(100.0)
     g = torch.Generator().manual_seed(1)
-    rand_train, rand_test = torch.randn(2000, 64, generator=g), torch.randn(1000, 64, generator=g)  # (N, D)
-    acc = knn_classifier(rand_train, torch.randint(0, 10, (2000,), generator=g), rand_test, torch.randint(0, 10, (1000,), generator=g))
+    rand_train, rand_test = (
+        torch.randn(2000, 64, generator=g),
+        torch.randn(1000, 64, generator=g),
+    )  # (N, D)
+    acc = knn_classifier(
+        rand_train,
+        torch.randint(0, 10, (2000,), generator=g),
+        rand_test,
+        torch.randint(0, 10, (1000,), generator=g),
+    )
     assert 5.0 < acc < 15.0  # chance is 10%
 
 
 def test_knn_matches_brute_force_per_sample():
     g = torch.Generator().manual_seed(0)
     num_classes, k, T = 5, 7, 0.07
-    train_x, train_y = torch.randn(60, 8, generator=g), torch.randint(0, num_classes, (60,), generator=g)
-    test_x, test_y = torch.randn(25, 8, generator=g), torch.randint(0, num_classes, (25,), generator=g)
+    train_x, train_y = (
+        torch.randn(60, 8, generator=g),
+        torch.randint(0, num_classes, (60,), generator=g),
+    )
+    test_x, test_y = (
+        torch.randn(25, 8, generator=g),
+        torch.randint(0, num_classes, (25,), generator=g),
+    )
     hits1 = hits5 = 0
     for x, y in zip(test_x, test_y):
         ranking = brute_force_knn(train_x, train_y, x, k, T, num_classes)
-        top1, top5 = knn_classifier(train_x, train_y, x[None], y[None], k=k, T=T, num_classes=num_classes, return_top5=True)
+        top1, top5 = knn_classifier(
+            train_x, train_y, x[None], y[None], k=k, T=T, num_classes=num_classes, return_top5=True
+        )
         assert top1 == (100.0 if ranking[0] == y else 0.0)
         assert top5 == (100.0 if y in ranking[:5] else 0.0)
         hits1, hits5 = hits1 + (ranking[0] == y), hits5 + (y in ranking[:5])
     # the whole set at once, in odd-sized chunks, gives the same totals
-    top1, top5 = knn_classifier(train_x, train_y, test_x, test_y, k=k, T=T, num_classes=num_classes, chunk=7, return_top5=True)
+    top1, top5 = knn_classifier(
+        train_x,
+        train_y,
+        test_x,
+        test_y,
+        k=k,
+        T=T,
+        num_classes=num_classes,
+        chunk=7,
+        return_top5=True,
+    )
     assert top1 == pytest.approx(100.0 * hits1 / 25) and top5 == pytest.approx(100.0 * hits5 / 25)
 
 
@@ -60,7 +94,9 @@ def test_knn_ignores_feature_scale_and_rejects_bad_shapes():
     train_x, train_y = clustered(100, noise=1.0)
     test_x, test_y = clustered(50, noise=1.0, seed=0)
     acc = knn_classifier(train_x, train_y, test_x, test_y)
-    assert knn_classifier(3.0 * train_x, train_y, 0.5 * test_x, test_y) == pytest.approx(acc)  # cosine: scale-free
+    assert knn_classifier(3.0 * train_x, train_y, 0.5 * test_x, test_y) == pytest.approx(
+        acc
+    )  # cosine: scale-free
     with pytest.raises(ValueError, match="test_labels"):
         knn_classifier(train_x, train_y, test_x, test_y[:-1])
     with pytest.raises(ValueError, match="k="):
@@ -73,8 +109,12 @@ def test_linear_probe_separable_and_random():
     res = linear_probe(train_x, train_y, test_x, test_y)
     assert res["top1"] > 99.0 and res["C"] in (0.01, 0.1, 1.0)
     g = torch.Generator().manual_seed(2)
-    res = linear_probe(torch.randn(600, 16, generator=g), torch.randint(0, 10, (600,), generator=g),
-                       torch.randn(600, 16, generator=g), torch.randint(0, 10, (600,), generator=g))
+    res = linear_probe(
+        torch.randn(600, 16, generator=g),
+        torch.randint(0, 10, (600,), generator=g),
+        torch.randn(600, 16, generator=g),
+        torch.randint(0, 10, (600,), generator=g),
+    )
     assert 3.0 < res["top1"] < 17.0
 
 
@@ -105,7 +145,13 @@ def test_extract_features_normalised_eval_mode_and_restores_mode():
 def test_raw_pixel_knn_reproduces_the_data_readme(shared_data):
     """The README's baseline, 28.3% at 32 px: a strong end-to-end check of knn_classifier."""
     data = shared_data / "imagenette-96"
-    train_x, train_y = raw_pixel_features(build_dataset("imagenette", "train", data_path=str(data)), 32)  # (9469, 3072)
-    val_x, val_y = raw_pixel_features(build_dataset("imagenette", "val", data_path=str(data)), 32)  # (3925, 3072)
+    train_x, train_y = raw_pixel_features(
+        build_dataset("imagenette", "train", data_path=str(data)), 32
+    )  # (9469, 3072)
+    val_x, val_y = raw_pixel_features(
+        build_dataset("imagenette", "val", data_path=str(data)), 32
+    )  # (3925, 3072)
     assert train_x.shape == (9469, 3 * 32 * 32) and val_x.shape[0] == 3925
-    assert knn_classifier(train_x, train_y, val_x, val_y, k=20, T=0.07) == pytest.approx(28.3, abs=0.3)
+    assert knn_classifier(train_x, train_y, val_x, val_y, k=20, T=0.07) == pytest.approx(
+        28.3, abs=0.3
+    )

@@ -1,4 +1,5 @@
-"""The project's own wiring: one dependency list in two files, and one test command for CI and the README."""
+"""The project's own wiring: one dependency list in two files, and one test command for CI and the
+README."""
 
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ REQUIREMENT = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*(?:\[[^\]]*\])?\s*
 
 
 def parse_requirement(spec: str) -> tuple[str, str | None]:
-    """'torch>=2.4' -> ('torch', '2.4'); the name normalised, the lower bound (>=, == or conda's =) or None."""
+    """'torch>=2.4' -> ('torch', '2.4'); the name normalised, the lower bound (>=, == or conda's =)
+    or None."""
     match = REQUIREMENT.match(spec)
     assert match, f"cannot read the requirement {spec!r}"
     name = re.sub(r"[-_.]+", "-", match.group(1)).lower()
@@ -30,7 +32,9 @@ def parse_requirement(spec: str) -> tuple[str, str | None]:
 
 def pyproject_requirements() -> dict[str, str | None]:
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    specs = list(project.get("dependencies", [])) + list(project.get("optional-dependencies", {}).get("dev", []))
+    specs = list(project.get("dependencies", [])) + list(
+        project.get("optional-dependencies", {}).get("dev", [])
+    )
     return dict(parse_requirement(s) for s in specs)
 
 
@@ -58,7 +62,10 @@ def test_requirement_parser():
 def test_environment_yml_mirrors_pyproject():
     pip, conda = pyproject_requirements(), conda_requirements()
     assert "torch" in pip and "pytest" in pip  # both lists were really read
-    assert sorted(pip) == sorted(conda), f"only in pyproject: {set(pip) - set(conda)}; only in environment.yml: {set(conda) - set(pip)}"
+    assert sorted(pip) == sorted(conda), (
+        f"only in pyproject: {set(pip) - set(conda)}; only in environment.yml:"
+        f" {set(conda) - set(pip)}"
+    )
     mismatched = {name: (pip[name], conda[name]) for name in pip if pip[name] != conda[name]}
     assert not mismatched, f"lower bounds differ (pyproject, environment.yml): {mismatched}"
 
@@ -67,9 +74,17 @@ def test_ci_runs_make_test():
     ci = REPO / ".ci" / "run"
     assert ci.is_file(), ".ci/run is missing: CI would run no test"
     assert ci.stat().st_mode & 0o111, ".ci/run is not executable"
-    commands = [line.strip() for line in ci.read_text().splitlines() if line.strip() and not line.strip().startswith("#")]
-    assert any(re.match(r"^(exec\s+)?make\s+test\b", c) for c in commands), ".ci/run does not call `make test`"
-    assert re.search(r"^test:", (REPO / "Makefile").read_text(), re.MULTILINE), "the Makefile has no `test` target"
+    commands = [
+        line.strip()
+        for line in ci.read_text().splitlines()
+        if line.strip() and not line.strip().startswith("#")
+    ]
+    assert any(re.match(r"^(exec\s+)?make\s+test\b", c) for c in commands), (
+        ".ci/run does not call `make test`"
+    )
+    assert re.search(r"^test:", (REPO / "Makefile").read_text(), re.MULTILINE), (
+        "the Makefile has no `test` target"
+    )
 
 
 def test_readme_gives_the_ci_test_command():
@@ -101,10 +116,13 @@ def test_native_stderr_silenced_hides_fd_level_output_only_while_active(capfd):
 
 
 def test_relative_links_in_the_docs_resolve():
-    """Every relative link and image in the project's Markdown files points at a file or folder that exists."""
+    """Every relative link and image in the project's Markdown files points at a file or folder that
+    exists."""
     import subprocess
 
-    tracked = subprocess.run(["git", "ls-files", "*.md"], cwd=REPO, capture_output=True, text=True).stdout.split()
+    tracked = subprocess.run(
+        ["git", "ls-files", "*.md"], cwd=REPO, capture_output=True, text=True
+    ).stdout.split()
     docs = [REPO / f for f in tracked] or sorted(REPO.glob("**/*.md"))
     assert REPO / "README.md" in docs
     broken = []
@@ -117,17 +135,25 @@ def test_relative_links_in_the_docs_resolve():
 
 # ----------------------------------------------------------------------------- the package's layers
 
-COMMANDS = {"train", "evaluate", "sanity", "notebook", "exercises"}  # commands and notebook helpers: the top
+COMMANDS = {
+    "train",
+    "evaluate",
+    "sanity",
+    "notebook",
+    "exercises",
+}  # commands and notebook helpers: the top
 
 
 def layer(module: str) -> int:
-    """0: the notebook-named modules and what they stand on (data/, checkpoint, ...); 1: training/; 2: commands."""
+    """0: the notebook-named modules and what they stand on (data/, checkpoint, ...); 1: training/;
+    2: commands."""
     first = module.split(".")[1] if module.count(".") else ""
     return 2 if first in COMMANDS else 1 if first == "training" else 0
 
 
 def package_imports(repo_root: Path) -> list[tuple[str, str]]:
-    """(importer, imported) for every import of a vitdino_core module inside vitdino_core, relative or absolute."""
+    """(importer, imported) for every import of a vitdino_core module inside vitdino_core, relative
+    or absolute."""
     import ast
 
     pairs = []
@@ -137,7 +163,7 @@ def package_imports(repo_root: Path) -> list[tuple[str, str]]:
         package = parts[:-1]
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom):
-                base = list(package[:len(package) - node.level + 1]) if node.level else []
+                base = list(package[: len(package) - node.level + 1]) if node.level else []
                 target = ".".join(base + ([node.module] if node.module else []))
                 targets = [target] if node.module else [f"{target}.{a.name}" for a in node.names]
             elif isinstance(node, ast.Import):
@@ -149,9 +175,13 @@ def package_imports(repo_root: Path) -> list[tuple[str, str]]:
 
 
 def test_no_import_points_upward(repo_root):
-    """The notebook-named modules never import training/ or a command; training/ never imports a command."""
+    """The notebook-named modules never import training/ or a command; training/ never imports a
+    command."""
     pairs = package_imports(repo_root)
-    assert ("vitdino_core.training.trainer", "vitdino_core.vision_transformer") in pairs  # the walk sees relative imports
+    assert (
+        "vitdino_core.training.trainer",
+        "vitdino_core.vision_transformer",
+    ) in pairs  # the walk sees relative imports
     assert ("vitdino_core.data.imagenette", "vitdino_core.data.datasets") in pairs
     upward = [f"{a} -> {b}" for a, b in pairs if layer(b) > layer(a)]
     assert not upward, upward

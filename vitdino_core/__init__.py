@@ -16,18 +16,48 @@ training/ builds on them, and the commands on training/.
 """
 
 from .attention import Attention
-from .attention_maps import cls_attention, denormalize, load_image, overlay_masks, plot_attention_heads, threshold_masks, upsample
-from .checkpoint import (CheckpointError, backbone_state_dict, build_backbone_from_checkpoint, build_random_backbone,
-                         export_backbone, load_backbone_weights, load_checkpoint, save_checkpoint)
+from .attention_maps import (
+    cls_attention,
+    denormalize,
+    load_image,
+    overlay_masks,
+    plot_attention_heads,
+    threshold_masks,
+    upsample,
+)
+from .checkpoint import (
+    CheckpointError,
+    backbone_state_dict,
+    build_backbone_from_checkpoint,
+    build_random_backbone,
+    export_backbone,
+    load_backbone_weights,
+    load_checkpoint,
+    save_checkpoint,
+)
 from .data import DatasetNotFoundError, ImageFolderDataset, build_dataset, data_root, eval_transform
 from .dino_loss import DINOHead, DINOLoss
+from .ema_training import (
+    cancel_gradients_last_layer,
+    clip_gradients,
+    cosine_scheduler,
+    get_params_groups,
+    make_teacher,
+    update_teacher,
+)
 from .eval_protocol import evaluate_features
-from .ema_training import (cancel_gradients_last_layer, clip_gradients, cosine_scheduler, get_params_groups, make_teacher,
-                           update_teacher)
 from .linear_probe import extract_features, knn_classifier, linear_probe, raw_pixel_features
 from .multicrop import MultiCropAugmentation, MultiCropWrapper, collate_multicrop
 from .patch_embedding import PatchEmbed, patchify
-from .vision_transformer import Block, DropPath, Mlp, VisionTransformer, build_vit, vit_base, vit_small, vit_tiny
+from .vision_transformer import (
+    Block,
+    DropPath,
+    Mlp,
+    VisionTransformer,
+    build_vit,
+    vit_base,
+    vit_small,
+    vit_tiny,
+)
 
 __version__ = "0.1.0"
-

@@ -27,11 +27,12 @@ import torch.nn.functional as F
 from .multicrop import IMAGENET_MEAN, IMAGENET_STD
 from .patch_embedding import check_image_size
 
-
 # ----------------------------------------------------------------------------- images
 
+
 def load_image(path_or_image, size: int = 224, patch_size: int | None = None) -> torch.Tensor:
-    """A photo as a normalised (1, 3, size, size) tensor: short side resized to `size`, centre-cropped.
+    """A photo as a normalised (1, 3, size, size) tensor: short side resized to `size`,
+    centre-cropped.
 
     `path_or_image` is a file path or a PIL image. Give `patch_size` to check that `size` is a
     multiple of it (the patch grid must tile the image exactly).
@@ -49,7 +50,9 @@ def load_image(path_or_image, size: int = 224, patch_size: int | None = None) ->
     return eval_transform(size)(image).unsqueeze(0)  # (1, 3, size, size)
 
 
-def denormalize(x: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> torch.Tensor:
+def denormalize(
+    x: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
+) -> torch.Tensor:
     """Undo ImageNet normalisation: (..., 3, H, W) -> the same shape with values in [0, 1]."""
     mean_t = torch.tensor(mean, dtype=x.dtype, device=x.device).view(3, 1, 1)  # (3, 1, 1)
     std_t = torch.tensor(std, dtype=x.dtype, device=x.device).view(3, 1, 1)  # (3, 1, 1)
@@ -68,6 +71,7 @@ def _to_hwc(image: torch.Tensor) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- attention and masks
+
 
 @torch.no_grad()
 def cls_attention(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
@@ -93,19 +97,24 @@ def threshold_masks(attn: torch.Tensor, keep: float = 0.6) -> torch.Tensor:
     Returns a boolean mask of the same shape.
     """
     if not 0.0 < keep <= 1.0:
-        raise ValueError(f"keep must be in (0, 1], the fraction of attention mass to keep; got {keep}")
+        raise ValueError(
+            f"keep must be in (0, 1], the fraction of attention mass to keep; got {keep}"
+        )
     shape = attn.shape
     flat = attn.reshape(-1, shape[-2] * shape[-1]).float()  # (M, h*w): one row per map
     val, idx = flat.sort(dim=1)  # (M, h*w) ascending
     val = val / val.sum(dim=1, keepdim=True)  # (M, h*w): each map sums to 1
     cumval = val.cumsum(dim=1)  # (M, h*w): mass of the smallest 1..h*w patches
     keep_sorted = cumval > (1 - keep)  # (M, h*w) in sorted order
-    mask = torch.empty_like(keep_sorted).scatter_(1, idx, keep_sorted)  # (M, h*w) back in patch order
+    mask = torch.empty_like(keep_sorted).scatter_(
+        1, idx, keep_sorted
+    )  # (M, h*w) back in patch order
     return mask.reshape(shape)  # (..., h, w)
 
 
 def upsample(maps: torch.Tensor, patch_size: int) -> torch.Tensor:
-    """Patch-grid maps (..., h, w) -> pixel maps (..., h*p, w*p), each patch value copied to its pixels (nearest)."""
+    """Patch-grid maps (..., h, w) -> pixel maps (..., h*p, w*p), each patch value copied to its
+    pixels (nearest)."""
     dtype = maps.dtype
     lead = maps.shape[:-2]
     x = maps.reshape(-1, 1, *maps.shape[-2:]).float()  # (M, 1, h, w)
@@ -120,6 +129,7 @@ def mask_coverage(masks: torch.Tensor) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- pictures
+
 
 def _figure(n: int, ncols: int, panel: float):
     from matplotlib.figure import Figure
@@ -143,7 +153,9 @@ def _pixel_maps(maps: torch.Tensor, image_hw: tuple[int, int]) -> torch.Tensor:
     """(heads, h, w) patch maps -> (heads, H, W), upsampled by the patch size the image implies."""
     if maps.ndim == 4:
         if maps.shape[0] != 1:
-            raise ValueError(f"expected the maps of one image, got a batch of {maps.shape[0]}; pass attn[i]")
+            raise ValueError(
+                f"expected the maps of one image, got a batch of {maps.shape[0]}; pass attn[i]"
+            )
         maps = maps[0]
     if maps.ndim != 3:
         raise ValueError(f"expected (heads, h, w) maps, got shape {tuple(maps.shape)}")
@@ -151,14 +163,24 @@ def _pixel_maps(maps: torch.Tensor, image_hw: tuple[int, int]) -> torch.Tensor:
         return maps
     p = image_hw[0] // maps.shape[-2]
     if p * maps.shape[-2] != image_hw[0] or p * maps.shape[-1] != image_hw[1]:
-        raise ValueError(f"maps of {tuple(maps.shape[-2:])} patches do not tile an image of {image_hw} pixels")
+        raise ValueError(
+            f"maps of {tuple(maps.shape[-2:])} patches do not tile an image of {image_hw} pixels"
+        )
     return upsample(maps, p)  # (heads, H, W)
 
 
-def plot_attention_heads(image: torch.Tensor, attn: torch.Tensor, title: str | None = None, ncols: int = 4,
-                         panel: float = 2.5, cmap: str = "inferno", show_mean: bool = True,
-                         save: str | os.PathLike | None = None):
-    """The image, then one heat map per head (and their mean): a matplotlib Figure, saved as PNG if `save`.
+def plot_attention_heads(
+    image: torch.Tensor,
+    attn: torch.Tensor,
+    title: str | None = None,
+    ncols: int = 4,
+    panel: float = 2.5,
+    cmap: str = "inferno",
+    show_mean: bool = True,
+    save: str | os.PathLike | None = None,
+):
+    """The image, then one heat map per head (and their mean): a matplotlib Figure, saved as PNG if
+    `save`.
 
     `image`: a normalised (3, H, W) tensor; `attn`: (heads, h, w) patch maps from `cls_attention`
     (or already at pixel resolution).
@@ -170,7 +192,11 @@ def plot_attention_heads(image: torch.Tensor, attn: torch.Tensor, title: str | N
         panels.append(("mean of heads", maps.mean(0)))
     fig, axes = _figure(len(panels), ncols, panel)
     for ax, (name, m) in zip(axes, panels):
-        ax.imshow(img if m is None else m.numpy(), cmap=None if m is None else cmap, interpolation="nearest")
+        ax.imshow(
+            img if m is None else m.numpy(),
+            cmap=None if m is None else cmap,
+            interpolation="nearest",
+        )
         ax.set_title(name, fontsize=9)
     if title:
         fig.suptitle(title)
@@ -178,11 +204,12 @@ def plot_attention_heads(image: torch.Tensor, attn: torch.Tensor, title: str | N
     return fig
 
 
-def tint_masks(image: torch.Tensor, masks: torch.Tensor, heads: Sequence[int] | None = None,
-               alpha: float = 0.5) -> np.ndarray:
-    """The image with each head's mask tinted in its own colour (tab10: head 0 blue, 1 orange, 2 green...),
-    where masks overlap the tints mix: (H, W, 3) in [0, 1]. `masks`: (heads, h, w) booleans; `heads`: which
-    to draw (all by default)."""
+def tint_masks(
+    image: torch.Tensor, masks: torch.Tensor, heads: Sequence[int] | None = None, alpha: float = 0.5
+) -> np.ndarray:
+    """The image with each head's mask tinted in its own colour (tab10: head 0 blue, 1 orange, 2
+    green...), where masks overlap the tints mix: (H, W, 3) in [0, 1]. `masks`: (heads, h, w)
+    booleans; `heads`: which to draw (all by default)."""
     from matplotlib import colormaps
 
     out = _to_hwc(image)  # (H, W, 3)
@@ -190,12 +217,22 @@ def tint_masks(image: torch.Tensor, masks: torch.Tensor, heads: Sequence[int] | 
     colors = colormaps["tab10"].colors
     for i in range(masks.shape[0]) if heads is None else heads:
         color = np.asarray(colors[i % len(colors)])  # (3,)
-        out = np.where(masks[i][..., None], (1 - alpha) * out + alpha * color, out)  # (H, W, 3): tint the mask
+        out = np.where(
+            masks[i][..., None], (1 - alpha) * out + alpha * color, out
+        )  # (H, W, 3): tint the mask
     return out
 
 
-def overlay_masks(image: torch.Tensor, masks: torch.Tensor, title: str | None = None, ncols: int = 4, panel: float = 2.5,
-                  alpha: float = 0.5, combined: bool = True, save: str | os.PathLike | None = None):
+def overlay_masks(
+    image: torch.Tensor,
+    masks: torch.Tensor,
+    title: str | None = None,
+    ncols: int = 4,
+    panel: float = 2.5,
+    alpha: float = 0.5,
+    combined: bool = True,
+    save: str | os.PathLike | None = None,
+):
     """Each head's mask drawn over the image in its own colour, plus all heads on one image.
 
     `masks`: (heads, h, w) booleans from `threshold_masks` (or at pixel resolution). Returns a
@@ -211,10 +248,17 @@ def overlay_masks(image: torch.Tensor, masks: torch.Tensor, title: str | None = 
         panels.append(("all heads", list(range(masks.shape[0]))))
     fig, axes = _figure(len(panels), ncols, panel)
     for ax, (name, heads) in zip(axes, panels):
-        ax.imshow(tint_masks(image, torch.from_numpy(masks), heads, alpha), interpolation="nearest")  # (H, W, 3)
+        ax.imshow(
+            tint_masks(image, torch.from_numpy(masks), heads, alpha), interpolation="nearest"
+        )  # (H, W, 3)
         for i in heads:
             if masks[i].any() and not masks[i].all():
-                ax.contour(masks[i].astype(float), levels=[0.5], colors=[colors[i % len(colors)]], linewidths=1.0)
+                ax.contour(
+                    masks[i].astype(float),
+                    levels=[0.5],
+                    colors=[colors[i % len(colors)]],
+                    linewidths=1.0,
+                )
         ax.set_title(f"{name}: covers {masks[heads].any(0).mean():.0%}", fontsize=9)
     if title:
         fig.suptitle(title)
@@ -222,15 +266,18 @@ def overlay_masks(image: torch.Tensor, masks: torch.Tensor, title: str | None = 
     return fig
 
 
-# ----------------------------------------------------------------------------- attention across depth
+# ----------------------------------------------------------------------------- attention across
+# depth
+
 
 @torch.no_grad()
 def cls_attention_by_layer(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """The CLS token's attention to the patches in every block: (B, 3, H, W) -> (B, depth, heads, H/p, W/p).
+    """The CLS token's attention to the patches in every block: (B, 3, H, W) -> (B, depth, heads,
+    H/p, W/p).
 
     The tokens go through the blocks one by one, as in `forward_features`; each block is called with
-    `return_attention=True`, so its own explicit softmax path gives the weights. The last entry equals
-    `cls_attention(model, images)`.
+    `return_attention=True`, so its own explicit softmax path gives the weights. The last entry
+    equals `cls_attention(model, images)`.
     """
     p = model.patch_size
     B, _, H, W = images.shape
@@ -245,14 +292,17 @@ def cls_attention_by_layer(model: nn.Module, images: torch.Tensor) -> torch.Tens
 
 
 def attention_entropy(maps: torch.Tensor) -> torch.Tensor:
-    """Normalised entropy of each (h, w) map: (..., h, w) -> (...,); 1 for a flat map, 0 for one patch.
+    """Normalised entropy of each (h, w) map: (..., h, w) -> (...,); 1 for a flat map, 0 for one
+    patch.
 
     Each map is first rescaled to sum 1 (CLS keeps part of its attention for itself)."""
     p = maps.flatten(-2) / maps.flatten(-2).sum(-1, keepdim=True)  # (..., N), sums to 1
     return -(p * p.clamp_min(1e-12).log()).sum(-1) / math.log(p.shape[-1])  # (...,)
 
 
-# ----------------------------------------------------------------------------- patch features: PCA, correspondences
+# ----------------------------------------------------------------------------- patch features: PCA,
+# correspondences
+
 
 @torch.no_grad()
 def patch_features(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
@@ -262,12 +312,14 @@ def patch_features(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     check_image_size(H, p, what="image height")
     check_image_size(W, p, what="image width")
     tokens = model.forward_features(images)  # (B, N+1, D)
-    return tokens[:, 1:].reshape(B, H // p, W // p, -1).float()  # (B, h, w, D): drop CLS, fold the grid
+    return (
+        tokens[:, 1:].reshape(B, H // p, W // p, -1).float()
+    )  # (B, h, w, D): drop CLS, fold the grid
 
 
 def _pca(x: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Principal directions of the rows of x (M, D): (mean (D,), components (n, D)), each component's sign
-    fixed so that its largest loading is positive (SVD signs are arbitrary)."""
+    """Principal directions of the rows of x (M, D): (mean (D,), components (n, D)), each
+    component's sign fixed so that its largest loading is positive (SVD signs are arbitrary)."""
     mean = x.mean(0)  # (D,)
     _, _, vh = torch.linalg.svd(x - mean, full_matrices=False)  # vh: (min(M, D), D)
     comps = vh[:n]  # (n, D)
@@ -284,13 +336,17 @@ def center_per_image(features: torch.Tensor) -> torch.Tensor:
     return features - features.mean(dim=(1, 2), keepdim=True)  # (B, h, w, D)
 
 
-def pca_foreground(features: torch.Tensor, threshold: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
-    """Foreground patches from the first principal component of patch features, as in DINOv2's figures.
+def pca_foreground(
+    features: torch.Tensor, threshold: float = 0.5
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Foreground patches from the first principal component of patch features, as in DINOv2's
+    figures.
 
     `features`: (B, h, w, D) from `patch_features` (or `center_per_image` of them). The first
     component is fitted over the patches of all B images together and min-max scaled to [0, 1] over
     them. Its sign is arbitrary, so it is flipped to make the border patches (more often background)
-    the low end. Returns the scaled component (B, h, w) and the mask `component > threshold` (B, h, w) bool.
+    the low end. Returns the scaled component (B, h, w) and the mask `component > threshold` (B, h,
+    w) bool.
     """
     B, h, w, D = features.shape
     flat = features.reshape(-1, D)  # (B*h*w, D)
@@ -300,22 +356,30 @@ def pca_foreground(features: torch.Tensor, threshold: float = 0.5) -> tuple[torc
     border[1:-1, 1:-1] = False  # (h, w): the outer ring of patches
     if h > 2 and w > 2 and first[:, border].mean() > first[:, ~border].mean():
         first = -first
-    first = (first - first.min()) / (first.max() - first.min()).clamp_min(1e-12)  # (B, h, w) in [0, 1]
+    first = (first - first.min()) / (first.max() - first.min()).clamp_min(
+        1e-12
+    )  # (B, h, w) in [0, 1]
     return first, first > threshold
 
 
-def pca_rgb(features: torch.Tensor, foreground: torch.Tensor, n_components: int = 3) -> torch.Tensor:
-    """Patch features as colours: 3 principal components of the foreground patches, background black.
+def pca_rgb(
+    features: torch.Tensor, foreground: torch.Tensor, n_components: int = 3
+) -> torch.Tensor:
+    """Patch features as colours: 3 principal components of the foreground patches, background
+    black.
 
     `features` (B, h, w, D), `foreground` (B, h, w) bool. The components are fitted over the
     foreground patches of all B images together, so one colour means one direction in feature space
-    in every image; each component is min-max scaled to [0, 1] over those patches. Returns (B, h, w, 3).
+    in every image; each component is min-max scaled to [0, 1] over those patches. Returns (B, h, w,
+    3).
     """
     B, h, w, D = features.shape
     fg = features[foreground]  # (M, D): foreground patches of all images
     if fg.shape[0] < n_components + 1:
-        raise ValueError(f"only {fg.shape[0]} foreground patches; need more than {n_components} to fit "
-                         f"{n_components} components (lower the threshold of pca_foreground)")
+        raise ValueError(
+            f"only {fg.shape[0]} foreground patches; need more than {n_components} to fit "
+            f"{n_components} components (lower the threshold of pca_foreground)"
+        )
     mean, comps = _pca(fg, n_components)  # (D,), (n, D)
     proj = (fg - mean) @ comps.T  # (M, n)
     lo, hi = proj.min(0).values, proj.max(0).values  # (n,), (n,)
@@ -325,7 +389,9 @@ def pca_rgb(features: torch.Tensor, foreground: torch.Tensor, n_components: int 
     return rgb  # (B, h, w, 3)
 
 
-def mutual_nearest_patches(feats_a: torch.Tensor, feats_b: torch.Tensor, top: int = 20) -> tuple[torch.Tensor, ...]:
+def mutual_nearest_patches(
+    feats_a: torch.Tensor, feats_b: torch.Tensor, top: int = 20
+) -> tuple[torch.Tensor, ...]:
     """Patch-to-patch correspondences between two images: the `top` mutual nearest neighbours.
 
     `feats_a` (h1, w1, D), `feats_b` (h2, w2, D) from `patch_features`. Cosine similarity of every

@@ -22,7 +22,13 @@ class UserError(Exception):
 
 
 # OSErrors about a path the user gave (missing, a folder where a file was expected, no permission)
-PATH_ERRORS = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError, FileExistsError)
+PATH_ERRORS = (
+    FileNotFoundError,
+    IsADirectoryError,
+    NotADirectoryError,
+    PermissionError,
+    FileExistsError,
+)
 
 
 def debug_requested(argv: Sequence[str]) -> bool:
@@ -31,7 +37,12 @@ def debug_requested(argv: Sequence[str]) -> bool:
 
 def one_line(e: BaseException) -> str:
     """The error's message on one line; OSErrors say what happened to which path."""
-    if isinstance(e, OSError) and not isinstance(e, UserError) and e.filename is not None and e.strerror:
+    if (
+        isinstance(e, OSError)
+        and not isinstance(e, UserError)
+        and e.filename is not None
+        and e.strerror
+    ):
         msg = f"{e.strerror}: {e.filename}"
     else:
         msg = str(e) or type(e).__name__

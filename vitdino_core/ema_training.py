@@ -6,10 +6,11 @@ The teacher gets no gradient; it is a running average of past students, a better
 the student at every moment (the paper's "model ensembling"). Learning rate, weight decay,
 momentum and teacher temperature all follow schedules, one value per iteration.
 
-This module holds what notebook 06 builds around the loss: the teacher (`make_teacher`, `update_teacher`),
-the schedules (`cosine_scheduler`; the teacher temperature's is `dino_loss.teacher_temp_schedule`), the
-optimizer's parameter groups and DINO's gradient clipping. The multi-crop wrapper that runs a backbone and
-head over all crops is in `multicrop`, with the crops it consumes.
+This module holds what notebook 06 builds around the loss: the teacher (`make_teacher`,
+`update_teacher`), the schedules (`cosine_scheduler`; the teacher temperature's is
+`dino_loss.teacher_temp_schedule`), the optimizer's parameter groups and DINO's gradient clipping.
+The multi-crop wrapper that runs a backbone and head over all crops is in `multicrop`, with the
+crops it consumes.
 """
 
 from __future__ import annotations
@@ -21,16 +22,31 @@ import torch
 import torch.nn as nn
 
 
-def cosine_scheduler(base_value: float, final_value: float, epochs: int, niter_per_ep: int, warmup_epochs: int = 0,
-                     start_warmup_value: float = 0.0) -> np.ndarray:
-    """One value per iteration: linear warm-up from `start_warmup_value`, then cosine from base to final."""
+def cosine_scheduler(
+    base_value: float,
+    final_value: float,
+    epochs: int,
+    niter_per_ep: int,
+    warmup_epochs: int = 0,
+    start_warmup_value: float = 0.0,
+) -> np.ndarray:
+    """One value per iteration: linear warm-up from `start_warmup_value`, then cosine from base to
+    final."""
     warmup_iters = warmup_epochs * niter_per_ep
     total = epochs * niter_per_ep
     if warmup_iters > total:
-        raise ValueError(f"warm-up ({warmup_epochs} epochs) is longer than training ({epochs} epochs)")
-    warmup = np.linspace(start_warmup_value, base_value, warmup_iters) if warmup_iters > 0 else np.array([])
+        raise ValueError(
+            f"warm-up ({warmup_epochs} epochs) is longer than training ({epochs} epochs)"
+        )
+    warmup = (
+        np.linspace(start_warmup_value, base_value, warmup_iters)
+        if warmup_iters > 0
+        else np.array([])
+    )
     iters = np.arange(total - warmup_iters)
-    cosine = final_value + 0.5 * (base_value - final_value) * (1 + np.cos(np.pi * iters / max(len(iters), 1)))
+    cosine = final_value + 0.5 * (base_value - final_value) * (
+        1 + np.cos(np.pi * iters / max(len(iters), 1))
+    )
     schedule = np.concatenate((warmup, cosine))
     assert len(schedule) == total
     return schedule
@@ -50,7 +66,8 @@ def make_teacher(student: nn.Module) -> nn.Module:
 
 @torch.no_grad()
 def update_teacher(student: nn.Module, teacher: nn.Module, momentum: float) -> None:
-    """teacher <- momentum * teacher + (1 - momentum) * student, for every parameter (all in one call each)."""
+    """teacher <- momentum * teacher + (1 - momentum) * student, for every parameter (all in one
+    call each)."""
     s_params = [p.detach() for p in student.parameters()]
     t_params = list(teacher.parameters())
     if len(s_params) != len(t_params):
@@ -65,7 +82,9 @@ def get_params_groups(model: nn.Module) -> list[dict]:
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        (not_regularized if name.endswith(".bias") or param.ndim == 1 else regularized).append(param)
+        (not_regularized if name.endswith(".bias") or param.ndim == 1 else regularized).append(
+            param
+        )
     return [{"params": regularized}, {"params": not_regularized, "weight_decay": 0.0}]
 
 

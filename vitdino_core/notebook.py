@@ -42,15 +42,19 @@ def setup(seed: int = 0, dpi: int = 90) -> NotebookEnv:
     device = resolve_device("auto")
     plt.rcParams.update({"figure.dpi": dpi, "axes.grid": False, "image.interpolation": "nearest"})
     env = NotebookEnv(fast_mode(), device, data_root(), seed)
-    print(f"torch {torch.__version__} | device {device} | {torch.get_num_threads()} threads | data root {env.data_root}"
-          f" | fast mode {'on' if env.fast else 'off'}")
+    print(
+        f"torch {torch.__version__} | device {device} | {torch.get_num_threads()} threads | data"
+        f" root {env.data_root} | fast mode {'on' if env.fast else 'off'}"
+    )
     return env
 
 
 def photo(name: str = "grace_hopper") -> Image.Image:
-    """A real photo as RGB: from <data root>/photos if present, else the copies inside matplotlib / scikit-learn.
+    """A real photo as RGB: from <data root>/photos if present, else the copies inside matplotlib /
+    scikit-learn.
 
-    Names: grace_hopper, china, flower (always available), astronaut, chelsea, coffee, rocket (data root only).
+    Names: grace_hopper, china, flower (always available), astronaut, chelsea, coffee, rocket (data
+    root only).
     """
     folder = data_root() / "photos"
     matches = sorted(folder.glob(f"*{name}*")) if folder.is_dir() else []
@@ -67,7 +71,9 @@ def photo(name: str = "grace_hopper") -> Image.Image:
         from sklearn.datasets import load_sample_image
 
         return Image.fromarray(load_sample_image(f"{name}.jpg"))
-    raise FileNotFoundError(f"photo {name!r} not found in {folder}; grace_hopper, china and flower are always available")
+    raise FileNotFoundError(
+        f"photo {name!r} not found in {folder}; grace_hopper, china and flower are always available"
+    )
 
 
 CHECKPOINT_ENV = "VITDINO_CHECKPOINT"
@@ -76,8 +82,9 @@ SHIPPED_SHAPE = ("vit_tiny", 12, 72)  # the shipped model: arch, patch size, tra
 
 
 def _variable_path(value: str) -> Path:
-    """The file `$VITDINO_CHECKPOINT` names: as given (relative to the working directory), else relative
-    to the repository root (a notebook's kernel runs in notebooks/, the README's paths start at the root)."""
+    """The file `$VITDINO_CHECKPOINT` names: as given (relative to the working directory), else
+    relative to the repository root (a notebook's kernel runs in notebooks/, the README's paths
+    start at the root)."""
     path = Path(value).expanduser()
     if path.is_absolute() or path.exists() or not (REPO_ROOT / path).exists():
         return path
@@ -99,20 +106,35 @@ def course_checkpoint() -> tuple[Path | None, str]:
     if value:
         path = _variable_path(value)
         if path.is_dir():
-            raise CheckpointError(f"{CHECKPOINT_ENV}={value} is a folder ({path.resolve()}); point it at the checkpoint "
-                                  f"file inside (a .pth), or unset it to use the shipped one")
+            raise CheckpointError(
+                f"{CHECKPOINT_ENV}={value} is a folder ({path.resolve()}); point it at the"
+                " checkpoint file inside (a .pth), or unset it to use the shipped one"
+            )
         if not path.is_file():
-            where = f"no such file ({path.resolve()}, nor under the repository root)" if not path.is_absolute() \
+            where = (
+                f"no such file ({path.resolve()}, nor under the repository root)"
+                if not path.is_absolute()
                 else "no such file"
-            raise CheckpointError(f"{CHECKPOINT_ENV}={value}: {where}; point it at a checkpoint "
-                                  f"(e.g. dino_deitsmall8_pretrain.pth) or unset it to use the shipped one")
+            )
+            raise CheckpointError(
+                f"{CHECKPOINT_ENV}={value}: {where}; point it at a checkpoint "
+                "(e.g. dino_deitsmall8_pretrain.pth) or unset it to use the shipped one"
+            )
         return path, path.name
-    return (SHIPPED_CHECKPOINT, SHIPPED_LABEL) if SHIPPED_CHECKPOINT.is_file() else (None, "no checkpoint")
+    return (
+        (SHIPPED_CHECKPOINT, SHIPPED_LABEL)
+        if SHIPPED_CHECKPOINT.is_file()
+        else (None, "no checkpoint")
+    )
 
 
 def nonfinite_count(model: torch.nn.Module) -> tuple[int, list[str]]:
     """How many floating-point values in the model's weights are NaN or inf, and in which tensors."""
-    counts = {k: int((~torch.isfinite(t)).sum()) for k, t in model.state_dict().items() if t.is_floating_point()}
+    counts = {
+        k: int((~torch.isfinite(t)).sum())
+        for k, t in model.state_dict().items()
+        if t.is_floating_point()
+    }
     bad = [k for k, n in counts.items() if n]
     return sum(counts[k] for k in bad), bad
 
@@ -132,24 +154,35 @@ def load_course_backbone(device: str | torch.device = "cpu") -> tuple[torch.nn.M
     path, label = course_checkpoint()
     if path is None:
         return None, {"path": None, "label": label}
-    source = f"{CHECKPOINT_ENV}={os.environ[CHECKPOINT_ENV]}" if os.environ.get(CHECKPOINT_ENV) else "the shipped checkpoint"
+    source = (
+        f"{CHECKPOINT_ENV}={os.environ[CHECKPOINT_ENV]}"
+        if os.environ.get(CHECKPOINT_ENV)
+        else "the shipped checkpoint"
+    )
     try:
-        model, info = build_backbone_from_checkpoint(path, which="teacher", arch=None, patch_size=None, device=device)
+        model, info = build_backbone_from_checkpoint(
+            path, which="teacher", arch=None, patch_size=None, device=device
+        )
     except CheckpointError as e:
         raise CheckpointError(f"{source}: {e}") from None
     n_bad, tensors = nonfinite_count(model)
     if n_bad:
-        raise CheckpointError(f"{source}: {path} holds {n_bad:,} weight values that are not finite (NaN or inf) in "
-                              f"{len(tensors)} tensor(s), e.g. {tensors[0]}; use a checkpoint from before training "
-                              "diverged")
+        raise CheckpointError(
+            f"{source}: {path} holds {n_bad:,} weight values that are not finite (NaN or inf) in "
+            f"{len(tensors)} tensor(s), e.g. {tensors[0]}; use a checkpoint from before training "
+            "diverged"
+        )
     return model, info | {"path": str(path), "label": label}
 
 
 @dataclass
 class CourseWeights:
-    """The weights a notebook shows (`course_weights()`): the trained backbone, if any, and a random one."""
+    """The weights a notebook shows (`course_weights()`): the trained backbone, if any, and a random
+    one."""
 
-    trained: torch.nn.Module | None  # the teacher backbone, eval mode; None when there is no checkpoint
+    trained: (
+        torch.nn.Module | None
+    )  # the teacher backbone, eval mode; None when there is no checkpoint
     random: torch.nn.Module  # the same architecture, freshly initialised: the baseline
     arch: str
     patch_size: int
@@ -183,25 +216,41 @@ class CourseWeights:
 
     def shape_line(self) -> str:
         """'vit_tiny/12: 12 blocks, 3 heads, embed dim 192, trained at 72 px = 6 x 6 patches'."""
-        return (f"{self.arch}/{self.patch_size}: {self.depth} blocks, {self.num_heads} heads, embed dim "
-                f"{self.embed_dim}, trained at {self.image_size} px = {self.grid} x {self.grid} patches")
+        return (
+            f"{self.arch}/{self.patch_size}: {self.depth} blocks, {self.num_heads} heads, embed dim"
+            f" {self.embed_dim}, trained at {self.image_size} px = {self.grid} x {self.grid}"
+            " patches"
+        )
 
     def summary(self) -> str:
         """A few lines for a notebook to print: which weights, their shape, the baseline beside them."""
         if self.trained is None:
             wanted = os.environ.get(CHECKPOINT_ENV) or short_path(SHIPPED_CHECKPOINT)
-            return (f"weights: RANDOM INITIALISATION: there is no trained checkpoint at {wanted} yet, so every "
-                    f"result below comes from an untrained network\n{self.shape_line()}")
+            return (
+                f"weights: RANDOM INITIALISATION: there is no trained checkpoint at {wanted} yet,"
+                f" so every result below comes from an untrained network\n{self.shape_line()}"
+            )
         skip = ("file", "weights", "dtype", "step", "steps", "epochs", "command", "evaluate")
-        extra = [f"   {k}: {v}" for k, v in self.record.items() if isinstance(v, (str, int, float)) and k not in skip]
-        return "\n".join([f"weights: {self.story}", *extra, self.shape_line(),
-                          "beside it: the same architecture at random initialisation"])
+        extra = [
+            f"   {k}: {v}"
+            for k, v in self.record.items()
+            if isinstance(v, (str, int, float)) and k not in skip
+        ]
+        return "\n".join(
+            [
+                f"weights: {self.story}",
+                *extra,
+                self.shape_line(),
+                "beside it: the same architecture at random initialisation",
+            ]
+        )
 
 
 def course_weights(device: str | torch.device = "cpu", seed: int = 0) -> CourseWeights:
-    """Which weights a notebook shows, in one call: the teacher of `$VITDINO_CHECKPOINT` or of the shipped
-    checkpoint (`load_course_backbone`), what it is (`checkpoint_story`), and a random-init backbone of
-    the same architecture. Without any checkpoint, the shipped model's architecture at random init."""
+    """Which weights a notebook shows, in one call: the teacher of `$VITDINO_CHECKPOINT` or of the
+    shipped checkpoint (`load_course_backbone`), what it is (`checkpoint_story`), and a random-init
+    backbone of the same architecture. Without any checkpoint, the shipped model's architecture at
+    random init."""
     from .checkpoint import build_random_backbone
 
     trained, info = load_course_backbone(device)
@@ -211,10 +260,14 @@ def course_weights(device: str | torch.device = "cpu", seed: int = 0) -> CourseW
     else:
         (arch, patch, size), story, record = SHIPPED_SHAPE, "random initialisation", {}
     random_model, _ = build_random_backbone(arch, patch, size, seed=seed, device=device)
-    if trained is not None and len(random_model.blocks) != len(trained.blocks):  # an official file of another depth
+    if trained is not None and len(random_model.blocks) != len(
+        trained.blocks
+    ):  # an official file of another depth
         random_model = _random_like(trained, seed).to(device)
     path = Path(info["path"]) if info["path"] else None
-    return CourseWeights(trained, random_model, arch, patch, size, info["label"], story, record, path)
+    return CourseWeights(
+        trained, random_model, arch, patch, size, info["label"], story, record, path
+    )
 
 
 def _random_like(model: torch.nn.Module, seed: int) -> torch.nn.Module:
@@ -224,10 +277,15 @@ def _random_like(model: torch.nn.Module, seed: int) -> torch.nn.Module:
     blk = model.blocks[0]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        out = VisionTransformer(img_size=model.patch_embed.img_size, patch_size=model.patch_embed.patch_size,
-                                embed_dim=model.embed_dim, depth=len(model.blocks), num_heads=model.num_heads,
-                                mlp_ratio=blk.mlp.fc1.out_features / model.embed_dim,
-                                qkv_bias=blk.attn.qkv.bias is not None)
+        out = VisionTransformer(
+            img_size=model.patch_embed.img_size,
+            patch_size=model.patch_embed.patch_size,
+            embed_dim=model.embed_dim,
+            depth=len(model.blocks),
+            num_heads=model.num_heads,
+            mlp_ratio=blk.mlp.fc1.out_features / model.embed_dim,
+            qkv_bias=blk.attn.qkv.bias is not None,
+        )
     return out.eval()
 
 
@@ -240,30 +298,41 @@ def short_path(path: Path) -> str:
 
 
 def checkpoint_story(path: Path) -> tuple[str, str, dict]:
-    """What a trained checkpoint is, for the notebooks that show one: (one long line, a short tag for figure
-    titles, the JSON record beside it), from the checkpoint's config and its `.json` record."""
+    """What a trained checkpoint is, for the notebooks that show one: (one long line, a short tag
+    for figure titles, the JSON record beside it), from the checkpoint's config and its `.json`
+    record."""
     from .checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(path)
     cfg = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
     if not cfg:  # an official DINO file: weights only, no record of how they were trained
-        return f"DINO teacher weights from {Path(path).name} (the file carries no training config)", Path(path).name, {}
+        return (
+            f"DINO teacher weights from {Path(path).name} (the file carries no training config)",
+            Path(path).name,
+            {},
+        )
     record_file = Path(path).with_suffix(".json")
     record = json.loads(record_file.read_text()) if record_file.is_file() else {}
     epochs = record.get("epochs", ckpt.get("epoch"))
     step = record.get("step", ckpt.get("step"))
     images = f"the first {cfg['max_images']} images of " if cfg.get("max_images") else ""
     trained_for = f"{epochs} epoch{'' if epochs == 1 else 's'}"
-    n_stages = len(record.get("stages", []))  # a run continued by warm restarts (config init_weights)
+    n_stages = len(
+        record.get("stages", [])
+    )  # a run continued by warm restarts (config init_weights)
     stages = f", {n_stages} stages" if n_stages > 1 else ""
-    line = (f"DINO teacher from {short_path(path)}, trained {trained_for} ({step} steps{stages}) without labels on "
-            f"{images}{cfg.get('dataset', '?')} train; {cfg.get('arch')}/{cfg.get('patch_size')} on "
-            f"{cfg.get('global_crops_size')} px global crops")
+    line = (
+        f"DINO teacher from {short_path(path)}, trained {trained_for} ({step} steps{stages})"
+        f" without labels on {images}{cfg.get('dataset', '?')} train;"
+        f" {cfg.get('arch')}/{cfg.get('patch_size')} on {cfg.get('global_crops_size')} px global"
+        " crops"
+    )
     return line, f"DINO teacher, {trained_for}", record
 
 
 def save_figure(fig, name: str) -> Path | None:
-    """Save `fig` as notebooks/figures/<name>.png when VITDINO_SAVE_FIGURES=1 (for the README); else nothing."""
+    """Save `fig` as notebooks/figures/<name>.png when VITDINO_SAVE_FIGURES=1 (for the README); else
+    nothing."""
     if not os.environ.get("VITDINO_SAVE_FIGURES"):
         return None
     out = REPO_ROOT / "notebooks" / "figures" / f"{name}.png"
@@ -274,8 +343,9 @@ def save_figure(fig, name: str) -> Path | None:
 
 @contextmanager
 def native_stderr_silenced():
-    """Silence what C++ code writes straight to the process's stderr for the duration, e.g. torch.profiler's
-    start and stop lines, which Jupyter would show under the cell. Python exceptions still propagate."""
+    """Silence what C++ code writes straight to the process's stderr for the duration, e.g.
+    torch.profiler's start and stop lines, which Jupyter would show under the cell. Python
+    exceptions still propagate."""
     sys.stderr.flush()
     saved = os.dup(2)
     try:

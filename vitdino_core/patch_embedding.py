@@ -16,24 +16,37 @@ def check_image_batch(x: torch.Tensor, patch_size: int, in_chans: int) -> None:
     """Raise a ValueError that names the problem and the fix if `x` can't be patchified."""
     if x.ndim != 4:
         raise ValueError(
-            f"expected an image batch of shape (B, C, H, W), got a tensor of shape {tuple(x.shape)}; "
-            "add a batch dimension with x.unsqueeze(0) for a single image"
+            "expected an image batch of shape (B, C, H, W), got a tensor of shape"
+            f" {tuple(x.shape)}; add a batch dimension with x.unsqueeze(0) for a single image"
         )
     _, C, H, W = x.shape
     if C != in_chans:
-        hint = " (grayscale? repeat it: x.expand(-1, 3, -1, -1), or load with .convert('RGB'))" if C == 1 else ""
-        raise ValueError(f"expected {in_chans} channels, got {C} in an input of shape {tuple(x.shape)}{hint}")
+        hint = (
+            " (grayscale? repeat it: x.expand(-1, 3, -1, -1), or load with .convert('RGB'))"
+            if C == 1
+            else ""
+        )
+        raise ValueError(
+            f"expected {in_chans} channels, got {C} in an input of shape {tuple(x.shape)}{hint}"
+        )
     for name, size in (("height", H), ("width", W)):
         check_image_size(size, patch_size, what=f"image {name}")
 
 
 def check_image_size(size: int, patch_size: int, what: str = "image size") -> None:
-    """The package's one "multiple of the patch" rule: a ValueError that names the two nearest valid sizes."""
+    """The package's one "multiple of the patch" rule: a ValueError that names the two nearest valid
+    sizes."""
     if size < patch_size or size % patch_size != 0:
         lo, hi = nearest_multiples(size, patch_size)
-        problem = "is smaller than one patch" if size < patch_size else "is not a multiple of the patch size"
-        raise ValueError(f"{what} {size} {problem} ({patch_size}); use {lo} or {hi} "
-                         f"(any multiple of {patch_size} works)")
+        problem = (
+            "is smaller than one patch"
+            if size < patch_size
+            else "is not a multiple of the patch size"
+        )
+        raise ValueError(
+            f"{what} {size} {problem} ({patch_size}); use {lo} or {hi} "
+            f"(any multiple of {patch_size} works)"
+        )
 
 
 def nearest_multiples(size: int, patch_size: int) -> tuple[int, int]:
@@ -43,7 +56,8 @@ def nearest_multiples(size: int, patch_size: int) -> tuple[int, int]:
 
 
 def patchify(x: torch.Tensor, patch_size: int) -> torch.Tensor:
-    """(B, C, H, W) -> (B, N, C*p*p): each row is one patch, flattened channel-first like the conv weight."""
+    """(B, C, H, W) -> (B, N, C*p*p): each row is one patch, flattened channel-first like the conv
+    weight."""
     check_image_batch(x, patch_size, x.shape[1] if x.ndim == 4 else 3)
     B, C, H, W = x.shape
     p = patch_size
@@ -55,7 +69,9 @@ def patchify(x: torch.Tensor, patch_size: int) -> torch.Tensor:
 class PatchEmbed(nn.Module):
     """Image to patch tokens with one strided convolution (names as in DINO and timm: `proj`)."""
 
-    def __init__(self, img_size: int = 224, patch_size: int = 16, in_chans: int = 3, embed_dim: int = 768):
+    def __init__(
+        self, img_size: int = 224, patch_size: int = 16, in_chans: int = 3, embed_dim: int = 768
+    ):
         super().__init__()
         check_image_size(img_size, patch_size, what="img_size")
         self.img_size = img_size

@@ -19,8 +19,13 @@ import torch
 from .vision_transformer import ARCHS, build_vit, default_img_size, model_name
 
 
-def run_sanity(arch: str = "vit_base", patch_size: int = 12, img_size: int | None = None, batch_size: int = 2,
-               seed: int = 0) -> list[str]:
+def run_sanity(
+    arch: str = "vit_base",
+    patch_size: int = 12,
+    img_size: int | None = None,
+    batch_size: int = 2,
+    seed: int = 0,
+) -> list[str]:
     """Build, count, run; print what happens and return the list of problems found (empty = all good)."""
     torch.manual_seed(seed)
     img_size = img_size or default_img_size(patch_size)
@@ -29,18 +34,24 @@ def run_sanity(arch: str = "vit_base", patch_size: int = 12, img_size: int | Non
 
     model = build_vit(arch, patch_size=patch_size, img_size=img_size).eval()
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"{name}: {n_params:,} parameters ({n_params / 1e6:.2f}M), image size {img_size}, "
-          f"{(img_size // patch_size) ** 2} patches + CLS")
+    print(
+        f"{name}: {n_params:,} parameters ({n_params / 1e6:.2f}M), image size {img_size}, "
+        f"{(img_size // patch_size) ** 2} patches + CLS"
+    )
 
     x = torch.randn(batch_size, 3, img_size, img_size)  # (B, 3, H, W)
     with torch.inference_mode():
         t0 = time.perf_counter()
         out = model(x)  # (B, D)
         dt = time.perf_counter() - t0
-    print(f"forward {tuple(x.shape)} -> {tuple(out.shape)} in {dt * 1000:.0f} ms "
-          f"({torch.get_num_threads()} CPU threads)")
+    print(
+        f"forward {tuple(x.shape)} -> {tuple(out.shape)} in {dt * 1000:.0f} ms "
+        f"({torch.get_num_threads()} CPU threads)"
+    )
     if tuple(out.shape) != (batch_size, model.embed_dim):
-        problems.append(f"forward output shape {tuple(out.shape)}, expected {(batch_size, model.embed_dim)}")
+        problems.append(
+            f"forward output shape {tuple(out.shape)}, expected {(batch_size, model.embed_dim)}"
+        )
     if not torch.isfinite(out).all():
         problems.append("forward output has NaN or inf values")
 
@@ -63,12 +74,26 @@ def run_sanity(arch: str = "vit_base", patch_size: int = 12, img_size: int | Non
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m vitdino_core.sanity", description=__doc__.splitlines()[0])
-    parser.add_argument("--arch", default="vit_base", choices=sorted(ARCHS), help="model size (default vit_base)")
-    parser.add_argument("--patch-size", type=int, default=12, help="patch size in pixels (default 12)")
-    parser.add_argument("--img-size", type=int, default=None,
-                        help="image side in pixels, a multiple of the patch size (default: the multiple nearest 224)")
-    parser.add_argument("--batch-size", type=int, default=2, help="random images per forward pass (default 2)")
+    parser = argparse.ArgumentParser(
+        prog="python -m vitdino_core.sanity", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument(
+        "--arch", default="vit_base", choices=sorted(ARCHS), help="model size (default vit_base)"
+    )
+    parser.add_argument(
+        "--patch-size", type=int, default=12, help="patch size in pixels (default 12)"
+    )
+    parser.add_argument(
+        "--img-size",
+        type=int,
+        default=None,
+        help=(
+            "image side in pixels, a multiple of the patch size (default: the multiple nearest 224)"
+        ),
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=2, help="random images per forward pass (default 2)"
+    )
     args = parser.parse_args(argv)
     try:
         problems = run_sanity(args.arch, args.patch_size, args.img_size, args.batch_size)

@@ -32,10 +32,11 @@ from .patch_embedding import PatchEmbed, check_image_batch
 
 
 def drop_path(x: torch.Tensor, drop_prob: float = 0.0, training: bool = False) -> torch.Tensor:
-    """Stochastic depth: drop the whole residual branch for a random subset of samples, as DINO writes it.
+    """Stochastic depth: drop the whole residual branch for a random subset of samples, as DINO
+    writes it.
 
-    Each sample keeps its branch with probability keep_prob (floor(keep_prob + U) is 1), scaled by 1/keep_prob so
-    that the expectation is unchanged."""
+    Each sample keeps its branch with probability keep_prob (floor(keep_prob + U) is 1), scaled by
+    1/keep_prob so that the expectation is unchanged."""
     if drop_prob == 0.0 or not training:
         return x
     keep_prob = 1 - drop_prob
@@ -60,7 +61,13 @@ class DropPath(nn.Module):
 class Mlp(nn.Module):
     """Two linear layers with a GELU in between; hidden width = mlp_ratio * dim."""
 
-    def __init__(self, in_features: int, hidden_features: int | None = None, out_features: int | None = None, drop: float = 0.0):
+    def __init__(
+        self,
+        in_features: int,
+        hidden_features: int | None = None,
+        out_features: int | None = None,
+        drop: float = 0.0,
+    ):
         super().__init__()
         hidden_features = hidden_features or in_features
         out_features = out_features or in_features
@@ -77,19 +84,38 @@ class Mlp(nn.Module):
 class Block(nn.Module):
     """Pre-norm transformer block: attention then MLP, each inside a residual connection."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = False, drop: float = 0.0,
-                 attn_drop: float = 0.0, drop_path: float = 0.0, norm_layer=nn.LayerNorm, fast: bool = False):
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = False,
+        drop: float = 0.0,
+        attn_drop: float = 0.0,
+        drop_path: float = 0.0,
+        norm_layer=nn.LayerNorm,
+        fast: bool = False,
+    ):
         super().__init__()
         self.norm1 = norm_layer(dim)
-        self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=drop, fast=fast)
+        self.attn = Attention(
+            dim, num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=drop, fast=fast
+        )
         self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
         self.norm2 = norm_layer(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop)
-        self.fast = fast  # in training on a CPU, a dropped residual branch is not computed (`forward_kept`)
+        self.fast = (
+            fast  # in training on a CPU, a dropped residual branch is not computed (`forward_kept`)
+        )
 
     def forward(self, x: torch.Tensor, return_attention: bool = False):
-        if self.fast and self.training and not return_attention and x.device.type == "cpu" \
-                and not torch.compiler.is_compiling():  # eager CPU: the kept samples are found without a wait
+        if (
+            self.fast
+            and self.training
+            and not return_attention
+            and x.device.type == "cpu"
+            and not torch.compiler.is_compiling()
+        ):  # eager CPU: the kept samples are found without a wait
             return self.forward_kept(x)  # (B, N, D): a dropped branch is not computed
         if return_attention:
             y, attn = self.attn(self.norm1(x), return_attention=True)  # (B, N, D), (B, H, N, N)
@@ -100,20 +126,27 @@ class Block(nn.Module):
         return (x, attn) if return_attention else x
 
     def forward_kept(self, x: torch.Tensor) -> torch.Tensor:
-        """`self(x)` in training, (B, N, D), with stochastic depth as Huang et al. (2016) meant it: a sample whose
-        residual branch is dropped does not compute it. The coins are those `drop_path` would draw (one per sample,
-        in the branch's dtype), drawn before the branch; the values and the gradients are the plain block's."""
+        """`self(x)` in training, (B, N, D), with stochastic depth as Huang et al. (2016) meant it:
+        a sample whose residual branch is dropped does not compute it. The coins are those
+        `drop_path` would draw (one per sample, in the branch's dtype), drawn before the branch;
+        the values and the gradients are the plain block's."""
         p = getattr(self.drop_path, "drop_prob", 0.0)  # nn.Identity: nothing dropped
         keep = 1 - p
-        dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype  # the branch's dtype
+        dtype = (
+            torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
+        )  # the branch's dtype
         for norm, branch in ((self.norm1, self.attn), (self.norm2, self.mlp)):
             if p == 0.0:
                 x = x + branch(norm(x))  # (B, N, D): no coins to draw
                 continue
-            coins = (keep + torch.rand(x.shape[0], 1, 1, dtype=dtype, device=x.device)).floor_()  # (B, 1, 1): 1 = keep
+            coins = (
+                keep + torch.rand(x.shape[0], 1, 1, dtype=dtype, device=x.device)
+            ).floor_()  # (B, 1, 1): 1 = keep
             kept = coins.flatten().nonzero().squeeze(1)  # (b,): the samples that keep the branch
             if 0 < len(kept) < x.shape[0]:
-                y = branch(norm(x[kept])).div(keep)  # (b, N, D): the branch of the kept samples alone
+                y = branch(norm(x[kept])).div(
+                    keep
+                )  # (b, N, D): the branch of the kept samples alone
                 x = x.index_add(0, kept, y.to(x.dtype))  # (B, N, D): a dropped sample's row stays x
             else:  # nobody dropped, or everybody (the branch's weights still take part, at 0)
                 x = x + branch(norm(x)).div(keep) * coins  # (B, N, D): drop_path with these coins
@@ -121,26 +154,40 @@ class Block(nn.Module):
 
     def forward_cls(self, x: torch.Tensor) -> torch.Tensor:
         """`self(x)[:, :1]`, (B, N, D) -> (B, 1, D): the block's output for the CLS token alone."""
-        x_cls = x[:, :1] + self.drop_path(self.attn.forward_cls(self.norm1(x)))  # (B, 1, D): CLS attends to all
-        return x_cls + self.drop_path(self.mlp(self.norm2(x_cls)))  # (B, 1, D): the MLP of one token
+        x_cls = x[:, :1] + self.drop_path(
+            self.attn.forward_cls(self.norm1(x))
+        )  # (B, 1, D): CLS attends to all
+        return x_cls + self.drop_path(
+            self.mlp(self.norm2(x_cls))
+        )  # (B, 1, D): the MLP of one token
 
     def extra_repr(self) -> str:
         return f"fast={self.fast}"
 
 
 def resize_pos_grid(grid_pos: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
-    """(1, s*s, D) patch position embeddings -> (1, rows*cols, D), resized bicubically as the official DINO code does.
+    """(1, s*s, D) patch position embeddings -> (1, rows*cols, D), resized bicubically as the
+    official DINO code does.
 
-    DINO passes scale factors (rows + 0.1) / s and (cols + 0.1) / s, not the output size: the 0.1 keeps
-    floor(s * scale) from falling one short, and the factors also set where the new grid samples the old one
-    (output row i reads input row (i + 0.5) * s / (rows + 0.1) - 0.5), so official weights give official features."""
+    DINO passes scale factors (rows + 0.1) / s and (cols + 0.1) / s, not the output size: the 0.1
+    keeps floor(s * scale) from falling one short, and the factors also set where the new grid
+    samples the old one (output row i reads input row (i + 0.5) * s / (rows + 0.1) - 0.5), so
+    official weights give official features."""
     s = math.isqrt(grid_pos.shape[1])
     if s * s != grid_pos.shape[1]:
-        raise ValueError(f"position embeddings of {grid_pos.shape[1]} patches are not a square grid")
+        raise ValueError(
+            f"position embeddings of {grid_pos.shape[1]} patches are not a square grid"
+        )
     grid = grid_pos.reshape(1, s, s, -1).permute(0, 3, 1, 2)  # (1, D, s, s): a D-channel image
-    grid = F.interpolate(grid.float(), scale_factor=((rows + 0.1) / s, (cols + 0.1) / s), mode="bicubic",
-                         align_corners=False)  # (1, D, rows, cols)
-    return grid.to(grid_pos.dtype).permute(0, 2, 3, 1).reshape(1, rows * cols, -1)  # (1, rows*cols, D), row-major
+    grid = F.interpolate(
+        grid.float(),
+        scale_factor=((rows + 0.1) / s, (cols + 0.1) / s),
+        mode="bicubic",
+        align_corners=False,
+    )  # (1, D, rows, cols)
+    return (
+        grid.to(grid_pos.dtype).permute(0, 2, 3, 1).reshape(1, rows * cols, -1)
+    )  # (1, rows*cols, D), row-major
 
 
 def default_img_size(patch_size: int, target: int = 224) -> int:
@@ -149,13 +196,26 @@ def default_img_size(patch_size: int, target: int = 224) -> int:
 
 
 class VisionTransformer(nn.Module):
-    """`fast=True` sets the flag on the model and on every block and its attention; each module reads its own,
-    so turning it off on one kind of module turns off that module's trick alone."""
+    """`fast=True` sets the flag on the model and on every block and its attention; each module
+    reads its own, so turning it off on one kind of module turns off that module's trick alone."""
 
-    def __init__(self, img_size: int = 224, patch_size: int = 16, in_chans: int = 3, embed_dim: int = 768, depth: int = 12,
-                 num_heads: int = 12, mlp_ratio: float = 4.0, qkv_bias: bool = True, drop_path_rate: float = 0.0,
-                 num_classes: int = 0, drop_rate: float = 0.0, attn_drop_rate: float = 0.0, norm_layer=None,
-                 fast: bool = False):
+    def __init__(
+        self,
+        img_size: int = 224,
+        patch_size: int = 16,
+        in_chans: int = 3,
+        embed_dim: int = 768,
+        depth: int = 12,
+        num_heads: int = 12,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        drop_path_rate: float = 0.0,
+        num_classes: int = 0,
+        drop_rate: float = 0.0,
+        attn_drop_rate: float = 0.0,
+        norm_layer=None,
+        fast: bool = False,
+    ):
         super().__init__()
         norm_layer = norm_layer or partial(nn.LayerNorm, eps=1e-6)
         self.num_features = self.embed_dim = embed_dim
@@ -170,11 +230,25 @@ class VisionTransformer(nn.Module):
         self.pos_embed = nn.Parameter(torch.zeros(1, num_patches + 1, embed_dim))  # (1, N+1, D)
         self.pos_drop = nn.Dropout(p=drop_rate)
 
-        dpr = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]  # linear rule: deeper blocks drop more
-        self.blocks = nn.ModuleList([
-            Block(embed_dim, num_heads, mlp_ratio, qkv_bias, drop_rate, attn_drop_rate, dpr[i], norm_layer, fast=fast)
-            for i in range(depth)
-        ])
+        dpr = [
+            drop_path_rate * i / max(depth - 1, 1) for i in range(depth)
+        ]  # linear rule: deeper blocks drop more
+        self.blocks = nn.ModuleList(
+            [
+                Block(
+                    embed_dim,
+                    num_heads,
+                    mlp_ratio,
+                    qkv_bias,
+                    drop_rate,
+                    attn_drop_rate,
+                    dpr[i],
+                    norm_layer,
+                    fast=fast,
+                )
+                for i in range(depth)
+            ]
+        )
         self.norm = norm_layer(embed_dim)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
 
@@ -200,12 +274,18 @@ class VisionTransformer(nn.Module):
         if npatch == N and h0 == w0:
             return self.pos_embed
         grid = resize_pos_grid(self.pos_embed[:, 1:], h0, w0)  # (1, h0*w0, D)
-        return torch.cat((self.pos_embed[:, :1], grid), dim=1)  # (1, 1+h0*w0, D): the CLS entry as it is
+        return torch.cat(
+            (self.pos_embed[:, :1], grid), dim=1
+        )  # (1, 1+h0*w0, D): the CLS entry as it is
 
     def prepare_tokens(self, x: torch.Tensor) -> torch.Tensor:
-        check_image_batch(x, self.patch_size, self.patch_embed.in_chans)  # the batch's one input check
+        check_image_batch(
+            x, self.patch_size, self.patch_embed.in_chans
+        )  # the batch's one input check
         B, _, h, w = x.shape
-        x = self.patch_embed.proj(x).flatten(2).transpose(1, 2)  # (B, N, D): `patch_embed(x)`, checked above
+        x = (
+            self.patch_embed.proj(x).flatten(2).transpose(1, 2)
+        )  # (B, N, D): `patch_embed(x)`, checked above
         x = torch.cat((self.cls_token.expand(B, -1, -1), x), dim=1)  # (B, N+1, D)
         x = x + self.interpolate_pos_encoding(x, h, w)  # (B, N+1, D)
         return self.pos_drop(x)
@@ -214,11 +294,19 @@ class VisionTransformer(nn.Module):
         """The CLS token after the final norm, (B, D): the image's feature."""
         x = self.prepare_tokens(x)  # (B, N+1, D)
         blocks = list(self.blocks)
-        if self.fast:  # nothing reads the last block's other N outputs: it computes the CLS row alone
+        if (
+            self.fast
+        ):  # nothing reads the last block's other N outputs: it computes the CLS row alone
             blocks[-1] = self.blocks[-1].forward_cls  # (B, N+1, D) -> (B, 1, D)
-        recompute = self.grad_checkpointing and self.training and torch.is_grad_enabled()  # save memory, not time
+        recompute = (
+            self.grad_checkpointing and self.training and torch.is_grad_enabled()
+        )  # save memory, not time
         for blk in blocks:
-            x = torch.utils.checkpoint.checkpoint(blk, x, use_reentrant=False) if recompute else blk(x)  # (B, N+1, D)
+            x = (
+                torch.utils.checkpoint.checkpoint(blk, x, use_reentrant=False)
+                if recompute
+                else blk(x)
+            )  # (B, N+1, D)
         x = self.norm(x)  # (B, N+1, D), or (B, 1, D) when fast
         return self.head(x[:, 0])  # (B, D)
 
@@ -227,7 +315,11 @@ class VisionTransformer(nn.Module):
         x = self.prepare_tokens(x)  # (B, N+1, D)
         recompute = self.grad_checkpointing and self.training and torch.is_grad_enabled()
         for blk in self.blocks:
-            x = torch.utils.checkpoint.checkpoint(blk, x, use_reentrant=False) if recompute else blk(x)  # (B, N+1, D)
+            x = (
+                torch.utils.checkpoint.checkpoint(blk, x, use_reentrant=False)
+                if recompute
+                else blk(x)
+            )  # (B, N+1, D)
         return self.norm(x)
 
     def extra_repr(self) -> str:
@@ -261,25 +353,35 @@ class ArchSize(NamedTuple):
     letter: str  # the short name: ViT-S/16 is vit_small with 16 px patches
 
 
-ARCHS = {  # the package's one list of architectures (DeiT's and DINO's sizes; mlp_ratio 4, qkv_bias)
+# the package's one list of architectures (DeiT's and DINO's sizes; mlp_ratio 4, qkv_bias)
+ARCHS = {
     "vit_tiny": ArchSize(192, 12, 3, "Ti"),
     "vit_small": ArchSize(384, 12, 6, "S"),
     "vit_base": ArchSize(768, 12, 12, "B"),
 }
 
 
-def build_vit(arch: str, patch_size: int = 12, img_size: int | None = None, **kwargs) -> VisionTransformer:
+def build_vit(
+    arch: str, patch_size: int = 12, img_size: int | None = None, **kwargs
+) -> VisionTransformer:
     """One of ARCHS; img_size defaults to the multiple of the patch size nearest 224."""
     if arch not in ARCHS:
         raise ValueError(f"unknown arch {arch!r}; choose one of {sorted(ARCHS)}")
     size = ARCHS[arch]
-    return VisionTransformer(img_size=img_size or default_img_size(patch_size), patch_size=patch_size,
-                             embed_dim=size.embed_dim, depth=size.depth, num_heads=size.num_heads, mlp_ratio=4,
-                             qkv_bias=True, **kwargs)
+    return VisionTransformer(
+        img_size=img_size or default_img_size(patch_size),
+        patch_size=patch_size,
+        embed_dim=size.embed_dim,
+        depth=size.depth,
+        num_heads=size.num_heads,
+        mlp_ratio=4,
+        qkv_bias=True,
+        **kwargs,
+    )
 
 
 def model_name(arch: str, patch_size: int) -> str:
-    """"ViT-S/16" for ("vit_small", 16)."""
+    """ "ViT-S/16" for ("vit_small", 16)."""
     return f"ViT-{ARCHS[arch].letter}/{patch_size}" if arch in ARCHS else f"{arch}/{patch_size}"
 
 

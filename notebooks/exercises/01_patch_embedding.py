@@ -67,6 +67,7 @@ setup(seed=0)  # seeds every RNG, picks the device, prints what it chose
 # to the classic ViT input, $224 \times 224$. With patches of $p = 16$ pixels the image becomes a
 # $14 \times 14$ grid: $N = 196$ patches.
 
+
 # %%
 def center_square(img: Image.Image, size: int) -> Image.Image:
     """Crop the largest centred square, then resize it to size x size."""
@@ -81,8 +82,10 @@ x = torch.from_numpy(np.array(img)).permute(2, 0, 1).float() / 255  # (3, 224, 2
 x = x.unsqueeze(0)  # (1, 3, 224, 224): a batch of one
 B, C, H, W = x.shape
 p = 16
-print(f"image batch {tuple(x.shape)}; patch {p} x {p} -> grid {H // p} x {W // p}"
-      f" = {(H // p) * (W // p)} patches")
+print(
+    f"image batch {tuple(x.shape)}; patch {p} x {p} -> grid {H // p} x {W // p}"
+    f" = {(H // p) * (W // p)} patches"
+)
 
 # %%
 fig, axes = plt.subplots(1, 2, figsize=(9, 4.6))
@@ -93,9 +96,16 @@ for k in range(0, H + 1, p):  # grid lines every p pixels
     axes[1].axhline(k - 0.5, color="white", lw=0.6)
     axes[1].axvline(k - 0.5, color="white", lw=0.6)
 for i, j in [(0, 0), (0, 1), (1, 0), (6, 7), (13, 13)]:  # a few patches, labelled token i * w + j
-    axes[1].text(j * p + p / 2, i * p + p / 2, str(i * (W // p) + j), color="black", ha="center",
-                 va="center", fontsize=7,
-                 bbox={"boxstyle": "square,pad=0.15", "facecolor": "yellow", "edgecolor": "none"})
+    axes[1].text(
+        j * p + p / 2,
+        i * p + p / 2,
+        str(i * (W // p) + j),
+        color="black",
+        ha="center",
+        va="center",
+        fontsize=7,
+        bbox={"boxstyle": "square,pad=0.15", "facecolor": "yellow", "edgecolor": "none"},
+    )
 axes[1].set_title(f"cut into {H // p} x {W // p} patches of {p} x {p} (numbers: token index)")
 for ax in axes:
     ax.set_xlabel("x (pixels)")
@@ -145,6 +155,7 @@ plt.show()
 #
 # </details>
 
+
 # %%
 def patchify_by_hand(images: torch.Tensor, patch: int) -> torch.Tensor:
     """(B, C, H, W) -> (B, N, C*p*p): patches in raster order, each flattened channel-first."""
@@ -167,7 +178,7 @@ print("patches:", tuple(patches.shape), "= (batch, tokens N, values per patch 3*
 
 # patch (i, j) really is the p x p square at row i, column j of the grid
 i, j = 6, 7
-square = x[0, :, i * p:(i + 1) * p, j * p:(j + 1) * p]  # (3, p, p)
+square = x[0, :, i * p : (i + 1) * p, j * p : (j + 1) * p]  # (3, p, p)
 assert torch.equal(patches[0, i * (W // p) + j], square.reshape(-1))
 
 # and it is exactly what the core package computes
@@ -186,25 +197,32 @@ mosaic = np.ones((h * (p + gap), w * (p + gap), 3))  # white canvas
 pieces = patches[0].reshape(h * w, C, p, p).permute(0, 2, 3, 1).numpy()  # (N, p, p, 3) for imshow
 for n in range(h * w):
     r, c = divmod(n, w)  # token n sits at grid row r, column c
-    mosaic[r * (p + gap):r * (p + gap) + p, c * (p + gap):c * (p + gap) + p] = pieces[n]
+    mosaic[r * (p + gap) : r * (p + gap) + p, c * (p + gap) : c * (p + gap) + p] = pieces[n]
 
-fig, axd = plt.subplot_mosaic([["mosaic", "matrix"], ["strip", "strip"]], figsize=(10, 6.4),
-                              gridspec_kw={"height_ratios": [6, 1], "width_ratios": [1.1, 1]})
+fig, axd = plt.subplot_mosaic(
+    [["mosaic", "matrix"], ["strip", "strip"]],
+    figsize=(10, 6.4),
+    gridspec_kw={"height_ratios": [6, 1], "width_ratios": [1.1, 1]},
+)
 axd["mosaic"].imshow(mosaic)
 axd["mosaic"].set_title(f"{h * w} patches, each {p} x {p} x 3 = {C * p * p} numbers")
 axd["mosaic"].axis("off")
-shown = axd["matrix"].imshow(patches[0, :2 * w].numpy(), aspect="auto", cmap="gray", vmin=0, vmax=1)
-axd["matrix"].set_title(f"the same as a matrix: tokens 0 ... {2 * w - 1}\n(one row per patch)",
-                        fontsize=10)
+shown = axd["matrix"].imshow(
+    patches[0, : 2 * w].numpy(), aspect="auto", cmap="gray", vmin=0, vmax=1
+)
+axd["matrix"].set_title(
+    f"the same as a matrix: tokens 0 ... {2 * w - 1}\n(one row per patch)", fontsize=10
+)
 axd["matrix"].set_xlabel(f"value index 0 ... {C * p * p - 1} (all R, then G, then B)")
 axd["matrix"].set_ylabel("token index")
 fig.colorbar(shown, ax=axd["matrix"], label="pixel value")
 row = np.ones((p, w * (p + gap), 3))
 for n in range(w):
-    row[:, n * (p + gap):n * (p + gap) + p] = pieces[n]
+    row[:, n * (p + gap) : n * (p + gap) + p] = pieces[n]
 axd["strip"].imshow(row)
-axd["strip"].set_title(f"the start of the sequence: tokens 0 ... {w - 1}, the top row of the grid",
-                       fontsize=10)
+axd["strip"].set_title(
+    f"the start of the sequence: tokens 0 ... {w - 1}, the top row of the grid", fontsize=10
+)
 axd["strip"].axis("off")
 fig.tight_layout()
 save_figure(fig, "01_patch_mosaic")
@@ -227,8 +245,14 @@ D = 384
 linear = nn.Linear(C * p * p, D)  # weight (D, 3*p*p) = E^T, bias (D,)
 with torch.no_grad():
     tokens_linear = linear(patches)  # (1, 196, 768) @ (768, 384) -> (1, 196, 384)
-print("tokens:", tuple(tokens_linear.shape), "| E^T:", tuple(linear.weight.shape),
-      "| b:", tuple(linear.bias.shape))
+print(
+    "tokens:",
+    tuple(tokens_linear.shape),
+    "| E^T:",
+    tuple(linear.weight.shape),
+    "| b:",
+    tuple(linear.bias.shape),
+)
 
 # %% [markdown]
 # ## 4. The same thing as a strided convolution
@@ -277,9 +301,11 @@ print("strided conv == linear layer on flattened patches")
 #
 # </details>
 
+
 # %%
-def embed_patches_by_hand(images: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
-                          patch: int) -> torch.Tensor:
+def embed_patches_by_hand(
+    images: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, patch: int
+) -> torch.Tensor:
     """(B, C, H, W) -> (B, N, D) with a conv's weight (D, C, p, p) and bias (D,), as one matmul."""
     raise NotImplementedError("tokens (B, N, D), the conv's output, as one matrix product")
 
@@ -304,8 +330,11 @@ print("embed_fn with the conv's weights == the strided conv")
 
 # %%
 patch_embed = PatchEmbed(img_size=H, patch_size=p, in_chans=C, embed_dim=D)
-print({name: tuple(t.shape) for name, t in patch_embed.state_dict().items()},
-      "| num_patches:", patch_embed.num_patches)
+print(
+    {name: tuple(t.shape) for name, t in patch_embed.state_dict().items()},
+    "| num_patches:",
+    patch_embed.num_patches,
+)
 patch_embed.proj.load_state_dict(conv.state_dict())
 with torch.no_grad():
     tokens = patch_embed(x)  # (1, 196, 384)
@@ -395,9 +424,11 @@ for make_bad_call in (
 g = torch.Generator().manual_seed(0)
 perm = torch.randperm(h * w, generator=g)  # (N,): a random order of the patches
 shuffled_patches = patches[:, perm]  # (1, N, 3*p*p)
-shuffled = (shuffled_patches.reshape(1, h, w, C, p, p)  # (1, h, w, C, p, p): undo the patchify
-            .permute(0, 3, 1, 4, 2, 5)  # (1, C, h, p, w, p)
-            .reshape(1, C, H, W))  # (1, C, H, W): a scrambled image
+shuffled = (
+    shuffled_patches.reshape(1, h, w, C, p, p)  # (1, h, w, C, p, p): undo the patchify
+    .permute(0, 3, 1, 4, 2, 5)  # (1, C, h, p, w, p)
+    .reshape(1, C, H, W)
+)  # (1, C, H, W): a scrambled image
 with torch.no_grad():
     tokens_shuffled = patch_embed(shuffled)  # (1, N, D)
 torch.testing.assert_close(tokens_shuffled, tokens[:, perm])  # the same tokens, reordered

@@ -60,8 +60,14 @@ from tqdm.auto import tqdm
 
 from vitdino_core import DINOHead, DINOLoss
 from vitdino_core.dino_loss import teacher_temp_schedule
-from vitdino_core.exercises import (assert_checked, check_center_update, check_dino_head,
-                                    check_dino_loss, check_teacher_probs, pick)
+from vitdino_core.exercises import (
+    assert_checked,
+    check_center_update,
+    check_dino_head,
+    check_dino_loss,
+    check_teacher_probs,
+    pick,
+)
 from vitdino_core.notebook import save_figure, setup
 
 env = setup(seed=0)
@@ -105,6 +111,7 @@ FAST = env.fast  # True under CI or VITDINO_FAST=1: fewer simulation steps, ever
 #
 # </details>
 
+
 # %%
 def dino_head_by_hand(x: torch.Tensor, mlp: nn.Module, v: torch.Tensor, g: torch.Tensor):
     """(B, D) features -> (B, K) scores: cosine similarity to each prototype, times its length g."""
@@ -131,8 +138,10 @@ with torch.no_grad():
     out = dino_head_fn(feats, core_head.mlp, weight.original1, weight.original0)  # (8, 4096)
     torch.testing.assert_close(out, core_head(feats))
 assert out.abs().max() <= 1 + 1e-5
-print(f"dino_head_fn == vitdino_core.DINOHead; output {tuple(out.shape)}, "
-      f"scores in [{out.min():.2f}, {out.max():.2f}] within [-1, 1]")
+print(
+    f"dino_head_fn == vitdino_core.DINOHead; output {tuple(out.shape)}, "
+    f"scores in [{out.min():.2f}, {out.max():.2f}] within [-1, 1]"
+)
 
 # %% [markdown]
 # At DINO's size, $K = 65536$, the head is larger than a ViT-S backbone (21.67M), almost all of it
@@ -163,7 +172,7 @@ for ax, tau in zip(axes, (1.0, 0.1, 0.04)):
     p = F.softmax(scores / tau, dim=-1)  # (8,)
     ax.bar(range(8), p.numpy(), color="tab:blue" if tau != 0.04 else "tab:red")
     entropy = -(p * p.log()).sum().item()
-    ax.set(title=fr"$\tau$ = {tau}: entropy {entropy:.2f} nats", xlabel="output k", xticks=range(8))
+    ax.set(title=rf"$\tau$ = {tau}: entropy {entropy:.2f} nats", xlabel="output k", xticks=range(8))
 axes[0].set_ylabel("probability")
 fig.suptitle("softmax(scores / τ): lower temperature, sharper distribution (uniform: ln 8 = 2.08)")
 plt.show()
@@ -208,6 +217,7 @@ plt.show()
 #
 # </details>
 
+
 # %%
 def teacher_probs_by_hand(teacher_out: torch.Tensor, center: torch.Tensor, teacher_temp: float):
     """(2B, K) teacher scores -> (2B, K) centred, sharpened probabilities, without gradient."""
@@ -231,6 +241,7 @@ check_teacher_probs(teacher_probs_by_hand)
 # centre keeps most of its weight ($m = 0.9$).
 #
 # </details>
+
 
 # %%
 def center_update_by_hand(center: torch.Tensor, teacher_out: torch.Tensor, momentum: float = 0.9):
@@ -267,8 +278,9 @@ teacher_probs_fn = pick("teacher_probs", teacher_probs_by_hand)
 center_update_fn = pick("center_update", center_update_by_hand)
 
 
-def dino_loss_by_hand(student_out, teacher_out, center, ncrops, student_temp=0.1,
-                      teacher_temp=0.04):
+def dino_loss_by_hand(
+    student_out, teacher_out, center, ncrops, student_temp=0.1, teacher_temp=0.04
+):
     """The official double loop. student_out (ncrops*B, K), teacher_out (2B, K), center (1, K)."""
     raise NotImplementedError("mean cross-entropy over (teacher view, other view) pairs")
 
@@ -283,8 +295,16 @@ check_dino_loss(dino_loss_by_hand)
 # %%
 dino_loss_fn = pick("dino_loss", dino_loss_by_hand)
 B, ncrops, K_small = 4, 6, 32  # 4 images, 2 global + 4 local views, 32 outputs
-loss_fn = DINOLoss(K_small, ncrops, warmup_teacher_temp=0.04, teacher_temp=0.04,
-                   warmup_teacher_temp_epochs=0, nepochs=10, student_temp=0.1, center_momentum=0.9)
+loss_fn = DINOLoss(
+    K_small,
+    ncrops,
+    warmup_teacher_temp=0.04,
+    teacher_temp=0.04,
+    warmup_teacher_temp_epochs=0,
+    nepochs=10,
+    student_temp=0.1,
+    center_momentum=0.9,
+)
 center = torch.zeros(1, K_small)  # (1, K): the centre starts at zero
 g = torch.Generator().manual_seed(0)
 for step in range(3):  # three steps, so the centre is no longer zero
@@ -295,8 +315,10 @@ for step in range(3):  # three steps, so the centre is no longer zero
     center = center_update_fn(center, teacher_out)
     torch.testing.assert_close(mine, core)
     torch.testing.assert_close(center, loss_fn.center)
-    print(f"step {step}: loss by hand {mine.item():.4f} == DINOLoss {core.item():.4f}; "
-          f"centre mean {center.mean():.3f}")
+    print(
+        f"step {step}: loss by hand {mine.item():.4f} == DINOLoss {core.item():.4f}; "
+        f"centre mean {center.mean():.3f}"
+    )
 
 loss_mine = dino_loss_fn(student_out, teacher_out, center, ncrops)
 grad_mine = torch.autograd.grad(loss_mine, student_out)[0]
@@ -315,8 +337,9 @@ print(f"{2 * (ncrops - 1)} (teacher, student) pairs per image; gradients agree t
 # means nothing is being learned: uniform collapse.
 
 # %%
-uniform_loss = DINOLoss(65536, 10, 0.04, 0.04, 0, 1)(torch.zeros(10 * 2, 65536),
-                                                     torch.zeros(2 * 2, 65536), 0)
+uniform_loss = DINOLoss(65536, 10, 0.04, 0.04, 0, 1)(
+    torch.zeros(10 * 2, 65536), torch.zeros(2 * 2, 65536), 0
+)
 print(f"loss for uniform outputs: {uniform_loss.item():.4f}, ln(65536) = {math.log(65536):.4f}")
 torch.testing.assert_close(uniform_loss, torch.tensor(math.log(65536)))
 
@@ -371,15 +394,23 @@ def simulate(name: str, teacher_temp: float, center_momentum: float):
     student = DINOHead(dim, K_sim, hidden_dim=128, bottleneck_dim=32)
     teacher = copy.deepcopy(student).requires_grad_(False)
     optimizer = torch.optim.AdamW(student.parameters(), lr=1e-3, weight_decay=0.0)
-    loss_fn = DINOLoss(K_sim, ncrops=2, warmup_teacher_temp=teacher_temp, teacher_temp=teacher_temp,
-                       warmup_teacher_temp_epochs=0, nepochs=1, student_temp=0.1,
-                       center_momentum=center_momentum)
+    loss_fn = DINOLoss(
+        K_sim,
+        ncrops=2,
+        warmup_teacher_temp=teacher_temp,
+        teacher_temp=teacher_temp,
+        warmup_teacher_temp_epochs=0,
+        nepochs=1,
+        student_temp=0.1,
+        center_momentum=center_momentum,
+    )
     gen = torch.Generator().manual_seed(1)  # the same batches for every run
     history = {"entropy": [], "kl": [], "batch_entropy": []}
     for _ in tqdm(range(steps), desc=name, leave=False):
         idx = torch.randint(0, M, (batch,), generator=gen)  # (batch,) images
-        views = torch.cat([features[idx] + noise * torch.randn(batch, dim, generator=gen)
-                           for _ in range(2)])  # (2B, dim): 2 noisy views of each image
+        views = torch.cat(
+            [features[idx] + noise * torch.randn(batch, dim, generator=gen) for _ in range(2)]
+        )  # (2B, dim): 2 noisy views of each image
         student_out = student(views)  # (2B, K)
         with torch.no_grad():
             teacher_out = teacher(views)  # (2B, K)
@@ -414,29 +445,41 @@ finally:
 
 # %%
 lnK = math.log(K_sim)
-colors = {"(a) centering + sharpening": "tab:green", "(b) sharpening only": "tab:red",
-          "(c) centering only": "tab:blue"}
+colors = {
+    "(a) centering + sharpening": "tab:green",
+    "(b) sharpening only": "tab:red",
+    "(c) centering only": "tab:blue",
+}
 fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
 for name, (hist, _) in results.items():
     axes[0].plot(hist["entropy"], color=colors[name], label=name)
     axes[1].plot(hist["kl"], color=colors[name], label=name)
 axes[0].axhline(lnK, color="gray", ls=":", lw=1)
 axes[0].text(steps * 0.45, lnK + 0.08, f"uniform: ln K = {lnK:.2f}", color="gray", fontsize=9)
-axes[0].set(xlabel="step", ylabel="nats", title=r"Teacher entropy $h(P_t)$",
-            ylim=(-0.1, lnK + 0.45))
-axes[1].set(xlabel="step", ylabel="nats", title=r"$\mathrm{KL}(P_t \,\|\, P_s)$: 0 means collapse",
-            yscale="log")
+axes[0].set(
+    xlabel="step", ylabel="nats", title=r"Teacher entropy $h(P_t)$", ylim=(-0.1, lnK + 0.45)
+)
+axes[1].set(
+    xlabel="step",
+    ylabel="nats",
+    title=r"$\mathrm{KL}(P_t \,\|\, P_s)$: 0 means collapse",
+    yscale="log",
+)
 axes[0].legend(fontsize=9)
 fig.suptitle(f"Collapse modes in a toy DINO (K = {K_sim}; cf. the DINO paper, Figure 7)", y=1.02)
 fig.tight_layout()
 save_figure(fig, "05_collapse_modes")
 plt.show()
 
-final = {name: {k: float(np.mean(v[-20:])) for k, v in hist.items()}  # the last 20 steps
-         for name, (hist, _) in results.items()}
+final = {
+    name: {k: float(np.mean(v[-20:])) for k, v in hist.items()}  # the last 20 steps
+    for name, (hist, _) in results.items()
+}
 for name, f in final.items():
-    print(f"{name:28s} entropy {f['entropy']:.2f} (ln K = {lnK:.2f})  KL {f['kl']:.3f}  "
-          f"entropy of the batch mean {f['batch_entropy']:.2f}")
+    print(
+        f"{name:28s} entropy {f['entropy']:.2f} (ln K = {lnK:.2f})  KL {f['kl']:.3f}  "
+        f"entropy of the batch mean {f['batch_entropy']:.2f}"
+    )
 
 a, b, c = final.values()
 assert b["entropy"] < 0.15 * lnK  # (b) one dimension dominates
@@ -463,8 +506,11 @@ assert a["kl"] > 3 * max(b["kl"], c["kl"])  # the collapsed runs have (almost) n
 fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
 for ax, (name, (hist, probe)) in zip(axes, results.items()):
     im = ax.imshow(probe.numpy(), aspect="auto", cmap="magma", vmin=0, vmax=1)
-    ax.set(title=f"{name}\nentropy of the mean: {final[name]['batch_entropy']:.2f} nats",
-           xlabel="output k", ylabel="image")
+    ax.set(
+        title=f"{name}\nentropy of the mean: {final[name]['batch_entropy']:.2f} nats",
+        xlabel="output k",
+        ylabel="image",
+    )
 fig.colorbar(im, ax=axes, fraction=0.02, label=r"$P_t$")
 plt.show()
 
@@ -494,15 +540,27 @@ for label, (start, end, warm) in schedules.items():
     ax.plot(teacher_temp_schedule(start, end, warm, nepochs), label=label)
 ax.axhline(0.1, color="gray", ls=":", lw=1)
 ax.text(60, 0.096, r"student $\tau_s = 0.1$", color="gray", fontsize=9)
-ax.set(xlabel="epoch", ylabel=r"teacher temperature $\tau_t$", ylim=(0.03, 0.105),
-       title="Teacher temperature warm-up")
+ax.set(
+    xlabel="epoch",
+    ylabel=r"teacher temperature $\tau_t$",
+    ylim=(0.03, 0.105),
+    title="Teacher temperature warm-up",
+)
 ax.legend(fontsize=8, loc="lower right", bbox_to_anchor=(1.0, 0.14))
 plt.show()
 
-loss_30 = DINOLoss(65536, 10, warmup_teacher_temp=0.04, teacher_temp=0.07,
-                   warmup_teacher_temp_epochs=30, nepochs=nepochs)
-print("DINOLoss.teacher_temp at epochs 0, 15, 29, 30, 99:",
-      [round(loss_30.teacher_temp(e), 4) for e in (0, 15, 29, 30, 99)])
+loss_30 = DINOLoss(
+    65536,
+    10,
+    warmup_teacher_temp=0.04,
+    teacher_temp=0.07,
+    warmup_teacher_temp_epochs=30,
+    nepochs=nepochs,
+)
+print(
+    "DINOLoss.teacher_temp at epochs 0, 15, 29, 30, 99:",
+    [round(loss_30.teacher_temp(e), 4) for e in (0, 15, 29, 30, 99)],
+)
 assert loss_30.teacher_temp(0) == 0.04 and loss_30.teacher_temp(99) == 0.07
 assert abs(loss_30.teacher_temp(29) - 0.07) < 1e-12  # the warm-up ends exactly at 0.07
 

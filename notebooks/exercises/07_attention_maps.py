@@ -144,8 +144,10 @@ h, w = H // PATCH, W // PATCH  # the patch grid
 N = h * w  # patches
 D = MODEL.embed_dim
 d = D // HEADS  # head dimension
-print(f"{H} x {W} px image, {PATCH} px patches: {h} x {w} grid, N = {N} patches; D = {D}, {HEADS} "
-      f"heads of d = {d}; {DEPTH - 1} blocks run as they are, then block {DEPTH - 1} opened")
+print(
+    f"{H} x {W} px image, {PATCH} px patches: {h} x {w} grid, N = {N} patches; D = {D}, {HEADS} "
+    f"heads of d = {d}; {DEPTH - 1} blocks run as they are, then block {DEPTH - 1} opened"
+)
 
 with torch.no_grad():
     tokens = MODEL.patch_embed(x)  # (1, N, D)
@@ -355,6 +357,7 @@ display(overlay_masks(x[0], threshold_masks(attn_gh)[0], title=f"grace_hopper, 6
 # column and the numbers in section 4 tell flat from sharp. The masks are tinted by
 # `vitdino_core.attention_maps.tint_masks`, the drawing step of `overlay_masks`.
 
+
 # %%
 def as_picture(image: torch.Tensor) -> np.ndarray:
     """(3, H, W) normalised tensor -> (H, W, 3) array in [0, 1]."""
@@ -557,10 +560,12 @@ assert (random_coverage > 0.45).all(), "so its masks need about 60% of the patch
 if trained is not None:
     trained_coverage, trained_entropy = results[TRAINED_TAG]
     sharper = int((trained_coverage < random_coverage - 0.02).sum())  # by more than 2 points
-    print(f"{WEIGHTS}: mean per-head coverage {trained_coverage.mean():.0%} against random init's "
-          f"{random_coverage.mean():.0%}, entropy {trained_entropy.mean():.3f} against "
-          f"{random_entropy.mean():.3f}; {sharper} of {HEADS} heads more selective than random "
-          "init (coverage lower by more than 2 points)")
+    print(
+        f"{WEIGHTS}: mean per-head coverage {trained_coverage.mean():.0%} against random init's "
+        f"{random_coverage.mean():.0%}, entropy {trained_entropy.mean():.3f} against "
+        f"{random_entropy.mean():.3f}; {sharper} of {HEADS} heads more selective than random "
+        "init (coverage lower by more than 2 points)"
+    )
 
 # %% [markdown]
 # The random network's entropy is almost exactly 1 and its masks cover about 60% of the patches: it
@@ -700,14 +705,18 @@ for tag, model in models:
 if trained is not None:
     gap = depth_entropy[RANDOM_TAG] - depth_entropy[TRAINED_TAG]  # (depth,): > 0 = more selective
     most = f"; the largest gap in block {int(gap.argmax())}" if (gap > 0.02).any() else ""
-    print(f"{WEIGHTS}: {int((gap > 0.02).sum())} of {DEPTH} blocks more selective than random init "
-          f"(entropy lower by more than 0.02){most}")
+    print(
+        f"{WEIGHTS}: {int((gap > 0.02).sum())} of {DEPTH} blocks more selective than random init "
+        f"(entropy lower by more than 0.02){most}"
+    )
 ax.set(
     xlabel="block",
     ylabel="entropy / ln N",
     xticks=range(DEPTH),
-    title="How flat is the CLS attention at each depth? "
-    f"({len(depth_stats)} val images at {IMG} px; bars: spread over heads)",
+    title=(
+        "How flat is the CLS attention at each depth? "
+        f"({len(depth_stats)} val images at {IMG} px; bars: spread over heads)"
+    ),
 )
 ax.legend(fontsize=8)
 save_figure(fig, "07_attention_depth")
@@ -832,8 +841,10 @@ for c, pair in zip(pair_classes, pairs):
         fa, fb = patch_features(model, pair)  # (g, g, D) each
         ia, ib, sim = mutual_nearest_patches(fa, fb, top=TOP)  # (m,), (m,), (m,)
         matches.append((f"{val_pil.classes[c]}: {tag}", pair, ia, ib, sim))
-        print(f"{val_pil.classes[c]:>18}, {tag}: {len(ia)} mutual matches shown, "
-              f"cosine similarity {sim.min():.2f} to {sim.max():.2f}")
+        print(
+            f"{val_pil.classes[c]:>18}, {tag}: {len(ia)} mutual matches shown, "
+            f"cosine similarity {sim.min():.2f} to {sim.max():.2f}"
+        )
 norm = Normalize(min(float(m[4].min()) for m in matches), max(float(m[4].max()) for m in matches))
 cmap = plt.get_cmap("plasma")
 

@@ -21,14 +21,18 @@ from tqdm.auto import tqdm
 from ..cli import PATH_ERRORS, UserError
 
 DINO_BASE_URL = "https://dl.fbaipublicfiles.com/dino"
-# our name -> the official name (facebookresearch/dino README); `<name>_full` is the full training checkpoint
+# our name -> the official name (facebookresearch/dino README); `<name>_full` is the full training
+# checkpoint
 DINO_BACKBONES = {
     "dino_vits16": "dino_deitsmall16_pretrain",
     "dino_vits8": "dino_deitsmall8_pretrain",
     "dino_vitb16": "dino_vitbase16_pretrain",
     "dino_vitb8": "dino_vitbase8_pretrain",
 }
-DINO_WEIGHTS = {**DINO_BACKBONES, **{f"{k}_full": f"{v}_full_checkpoint" for k, v in DINO_BACKBONES.items()}}
+DINO_WEIGHTS = {
+    **DINO_BACKBONES,
+    **{f"{k}_full": f"{v}_full_checkpoint" for k, v in DINO_BACKBONES.items()},
+}
 
 # torchvision's Imagenette(size="full"): the Imagenette v2 train/val lists at full resolution
 IMAGENETTE2_URL = "https://s3.amazonaws.com/fast-ai-imageclas/imagenette2.tgz"
@@ -59,8 +63,8 @@ def _offline_hint(url: str, dest: Path, err: BaseException) -> DownloadError:
     host = urllib.request.urlparse(url).netloc
     reason = getattr(err, "reason", err)
     return DownloadError(
-        f"cannot reach {host} ({reason}): no network here? Download {url} on a machine that has one "
-        f"and copy it to {dest}, then run the same command again"
+        f"cannot reach {host} ({reason}): no network here? Download {url} on a machine that has one"
+        f" and copy it to {dest}, then run the same command again"
     )
 
 
@@ -80,12 +84,20 @@ def md5sum(path: Path) -> str:
     return h.hexdigest()
 
 
-def download_file(url: str, dest: str | os.PathLike, md5: str | None = None, desc: str | None = None,
-                   timeout: float = 60.0, quiet: bool = False) -> Path:
-    """Fetch `url` to `dest` through `dest.part`, resuming a partial `.part` with an HTTP Range request.
+def download_file(
+    url: str,
+    dest: str | os.PathLike,
+    md5: str | None = None,
+    desc: str | None = None,
+    timeout: float = 60.0,
+    quiet: bool = False,
+) -> Path:
+    """Fetch `url` to `dest` through `dest.part`, resuming a partial `.part` with an HTTP Range
+    request.
 
     A server that ignores the Range header answers 200 with the whole file: the part is then started
-    again. `dest` appears only when complete (and, given `md5`, verified). An existing `dest` is kept.
+    again. `dest` appears only when complete (and, given `md5`, verified). An existing `dest` is
+    kept.
     """
     dest = Path(dest)
     if dest.is_file():
@@ -113,8 +125,16 @@ def download_file(url: str, dest: str | os.PathLike, md5: str | None = None, des
         total = _total_from_content_range(resp.headers.get("Content-Range")) if resumed else None
         if total is None and length is not None:
             total = start + int(length)
-        bar = tqdm(total=total, initial=start, unit="B", unit_scale=True, unit_divisor=1024,
-                   desc=desc or dest.name, disable=quiet, leave=False)
+        bar = tqdm(
+            total=total,
+            initial=start,
+            unit="B",
+            unit_scale=True,
+            unit_divisor=1024,
+            desc=desc or dest.name,
+            disable=quiet,
+            leave=False,
+        )
         written = start
         try:
             with open(part, "ab" if resumed else "wb") as f:
@@ -126,25 +146,36 @@ def download_file(url: str, dest: str | os.PathLike, md5: str | None = None, des
             raise
         except OSError as e:
             if e.errno == errno.ENOSPC:
-                raise DownloadError(f"no space left on the disk of {part} after {human_size(written)}; free some space "
-                                    f"(or set VITDINO_DATA to a bigger disk) and run the same command again") from None
-            raise DownloadError(f"download of {url} stopped at {human_size(written)} ({type(e).__name__}: {e}); "
-                                f"run the same command again to resume") from None
+                raise DownloadError(
+                    f"no space left on the disk of {part} after {human_size(written)}; free some"
+                    " space (or set VITDINO_DATA to a bigger disk) and run the same command again"
+                ) from None
+            raise DownloadError(
+                f"download of {url} stopped at {human_size(written)} ({type(e).__name__}: {e}); "
+                "run the same command again to resume"
+            ) from None
         except http.client.HTTPException as e:
-            raise DownloadError(f"download of {url} stopped at {human_size(written)} ({type(e).__name__}); "
-                                f"run the same command again to resume") from None
+            raise DownloadError(
+                f"download of {url} stopped at {human_size(written)} ({type(e).__name__}); "
+                "run the same command again to resume"
+            ) from None
         finally:
             bar.close()
     if total is not None and written != total:
-        raise DownloadError(f"download of {url} stopped at {human_size(written)} of {human_size(total)}; "
-                            f"run the same command again to resume")
+        raise DownloadError(
+            f"download of {url} stopped at {human_size(written)} of {human_size(total)}; "
+            "run the same command again to resume"
+        )
     return _finish(part, dest, md5, url)
 
 
 def _finish(part: Path, dest: Path, md5: str | None, url: str) -> Path:
     if md5 is not None and md5sum(part) != md5:
         part.unlink()
-        raise DownloadError(f"{dest.name} from {url} is corrupt (MD5 differs); it was deleted: run the same command again")
+        raise DownloadError(
+            f"{dest.name} from {url} is corrupt (MD5 differs); it was deleted: run the same command"
+            " again"
+        )
     os.replace(part, dest)
     return dest
 
@@ -152,5 +183,7 @@ def _finish(part: Path, dest: Path, md5: str | None, url: str) -> Path:
 def download_dino(name: str, root: Path, quiet: bool = False) -> Path:
     """One of `DINO_WEIGHTS` into `<root>/dino/<official name>.pth`; returns its path."""
     if name not in DINO_WEIGHTS:
-        raise DownloadError(f"unknown DINO weights {name!r}; choose one of {', '.join(DINO_WEIGHTS)}")
+        raise DownloadError(
+            f"unknown DINO weights {name!r}; choose one of {', '.join(DINO_WEIGHTS)}"
+        )
     return download_file(dino_url(name), root / "dino" / f"{DINO_WEIGHTS[name]}.pth", quiet=quiet)

@@ -1,4 +1,5 @@
-"""Any image file -> 8-bit RGB with the colours it shows: what every dataset and picture of the course reads."""
+"""Any image file -> 8-bit RGB with the colours it shows: what every dataset and picture of the
+course reads."""
 
 from __future__ import annotations
 
@@ -15,8 +16,11 @@ SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 
 
 def _gray_to_uint8(a: np.ndarray, mode: str) -> np.ndarray:
-    """One channel of 16-bit, 32-bit integer or 32-bit float pixels (H, W) -> uint8 (H, W), by the rules of `to_rgb`."""
-    a = np.nan_to_num(a.astype(np.float64), nan=0.0, posinf=np.finfo(np.float64).max, neginf=0.0)  # (H, W)
+    """One channel of 16-bit, 32-bit integer or 32-bit float pixels (H, W) -> uint8 (H, W), by the
+    rules of `to_rgb`."""
+    a = np.nan_to_num(
+        a.astype(np.float64), nan=0.0, posinf=np.finfo(np.float64).max, neginf=0.0
+    )  # (H, W)
     top = float(a.max())
     if mode in SIXTEEN_BIT_MODES:
         scale = 255.0 / 65535.0
@@ -38,13 +42,16 @@ def _has_alpha(img: Image.Image) -> bool:
 def to_rgb(img: Image.Image, background: tuple[int, int, int] = BACKGROUND) -> Image.Image:
     """Any image Pillow opens -> 8-bit RGB with the colours it shows.
 
-    - 1, L, P, RGB, CMYK, YCbCr, ...: Pillow's conversion (1 -> 0 or 255; CMYK without colour management).
-    - I;16 (16-bit gray): 0..65535 -> 0..255, so 65535 is white (Pillow alone would clip everything above 255).
-    - I (32-bit integer): scaled from the smallest of 0..255, 0..65535, 0..2^31-1 that holds the largest value;
+    - 1, L, P, RGB, CMYK, YCbCr, ...: Pillow's conversion (1 -> 0 or 255; CMYK without colour
+    management). - I;16 (16-bit gray): 0..65535 -> 0..255, so 65535 is white (Pillow alone would
+    clip everything above 255). - I (32-bit integer): scaled from the smallest of 0..255, 0..65535,
+    0..2^31-1 that holds the largest value;
       negative values are black.
-    - F (32-bit float): values in [0, 1] are scaled by 255; an image with values above 1 is read as 0..255;
+    - F (32-bit float): values in [0, 1] are scaled by 255; an image with values above 1 is read as
+    0..255;
       out-of-range values are clipped, NaN is black.
-    - Transparency (RGBA, LA, PA, a palette or colour key with transparency): composited over `background`
+    - Transparency (RGBA, LA, PA, a palette or colour key with transparency): composited over
+    `background`
       (white), so that hidden pixels, whatever colour they store, never show.
     """
     if img.mode == "RGB" and "transparency" not in img.info:
@@ -66,7 +73,6 @@ def open_rgb(path: str | os.PathLike) -> Image.Image:
         if img.width == 0 or img.height == 0:
             raise ValueError(f"the image is {img.width}x{img.height} pixels")
         return to_rgb(img)
-
 
 
 def is_image_file(p: Path) -> bool:

@@ -50,15 +50,22 @@ STATUS: dict[str, str] = {}
 REFERENCES: dict[str, Callable] = {}
 
 _CHECKER_DIR = str(Path(__file__).resolve().parent)
-_LIBRARY_DIRS = tuple(str(Path(p).resolve()) for p in {sysconfig.get_paths()[k] for k in ("stdlib", "purelib",
-                                                                                          "platlib")})
+_LIBRARY_DIRS = tuple(
+    str(Path(p).resolve())
+    for p in {sysconfig.get_paths()[k] for k in ("stdlib", "purelib", "platlib")}
+)
 
 
 def _learners_frames(tb) -> list[traceback.FrameSummary]:
-    """The frames of a traceback that are the learner's: not this checker, not torch or the standard library."""
+    """The frames of a traceback that are the learner's: not this checker, not torch or the standard
+    library."""
     frames = []
     for frame in traceback.extract_tb(tb):
-        path = str(Path(frame.filename).resolve()) if not frame.filename.startswith("<") else frame.filename
+        path = (
+            str(Path(frame.filename).resolve())
+            if not frame.filename.startswith("<")
+            else frame.filename
+        )
         if not path.startswith(_CHECKER_DIR) and not path.startswith(_LIBRARY_DIRS):
             frames.append(frame)
     return frames
@@ -102,7 +109,8 @@ def is_stub(fn: Callable) -> bool:
 
 
 def check(name: str) -> Callable[[Callable], Callable]:
-    """Register `check_<name>(fn)`: run the body with its own random state, record the outcome, print it.
+    """Register `check_<name>(fn)`: run the body with its own random state, record the outcome,
+    print it.
 
     The body calls `fn` and raises `mistake("...")` when it finds one; what it returns (a short
     string such as "matches vitdino_core on 5 cases") ends the success line. The learner's global
@@ -125,11 +133,15 @@ def check(name: str) -> Callable[[Callable], Callable]:
                 raise ExerciseMistake(f"{name}: {e}") from None
             except Exception as e:  # the learner's code crashed: show its error, not ours
                 STATUS[name] = "failed"
-                raise ExerciseMistake(f"{name}: your function raised {type(e).__name__}: {e}") from e
+                raise ExerciseMistake(
+                    f"{name}: your function raised {type(e).__name__}: {e}"
+                ) from e
             if is_stub(fn):
                 STATUS[name] = "broken"
-                raise ExerciseMistake(f"{name}: the check passed a function that still raises "
-                                      "NotImplementedError; the check itself is wrong")
+                raise ExerciseMistake(
+                    f"{name}: the check passed a function that still raises "
+                    "NotImplementedError; the check itself is wrong"
+                )
             STATUS[name] = "passed"
             print(f"ok: {name}" + (f" - {detail}" if detail else ""))
 
@@ -140,7 +152,8 @@ def check(name: str) -> Callable[[Callable], Callable]:
 
 
 def reference(name: str) -> Callable[[F], F]:
-    """Register `reference_<name>`: the finished version of exercise `name`, with the learner's signature."""
+    """Register `reference_<name>`: the finished version of exercise `name`, with the learner's
+    signature."""
 
     def register(fn: F) -> F:
         REFERENCES[name] = fn
@@ -161,7 +174,10 @@ def pick(name: str, mine: F, core: F | None = None) -> F:
         return mine
     if core is None:
         if name not in REFERENCES:
-            raise KeyError(f"no core version registered for exercise {name!r}; pass it as pick's third argument")
+            raise KeyError(
+                f"no core version registered for exercise {name!r}; pass it as pick's third"
+                " argument"
+            )
         core = REFERENCES[name]
     print(f"note: {name} - using vitdino_core's version until your check passes")
     return core
@@ -186,8 +202,10 @@ def assert_checked(names: Sequence[str]) -> None:
     broken = [n for n in names if STATUS[n] == "broken"]
     assert not broken, f"these checks passed a stub that raises NotImplementedError: {broken}"
     todo = [n for n in names if STATUS[n] != "passed"]
-    print(f"{len(names) - len(todo)} of {len(names)} exercises pass" + (f"; still to do: {', '.join(todo)}"
-                                                                        if todo else ""))
+    print(
+        f"{len(names) - len(todo)} of {len(names)} exercises pass"
+        + (f"; still to do: {', '.join(todo)}" if todo else "")
+    )
 
 
 def reset() -> None:
@@ -195,7 +213,8 @@ def reset() -> None:
     STATUS.clear()
 
 
-# ---- the helpers every check uses: each raises `mistake(...)` with a message in the learner's terms
+# ---- the helpers every check uses: each raises `mistake(...)` with a message in the learner's
+# terms
 
 RTOL, ATOL = 1e-4, 1e-5  # the one tolerance rule, see `close`
 
@@ -209,8 +228,13 @@ def expect_tensor(got, what: str = "your function") -> torch.Tensor:
     return got
 
 
-def expect_shape(got, want: Sequence[int], axes: Sequence[str] | None = None, what: str = "output",
-                 known: Mapping[tuple, str] | None = None) -> None:
+def expect_shape(
+    got,
+    want: Sequence[int],
+    axes: Sequence[str] | None = None,
+    what: str = "output",
+    known: Mapping[tuple, str] | None = None,
+) -> None:
     """Compare shapes; `known` maps typical wrong shapes to their message, and when the sizes are
     right but in another order, the message says which axes look swapped."""
     got = expect_tensor(got)
@@ -232,11 +256,15 @@ def expect_shape(got, want: Sequence[int], axes: Sequence[str] | None = None, wh
 
 
 def close(got, want) -> bool:
-    """The one tolerance rule: same shape, and every value within RTOL of itself or ATOL of the largest
-    value (in float64); booleans and integers must be equal. Lists and tuples compare item by item."""
+    """The one tolerance rule: same shape, and every value within RTOL of itself or ATOL of the
+    largest value (in float64); booleans and integers must be equal. Lists and tuples compare
+    item by item."""
     if isinstance(want, (list, tuple)):
-        return (isinstance(got, (list, tuple)) and len(got) == len(want)
-                and all(close(a, b) for a, b in zip(got, want)))
+        return (
+            isinstance(got, (list, tuple))
+            and len(got) == len(want)
+            and all(close(a, b) for a, b in zip(got, want))
+        )
     if isinstance(want, (int, float, np.ndarray)):
         want = torch.as_tensor(want)
     if isinstance(got, (int, float, np.ndarray)):
@@ -277,7 +305,9 @@ def expect_same(got, want, wrong: Mapping[str, object], otherwise: str) -> None:
     raise mistake(first_match(got, wrong) or otherwise)
 
 
-def expect_unchanged(before: Sequence[torch.Tensor], after: Sequence[torch.Tensor], message: str) -> None:
+def expect_unchanged(
+    before: Sequence[torch.Tensor], after: Sequence[torch.Tensor], message: str
+) -> None:
     """Raise `message` when a tensor the learner's function received was changed in place."""
     if any(not torch.equal(a, b) for a, b in zip(before, after)):
         raise mistake(message)
@@ -288,5 +318,5 @@ def gen(seed: int) -> torch.Generator:
 
 
 # the checks, one file per half of the course (each defines __all__)
-from .vit import *  # noqa: E402,F401,F403  notebooks 01-04
 from .dino import *  # noqa: E402,F401,F403  notebooks 05-08
+from .vit import *  # noqa: E402,F401,F403  notebooks 01-04

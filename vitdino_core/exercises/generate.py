@@ -1,8 +1,8 @@
 """Write the learner versions of the notebooks: `python -m vitdino_core.exercises.generate`.
 
-The solution notebooks `notebooks/NN_topic.py` stay complete. Inside a function body, each exercise's
-solution sits between nbgrader's markers, and the first line after the opening marker is a comment
-that says the task in one line:
+The solution notebooks `notebooks/NN_topic.py` stay complete. Inside a function body, each
+exercise's solution sits between nbgrader's markers, and the first line after the opening marker is
+a comment that says the task in one line:
 
     def patchify_by_hand(images, patch):
         ### BEGIN SOLUTION
@@ -39,8 +39,11 @@ CHECK_CALL = re.compile(r"^check_\w+\(")
 TAG = "raises-exception"
 MAX_LINE = 100
 # the heading of an exercise's markdown cell: ### Exercise `patchify` · difficulty 1 · 10 min
-HEADING = re.compile(r"^# ### Exercise `(?P<name>\w+)` · difficulty (?P<difficulty>[123]) · (?P<minutes>\d+) min\s*$",
-                     flags=re.M)
+HEADING = re.compile(
+    r"^# ### Exercise `(?P<name>\w+)` · difficulty (?P<difficulty>[123]) · (?P<minutes>\d+)"
+    r" min\s*$",
+    flags=re.M,
+)
 ASSERT_CHECKED = re.compile(r"assert_checked\(\[(?P<names>[^\]]*)\]")
 
 
@@ -52,14 +55,18 @@ def stub_region(lines: list[str], start: int, where: str) -> tuple[str, int]:
     """The stub replacing the region opened at lines[start]; returns it and the index after END."""
     indent = lines[start][: len(lines[start]) - len(lines[start].lstrip())]
     if start + 1 >= len(lines) or not (m := TASK.match(lines[start + 1])):
-        raise MarkerError(f"{where}:{start + 2}: the line after '{BEGIN}' must be '# task: <one line>'")
+        raise MarkerError(
+            f"{where}:{start + 2}: the line after '{BEGIN}' must be '# task: <one line>'"
+        )
     task = m["task"].strip().replace("\\", "\\\\").replace('"', '\\"')
     for j in range(start + 1, len(lines)):
         if lines[j].strip() == END:
             stub = f'{indent}raise NotImplementedError("{task}")'
             if len(stub) > MAX_LINE:
-                raise MarkerError(f"{where}:{start + 2}: the task makes a {len(stub)}-character stub line; "
-                                  f"shorten it to fit {MAX_LINE}")
+                raise MarkerError(
+                    f"{where}:{start + 2}: the task makes a {len(stub)}-character stub line; "
+                    f"shorten it to fit {MAX_LINE}"
+                )
             return stub, j + 1
         if lines[j].strip() == BEGIN:
             break
@@ -68,13 +75,13 @@ def stub_region(lines: list[str], start: int, where: str) -> tuple[str, int]:
 
 def tag_cell(header: str) -> str:
     """Add `raises-exception` to a py:percent cell header such as `# %%` or `# %% tags=["x"]`."""
-    rest = header[len("# %%"):]
+    rest = header[len("# %%") :]
     if TAG in rest:
         return header
     if (m := re.search(r"tags=\[(.*?)\]", rest)) is not None:
         tags = m.group(1).strip()
         new = f'tags=[{tags + ", " if tags else ""}"{TAG}"]'
-        return "# %%" + rest[: m.start()] + new + rest[m.end():]
+        return "# %%" + rest[: m.start()] + new + rest[m.end() :]
     return f'# %%{rest} tags=["{TAG}"]'
 
 
@@ -106,16 +113,21 @@ def exercise_version(source: str, name: str, where: str = "") -> str:
     title = re.search(r"^# %% \[markdown\]\n# # .*$", text, flags=re.M)
     if title is None:
         raise MarkerError(f"{where}: no title cell ('# %% [markdown]' then '# # <title>')")
-    banner = (f"\n#\n# *Exercise version.* Write the functions marked `NotImplementedError`; each check cell"
-              f"\n# tells you what is wrong or that it passed. The complete notebook is `../{name}`."
-              f"\n# (Made by `make exercises` from it; edits here are yours, `make exercises` overwrites them.)")
-    return text[: title.end()] + banner + text[title.end():]
+    banner = (
+        "\n#\n# *Exercise version.* Write the functions marked `NotImplementedError`; each check"
+        " cell\n# tells you what is wrong or that it passed. The complete notebook is"
+        f" `../{name}`.\n# (Made by `make exercises` from it; edits here are yours, `make"
+        " exercises` overwrites them.)"
+    )
+    return text[: title.end()] + banner + text[title.end() :]
 
 
 def exercises_of(source: str) -> list[dict]:
     """The exercises a notebook announces: [{name, difficulty, minutes}, ...] in order."""
-    return [{"name": m["name"], "difficulty": int(m["difficulty"]), "minutes": int(m["minutes"])}
-            for m in HEADING.finditer(source)]
+    return [
+        {"name": m["name"], "difficulty": int(m["difficulty"]), "minutes": int(m["minutes"])}
+        for m in HEADING.finditer(source)
+    ]
 
 
 def checked_names(source: str) -> list[str]:
@@ -159,8 +171,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--notebooks", type=Path, default=REPO_ROOT / "notebooks")
     parser.add_argument("--out", type=Path, default=None, help="default: <notebooks>/exercises")
-    parser.add_argument("--check", action="store_true", help="write nothing; exit 1 if any file would change")
-    parser.add_argument("--list", action="store_true", help="print a markdown table of the exercises")
+    parser.add_argument(
+        "--check", action="store_true", help="write nothing; exit 1 if any file would change"
+    )
+    parser.add_argument(
+        "--list", action="store_true", help="print a markdown table of the exercises"
+    )
     args = parser.parse_args(argv)
     if args.list:
         print(table(args.notebooks))
@@ -175,7 +191,10 @@ def main(argv: list[str] | None = None) -> int:
         for p in changed:
             print(f"out of date: {p} (run `make exercises`)", file=sys.stderr)
         return 1 if changed else 0
-    print(f"wrote {len(changed)} exercise notebook(s) to {out}" + "".join(f"\n  {p.name}" for p in changed))
+    print(
+        f"wrote {len(changed)} exercise notebook(s) to {out}"
+        + "".join(f"\n  {p.name}" for p in changed)
+    )
     return 0
 
 

@@ -1,4 +1,5 @@
-"""Training DINO for real: the config, the device rule, the trainer, a run's folder, the GPU multi-crop.
+"""Training DINO for real: the config, the device rule, the trainer, a run's folder, the GPU
+multi-crop.
 
     config         TrainConfig, YAML files and --set overrides (shipped configs in vitdino_core/configs/)
     device         which device and precision, torchrun's processes

@@ -1,4 +1,5 @@
-"""Training configuration: one flat dataclass, YAML files, validated, with the official DINO argument names.
+"""Training configuration: one flat dataclass, YAML files, validated, with the official DINO
+argument names.
 
     python -m vitdino_core.train --config workshop_tiny --set epochs=3 --set lr=1e-3
 
@@ -14,7 +15,7 @@ import difflib
 import math
 import os
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,9 @@ class TrainConfig:
     seed: int = 0
     # --- data
     dataset: str = "imagenette"  # one of data.DATASETS
-    data_path: str = ""  # a folder that overrides where the dataset is looked for ("" = the data root)
+    data_path: str = (
+        ""  # a folder that overrides where the dataset is looked for ("" = the data root)
+    )
     max_images: int = 0  # train on the first N images of a fixed shuffle (0 = all)
     download: bool = False
     num_workers: int = 2
@@ -51,7 +54,9 @@ class TrainConfig:
     out_dim: int = 65536
     norm_last_layer: bool = True
     use_bn_in_head: bool = False
-    init_weights: str = ""  # a backbone checkpoint (exported, training or official DINO) to start student and teacher from; the head starts fresh
+    # a backbone checkpoint (exported, training or official DINO) to start student and teacher from;
+    # the head starts fresh
+    init_weights: str = ""
     # --- multi-crop
     global_crops_size: int = 224
     local_crops_size: int = 96
@@ -79,12 +84,20 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16
     compile: bool = False
-    compile_mode: str = "default"  # default | max-autotune-no-cudagraphs (searches matmul kernels: a long compile)
-    gpu_augment: bool = False  # multi-crop on the device, batched (multicrop_gpu.py); workers only decode
-    gpu_augment_size: int = 0  # with gpu_augment: resize+centre-crop images to this square first (0 = as they are)
-    gpu_augment_max_size: int = 0  # with gpu_augment: shrink images whose longer side exceeds this, pad to a square (0 = off)
+    compile_mode: str = (
+        "default"  # default | max-autotune-no-cudagraphs (searches matmul kernels: a long compile)
+    )
+    gpu_augment: bool = (
+        False  # multi-crop on the device, batched (multicrop_gpu.py); workers only decode
+    )
+    gpu_augment_size: int = (
+        0  # with gpu_augment: resize+centre-crop images to this square first (0 = as they are)
+    )
+    # with gpu_augment: shrink images whose longer side exceeds this, pad to a square (0 = off)
+    gpu_augment_max_size: int = 0
     grad_checkpointing: bool = False
-    fast: bool = True  # the model's speed tricks (vision_transformer.py, attention.py): the same values, less time
+    # the model's speed tricks (vision_transformer.py, attention.py): the same values, less time
+    fast: bool = True
     threads: int = 0  # torch CPU threads (0 = PyTorch's default)
     # --- bookkeeping
     max_steps: int = 0  # stop after this many optimisation steps in total (0 = all epochs)
@@ -98,7 +111,9 @@ class TrainConfig:
         return 2 + self.local_crops_number
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
+        return {
+            k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()
+        }
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
@@ -106,7 +121,10 @@ CHOICES = {
     "dataset": DATASETS,
     "arch": tuple(ARCHS),
     "precision": ("auto", "fp32", "bf16", "fp16"),
-    "compile_mode": ("default", "max-autotune-no-cudagraphs"),  # the CUDA-graph modes are untested with the EMA teacher
+    "compile_mode": (
+        "default",
+        "max-autotune-no-cudagraphs",
+    ),  # the CUDA-graph modes are untested with the EMA teacher
 }
 
 
@@ -122,11 +140,15 @@ def resolve_config_path(name_or_path: str | os.PathLike) -> Path:
     shipped = CONFIG_DIR / (p.name if p.suffix in (".yaml", ".yml") else f"{p.name}.yaml")
     if shipped.is_file():
         return shipped
-    raise ConfigError(f"config {str(name_or_path)!r} not found: not a file, and not one of the shipped configs {shipped_configs()}")
+    raise ConfigError(
+        f"config {str(name_or_path)!r} not found: not a file, and not one of the shipped configs"
+        f" {shipped_configs()}"
+    )
 
 
 class UniqueKeyLoader(yaml.SafeLoader):
-    """`yaml.SafeLoader` that refuses a mapping naming a key twice (the plain loader keeps the last value, silently)."""
+    """`yaml.SafeLoader` that refuses a mapping naming a key twice (the plain loader keeps the last
+    value, silently)."""
 
     def construct_mapping(self, node, deep=False):
         if isinstance(node, yaml.MappingNode):
@@ -135,7 +157,9 @@ class UniqueKeyLoader(yaml.SafeLoader):
                 key = self.construct_object(key_node, deep=True)
                 line = key_node.start_mark.line + 1
                 if isinstance(key, typing.Hashable) and key in seen:
-                    raise ConfigError(f"the key {key!r} is set twice, on lines {seen[key]} and {line}; keep one")
+                    raise ConfigError(
+                        f"the key {key!r} is set twice, on lines {seen[key]} and {line}; keep one"
+                    )
                 if isinstance(key, typing.Hashable):
                     seen[key] = line
         return super().construct_mapping(node, deep=deep)
@@ -146,8 +170,10 @@ def read_yaml(path: Path) -> Any:
     try:
         text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as e:
-        raise ConfigError(f"{path} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}); "
-                          "save it as UTF-8") from None
+        raise ConfigError(
+            f"{path} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}); "
+            "save it as UTF-8"
+        ) from None
     try:
         return yaml.load(text, Loader=UniqueKeyLoader)
     except yaml.YAMLError as e:
@@ -173,8 +199,15 @@ def _coerce(key: str, value: Any) -> Any:
     if origin is tuple:
         n = len(typing.get_args(hint))
         value = [_number(v) for v in value] if isinstance(value, (list, tuple)) else value
-        if not isinstance(value, (list, tuple)) or len(value) != n or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
-            raise ConfigError(f"{key}: expected a list of {n} numbers, e.g. {list(FIELDS[key].default)}, got {value!r}")
+        if (
+            not isinstance(value, (list, tuple))
+            or len(value) != n
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+        ):
+            raise ConfigError(
+                f"{key}: expected a list of {n} numbers, e.g. {list(FIELDS[key].default)}, got"
+                f" {value!r}"
+            )
         return tuple(float(v) for v in value)
     if hint is bool:
         if not isinstance(value, bool):
@@ -199,46 +232,100 @@ def _coerce(key: str, value: Any) -> Any:
 def _check_key(key: str) -> None:
     if key not in FIELDS:
         close = difflib.get_close_matches(key, FIELDS, n=3)
-        hint = f"; did you mean {' or '.join(close)}?" if close else f"; valid keys: {', '.join(FIELDS)}"
+        hint = (
+            f"; did you mean {' or '.join(close)}?"
+            if close
+            else f"; valid keys: {', '.join(FIELDS)}"
+        )
         raise ConfigError(f"unknown config key {key!r}{hint}")
 
 
 def validate(cfg: TrainConfig) -> TrainConfig:
     """Impossible values are errors that say which key and what would be valid."""
+
     def need(ok: bool, msg: str) -> None:
         if not ok:
             raise ConfigError(msg)
 
-    for key in FIELDS:  # every float, alone or in a tuple, first: inf would pass checks like `> 0` below
+    for (
+        key
+    ) in FIELDS:  # every float, alone or in a tuple, first: inf would pass checks like `> 0` below
         value = getattr(cfg, key)
         values = value if isinstance(value, tuple) else (value,)
-        need(all(math.isfinite(v) for v in values if isinstance(v, float)), f"{key} must be a finite number, got {value}")
+        need(
+            all(math.isfinite(v) for v in values if isinstance(v, float)),
+            f"{key} must be a finite number, got {value}",
+        )
     name = cfg.run_name
-    need(name.strip() not in ("", ".", "..") and Path(name).name == name and "/" not in name and "\\" not in name,
-         f"run_name must be a plain folder name, got {name!r}: a run goes to <output_dir>/<run_name>/, "
-         "so parent folders belong in output_dir")
+    need(
+        name.strip() not in ("", ".", "..")
+        and Path(name).name == name
+        and "/" not in name
+        and "\\" not in name,
+        f"run_name must be a plain folder name, got {name!r}: a run goes to"
+        " <output_dir>/<run_name>/, so parent folders belong in output_dir",
+    )
     for key, choices in CHOICES.items():
-        need(getattr(cfg, key) in choices, f"{key}: {getattr(cfg, key)!r} is not one of {', '.join(choices)}")
-    for key in ("lr", "batch_size_per_gpu", "epochs", "out_dim", "patch_size", "global_crops_size", "local_crops_size",
-                "teacher_temp", "warmup_teacher_temp", "student_temp", "log_every"):
+        need(
+            getattr(cfg, key) in choices,
+            f"{key}: {getattr(cfg, key)!r} is not one of {', '.join(choices)}",
+        )
+    for key in (
+        "lr",
+        "batch_size_per_gpu",
+        "epochs",
+        "out_dim",
+        "patch_size",
+        "global_crops_size",
+        "local_crops_size",
+        "teacher_temp",
+        "warmup_teacher_temp",
+        "student_temp",
+        "log_every",
+    ):
         v = getattr(cfg, key)
         need(v > 0 and math.isfinite(v), f"{key} must be > 0, got {v}")
-    for key in ("min_lr", "weight_decay", "weight_decay_end", "clip_grad", "drop_path_rate", "warmup_epochs",
-                "warmup_teacher_temp_epochs", "freeze_last_layer", "num_workers", "max_steps", "max_images",
-                "save_every_steps", "saveckp_freq", "threads", "local_crops_number", "gpu_augment_size",
-                "gpu_augment_max_size"):
+    for key in (
+        "min_lr",
+        "weight_decay",
+        "weight_decay_end",
+        "clip_grad",
+        "drop_path_rate",
+        "warmup_epochs",
+        "warmup_teacher_temp_epochs",
+        "freeze_last_layer",
+        "num_workers",
+        "max_steps",
+        "max_images",
+        "save_every_steps",
+        "saveckp_freq",
+        "threads",
+        "local_crops_number",
+        "gpu_augment_size",
+        "gpu_augment_max_size",
+    ):
         v = getattr(cfg, key)
         need(v >= 0, f"{key} must be >= 0, got {v}")
-    need(cfg.warmup_epochs <= cfg.epochs, f"warmup_epochs ({cfg.warmup_epochs}) must be <= epochs ({cfg.epochs})")
-    need(cfg.warmup_teacher_temp_epochs <= cfg.epochs,
-         f"warmup_teacher_temp_epochs ({cfg.warmup_teacher_temp_epochs}) must be <= epochs ({cfg.epochs}): the teacher "
-         "temperature would never reach teacher_temp")
-    need(cfg.local_crops_number == 0 or cfg.local_crops_size <= cfg.global_crops_size,
-         f"local_crops_size ({cfg.local_crops_size}) must be <= global_crops_size ({cfg.global_crops_size}): local crops "
-         "are the small views (or set local_crops_number=0)")
-    need(not (cfg.gpu_augment_size and cfg.gpu_augment_max_size),
-         "set gpu_augment_size (a centre square of every image) or gpu_augment_max_size (whole images, shrunk and padded), "
-         "not both")
+    need(
+        cfg.warmup_epochs <= cfg.epochs,
+        f"warmup_epochs ({cfg.warmup_epochs}) must be <= epochs ({cfg.epochs})",
+    )
+    need(
+        cfg.warmup_teacher_temp_epochs <= cfg.epochs,
+        f"warmup_teacher_temp_epochs ({cfg.warmup_teacher_temp_epochs}) must be <= epochs"
+        f" ({cfg.epochs}): the teacher temperature would never reach teacher_temp",
+    )
+    need(
+        cfg.local_crops_number == 0 or cfg.local_crops_size <= cfg.global_crops_size,
+        f"local_crops_size ({cfg.local_crops_size}) must be <= global_crops_size"
+        f" ({cfg.global_crops_size}): local crops are the small views (or set"
+        " local_crops_number=0)",
+    )
+    need(
+        not (cfg.gpu_augment_size and cfg.gpu_augment_max_size),
+        "set gpu_augment_size (a centre square of every image) or gpu_augment_max_size (whole"
+        " images, shrunk and padded), not both",
+    )
     for key in ("momentum_teacher", "center_momentum"):
         need(0 <= getattr(cfg, key) <= 1, f"{key} must be in [0, 1], got {getattr(cfg, key)}")
     need(cfg.drop_path_rate < 1, f"drop_path_rate must be < 1, got {cfg.drop_path_rate}")
@@ -252,13 +339,20 @@ def validate(cfg: TrainConfig) -> TrainConfig:
             check_image_size(size, p, what=key)
         except ValueError as e:
             raise ConfigError(str(e)) from None
-    need(cfg.dataset != "folder" or bool(cfg.data_path), "dataset 'folder' needs data_path: the folder of images to train on")
-    need(cfg.device == "auto" or cfg.device == "cpu" or cfg.device.startswith("cuda"), f"device: {cfg.device!r} is not auto, cpu or cuda[:N]")
+    need(
+        cfg.dataset != "folder" or bool(cfg.data_path),
+        "dataset 'folder' needs data_path: the folder of images to train on",
+    )
+    need(
+        cfg.device == "auto" or cfg.device == "cpu" or cfg.device.startswith("cuda"),
+        f"device: {cfg.device!r} is not auto, cpu or cuda[:N]",
+    )
     return cfg
 
 
 def parse_override(item: str) -> tuple[str, Any]:
-    """'key=value' with the value read as YAML: `lr=1e-3`, `compile=true`, `global_crops_scale=[0.3,1]`."""
+    """'key=value' with the value read as YAML: `lr=1e-3`, `compile=true`,
+    `global_crops_scale=[0.3,1]`."""
     if "=" not in item:
         raise ConfigError(f"--set expects key=value, got {item!r}")
     key, raw = item.split("=", 1)
@@ -278,7 +372,10 @@ def make_config(values: dict[str, Any] | None = None) -> TrainConfig:
     return validate(cfg)
 
 
-def load_config(name_or_path: str | os.PathLike | None = None, overrides: list[str] | dict[str, Any] | None = None) -> TrainConfig:
+def load_config(
+    name_or_path: str | os.PathLike | None = None,
+    overrides: list[str] | dict[str, Any] | None = None,
+) -> TrainConfig:
     """Read a YAML config (a path or a shipped name), apply `key=value` overrides, validate."""
     values: dict[str, Any] = {}
     if name_or_path is not None:
@@ -287,7 +384,9 @@ def load_config(name_or_path: str | os.PathLike | None = None, overrides: list[s
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
-            raise ConfigError(f"{path} must hold a mapping of key: value, got {type(loaded).__name__}")
+            raise ConfigError(
+                f"{path} must hold a mapping of key: value, got {type(loaded).__name__}"
+            )
         values.update(loaded)
     if isinstance(overrides, dict):
         values.update(overrides)

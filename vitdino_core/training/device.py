@@ -51,8 +51,12 @@ def resolve_device(name: str = "auto", env: DistEnv | None = None) -> torch.devi
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise ConfigError(f"device={name!r} but no CUDA GPU is visible; use device=cpu or device=auto")
-        return torch.device("cuda", env.local_rank if env.distributed or name == "cuda" else int(name.split(":")[1]))
+            raise ConfigError(
+                f"device={name!r} but no CUDA GPU is visible; use device=cpu or device=auto"
+            )
+        return torch.device(
+            "cuda", env.local_rank if env.distributed or name == "cuda" else int(name.split(":")[1])
+        )
     if name != "cpu":
         raise ConfigError(f"device={name!r} is not auto, cpu, cuda or cuda:N")
     return torch.device("cpu")
@@ -66,8 +70,10 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
 
 
 def cpu_has_units_for(dtype: torch.dtype) -> bool:
-    """Whether this CPU multiplies `dtype` matrices in hardware: bf16 needs AVX512-BF16 or AMX, fp16 needs AMX-FP16.
-    Asked of torch.cpu's capability probes (private, so looked up with getattr: missing means no)."""
+    """Whether this CPU multiplies `dtype` matrices in hardware: bf16 needs AVX512-BF16 or AMX, fp16
+    needs AMX-FP16. Asked of torch.cpu's capability probes (private, so looked up with getattr:
+    missing means no)."""
+
     def has(probe: str) -> bool:
         fn = getattr(getattr(torch, "cpu", None), probe, None)
         try:
@@ -83,9 +89,15 @@ def cpu_has_units_for(dtype: torch.dtype) -> bool:
 
 
 def slow_precision(dtype: torch.dtype, device: torch.device) -> str:
-    """A warning when `dtype` autocast will be slower than fp32 on this device (a CPU without units for it), else ''."""
+    """A warning when `dtype` autocast will be slower than fp32 on this device (a CPU without units
+    for it), else ''."""
     if device.type != "cpu" or dtype == torch.float32 or cpu_has_units_for(dtype):
         return ""
-    name, units = {torch.bfloat16: ("bf16", "AVX512-BF16 or AMX"), torch.float16: ("fp16", "AMX-FP16")}[dtype]
-    return (f"precision={name} on this CPU is slow: it has no {units} units, so {name} matrix products are emulated; "
-            "precision=fp32 (--set precision=fp32) is faster here")
+    name, units = {
+        torch.bfloat16: ("bf16", "AVX512-BF16 or AMX"),
+        torch.float16: ("fp16", "AMX-FP16"),
+    }[dtype]
+    return (
+        f"precision={name} on this CPU is slow: it has no {units} units, so {name} matrix products"
+        " are emulated; precision=fp32 (--set precision=fp32) is faster here"
+    )

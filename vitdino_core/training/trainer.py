@@ -26,19 +26,32 @@ import torch.nn as nn
 from torch.utils.data import Subset
 from tqdm.auto import tqdm
 
-from ..checkpoint import (BackgroundWriter, CheckpointError, backbone_state_dict, load_backbone_weights, load_checkpoint,
-                          nonfinite_tensors, refuse_nonfinite_weights)
+from ..checkpoint import (
+    BackgroundWriter,
+    CheckpointError,
+    backbone_state_dict,
+    load_backbone_weights,
+    load_checkpoint,
+    nonfinite_tensors,
+    refuse_nonfinite_weights,
+)
 from ..cli import UserError
-from .config import ConfigError, TrainConfig
 from ..data import EpochBatchSampler, MultiCropDataset, build_dataset, make_loader
-from .device import DistEnv, resolve_device, resolve_precision, setup_distributed, slow_precision
 from ..dino_loss import DINOHead, DINOLoss
-from ..ema_training import (cancel_gradients_last_layer, clip_gradients, cosine_scheduler, get_params_groups, make_teacher,
-                           update_teacher)
+from ..ema_training import (
+    cancel_gradients_last_layer,
+    clip_gradients,
+    cosine_scheduler,
+    get_params_groups,
+    make_teacher,
+    update_teacher,
+)
 from ..multicrop import MultiCropAugmentation, MultiCropWrapper, collate_multicrop
+from ..vision_transformer import build_vit
+from .config import ConfigError, TrainConfig
+from .device import DistEnv, resolve_device, resolve_precision, setup_distributed, slow_precision
 from .multicrop_gpu import GPUMultiCropAugmentation, PaddedImages, Uint8Images, collate_uint8
 from .run_state import RunFolder, StopSignals
-from ..vision_transformer import build_vit
 
 
 class TrainingDivergedError(UserError, RuntimeError):
@@ -59,58 +72,90 @@ def collapse_state(rec: dict) -> str:
     return ""
 
 
-def split_crops(crops: list[torch.Tensor], batch_size: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """A batch of crops stacked view-major and grouped by size -> (global crops (2B, 3, G, G), local crops
-    (N*B, 3, L, L) or None). When global and local crops have one size they arrive as one tensor: its first
-    2B rows are the global views."""
+def split_crops(
+    crops: list[torch.Tensor], batch_size: int
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A batch of crops stacked view-major and grouped by size -> (global crops (2B, 3, G, G), local
+    crops (N*B, 3, L, L) or None). When global and local crops have one size they arrive as one
+    tensor: its first 2B rows are the global views."""
     first, rest = crops[0], list(crops[1:])
     if first.shape[0] > 2 * batch_size:  # (V*B, 3, S, S): globals and locals of one size S
-        first, rest = first[: 2 * batch_size], [first[2 * batch_size:], *rest]  # (2B, 3, S, S), [(N*B, 3, S, S)]
+        first, rest = (
+            first[: 2 * batch_size],
+            [first[2 * batch_size :], *rest],
+        )  # (2B, 3, S, S), [(N*B, 3, S, S)]
     local = None if not rest else rest[0] if len(rest) == 1 else torch.cat(rest)  # (N*B, 3, L, L)
     return first, local
 
 
 # ----------------------------------------------------------------------------- building a run
 
+
 def build_student(cfg: TrainConfig) -> MultiCropWrapper:
-    backbone = build_vit(cfg.arch, cfg.patch_size, img_size=cfg.global_crops_size, drop_path_rate=cfg.drop_path_rate,
-                         fast=cfg.fast)  # the teacher, a copy, keeps the flag
+    backbone = build_vit(
+        cfg.arch,
+        cfg.patch_size,
+        img_size=cfg.global_crops_size,
+        drop_path_rate=cfg.drop_path_rate,
+        fast=cfg.fast,
+    )  # the teacher, a copy, keeps the flag
     backbone.grad_checkpointing = cfg.grad_checkpointing
-    head = DINOHead(backbone.embed_dim, cfg.out_dim, use_bn=cfg.use_bn_in_head, norm_last_layer=cfg.norm_last_layer)
+    head = DINOHead(
+        backbone.embed_dim,
+        cfg.out_dim,
+        use_bn=cfg.use_bn_in_head,
+        norm_last_layer=cfg.norm_last_layer,
+    )
     return MultiCropWrapper(backbone, head)
 
 
 def check_head_fits(cfg: TrainConfig, device: torch.device) -> None:
-    """Refuse, before building anything, an `out_dim` whose head cannot be allocated: its last layer (256 x out_dim)
-    lives in the student, the teacher, the gradients and AdamW's two moments, 5 float32 copies."""
+    """Refuse, before building anything, an `out_dim` whose head cannot be allocated: its last layer
+    (256 x out_dim) lives in the student, the teacher, the gradients and AdamW's two moments, 5
+    float32 copies."""
     need = 5 * 4 * (256 + 1) * cfg.out_dim  # bytes
     if device.type == "cuda":
         have, where = torch.cuda.get_device_properties(device).total_memory, f"{device}'s memory"
     else:
         try:
-            have, where = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "this machine's memory"
+            have, where = (
+                os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"),
+                "this machine's memory",
+            )
         except (AttributeError, ValueError, OSError):
             return
     if need > 0.5 * have:
-        raise ConfigError(f"out_dim={cfg.out_dim}: the DINO head's last layer alone would take {need / 2**30:.1f} GiB "
-                          f"(student, teacher, gradients, AdamW moments), more than half of {where} "
-                          f"({have / 2**30:.1f} GiB); DINO uses 65536, the small configs far fewer")
+        raise ConfigError(
+            f"out_dim={cfg.out_dim}: the DINO head's last layer alone would take {need / 2**30:.1f}"
+            f" GiB (student, teacher, gradients, AdamW moments), more than half of {where}"
+            f" ({have / 2**30:.1f} GiB); DINO uses 65536, the small configs far fewer"
+        )
 
 
 def build_train_dataset(cfg: TrainConfig):
-    """The config's dataset (its first `max_images` of a fixed shuffle), checked to yield at least one image."""
-    ds = build_dataset(cfg.dataset, "train", data_path=cfg.data_path or None, download=cfg.download,
-                       image_size=cfg.global_crops_size, seed=cfg.seed)
+    """The config's dataset (its first `max_images` of a fixed shuffle), checked to yield at least
+    one image."""
+    ds = build_dataset(
+        cfg.dataset,
+        "train",
+        data_path=cfg.data_path or None,
+        download=cfg.download,
+        image_size=cfg.global_crops_size,
+        seed=cfg.seed,
+    )
     if 0 < cfg.max_images < len(ds):
-        keep = torch.randperm(len(ds), generator=torch.Generator().manual_seed(0))[: cfg.max_images].tolist()
+        keep = torch.randperm(len(ds), generator=torch.Generator().manual_seed(0))[
+            : cfg.max_images
+        ].tolist()
         ds = Subset(ds, sorted(keep))
     _load_one(ds)
     return ds
 
 
 def _load_one(ds) -> None:
-    """Load one image here, in this process: a folder with no readable image fails now, with the dataset's one-line
-    error (not inside a loader worker, and without a warning for each file tried on the way)."""
+    """Load one image here, in this process: a folder with no readable image fails now, with the
+    dataset's one-line error (not inside a loader worker, and without a warning for each file tried
+    on the way)."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         ds[0]
@@ -124,6 +169,7 @@ def _worker_init(_: int) -> None:
 
 # ----------------------------------------------------------------------------- random streams
 
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -131,9 +177,14 @@ def seed_everything(seed: int) -> None:
 
 
 def rng_state(device: torch.device, aug_generator: torch.Generator | None) -> dict:
-    """Every random stream a step draws from (torch, numpy, python, CUDA, the GPU augmentation's), as tensors and lists."""
-    rng = {"torch": torch.get_rng_state(), "numpy": torch.from_numpy(np.random.get_state()[1].astype(np.int64)),
-           "numpy_pos": int(np.random.get_state()[2]), "python": list(random.getstate()[1])}
+    """Every random stream a step draws from (torch, numpy, python, CUDA, the GPU augmentation's),
+    as tensors and lists."""
+    rng = {
+        "torch": torch.get_rng_state(),
+        "numpy": torch.from_numpy(np.random.get_state()[1].astype(np.int64)),
+        "numpy_pos": int(np.random.get_state()[2]),
+        "python": list(random.getstate()[1]),
+    }
     if torch.cuda.is_available() and device.type == "cuda":
         rng["cuda"] = torch.cuda.get_rng_state(device)
     if aug_generator is not None:
@@ -142,12 +193,15 @@ def rng_state(device: torch.device, aug_generator: torch.Generator | None) -> di
 
 
 def set_rng_state(rng: dict, device: torch.device, rank: int, reseed) -> None:
-    """Restore rank 0's streams; other ranks (whose streams were not saved) start fresh ones with `reseed()`."""
+    """Restore rank 0's streams; other ranks (whose streams were not saved) start fresh ones with
+    `reseed()`."""
     if rank > 0:
         reseed()
     elif "torch" in rng:
         torch.set_rng_state(rng["torch"])
-        np.random.set_state(("MT19937", rng["numpy"].numpy().astype(np.uint32), rng["numpy_pos"], 0, 0.0))
+        np.random.set_state(
+            ("MT19937", rng["numpy"].numpy().astype(np.uint32), rng["numpy_pos"], 0, 0.0)
+        )
         random.setstate((3, tuple(rng["python"]), None))
         if "cuda" in rng and device.type == "cuda":
             torch.cuda.set_rng_state(rng["cuda"], device)
@@ -160,8 +214,14 @@ class DINOTrainer:
     local_crops)` is one optimisation step, usable on its own (notebook 06 does).
     """
 
-    def __init__(self, cfg: TrainConfig, env: DistEnv | None = None, dataset=None, quiet: bool = False,
-                 run: RunFolder | None = None):
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        env: DistEnv | None = None,
+        dataset=None,
+        quiet: bool = False,
+        run: RunFolder | None = None,
+    ):
         self.cfg, self.quiet = cfg, quiet
         self.env = env or setup_distributed(cfg.device)
         self.device = resolve_device(cfg.device, self.env)
@@ -176,57 +236,99 @@ class DINOTrainer:
         # data: the per-sample seed makes crops independent of workers and exact on resume
         self.dataset = dataset if dataset is not None else build_train_dataset(cfg)
         self._check_batch_fits()
-        crop_args = (cfg.global_crops_scale, cfg.local_crops_scale, cfg.local_crops_number, cfg.global_crops_size, cfg.local_crops_size)
+        crop_args = (
+            cfg.global_crops_scale,
+            cfg.local_crops_scale,
+            cfg.local_crops_number,
+            cfg.global_crops_size,
+            cfg.local_crops_size,
+        )
         self.gpu_augment, self.aug_generator = None, None
-        if cfg.gpu_augment:  # workers only decode to uint8; the crops are made in one batched pass on the device
+        if (
+            cfg.gpu_augment
+        ):  # workers only decode to uint8; the crops are made in one batched pass on the device
             self.gpu_augment = GPUMultiCropAugmentation(*crop_args, compile=cfg.compile)
-            self.aug_generator = torch.Generator(device=self.device).manual_seed(cfg.seed + 1 + self.env.rank)
-            self.augment = Uint8Images(cfg.gpu_augment_size or None, cfg.gpu_augment_max_size or None)
-            collate = partial(collate_uint8, pad_to=cfg.gpu_augment_max_size or None)  # one padded shape: one compiled graph
+            self.aug_generator = torch.Generator(device=self.device).manual_seed(
+                cfg.seed + 1 + self.env.rank
+            )
+            self.augment = Uint8Images(
+                cfg.gpu_augment_size or None, cfg.gpu_augment_max_size or None
+            )
+            collate = partial(
+                collate_uint8, pad_to=cfg.gpu_augment_max_size or None
+            )  # one padded shape: one compiled graph
         else:
             self.augment, collate = MultiCropAugmentation(*crop_args), collate_multicrop
-        self.sampler = EpochBatchSampler(len(self.dataset), cfg.batch_size_per_gpu, cfg.seed, self.env.rank, self.env.world_size)
+        self.sampler = EpochBatchSampler(
+            len(self.dataset), cfg.batch_size_per_gpu, cfg.seed, self.env.rank, self.env.world_size
+        )
         self.steps_per_epoch = len(self.sampler)
         self.total_steps = cfg.epochs * self.steps_per_epoch
         if cfg.max_steps:
             self.total_steps = min(self.total_steps, cfg.max_steps)
-        self.loader = make_loader(MultiCropDataset(self.dataset, self.augment), self.sampler, cfg.num_workers,
-                                  collate, pin_memory=self.device.type == "cuda", worker_init_fn=_worker_init)
+        self.loader = make_loader(
+            MultiCropDataset(self.dataset, self.augment),
+            self.sampler,
+            cfg.num_workers,
+            collate,
+            pin_memory=self.device.type == "cuda",
+            worker_init_fn=_worker_init,
+        )
 
         # models: the teacher starts as a copy of the student (after DDP has broadcast rank 0's
         # weights) and never takes a gradient
         self.student = build_student(cfg).to(self.device)
-        if cfg.init_weights:  # continue from a backbone trained earlier (a warm restart with a fresh head)
+        if (
+            cfg.init_weights
+        ):  # continue from a backbone trained earlier (a warm restart with a fresh head)
             weights = backbone_state_dict(load_checkpoint(cfg.init_weights))
             refuse_nonfinite_weights(weights, f"init_weights {cfg.init_weights}")
             load_backbone_weights(self.student.backbone, weights)
         self.student_ddp: nn.Module = self.student
         if self.env.distributed:
             self.student_ddp = nn.parallel.DistributedDataParallel(
-                self.student, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+                self.student, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
         self.teacher = make_teacher(self.student)
         seed_everything(cfg.seed + 1 + self.env.rank)  # drop path: a different stream on every rank
-        if cfg.compile:  # one static graph per crop resolution (the student sees two): with automatic dynamic
-            # shapes, torch 2.11's inductor failed an internal assertion on the second resolution on a GPU
+        if (
+            cfg.compile
+        ):  # one static graph per crop resolution (the student sees two): with automatic dynamic
+            # shapes, torch 2.11's inductor failed an internal assertion on the second resolution on
+            # a GPU
             self.student.backbone.compile(dynamic=False, mode=cfg.compile_mode)
             self.teacher.backbone.compile(dynamic=False, mode=cfg.compile_mode)
 
-        self.loss_fn = DINOLoss(cfg.out_dim, cfg.ncrops, cfg.warmup_teacher_temp, cfg.teacher_temp,
-                                cfg.warmup_teacher_temp_epochs, cfg.epochs, cfg.student_temp, cfg.center_momentum).to(self.device)
+        self.loss_fn = DINOLoss(
+            cfg.out_dim,
+            cfg.ncrops,
+            cfg.warmup_teacher_temp,
+            cfg.teacher_temp,
+            cfg.warmup_teacher_temp_epochs,
+            cfg.epochs,
+            cfg.student_temp,
+            cfg.center_momentum,
+        ).to(self.device)
         self.optimizer = self._make_optimizer()
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+        self.scaler = torch.amp.GradScaler(
+            self.device.type, enabled=self.amp_dtype == torch.float16
+        )
 
         # schedules, one value per step (lr scaled linearly with the total batch, as in DINO)
         total_batch = cfg.batch_size_per_gpu * self.env.world_size
         n, E = self.steps_per_epoch, cfg.epochs
-        self.lr_schedule = cosine_scheduler(cfg.lr * total_batch / 256.0, cfg.min_lr, E, n, warmup_epochs=cfg.warmup_epochs)
+        self.lr_schedule = cosine_scheduler(
+            cfg.lr * total_batch / 256.0, cfg.min_lr, E, n, warmup_epochs=cfg.warmup_epochs
+        )
         self.wd_schedule = cosine_scheduler(cfg.weight_decay, cfg.weight_decay_end, E, n)
         self.momentum_schedule = cosine_scheduler(cfg.momentum_teacher, 1.0, E, n)
 
         self.step = 0
         self.run = run or RunFolder(cfg.output_dir, cfg.run_name, self.env)
         self.run_dir, self.ckpt_path = self.run.path, self.run.checkpoint
-        self.last_good: tuple[Path, int] | None = None  # (file, step) of the newest checkpoint known to be sound
+        self.last_good: tuple[Path, int] | None = (
+            None  # (file, step) of the newest checkpoint known to be sound
+        )
         self._writer = BackgroundWriter()
         self._reset_meters()
         self._epoch_loss = torch.zeros((), device=self.device)
@@ -236,8 +338,11 @@ class DINOTrainer:
         n, world, b = len(self.dataset), self.env.world_size, self.cfg.batch_size_per_gpu
         if n // world < b:
             per = f" x {world} processes" if world > 1 else ""
-            raise ConfigError(f"batch_size_per_gpu={b}{per} is larger than the dataset ({n} images): not one full batch, "
-                              "so no step; lower batch_size_per_gpu or use more images (max_images, data_path)")
+            raise ConfigError(
+                f"batch_size_per_gpu={b}{per} is larger than the dataset ({n} images): not one full"
+                " batch, so no step; lower batch_size_per_gpu or use more images (max_images,"
+                " data_path)"
+            )
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
         """AdamW with the fused kernel where this PyTorch has one for the device, else the foreach one."""
@@ -259,37 +364,61 @@ class DINOTrainer:
 
     # ------------------------------------------------------------------ one step
     def crops_of(self, batch, batch_size: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """A loader batch -> (global crops (2B, 3, G, G), local crops (N*B, 3, L, L) or None), on the device.
-        With gpu_augment the batch is uint8 images (B, 3, H, W), cropped here in one pass."""
+        """A loader batch -> (global crops (2B, 3, G, G), local crops (N*B, 3, L, L) or None), on
+        the device. With gpu_augment the batch is uint8 images (B, 3, H, W), cropped here in one
+        pass."""
         if isinstance(batch, (torch.Tensor, PaddedImages)):
             if self.gpu_augment is None:
-                raise ValueError("got a batch of images, not crops; set gpu_augment=true to crop on the device")
-            batch = self.gpu_augment(batch.to(self.device, non_blocking=True), generator=self.aug_generator)
+                raise ValueError(
+                    "got a batch of images, not crops; set gpu_augment=true to crop on the device"
+                )
+            batch = self.gpu_augment(
+                batch.to(self.device, non_blocking=True), generator=self.aug_generator
+            )
         return split_crops([c.to(self.device, non_blocking=True) for c in batch], batch_size)
 
-    def train_step(self, global_crops: torch.Tensor, local_crops: torch.Tensor | None = None) -> torch.Tensor:
-        """One DINO step. global_crops: (2B, 3, G, G), view 1 of every image then view 2; local_crops: (N*B, 3, L, L),
-        view-major likewise, or None. Returns the loss (a tensor: no host-device sync)."""
+    def train_step(
+        self, global_crops: torch.Tensor, local_crops: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """One DINO step. global_crops: (2B, 3, G, G), view 1 of every image then view 2;
+        local_crops: (N*B, 3, L, L), view-major likewise, or None. Returns the loss (a tensor: no
+        host-device sync)."""
         it, epoch = self.step, self.epoch
         if it >= len(self.lr_schedule):
-            raise ValueError(f"step {it} is past the end of training ({len(self.lr_schedule)} steps: epochs x steps per "
-                             "epoch); build the trainer with more epochs or images to step further")
+            raise ValueError(
+                f"step {it} is past the end of training ({len(self.lr_schedule)} steps: epochs x"
+                " steps per epoch); build the trainer with more epochs or images to step further"
+            )
         for i, group in enumerate(self.optimizer.param_groups):
             group["lr"] = float(self.lr_schedule[it])
             if i == 0:  # only the regularised group has weight decay
                 group["weight_decay"] = float(self.wd_schedule[it])
         global_crops = global_crops.to(self.device, non_blocking=True)  # (2B, 3, G, G)
-        crops = [global_crops] if local_crops is None else [global_crops, local_crops.to(self.device, non_blocking=True)]
+        crops = (
+            [global_crops]
+            if local_crops is None
+            else [global_crops, local_crops.to(self.device, non_blocking=True)]
+        )
 
-        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype != torch.float32):
+        with torch.autocast(
+            self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype != torch.float32
+        ):
             with torch.no_grad():
                 teacher_out = self.teacher(global_crops)  # (2B, K): the global views only
             student_out = self.student_ddp(crops)  # ((2+N)B, K): every view
         with torch.no_grad():
-            teacher_probs = self.loss_fn.teacher_probs(teacher_out, epoch)  # (2B, K), centred and sharpened
-            self._m["teacher_entropy"] += entropy(teacher_probs).mean()  # per-image entropy: ln K when uniform
-            self._m["batch_entropy"] += entropy(teacher_probs.mean(0))  # of the batch mean: ~0 when one dim wins
-        loss = self.loss_fn(student_out, teacher_out, epoch, teacher_probs=teacher_probs)  # one teacher softmax, not two
+            teacher_probs = self.loss_fn.teacher_probs(
+                teacher_out, epoch
+            )  # (2B, K), centred and sharpened
+            self._m["teacher_entropy"] += entropy(
+                teacher_probs
+            ).mean()  # per-image entropy: ln K when uniform
+            self._m["batch_entropy"] += entropy(
+                teacher_probs.mean(0)
+            )  # of the batch mean: ~0 when one dim wins
+        loss = self.loss_fn(
+            student_out, teacher_out, epoch, teacher_probs=teacher_probs
+        )  # one teacher softmax, not two
 
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
@@ -319,26 +448,39 @@ class DINOTrainer:
         it = max(self.step - 1, 0)
         lnK = math.log(self.cfg.out_dim)
         rec = {
-            "step": self.step, "epoch": self.step / self.steps_per_epoch,
-            "loss": vals["loss"], "teacher_entropy": vals["teacher_entropy"], "batch_entropy": vals["batch_entropy"],
-            "kl_uniform": lnK - vals["teacher_entropy"], "kl_teacher_student": vals["loss"] - vals["teacher_entropy"],
-            "lr": float(self.lr_schedule[it]), "wd": float(self.wd_schedule[it]),
-            "momentum": float(self.momentum_schedule[it]), "teacher_temp": self.loss_fn.teacher_temp(it // self.steps_per_epoch),
-            "images_per_s": self._m_images / dt if dt > 0 else float("nan"), "time": time.time(),
+            "step": self.step,
+            "epoch": self.step / self.steps_per_epoch,
+            "loss": vals["loss"],
+            "teacher_entropy": vals["teacher_entropy"],
+            "batch_entropy": vals["batch_entropy"],
+            "kl_uniform": lnK - vals["teacher_entropy"],
+            "kl_teacher_student": vals["loss"] - vals["teacher_entropy"],
+            "lr": float(self.lr_schedule[it]),
+            "wd": float(self.wd_schedule[it]),
+            "momentum": float(self.momentum_schedule[it]),
+            "teacher_temp": self.loss_fn.teacher_temp(it // self.steps_per_epoch),
+            "images_per_s": self._m_images / dt if dt > 0 else float("nan"),
+            "time": time.time(),
         }
         self._reset_meters()
         return rec
 
     def _diverged(self, what: str) -> TrainingDivergedError:
-        kept = (f"the last good checkpoint is {self.last_good[0]} (step {self.last_good[1]}): continue from it with "
-                "--resume and one of these changes" if self.last_good else "no good checkpoint of this run was written; try")
+        kept = (
+            f"the last good checkpoint is {self.last_good[0]} (step {self.last_good[1]}): continue"
+            " from it with --resume and one of these changes"
+            if self.last_good
+            else "no good checkpoint of this run was written; try"
+        )
         return TrainingDivergedError(
-            f"{what} by step {self.step} (epoch {self.epoch}); nothing was written after the fault; {kept}: a lower lr "
-            "(--set lr=...), fp32 (--set precision=fp32), a smaller teacher_temp or a longer warmup_teacher_temp_epochs, "
-            "or a smaller clip_grad")
+            f"{what} by step {self.step} (epoch {self.epoch}); nothing was written after the fault;"
+            f" {kept}: a lower lr (--set lr=...), fp32 (--set precision=fp32), a smaller"
+            " teacher_temp or a longer warmup_teacher_temp_epochs, or a smaller clip_grad"
+        )
 
     def check_finite(self) -> None:
-        """Raise TrainingDivergedError if a loss or a gradient norm was NaN/inf since the last check (every rank alike)."""
+        """Raise TrainingDivergedError if a loss or a gradient norm was NaN/inf since the last check
+        (every rank alike)."""
         bad = self._nonfinite.clone()
         if self.env.distributed:
             bad = bad.to(torch.int32)
@@ -350,16 +492,26 @@ class DINOTrainer:
     def state_dict(self) -> dict:
         """The checkpoint of a trainer: everything a resumed run needs to continue bit for bit."""
         return {
-            "student": self.student.state_dict(), "teacher": self.teacher.state_dict(),
-            "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
-            "dino_loss": self.loss_fn.state_dict(), "step": self.step, "epoch": self.epoch,
-            "config": self.cfg.to_dict(), "rng": rng_state(self.device, self.aug_generator),
+            "student": self.student.state_dict(),
+            "teacher": self.teacher.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "dino_loss": self.loss_fn.state_dict(),
+            "step": self.step,
+            "epoch": self.epoch,
+            "config": self.cfg.to_dict(),
+            "rng": rng_state(self.device, self.aug_generator),
             "world_size": self.env.world_size,
         }
 
     def load_state_dict(self, ckpt: dict) -> None:
-        """Put a checkpoint of `state_dict` back into a trainer built from the same config (random streams included)."""
-        missing = [k for k in ("student", "teacher", "optimizer", "scaler", "dino_loss", "step") if k not in ckpt]
+        """Put a checkpoint of `state_dict` back into a trainer built from the same config (random
+        streams included)."""
+        missing = [
+            k
+            for k in ("student", "teacher", "optimizer", "scaler", "dino_loss", "step")
+            if k not in ckpt
+        ]
         if missing:
             raise CheckpointError(f"not a training checkpoint of this project: it lacks {missing}")
         try:
@@ -368,8 +520,13 @@ class DINOTrainer:
             self.loss_fn.load_state_dict(ckpt["dino_loss"])
         except RuntimeError as e:
             saved = ckpt.get("config", {})
-            was = ", ".join(f"{k}={saved[k]}" for k in ("arch", "patch_size", "out_dim") if k in saved)
-            raise CheckpointError(f"the checkpoint does not fit this run's model (it was trained with {was or 'another config'}):\n{e}") from None
+            was = ", ".join(
+                f"{k}={saved[k]}" for k in ("arch", "patch_size", "out_dim") if k in saved
+            )
+            raise CheckpointError(
+                "the checkpoint does not fit this run's model (it was trained with"
+                f" {was or 'another config'}):\n{e}"
+            ) from None
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scaler.load_state_dict(ckpt["scaler"])
         self.step = int(ckpt["step"])
@@ -383,16 +540,22 @@ class DINOTrainer:
                 self.aug_generator.manual_seed(seed)
 
     def save(self, block: bool = True) -> None:
-        """Checkpoint (rank 0 only), only when loss, gradients and every saved tensor are finite; written atomically.
+        """Checkpoint (rank 0 only), only when loss, gradients and every saved tensor are finite;
+        written atomically.
 
         block=False returns once the state is copied to CPU memory and writes the file on a thread
-        (`fit` does this at epoch ends on a GPU: the write no longer stalls it); `wait_for_save` joins it."""
+        (`fit` does this at epoch ends on a GPU: the write no longer stalls it); `wait_for_save`
+        joins it."""
         self.check_finite()
         if self.env.is_main:
             state = self.state_dict()
-            bad = nonfinite_tensors({k: state[k] for k in ("student", "teacher", "optimizer", "dino_loss")})
+            bad = nonfinite_tensors(
+                {k: state[k] for k in ("student", "teacher", "optimizer", "dino_loss")}
+            )
             if bad:
-                raise self._diverged(f"NaN/inf in {len(bad)} tensor(s) of the state to save (e.g. {bad[0]})")
+                raise self._diverged(
+                    f"NaN/inf in {len(bad)} tensor(s) of the state to save (e.g. {bad[0]})"
+                )
             paths = [self.ckpt_path]
             freq = self.cfg.saveckp_freq
             if freq and self.step % self.steps_per_epoch == 0 and self.epoch % freq == 0:
@@ -405,18 +568,22 @@ class DINOTrainer:
         self._writer.wait()
 
     def resume(self, path: str | Path | None = None) -> None:
-        """Continue from a checkpoint: the run's own (checkpoint.pth in its folder) unless `path` is given."""
+        """Continue from a checkpoint: the run's own (checkpoint.pth in its folder) unless `path` is
+        given."""
         path = Path(path) if path else self.ckpt_path
         ckpt = load_checkpoint(path, map_location=self.device)
         bad = nonfinite_tensors({k: ckpt.get(k) for k in ("student", "teacher")})
         if bad:
-            raise CheckpointError(f"{path} holds NaN/inf weights ({bad[0]}, ...): it cannot be resumed")
+            raise CheckpointError(
+                f"{path} holds NaN/inf weights ({bad[0]}, ...): it cannot be resumed"
+            )
         self.load_state_dict(ckpt)
         self.last_good = (path, self.step)
 
     # ------------------------------------------------------------------ the loop
     def say(self, text: str) -> None:
-        """A line for the person watching (stderr, above the progress bar); nothing when quiet and on ranks > 0."""
+        """A line for the person watching (stderr, above the progress bar); nothing when quiet and
+        on ranks > 0."""
         if self.env.is_main and not self.quiet:
             tqdm.write(text, file=progress_stream())
 
@@ -427,40 +594,72 @@ class DINOTrainer:
         n_backbone = sum(p.numel() for p in self.student.backbone.parameters())
         where = f"{cfg.dataset}" + (f" ({cfg.data_path})" if cfg.data_path else "")
         procs = f" on each of {env.world_size} processes" if env.distributed else ""
-        dtype = {torch.float32: "fp32", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast"}[self.amp_dtype]
-        return "\n".join([
-            f"data:   {where}, {len(self.dataset):,} images; batch {cfg.batch_size_per_gpu}{procs}, {self.steps_per_epoch} steps "
-            f"per epoch, {self.total_steps} step{'s' if self.total_steps > 1 else ''} in all",
-            f"model:  {cfg.arch}/{cfg.patch_size} + DINO head ({cfg.out_dim} outputs): {n_student / 1e6:.2f}M parameters "
-            f"({n_backbone / 1e6:.2f}M in the backbone)",
-            f"device: {self.device}, {torch.get_num_threads()} thread{'s' if torch.get_num_threads() > 1 else ''}, {dtype}",
-            f"path:   {self._path()}",
-            f"run:    {self.run_dir}"])
+        dtype = {
+            torch.float32: "fp32",
+            torch.bfloat16: "bf16 autocast",
+            torch.float16: "fp16 autocast",
+        }[self.amp_dtype]
+        return "\n".join(
+            [
+                (
+                    f"data:   {where}, {len(self.dataset):,} images; batch"
+                    f" {cfg.batch_size_per_gpu}{procs}, {self.steps_per_epoch} steps per epoch,"
+                    f" {self.total_steps} step{'s' if self.total_steps > 1 else ''} in all"
+                ),
+                (
+                    f"model:  {cfg.arch}/{cfg.patch_size} + DINO head ({cfg.out_dim} outputs):"
+                    f" {n_student / 1e6:.2f}M parameters ({n_backbone / 1e6:.2f}M in the backbone)"
+                ),
+                (
+                    f"device: {self.device}, {torch.get_num_threads()}"
+                    f" thread{'s' if torch.get_num_threads() > 1 else ''}, {dtype}"
+                ),
+                f"path:   {self._path()}",
+                f"run:    {self.run_dir}",
+            ]
+        )
 
     def _path(self) -> str:
-        """Which forward runs (the model's `fast` flag) and, when fast, the tricks that act on this device."""
+        """Which forward runs (the model's `fast` flag) and, when fast, the tricks that act on this
+        device."""
         if not self.cfg.fast:
             return "plain (every module as DINO writes it; fast=true for the speed tricks)"
         cpu = self.device.type == "cpu"
         tricks = ["the last block computes the CLS row alone"]
-        skips = cpu and not self.cfg.compile and self.cfg.drop_path_rate > 0  # eager CPU training with stochastic depth
+        skips = (
+            cpu and not self.cfg.compile and self.cfg.drop_path_rate > 0
+        )  # eager CPU training with stochastic depth
         tricks += ["a dropped branch is not computed"] if skips else []
-        tricks += ["attention as the explicit softmax"] if cpu and self.amp_dtype == torch.bfloat16 else []
+        tricks += (
+            ["attention as the explicit softmax"]
+            if cpu and self.amp_dtype == torch.bfloat16
+            else []
+        )
         return f"fast ({'; '.join(tricks)}; the same values as plain)"
 
     def _epoch_bar(self) -> tqdm:
         """A progress bar over the current epoch's steps, starting where this epoch stands."""
         start = self.step % self.steps_per_epoch
         end = min(self.steps_per_epoch, start + self.total_steps - self.step)
-        self._bar = tqdm(total=end, initial=start, desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}",
-                         disable=not self.env.is_main or self.quiet, leave=False, dynamic_ncols=True, file=progress_stream())
+        self._bar = tqdm(
+            total=end,
+            initial=start,
+            desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}",
+            disable=not self.env.is_main or self.quiet,
+            leave=False,
+            dynamic_ncols=True,
+            file=progress_stream(),
+        )
         return self._bar
 
     def _end_epoch(self, steps: int, started: float) -> None:
-        """One line per finished epoch, kept on the screen when its progress bar goes: the mean loss of its `steps`."""
+        """One line per finished epoch, kept on the screen when its progress bar goes: the mean loss
+        of its `steps`."""
         loss = self._epoch_loss.item() / max(steps, 1)
-        self.say(f"epoch {self.epoch}/{self.cfg.epochs}: loss {loss:.4f} (step {self.step}/{self.total_steps}, "
-                 f"{_clock(time.perf_counter() - started)} so far)")
+        self.say(
+            f"epoch {self.epoch}/{self.cfg.epochs}: loss {loss:.4f} (step"
+            f" {self.step}/{self.total_steps}, {_clock(time.perf_counter() - started)} so far)"
+        )
         self._epoch_loss.zero_()
 
     def fit(self, callback: Callable[[dict], None] | None = None) -> list[dict]:
@@ -475,18 +674,25 @@ class DINOTrainer:
                     records = self._loop(callback, stop, started)
                 finally:
                     try:
-                        self.wait_for_save()  # the file of the last epoch end is on disk before fit returns or raises
+                        # the file of the last epoch end is on disk before fit returns or raises
+                        self.wait_for_save()
                     finally:
                         if getattr(self, "_bar", None) is not None:
-                            self._bar.close()  # an error's line starts on a line of its own, not after the bar
+                            # an error's line starts on a line of its own, not after the bar
+                            self._bar.close()
         finally:
             self.run.close()
         if records:
-            self.say(f"done: step {self.step} (epoch {self.step / self.steps_per_epoch:.2f}) in "
-                     f"{_clock(time.perf_counter() - started)}; final loss {records[-1]['loss']:.4f}, checkpoint {self.ckpt_path}")
+            self.say(
+                f"done: step {self.step} (epoch {self.step / self.steps_per_epoch:.2f}) in"
+                f" {_clock(time.perf_counter() - started)}; final loss {records[-1]['loss']:.4f},"
+                f" checkpoint {self.ckpt_path}"
+            )
         else:
-            self.say(f"nothing left to train: step {self.step} of {self.total_steps} was done already (raise epochs or "
-                     f"max_steps to go on); checkpoint {self.ckpt_path}")
+            self.say(
+                f"nothing left to train: step {self.step} of {self.total_steps} was done already"
+                f" (raise epochs or max_steps to go on); checkpoint {self.ckpt_path}"
+            )
         return records
 
     def _loop(self, callback, stop: StopSignals, started: float) -> list[dict]:
@@ -515,24 +721,37 @@ class DINOTrainer:
                 collapse_run = collapse_run + 1 if collapse else 0
                 rec["collapse"] = collapse if collapse_run >= cfg.collapse_patience else ""
                 if rec["collapse"] and not warned and self.env.is_main:
-                    warnings.warn(f"step {self.step}: the teacher looks collapsed ({collapse}) for {collapse_run} "
-                                  "log records; see README 'What can go wrong'", stacklevel=3)
+                    warnings.warn(
+                        f"step {self.step}: the teacher looks collapsed ({collapse}) for"
+                        f" {collapse_run} log records; see README 'What can go wrong'",
+                        stacklevel=3,
+                    )
                     warned = True
                 records.append(rec)
                 self.run.log(rec)
                 if self.env.is_main:
-                    bar.set_postfix(loss=f"{rec['loss']:.3f}", img_s=f"{rec['images_per_s']:.1f}",
-                                    **({"warn": f"collapse:{rec['collapse']}"} if rec["collapse"] else {}))
+                    bar.set_postfix(
+                        loss=f"{rec['loss']:.3f}",
+                        img_s=f"{rec['images_per_s']:.1f}",
+                        **({"warn": f"collapse:{rec['collapse']}"} if rec["collapse"] else {}),
+                    )
                     if callback:
                         callback(rec)
             if self.device.type == "cpu":
                 self.check_finite()
             periodic = cfg.save_every_steps and self.step % cfg.save_every_steps == 0
-            stopping = stop.requested() if (self.device.type == "cpu" or self.step % cfg.log_every == 0) else False
+            stopping = (
+                stop.requested()
+                if (self.device.type == "cpu" or self.step % cfg.log_every == 0)
+                else False
+            )
             if periodic or stopping or last:
-                # on a GPU the epoch-end file is written on a thread while the GPU trains on; a CPU has
+                # on a GPU the epoch-end file is written on a thread while the GPU trains on; a CPU
+                # has
                 # no cores to spare for it, and there the write is short next to a step anyway
-                self.save(block=stopping or self.step >= self.total_steps or self.device.type == "cpu")
+                self.save(
+                    block=stopping or self.step >= self.total_steps or self.device.type == "cpu"
+                )
             if stopping or epoch_end:
                 bar.close()
                 bar = None
@@ -546,8 +765,8 @@ class DINOTrainer:
 
 
 def progress_stream():
-    """Where progress lines go: stderr in a terminal (stdout carries the command's JSON summary), stdout in a
-    notebook, where JupyterLab paints stderr as an error box."""
+    """Where progress lines go: stderr in a terminal (stdout carries the command's JSON summary),
+    stdout in a notebook, where JupyterLab paints stderr as an error box."""
     return sys.stdout if type(sys.stderr).__module__.startswith("ipykernel") else sys.stderr
 
 
@@ -556,9 +775,14 @@ def _clock(seconds: float) -> str:
     return f"{m // 60}:{m % 60:02d}:{s:02d}"
 
 
-def train(cfg: TrainConfig, resume: bool = False, callback: Callable[[dict], None] | None = None,
-          quiet: bool = False) -> DINOTrainer:
-    """Train one run: a new one (its folder must hold no checkpoint) or, with resume=True, the one in its folder."""
+def train(
+    cfg: TrainConfig,
+    resume: bool = False,
+    callback: Callable[[dict], None] | None = None,
+    quiet: bool = False,
+) -> DINOTrainer:
+    """Train one run: a new one (its folder must hold no checkpoint) or, with resume=True, the one
+    in its folder."""
     env = setup_distributed(cfg.device)
     check_head_fits(cfg, resolve_device(cfg.device, env))  # before the folder is made
     run = RunFolder(cfg.output_dir, cfg.run_name, env)
@@ -568,7 +792,9 @@ def train(cfg: TrainConfig, resume: bool = False, callback: Callable[[dict], Non
         trainer = DINOTrainer(cfg, env=env, quiet=quiet, run=run)
         if resume:
             trainer.resume()
-            trainer.say(f"resumed {trainer.ckpt_path} at step {trainer.step} (epoch {trainer.epoch})")
+            trainer.say(
+                f"resumed {trainer.ckpt_path} at step {trainer.step} (epoch {trainer.epoch})"
+            )
         trainer.fit(callback)
     finally:
         run.close()
