@@ -12,7 +12,7 @@ IPYNB     := $(patsubst notebooks/%.py,$(BUILD)/%.ipynb,$(SOLUTIONS))
 EX_IPYNB  := $(patsubst notebooks/%.py,$(BUILD)/%.ipynb,$(EXERCISES))
 NBVAL     := --nbval-lax --nbval-current-env -p no:cacheprovider
 
-.PHONY: lab test unit nbtest exercises compat notebooks sanity bench clean site site-check browser
+.PHONY: lab lint test unit nbtest exercises compat notebooks sanity bench clean site site-check browser
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -38,8 +38,13 @@ lab: $(STAMP)
 	JUPYTER_CONFIG_PATH=$(CURDIR)/notebooks/exercises/.jupyter $(BIN)/jupyter lab \
 	  --ServerApp.root_dir=notebooks --LabApp.default_url=/lab/tree/exercises $(LAB_ARGS)
 
-## test: unit tests, then every notebook top to bottom under nbval: solutions and exercises
-test: notebooks
+## lint: ruff (line length 100, pyproject.toml) over the package, tests, benchmarks, docs and notebooks
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+## test: the linter, unit tests, then every notebook top to bottom under nbval: solutions and exercises
+test: lint notebooks
 	$(BIN)/python -m pytest tests $(IPYNB) $(EX_IPYNB) $(NBVAL)
 
 ## unit: the fast unit tests (no subprocesses, torchrun or torch.compile)

@@ -192,3 +192,21 @@ def test_the_lab_opens_each_notebook_once_and_as_a_notebook():
     recipe = (root / "Makefile").read_text().split("\nlab:", 1)[1].split("\n\n", 1)[0]
     assert "JUPYTER_CONFIG_PATH=$(CURDIR)/notebooks/exercises/.jupyter" in recipe
     assert "--LabApp.default_url=/lab/tree/exercises" in recipe
+
+
+def test_the_lab_closes_kernels_with_their_tabs_and_shows_markdown_rendered():
+    """Nine open notebooks keep nine kernels (0.6-0.8 GB each) unless closing a tab shuts its kernel
+    down; a README opens as a page, not as source. The keys are JupyterLab's own (its schema)."""
+    import json
+    import sys
+
+    overrides = json.loads(
+        (EXERCISE_DIR / ".jupyter" / "labconfig" / "default_setting_overrides.json").read_text()
+    )
+    assert overrides["@jupyterlab/notebook-extension:tracker"]["kernelShutdown"] is True
+    viewers = overrides["@jupyterlab/docmanager-extension:plugin"]["defaultViewers"]
+    assert viewers["markdown"] == "Markdown Preview"
+    schema = (
+        Path(sys.prefix) / "share/jupyter/lab/schemas/@jupyterlab/notebook-extension/tracker.json"
+    )
+    assert "kernelShutdown" in json.loads(schema.read_text())["properties"]
