@@ -1,7 +1,7 @@
 """Time scaled_dot_product_attention's kernels at a ViT's attention shapes and print one JSON
 object.
 
-    python benchmarks/attention.py --device cuda                 # ViT-B/12 at 228 and 96 px, batch 64, bf16
+    python benchmarks/attention.py --device cuda  # ViT-B/12 at 228 and 96 px, batch 64, bf16
     python benchmarks/attention.py --device cuda --dim 384 --heads 6 --patch-size 16 --sizes 224 96
 
 PyTorch has several fused attention kernels (flash, memory-efficient, cuDNN) and the plain `math`

@@ -1,8 +1,9 @@
 """Multi-crop throughput of the data pipeline, CPU workers vs on the device, as one JSON object.
 
-    python benchmarks/data_pipeline.py                          # imagenette-96, 2x224 + 6x96 crops, workers 0 1 2
+    python benchmarks/data_pipeline.py  # imagenette-96, 2x224 + 6x96 crops, workers 0 1 2
     python benchmarks/data_pipeline.py --device cuda --workers 0 4 8 --batch 256
-    python benchmarks/data_pipeline.py --dataset random --images 64 --batch 8 --batches 2 --workers 0
+    python benchmarks/data_pipeline.py --dataset random --images 64 --batch 8 --batches 2 \\
+        --workers 0
 
 CPU path: the loader train.py builds (dataset -> MultiCropAugmentation in DataLoader workers ->
 collate_multicrop), timed per worker count after its first batch (worker start-up is reported

@@ -1,8 +1,10 @@
 """What an epoch end costs the training loop: the wall time of each epoch's first step against the
 others.
 
-    python benchmarks/epoch_boundary.py                       # workshop_tiny, 640 images, batch 32, 4 epochs, 2 workers
-    python benchmarks/epoch_boundary.py --set num_workers=4 --set device=cuda --config imagenette_small
+    # workshop_tiny, 640 images, batch 32, 4 epochs, 2 workers
+    python benchmarks/epoch_boundary.py
+    python benchmarks/epoch_boundary.py --set num_workers=4 --set device=cuda \\
+        --config imagenette_small
 
 A short run of the real loop (`vitdino_core.training.trainer.train`) with a metrics record after
 every step; the time between consecutive records is one step's wall time. The step after an epoch

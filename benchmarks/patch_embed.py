@@ -1,7 +1,8 @@
 """Time the patch embedding three ways and print one JSON object.
 
-    python benchmarks/patch_embed.py                       # ViT-S/16 at the CPU anchor's crops, fp32, CPU
-    python benchmarks/patch_embed.py --device cuda --dtype bf16 --dim 768 --patch-size 12 --sizes 228 96 --crops 128 640
+    python benchmarks/patch_embed.py  # ViT-S/16 at the CPU anchor's crops, fp32, CPU
+    python benchmarks/patch_embed.py --device cuda --dtype bf16 --dim 768 --patch-size 12 \\
+        --sizes 228 96 --crops 128 640
 
 The patch embedding is a ViT's only convolution (kernel = stride = patch), and the same maths as one
 linear layer on the flattened patches. This times it, plus the class-token concatenation that

@@ -1,9 +1,13 @@
 """Time one full DINO training step and print one JSON object.
 
-    python benchmarks/train_step.py                  # ViT-S/16 + DINOHead(65536), batch 8, 2x224 + 6x96, fp32, 2 threads, CPU
-    python benchmarks/train_step.py --compare        # the project's step and the official-style step, side by side
-    python benchmarks/train_step.py --compare --paired   # the same, their steps timed in turn (for a shared machine)
-    python benchmarks/train_step.py --arch vit_base --device cuda --dtype bf16 --batch 64 --local-crops 10
+    # ViT-S/16 + DINOHead(65536), batch 8, 2x224 + 6x96, fp32, 2 threads, CPU
+    python benchmarks/train_step.py
+    # the project's step and the official-style step, side by side
+    python benchmarks/train_step.py --compare
+    # the same, their steps timed in turn (for a shared machine)
+    python benchmarks/train_step.py --compare --paired
+    python benchmarks/train_step.py --arch vit_base --device cuda --dtype bf16 --batch 64 \\
+        --local-crops 10
 
 A step is what training runs: teacher forward (2 global crops), student forward (all crops), DINO
 loss, backward, per-parameter gradient clipping, AdamW, EMA update of the teacher. The project's
@@ -480,7 +484,8 @@ def shape_matmul_time(
 
 
 class SyntheticImages(torch.utils.data.Dataset):
-    """Placeholder dataset: DINOTrainer needs one to build its sampler; the timed steps never read it."""
+    """Placeholder dataset: DINOTrainer needs one to build its sampler; the timed steps
+    never read it."""
 
     def __init__(self, n: int):
         self.n = n
@@ -493,7 +498,8 @@ class SyntheticImages(torch.utils.data.Dataset):
 
 
 def make_trainer(args, steps: int, compile_backbones: bool = False) -> DINOTrainer:
-    """A DINOTrainer on the benchmark's config: one step per epoch, enough epochs for every timed step."""
+    """A DINOTrainer on the benchmark's config: one step per epoch, enough epochs for
+    every timed step."""
     cfg = make_config(
         dict(
             dataset="random",
@@ -538,7 +544,8 @@ def synthetic_crops(args, device: torch.device) -> list[torch.Tensor]:
 
 
 class Marks:
-    """Timestamps of phase boundaries: perf_counter on CPU, CUDA events on a GPU (no extra syncs)."""
+    """Timestamps of phase boundaries: perf_counter on CPU, CUDA events on a GPU
+    (no extra syncs)."""
 
     def __init__(self, device: torch.device):
         self.device, self.t = device, {}
@@ -884,7 +891,8 @@ def args_for(args, reference: bool) -> argparse.Namespace:
 
 
 class Mode:
-    """One implementation's trainer, crops and step function, and the measurements of its timed steps."""
+    """One implementation's trainer, crops and step function, and the measurements of
+    its timed steps."""
 
     def __init__(self, args, reference: bool):
         self.args = args = args_for(args, reference)  # this implementation's arguments (its dtype)

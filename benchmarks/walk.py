@@ -1,8 +1,10 @@
 """The walk from `DINOTrainer.train_step` to the loss: which `vitdino_core` functions one step
 calls; prints one JSON.
 
-    python benchmarks/walk.py                       # workshop_tiny, CPU, fp32, the config's own path
-    python benchmarks/walk.py --set fast=false      # the plain path (any config key, as on the command line)
+    # workshop_tiny, CPU, fp32, the config's own path
+    python benchmarks/walk.py
+    # the plain path (any config key, as on the command line)
+    python benchmarks/walk.py --set fast=false
 
 Counted with `sys.setprofile` around one step on a synthetic batch: every distinct function (by file
 and qualified name) whose code lives in `vitdino_core`, from the start of `train_step` until the

@@ -9,8 +9,9 @@ its own random init by `--margin` points.
 
     python benchmarks/workshop_recipes.py --recipes notebook06 --seeds 0 1 2 --budget-min 10 \\
         --csv benchmarks/results/<machine>_workshop-recipes/recipes.csv
+    # kNN against minutes, one run
     python benchmarks/workshop_recipes.py --curve --recipes notebook06 --budget-min 60 \\
-        --csv benchmarks/results/<machine>_workshop-recipes/curve.csv   # kNN against minutes, one run
+        --csv benchmarks/results/<machine>_workshop-recipes/curve.csv
 
 Budgets are wall-clock minutes on the machine at hand: run it on a quiet machine (`uptime` near 0)
 and compare recipes only within one machine. Rows are appended to the CSV as they finish.

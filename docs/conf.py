@@ -12,7 +12,8 @@ DOCS = Path(__file__).resolve().parent
 ROOT = DOCS.parent
 sys.path.insert(0, str(DOCS))
 
-import site_pages  # docs/site_pages.py: pages, banners, links, checks
+# docs/site_pages.py: pages, banners, links, checks; importable only once DOCS is on sys.path
+import site_pages  # noqa: E402
 
 # the notebooks run in fast mode, as under CI: fewer steps and images, every cell
 os.environ.setdefault("VITDINO_FAST", "1")

@@ -237,7 +237,8 @@ def copy_sources(app, outdir: Path) -> None:
 
 
 def check_links(outdir: Path) -> list[str]:
-    """`PAGE -> TARGET (why)` for each internal link, image or anchor of the site that leads nowhere."""
+    """`PAGE -> TARGET (why)` for each internal link, image or anchor of the site
+    that leads nowhere."""
     pages: dict[Path, _Links] = {}
     for page in sorted(outdir.rglob("*.html")):
         if page.relative_to(outdir).parts[0] == "_static":  # the theme's templates, not pages

@@ -19,7 +19,8 @@ from vitdino_core.multicrop import normalize
 
 
 def official_masks(attentions: torch.Tensor, threshold: float) -> torch.Tensor:
-    """visualize_attention.py of the official DINO, for one image: (heads, N) -> (heads, N) masks."""
+    """visualize_attention.py of the official DINO, for one image:
+    (heads, N) -> (heads, N) masks."""
     val, idx = torch.sort(attentions)
     val /= torch.sum(val, dim=1, keepdim=True)
     cumval = torch.cumsum(val, dim=1)

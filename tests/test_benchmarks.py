@@ -246,7 +246,8 @@ def test_train_step_paired_comparison_times_both_in_turn():
 
 
 def test_train_step_pairs_ours_in_bf16_with_the_reference_in_fp32(capsys):
-    """The issue's bf16 target compares ours in bf16 with the official step in fp32: --reference-dtype."""
+    """The issue's bf16 target compares ours in bf16 with the official step
+    in fp32: --reference-dtype."""
     bench, threads = load_train_step(), torch.get_num_threads()
     try:
         r = bench.main(
@@ -395,7 +396,8 @@ def test_train_step_profile_says_where_the_time_went(capsys):
         ("cudnn_generated_fort_native_sdpa_sm90_knob_7_64x128x64_4x1x1_kernel0_0", "attention"),
         (
             (
-                "void pytorch_flash::flash_bwd_dq_dk_dv_loop_seqk_parallel_kernel<Flash_bwd_kernel_traits<64>>"
+                "void pytorch_flash::flash_bwd_dq_dk_dv_loop_seqk_parallel_kernel"
+                "<Flash_bwd_kernel_traits<64>>"
             ),
             "attention",
         ),
@@ -441,15 +443,16 @@ def test_explicit_attention_for_short_sequences_is_the_same_step(capsys, monkeyp
     try:
         fused = bench.main(TINY)
         assert fused_calls
-        bench.explicit_attention_upto(
-            2
-        )  # TINY's local crops: 1 patch + CLS; its global crops have 5 tokens
+        # TINY's local crops: 1 patch + CLS; its global crops have 5 tokens
+        bench.explicit_attention_upto(2)
         attn = attention.Attention(8, num_heads=2, fast=True)
-        seq = lambda n: torch.zeros(1, 2, n, 4)  # (B, H, N, d)
+
+        def seq(n):
+            return torch.zeros(1, 2, n, 4)  # (B, H, N, d)
+
         fused_calls.clear()
-        assert (
-            attn.attend(seq(2), seq(2), seq(2))[1] is not None and not fused_calls
-        )  # explicit: weights returned
+        # explicit: weights returned
+        assert attn.attend(seq(2), seq(2), seq(2))[1] is not None and not fused_calls
         assert attn.attend(seq(5), seq(5), seq(5))[1] is None and fused_calls  # fused
         fused_calls.clear()
         mixed = bench.main([*TINY, "--explicit-attention-upto", "5"])  # every sequence explicit

@@ -438,16 +438,15 @@ def random_photo(size=(80, 64), mode="RGB", seed=0) -> Image.Image:
     return Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode=mode)
 
 
-def check_crops(crops, n_local, g, l):
+def check_crops(crops, n_local, global_size, local_size):
     assert len(crops) == 2 + n_local
     lo = min((0 - m) / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD))
     hi = max((1 - m) / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD))
     for i, c in enumerate(crops):
-        size = g if i < 2 else l
+        size = global_size if i < 2 else local_size
         assert c.shape == (3, size, size) and c.dtype == torch.float32
-        assert (
-            lo - 1e-4 <= c.min().item() and c.max().item() <= hi + 1e-4
-        )  # normalised with ImageNet statistics
+        # normalised with ImageNet statistics
+        assert lo - 1e-4 <= c.min().item() and c.max().item() <= hi + 1e-4
 
 
 def test_multicrop_returns_globals_then_locals():

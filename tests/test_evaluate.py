@@ -208,7 +208,8 @@ def test_shipped_checkpoint_is_small_loads_and_its_record_adds_up():
 
 
 def image_folder(root, classes=("cat", "dog"), per_class=10, size=16):
-    """One subfolder per class of small PNGs, each class its own colour (so kNN can tell them apart)."""
+    """One subfolder per class of small PNGs, each class its own colour (so kNN can
+    tell them apart)."""
     from PIL import Image
 
     g = np.random.default_rng(0)

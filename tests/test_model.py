@@ -22,7 +22,8 @@ from vitdino_core.sanity import main as sanity_main
 
 @contextmanager
 def skip_weight_init():
-    """Build big models for counting only: skip the (slow) random initialisation of their weights."""
+    """Build big models for counting only: skip the (slow) random initialisation
+    of their weights."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(nn.init, "trunc_normal_", lambda t, *args, **kwargs: t)
         mp.setattr(nn.Linear, "reset_parameters", lambda self: None)
@@ -189,7 +190,8 @@ def fast_copy(model: nn.Module, *kinds: type) -> nn.Module:
 def step_with_seed(
     model: nn.Module, x: torch.Tensor, dtype: torch.dtype
 ) -> tuple[torch.Tensor, dict]:
-    """One forward and backward from a fixed random state: the output and every parameter's gradient."""
+    """One forward and backward from a fixed random state: the output and
+    every parameter's gradient."""
     model.zero_grad(set_to_none=True)
     torch.manual_seed(1)  # the same coins for every model
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
@@ -445,9 +447,10 @@ def test_patch_embed_convolution_is_a_linear_layer_on_the_patches():
         (y * g).sum().backward()
         return y, embed.proj.weight.grad.clone(), embed.proj.bias.grad.clone(), x.grad.clone()
 
-    linear = lambda t: F.linear(
-        patchify(t, 6), embed.proj.weight.flatten(1), embed.proj.bias
-    )  # (B, N, D)
+    def linear(t):
+        # (B, N, D)
+        return F.linear(patchify(t, 6), embed.proj.weight.flatten(1), embed.proj.bias)
+
     for a, b in zip(run(embed), run(linear)):
         assert_close(a, b, atol=1e-5 * b.abs().max().item(), rtol=1e-5)
 
@@ -464,7 +467,10 @@ def test_attention_fused_and_explicit_paths_agree():
     assert_close(fused, explicit, atol=1e-5, rtol=0)
     # and both equal softmax(q k^T / sqrt(d)) v written out here
     q, k, v = attn.qkv(x).chunk(3, dim=-1)  # 3 x (B, N, C)
-    split = lambda t: t.reshape(2, 10, 4, 8).transpose(1, 2)  # (B, H, N, d)
+
+    def split(t):
+        return t.reshape(2, 10, 4, 8).transpose(1, 2)  # (B, H, N, d)
+
     q, k, v = split(q), split(k), split(v)
     w = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(8), dim=-1)
     assert_close(weights, w, atol=1e-6, rtol=0)

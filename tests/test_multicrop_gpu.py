@@ -265,7 +265,8 @@ def test_loader_helpers_give_a_uint8_batch():
     [((5, 7, 40, 30), 64), ((10, 3, 70, 60), 24), ((0, 0, 96, 80), 48), ((20, 10, 33, 33), 33)],
 )
 def test_resized_crop_matches_torchvision_bicubic_antialias(box, size):
-    """Up- and downsampling: within uint8 rounding of v2.functional.resized_crop on the uint8 image."""
+    """Up- and downsampling: within uint8 rounding of v2.functional.resized_crop on
+    the uint8 image."""
     img = photo()
     want = (
         TF.resized_crop(

@@ -335,7 +335,8 @@ def test_sigkill_resumes_from_the_last_checkpoint(data_env, tmp_path):
 
 
 def test_collapse_is_detected_and_warned(data_env, tmp_path):
-    """A teacher temperature of 50 makes the targets uniform: the run warns (log and progress bar)."""
+    """A teacher temperature of 50 makes the targets uniform: the run warns (log
+    and progress bar)."""
     with pytest.warns(UserWarning, match=r"collapsed \(uniform\)"):
         assert (
             main(

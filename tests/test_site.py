@@ -44,7 +44,8 @@ SKIP_DIRS = {"_static", "_sources", "_downloads", "_images", "_src"}
 
 
 def site_pages() -> list[str]:
-    """Every HTML page of the site, as paths relative to build/site/ (the theme's templates aside)."""
+    """Every HTML page of the site, as paths relative to build/site/ (the
+    theme's templates aside)."""
     return sorted(
         p.relative_to(SITE).as_posix()
         for p in SITE.rglob("*.html")
@@ -103,7 +104,8 @@ def browser():
 
 
 class Visit:
-    """One page opened in a fresh tab: what the console and the network said, what the page holds."""
+    """One page opened in a fresh tab: what the console and the network said, what
+    the page holds."""
 
     def __init__(self, browser, base_url: str, path: str):
         self.url = urljoin(base_url, path)
@@ -189,7 +191,8 @@ def test_every_image_is_shown(visits):
     for path, v in visits.items():
         for img in v.page.evaluate(
             """[...document.images].map(i => {
-                i.scrollIntoView(); return [i.getAttribute('src'), i.complete && i.naturalWidth > 0]; })"""
+                i.scrollIntoView();
+                return [i.getAttribute('src'), i.complete && i.naturalWidth > 0]; })"""
         ):
             count += 1
             if not img[1]:
@@ -234,7 +237,8 @@ def test_maths_is_typeset(visits):
     for path, v in visits.items():
         formulas, rendered, errors = v.page.evaluate("""[
             document.querySelectorAll('.math').length,
-            [...document.querySelectorAll('.math')].filter(m => m.querySelector('mjx-container')).length,
+            [...document.querySelectorAll('.math')]
+                .filter(m => m.querySelector('mjx-container')).length,
             document.querySelectorAll('mjx-merror').length]""")
         typeset += rendered
         if rendered != formulas:

@@ -23,7 +23,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def tiny_overrides(out: Path, **extra) -> list[str]:
-    """workshop_tiny shrunk to seconds: 48 images, 8 per batch (6 steps per epoch), 48/24 px crops."""
+    """workshop_tiny shrunk to seconds: 48 images, 8 per batch (6 steps per epoch),
+    48/24 px crops."""
     values = dict(
         output_dir=str(out),
         max_images=48,

@@ -4,8 +4,10 @@ One module per idea, named like the notebook that builds it:
     patch_embedding (01) · attention (02) · vision_transformer (03) · multicrop (04)
     dino_loss (05) · ema_training (06) · attention_maps (07) · linear_probe (08)
 Beside them:
-    data/          images, datasets by name, the course's Imagenette-96, multi-crop batches, downloads
-    checkpoint     files: written atomically, official DINO weights read, a backbone built from a file
+    data/          images, datasets by name, the course's Imagenette-96, multi-crop batches,
+                   downloads
+    checkpoint     files: written atomically, official DINO weights read, a backbone built from
+                   a file
     eval_protocol  frozen-feature evaluation: which images, the features, kNN and probe scores
     features       saved features on disk
     training/      config, device, the trainer, a run's folder, the GPU multi-crop (notebook 09)

@@ -127,7 +127,8 @@ def _umask() -> int:
 
 
 def _disk_full(e: BaseException) -> bool:
-    """An ENOSPC/EDQUOT, raised as it is or wrapped by torch.save (a RuntimeError from its zip writer)."""
+    """An ENOSPC/EDQUOT, raised as it is or wrapped by torch.save (a RuntimeError from
+    its zip writer)."""
     if isinstance(e, OSError):
         return e.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
     return isinstance(e, RuntimeError) and ("No space left" in str(e) or "quota" in str(e).lower())
@@ -205,7 +206,8 @@ def _torch_load_weights_only(path: Path, map_location: str | torch.device) -> An
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
-    """Load a checkpoint with `weights_only=True`; clear errors for missing, corrupt or unsafe files."""
+    """Load a checkpoint with `weights_only=True`; clear errors for missing, corrupt
+    or unsafe files."""
     path = Path(path)
     _check_checkpoint_file(path)
     try:

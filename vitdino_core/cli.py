@@ -50,7 +50,8 @@ def one_line(e: BaseException) -> str:
 
 
 def run_cli(main: Callable[[list[str]], int | None], argv: Sequence[str] | None = None) -> int:
-    """Run `main(argv)` (without --debug in argv); user errors -> one line on stderr and exit code 2."""
+    """Run `main(argv)` (without --debug in argv); user errors -> one line on stderr and
+    exit code 2."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = debug_requested(argv)
     argv = [a for a in argv if a != "--debug"]

@@ -27,7 +27,8 @@ from torch.nn.utils import parametrizations
 
 
 class DINOHead(nn.Module):
-    """MLP to a bottleneck, L2-normalise, then a weight-normalised linear layer to `out_dim` logits."""
+    """MLP to a bottleneck, L2-normalise, then a weight-normalised linear layer
+    to `out_dim` logits."""
 
     def __init__(
         self,

@@ -84,7 +84,8 @@ class MaskingGenerator:
         return self.height, self.width
 
     def _mask(self, mask: torch.Tensor, max_mask_patches: float) -> int:
-        """Try (at most 10 times) to mask one more rectangle; return how many new patches it masked."""
+        """Try (at most 10 times) to mask one more rectangle; return how many new
+        patches it masked."""
         delta = 0
         for _ in range(10):
             target_area = random.uniform(
@@ -242,7 +243,8 @@ class iBOTPatchLoss(nn.Module):
     def softmax_center_teacher(
         self, teacher_patch_tokens: torch.Tensor, teacher_temp: float
     ) -> torch.Tensor:
-        """DINO's centering and sharpening, with the patch tokens' own centre: (..., K) -> (..., K)."""
+        """DINO's centering and sharpening, with the patch tokens' own centre:
+        (..., K) -> (..., K)."""
         return F.softmax((teacher_patch_tokens.float() - self.center) / teacher_temp, dim=-1)
 
     @torch.no_grad()
@@ -325,7 +327,8 @@ class KoLeoLoss(nn.Module):
     """
 
     def pairwise_NNs_inner(self, x: torch.Tensor) -> torch.Tensor:
-        """Index of each row's nearest other row, for unit vectors x (B, D): the largest inner product."""
+        """Index of each row's nearest other row, for unit vectors x (B, D): the
+        largest inner product."""
         dots = x @ x.t()  # (B, B) cosine similarities
         dots.fill_diagonal_(-1)  # a point is not its own neighbour
         return dots.argmax(dim=1)  # (B,)
@@ -333,6 +336,6 @@ class KoLeoLoss(nn.Module):
     def forward(self, student_output: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
         """student_output (B, D): the student's backbone CLS features of one crop."""
         x = F.normalize(student_output.float(), eps=eps, p=2, dim=-1)  # (B, D), unit length
-        I = self.pairwise_NNs_inner(x)  # (B,) index of each nearest neighbour
-        distances = F.pairwise_distance(x, x[I], p=2, eps=eps)  # (B,) = ||x - x_nn + eps||
+        nn_idx = self.pairwise_NNs_inner(x)  # (B,) index of each nearest neighbour
+        distances = F.pairwise_distance(x, x[nn_idx], p=2, eps=eps)  # (B,) = ||x - x_nn + eps||
         return -torch.log(distances + eps).mean()

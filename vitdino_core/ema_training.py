@@ -104,7 +104,8 @@ def clip_gradients(model: nn.Module, clip: float) -> torch.Tensor:
 
 
 def cancel_gradients_last_layer(epoch: int, model: nn.Module, freeze_last_layer: int) -> None:
-    """Keep the head's last layer fixed during the first epochs (DINO: 1); it stabilises the start."""
+    """Keep the head's last layer fixed during the first epochs (DINO: 1); it
+    stabilises the start."""
     if epoch >= freeze_last_layer:
         return
     for name, p in model.named_parameters():

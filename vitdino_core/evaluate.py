@@ -1,20 +1,27 @@
 """Evaluate a backbone's frozen features: weighted kNN and a linear probe, printed as one JSON
 object.
 
-    python -m vitdino_core.evaluate --ckpt checkpoints/dino_imagenette96.pth        # the shipped weights
-    python -m vitdino_core.evaluate --ckpt checkpoints/dino/checkpoint.pth          # a run, on the data it trained on
-    python -m vitdino_core.evaluate --ckpt dino_deitsmall16_pretrain.pth            # official DINO weights
-    python -m vitdino_core.evaluate --ckpt FILE --data-path my_images/ --holdout 0.2   # a class-per-folder set, no val/
-    python -m vitdino_core.evaluate --ckpt FILE --save-features feats/              # ... and keep the features
-    python -m vitdino_core.evaluate --features feats/                               # kNN + probe, no model
-    python -m vitdino_core.evaluate --random-init --arch vit_tiny --patch-size 12   # an untrained baseline
-    python -m vitdino_core.evaluate --raw-pixels 32                                 # the pixels themselves
+    # the shipped weights
+    python -m vitdino_core.evaluate --ckpt checkpoints/dino_imagenette96.pth
+    # a run, on the data it trained on
+    python -m vitdino_core.evaluate --ckpt checkpoints/dino/checkpoint.pth
+    # official DINO weights
+    python -m vitdino_core.evaluate --ckpt dino_deitsmall16_pretrain.pth
+    # a class-per-folder set, no val/
+    python -m vitdino_core.evaluate --ckpt FILE --data-path my_images/ --holdout 0.2
+    # ... and keep the features
+    python -m vitdino_core.evaluate --ckpt FILE --save-features feats/
+    # kNN + probe, no model
+    python -m vitdino_core.evaluate --features feats/
+    # an untrained baseline
+    python -m vitdino_core.evaluate --random-init --arch vit_tiny --patch-size 12
+    # the pixels themselves
+    python -m vitdino_core.evaluate --raw-pixels 32
 
 Files `--ckpt` reads (always with `weights_only=True`); the model is read from the weights' shapes:
-  - this project's training checkpoints {"config", "teacher", "student", ...} and shipped backbone
-  files
-    {"teacher", "config"}; without --dataset/--data-path a run is evaluated on the data its config
-    names;
+  - this project's training checkpoints {"config", "teacher", "student", ...} and shipped
+    backbone files {"teacher", "config"}; without --dataset/--data-path a run is evaluated on
+    the data its config names;
   - official DINO training checkpoints {"student", "teacher", "optimizer", "epoch", "args", ...}
     (`module.backbone.` / `backbone.` prefixes, the DINO head dropped);
   - bare backbone state dicts, as the official dino_deitsmall16_pretrain.pth and friends.

@@ -4,9 +4,11 @@
 
     DIR/train_features.npy   (N, D) float32, one L2-normalised CLS feature per image
     DIR/train_labels.npy     (N,) int64 class indices
-    DIR/train_paths.txt      N lines: the image file of each row (or <dataset>:<split>:<index> without files)
+    DIR/train_paths.txt      N lines: the image file of each row
+                             (or <dataset>:<split>:<index> without files)
     DIR/val_features.npy, DIR/val_labels.npy, DIR/val_paths.txt      the same for the images scored
-    DIR/features.json        what made them: model, weights, image size, dataset, counts, normalisation, date
+    DIR/features.json        what made them: model, weights, image size, dataset, counts,
+                             normalisation, date
 
 "train" rows are what the kNN remembers and the probe is fitted on; "val" rows are only scored. A
 paths file holds one name per line as it is, or, for a name that is not plain UTF-8 text on one line
@@ -58,7 +60,8 @@ class Features:
 
 
 def sample_ids(dataset: Dataset, prefix: str = "") -> list[str]:
-    """One name per item: its image file when the dataset reads files, else `prefix` + its index there."""
+    """One name per item: its image file when the dataset reads files, else
+    `prefix` + its index there."""
     indices = list(range(len(dataset)))
     while isinstance(
         dataset, Subset

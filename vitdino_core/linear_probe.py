@@ -4,9 +4,9 @@ Self-supervised training never sees a label, so we judge its features from outsi
 backbone, turn every image into one vector (the CLS token), then ask how well a very simple
 classifier does on those vectors.
 
-    extract_features   images -> (N, D) CLS features, L2-normalised          (no gradients, eval mode)
-    knn_classifier     each test vector votes with its k nearest train vectors  (DINO's eval_knn.py)
-    linear_probe       logistic regression on the frozen features               (scikit-learn)
+    extract_features   images -> (N, D) CLS features, L2-normalised (no gradients, eval mode)
+    knn_classifier     each test vector votes with its k nearest train vectors (DINO's eval_knn.py)
+    linear_probe       logistic regression on the frozen features (scikit-learn)
     raw_pixel_features the baseline: the pixels themselves, flattened
 
 Weighted kNN (Wu et al. 2018, as in DINO): with cosine similarities s_i of the k nearest

@@ -33,7 +33,8 @@ def fast_mode() -> bool:
 
 
 def setup(seed: int = 0, dpi: int = 90) -> NotebookEnv:
-    """Seed every RNG, pick the device, find the data root, set figure defaults; print what was chosen."""
+    """Seed every RNG, pick the device, find the data root, set figure defaults; print
+    what was chosen."""
     import matplotlib.pyplot as plt
 
     random.seed(seed)
@@ -129,7 +130,8 @@ def course_checkpoint() -> tuple[Path | None, str]:
 
 
 def nonfinite_count(model: torch.nn.Module) -> tuple[int, list[str]]:
-    """How many floating-point values in the model's weights are NaN or inf, and in which tensors."""
+    """How many floating-point values in the model's weights are NaN or inf, and
+    in which tensors."""
     counts = {
         k: int((~torch.isfinite(t)).sum())
         for k, t in model.state_dict().items()
@@ -223,7 +225,8 @@ class CourseWeights:
         )
 
     def summary(self) -> str:
-        """A few lines for a notebook to print: which weights, their shape, the baseline beside them."""
+        """A few lines for a notebook to print: which weights, their shape, the
+        baseline beside them."""
         if self.trained is None:
             wanted = os.environ.get(CHECKPOINT_ENV) or short_path(SHIPPED_CHECKPOINT)
             return (

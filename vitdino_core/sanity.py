@@ -26,7 +26,8 @@ def run_sanity(
     batch_size: int = 2,
     seed: int = 0,
 ) -> list[str]:
-    """Build, count, run; print what happens and return the list of problems found (empty = all good)."""
+    """Build, count, run; print what happens and return the list of problems found
+    (empty = all good)."""
     torch.manual_seed(seed)
     img_size = img_size or default_img_size(patch_size)
     name = model_name(arch, patch_size)

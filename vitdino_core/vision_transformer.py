@@ -267,7 +267,8 @@ class VisionTransformer(nn.Module):
             nn.init.zeros_(m.bias)
 
     def interpolate_pos_encoding(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
-        """Position embeddings for an h x w image: the learned grid, resized bicubically if needed."""
+        """Position embeddings for an h x w image: the learned grid, resized
+        bicubically if needed."""
         npatch = x.shape[1] - 1
         N = self.pos_embed.shape[1] - 1
         h0, w0 = h // self.patch_size, w // self.patch_size
@@ -336,7 +337,8 @@ class VisionTransformer(nn.Module):
 
     @torch.no_grad()
     def get_intermediate_layers(self, x: torch.Tensor, n: int = 1) -> list[torch.Tensor]:
-        """Normalised outputs (B, N+1, D) of the last `n` blocks, as DINO's linear evaluation uses."""
+        """Normalised outputs (B, N+1, D) of the last `n` blocks, as DINO's
+        linear evaluation uses."""
         x = self.prepare_tokens(x)
         out = []
         for i, blk in enumerate(self.blocks):

@@ -2,7 +2,8 @@
 
 python -m vitdino_core.data where                    the data root and what it holds
 python -m vitdino_core.data download imagenette-96   the course dataset (needs a network once)
-python -m vitdino_core.data download dino_vits16     DINO's published ViT-S/16 backbone (also vits8, vitb16, vitb8)
+python -m vitdino_core.data download dino_vits16     DINO's published ViT-S/16 backbone
+                                                     (also vits8, vitb16, vitb8)
 """
 
 from __future__ import annotations
@@ -123,10 +124,12 @@ def main(argv: list[str] | None = None) -> int:
         counts = {
             split: sum(n.startswith(split + "/") for n in names) for split in ("train", "val")
         }
-        print(
-            f"{IMAGENETTE_96}: {counts['train']:,} train / {counts['val']:,} val images"
-            f"{'' if is_course_copy(path) else ' (not the exact course copy: the source had other files)'}"
+        note = (
+            ""
+            if is_course_copy(path)
+            else " (not the exact course copy: the source had other files)"
         )
+        print(f"{IMAGENETTE_96}: {counts['train']:,} train / {counts['val']:,} val images{note}")
     else:
         for split in ("train", "val"):
             _torchvision_dataset(args.name, root, split, download=True)

@@ -298,7 +298,8 @@ def build_dataset(
 
 
 def eval_transform(image_size: int):
-    """Resize the short side, centre-crop to a square, normalise: what features are extracted from."""
+    """Resize the short side, centre-crop to a square, normalise: what features
+    are extracted from."""
     from torchvision.transforms import v2
 
     from ..multicrop import normalize

@@ -30,7 +30,8 @@ MARKER = "DATASET.json"
 
 
 def split_files(folder: Path) -> list[str]:
-    """'train/<wnid>/<name>' and 'val/<wnid>/<name>' of every image in an Imagenette copy, sorted."""
+    """'train/<wnid>/<name>' and 'val/<wnid>/<name>' of every image in an
+    Imagenette copy, sorted."""
     return sorted(
         p.relative_to(folder).as_posix()
         for split in ("train", "val")

@@ -67,7 +67,8 @@ def to_rgb(img: Image.Image, background: tuple[int, int, int] = BACKGROUND) -> I
 
 
 def open_rgb(path: str | os.PathLike) -> Image.Image:
-    """Decode the whole file now (so that a truncated one fails here) and return it as RGB (`to_rgb`)."""
+    """Decode the whole file now (so that a truncated one fails here) and return it
+    as RGB (`to_rgb`)."""
     with Image.open(path) as img:
         img.load()
         if img.width == 0 or img.height == 0:

@@ -1,7 +1,8 @@
 """Training DINO for real: the config, the device rule, the trainer, a run's folder, the GPU
 multi-crop.
 
-    config         TrainConfig, YAML files and --set overrides (shipped configs in vitdino_core/configs/)
+    config         TrainConfig, YAML files and --set overrides
+                   (shipped configs in vitdino_core/configs/)
     device         which device and precision, torchrun's processes
     trainer        DINOTrainer: one step, the loop, its state for checkpoints and resuming
     run_state      a run's folder on disk: lock, metrics, resuming's config, stopping on a signal

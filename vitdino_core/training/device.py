@@ -31,7 +31,8 @@ class DistEnv:
 
 
 def setup_distributed(device: str) -> DistEnv:
-    """Join the process group when started by torchrun (WORLD_SIZE > 1): NCCL on GPUs, gloo on CPUs."""
+    """Join the process group when started by torchrun (WORLD_SIZE > 1): NCCL on GPUs,
+    gloo on CPUs."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistEnv()
@@ -45,7 +46,8 @@ def setup_distributed(device: str) -> DistEnv:
 
 
 def resolve_device(name: str = "auto", env: DistEnv | None = None) -> torch.device:
-    """auto | cpu | cuda | cuda:N -> a torch.device; under torchrun, cuda means this process's GPU."""
+    """auto | cpu | cuda | cuda:N -> a torch.device; under torchrun, cuda means
+    this process's GPU."""
     env = env or DistEnv()
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
@@ -63,7 +65,8 @@ def resolve_device(name: str = "auto", env: DistEnv | None = None) -> torch.devi
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
-    """auto: bf16 autocast on GPU, fp32 on CPU. bf16 on CPU is an opt-in for CPUs with bf16 units."""
+    """auto: bf16 autocast on GPU, fp32 on CPU. bf16 on CPU is an opt-in for CPUs
+    with bf16 units."""
     if precision == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]

@@ -114,8 +114,8 @@ def sample_boxes(
 
 
 def cubic_aa(x: torch.Tensor, a: float = -0.5) -> torch.Tensor:
-    """Keys' cubic convolution kernel with a = -0.5 (PIL's and torch's antialiased bicubic); zero for
-    |x| >= 2."""
+    """Keys' cubic convolution kernel with a = -0.5 (PIL's and torch's antialiased bicubic);
+    zero for |x| >= 2."""
     x = x.abs()
     near = ((a + 2) * x - (a + 3)) * x * x + 1  # |x| < 1
     far = (((x - 5) * x + 8) * x - 4) * a  # 1 <= |x| < 2

@@ -2,7 +2,8 @@
 signal.
 
     <output_dir>/<run_name>/
-        checkpoint.pth    DINOTrainer.state_dict(): student, teacher, optimiser, DINO centre, step, RNG states, config
+        checkpoint.pth    DINOTrainer.state_dict(): student, teacher, optimiser, DINO centre,
+                          step, RNG states, config
         metrics.jsonl     one JSON record per `log_every` steps
         config.yaml       the run's full config
         .lock             held by the process that writes the folder
@@ -102,7 +103,8 @@ class RunFolder:
         return ""
 
     def checkpoint_problem(self, resume: bool) -> str:
-        """'' if a new run (resume=False) or a resumed one (resume=True) may start here, else why not."""
+        """'' if a new run (resume=False) or a resumed one (resume=True) may start here,
+        else why not."""
         if resume and not self.has_checkpoint():
             return (
                 f"--resume: there is no checkpoint to resume in {self.path}; "
@@ -171,7 +173,8 @@ class RunFolder:
         return ""
 
     def close(self) -> None:
-        """Release the lock (the file stays: removing it would race with a process about to take it)."""
+        """Release the lock (the file stays: removing it would race with a process about
+        to take it)."""
         if self._lock_fd is not None:
             _HELD_LOCKS.discard(self._lock_fd)
             os.close(self._lock_fd)  # closing the descriptor drops the flock

@@ -55,7 +55,8 @@ from .run_state import RunFolder, StopSignals
 
 
 class TrainingDivergedError(UserError, RuntimeError):
-    """The loss, the gradients or the weights became NaN/inf; nothing was written after the fault."""
+    """The loss, the gradients or the weights became NaN/inf; nothing was written
+    after the fault."""
 
 
 def entropy(p: torch.Tensor) -> torch.Tensor:
@@ -64,7 +65,8 @@ def entropy(p: torch.Tensor) -> torch.Tensor:
 
 
 def collapse_state(rec: dict) -> str:
-    """'uniform' when the teacher's output is ~uniform, 'one-dim' when one dimension wins everywhere."""
+    """'uniform' when the teacher's output is ~uniform, 'one-dim' when one
+    dimension wins everywhere."""
     if rec["kl_uniform"] < 0.05:
         return "uniform"
     if rec["batch_entropy"] < 0.5:
@@ -345,7 +347,8 @@ class DINOTrainer:
             )
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
-        """AdamW with the fused kernel where this PyTorch has one for the device, else the foreach one."""
+        """AdamW with the fused kernel where this PyTorch has one for the device, else
+        the foreach one."""
         groups = get_params_groups(self.student)
         try:
             return torch.optim.AdamW(groups, fused=True)
