@@ -18,7 +18,7 @@ Every check is written the same way, with the helpers below:
         for case in CASES:
             got = expect_tensor(fn(...))      # the learner's result
             expect_shape(got, want.shape, axes, "weights", known={wrong shape: "message"})
-            expect_same(got, want, {          # the table of named wrong answers: message -> wrong value
+            expect_same(got, want, {          # the named wrong answers: message -> wrong value
                 "the scores are scaled after the softmax: ...": lambda: ...,
             }, "what the result should be")   # when it matches none of them
 
