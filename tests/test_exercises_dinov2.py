@@ -10,8 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vitdino_core.exercises import ExerciseMistake
-from vitdino_core.exercises import dinov2 as ex
+from vitdino_core import exercises as ex
+from vitdino_core.exercises import ExerciseMistake, dinov2
 
 
 def stub(*args, **kwargs):
@@ -69,28 +69,36 @@ def masks_rewrite_sample(
     return out
 
 
-MASKING_WRONG = {
-    "ratio over the batch": (lambda *a: masks_stratified(*a, per_image=False), "not the batch's"),
-    "every image masked": (
-        lambda *a: masks_stratified(*a, n_masked=a[0]),
-        "images are masked; mask only",
-    ),
-    "whole range": (
-        lambda *a: masks_stratified(*a, stratified=False),
-        "do not spread over the range",
-    ),
-    "scattered": (lambda *a: masks_stratified(*a, blocks=False), "scattered, not in blocks"),
-    "not shuffled": (lambda *a: masks_stratified(*a, shuffle=False), "always the first ones"),
-    "not flattened": (
-        lambda *a: masks_stratified(*a, flatten=False),
-        "flatten each image's (h, w) mask",
-    ),
-    "not bool": (lambda *a: masks_stratified(*a, dtype=torch.float32), "return a bool tensor"),
-    "a coin per image": (
-        lambda n, N, g, r, p: masks_stratified(n, N, g, r, p, n_masked=int(n * p) - 1),
-        "should be (not a coin per image)",
-    ),
-}
+def masks_per_batch(*a):
+    return masks_stratified(*a, per_image=False)
+
+
+def masks_every_image(*a):
+    return masks_stratified(*a, n_masked=a[0])
+
+
+def masks_whole_range(*a):
+    return masks_stratified(*a, stratified=False)
+
+
+def masks_scattered(*a):
+    return masks_stratified(*a, blocks=False)
+
+
+def masks_not_shuffled(*a):
+    return masks_stratified(*a, shuffle=False)
+
+
+def masks_not_flattened(*a):
+    return masks_stratified(*a, flatten=False)
+
+
+def masks_float(*a):
+    return masks_stratified(*a, dtype=torch.float32)
+
+
+def masks_one_short(n, N, g, r, p):
+    return masks_stratified(n, N, g, r, p, n_masked=int(n * p) - 1)
 
 
 # ----------------------------------------------------------------------------- iBOT
@@ -145,15 +153,15 @@ def ibot_sum(s, t, masks, temp=0.1):
     return (_ce(s, t, temp) * masks.float()).sum(-1).mean()
 
 
-IBOT_WRONG = {
-    ibot_all: "average the cross-entropy over the MASKED patches only",
-    ibot_flat: "one mean over all masked patches of the batch",
-    ibot_masked_images: "divided by the number of masked images",
-    ibot_visible: "the visible patches count instead of the masked ones",
-    ibot_no_temp: "not divided by student_temp",
-    ibot_sign: "the sign is flipped",
-    ibot_sum: "each image's masked patches are summed",
-}
+def ibot_softmax(s, t, masks, temp=0.1):
+    m = masks.float()
+    ce = -(t * F.softmax(s / temp, dim=-1)).sum(-1)  # (B, N)
+    return ((ce * m).sum(-1) / m.sum(-1).clamp(min=1)).mean()
+
+
+def ibot_in_place(s, t, masks, temp=0.1):
+    s /= temp  # changes the caller's logits
+    return ibot_rewrite_loop(s, t, masks, 1.0)
 
 
 # ----------------------------------------------------------------------------- Sinkhorn-Knopp
@@ -197,20 +205,36 @@ def sk_rewrite_double(t, temp, n_iterations=3):
     return sk_general(t.double(), temp, n_iterations).float()
 
 
-SK_WRONG = {
-    (
-        lambda t, T, n=3: sk_general(t, T, n, columns_first=True)
-    ): "the samples are normalised before the prototypes",
-    (lambda t, T, n=3: sk_general(t, T, n, final=False)): "the final multiply by B is missing",
-    (lambda t, T, n=3: sk_general(t, T, n) * t.shape[1] / t.shape[0]): "the final multiply is by K",
-    (lambda t, T, n=3: sk_general(t, T, n, use_temp=False)): "exp without the temperature",
-    (lambda t, T, n=3: sk_general(t, T, n, iterations=3)): "iterations instead of n_iterations",
-    (
-        lambda t, T, n=3: sk_general(t - t.max(dim=1, keepdim=True).values, T, n)
-    ): "each sample's max is subtracted",
-    (lambda t, T, n=3: F.softmax(t / T, dim=-1)): "that is the plain softmax",
-    (lambda t, T, n=3: sk_general(t, T, n).t()): "is K-by-B: transpose Q back",
-}
+def sk_columns_first(t, T, n=3):
+    return sk_general(t, T, n, columns_first=True)
+
+
+def sk_no_final(t, T, n=3):
+    return sk_general(t, T, n, final=False)
+
+
+def sk_final_k(t, T, n=3):
+    return sk_general(t, T, n) * t.shape[1] / t.shape[0]
+
+
+def sk_no_temp(t, T, n=3):
+    return sk_general(t, T, n, use_temp=False)
+
+
+def sk_always_3(t, T, n=3):
+    return sk_general(t, T, n, iterations=3)
+
+
+def sk_sample_max(t, T, n=3):
+    return sk_general(t - t.max(dim=1, keepdim=True).values, T, n)
+
+
+def sk_softmax(t, T, n=3):
+    return F.softmax(t / T, dim=-1)
+
+
+def sk_k_by_b(t, T, n=3):
+    return sk_general(t, T, n).t()
 
 
 # ----------------------------------------------------------------------------- KoLeo
@@ -242,92 +266,167 @@ def _koleo(x, normalize=True, skip_self=True, square=False, farthest=False, redu
     return -(logs.sum() if reduce == "sum" else logs.mean())
 
 
-KOLEO_WRONG = {
-    (lambda x: _koleo(x, normalize=False)): "not L2-normalised",
-    (lambda x: _koleo(x, skip_self=False)): "its own nearest neighbour",
-    (lambda x: _koleo(x, square=True)): "log of the squared distance",
-    (lambda x: -_koleo(x)): "the sign is flipped",
-    (lambda x: _koleo(x, farthest=True)): "the farthest point, not the nearest",
-    (lambda x: _koleo(x, reduce="sum")): "summed over the batch",
-    (
-        lambda x: (
-            -torch.log(
-                torch.cdist(F.normalize(x, dim=-1), F.normalize(x, dim=-1))
-                .add(torch.diag(torch.full((len(x),), float("inf"))))
-                .min(1)
-                .values.mean()
-            )
-        )
-    ): "the log of the mean distance",
-    (lambda x: _koleo(F.normalize(x, dim=0), normalize=False)): "normalised over the batch (dim=0)",
-}
+def koleo_not_normalised(x):
+    return _koleo(x, normalize=False)
+
+
+def koleo_self(x):
+    return _koleo(x, skip_self=False)
+
+
+def koleo_squared(x):
+    return _koleo(x, square=True)
+
+
+def koleo_sign(x):
+    return -_koleo(x)
+
+
+def koleo_farthest(x):
+    return _koleo(x, farthest=True)
+
+
+def koleo_sum(x):
+    return _koleo(x, reduce="sum")
+
+
+def koleo_log_of_mean(x):
+    u = F.normalize(x, dim=-1)  # (B, D)
+    d = torch.cdist(u, u) + torch.diag(torch.full((len(x),), float("inf")))  # (B, B)
+    return -torch.log(d.min(1).values.mean())
+
+
+def koleo_dim0(x):
+    return _koleo(F.normalize(x, dim=0), normalize=False)
+
+
+def koleo_in_place(x):
+    x /= x.norm(dim=1, keepdim=True)  # changes the caller's features
+    return koleo_rewrite_loop(x)
 
 
 # ----------------------------------------------------------------------------- the tests
 
-CHECKS = {
-    "masking": (ex.check_masking, ex.reference_masking, [masks_stratified, masks_rewrite_sample]),
-    "ibot_loss": (
-        ex.check_ibot_loss,
-        ex.reference_ibot_loss,
-        [ibot_rewrite_indexing, ibot_rewrite_loop],
-    ),
-    "sinkhorn_knopp": (
-        ex.check_sinkhorn_knopp,
-        ex.reference_sinkhorn_knopp,
-        [sk_rewrite_batch_first, sk_rewrite_double],
-    ),
-    "koleo": (ex.check_koleo, ex.reference_koleo, [koleo_rewrite_cdist, koleo_rewrite_loop]),
+PASSES = {
+    "masking": [masks_stratified, masks_rewrite_sample],
+    "ibot_loss": [ibot_rewrite_indexing, ibot_rewrite_loop],
+    "sinkhorn_knopp": [sk_rewrite_batch_first, sk_rewrite_double],
+    "koleo": [koleo_rewrite_cdist, koleo_rewrite_loop],
 }
+
 WRONG = {
-    "masking": [(fn, message) for fn, message in MASKING_WRONG.values()],
-    "ibot_loss": list(IBOT_WRONG.items()),
-    "sinkhorn_knopp": list(SK_WRONG.items()),
-    "koleo": list(KOLEO_WRONG.items()),
+    "masking": [
+        (masks_per_batch, "not the batch's"),
+        (masks_every_image, "images are masked; mask only"),
+        (masks_whole_range, "do not spread over the range"),
+        (masks_scattered, "scattered, not in blocks"),
+        (masks_not_shuffled, "always the first ones"),
+        (masks_not_flattened, "flatten each image's (h, w) mask"),
+        (masks_float, "return a bool tensor"),
+        (masks_one_short, "should be (not a coin per image)"),
+    ],
+    "ibot_loss": [
+        (ibot_all, "average the cross-entropy over the MASKED patches only"),
+        (ibot_flat, "one mean over all masked patches of the batch"),
+        (ibot_masked_images, "divided by the number of masked images"),
+        (ibot_visible, "the visible patches count instead of the masked ones"),
+        (ibot_no_temp, "not divided by student_temp"),
+        (ibot_sign, "the sign is flipped"),
+        (ibot_sum, "each image's masked patches are summed"),
+        (ibot_softmax, "softmax where the log-softmax belongs"),
+        (ibot_in_place, "an input was changed in place"),
+    ],
+    "sinkhorn_knopp": [
+        (sk_columns_first, "the samples are normalised before the prototypes"),
+        (sk_no_final, "the final multiply by B is missing"),
+        (sk_final_k, "the final multiply is by K"),
+        (sk_no_temp, "exp without the temperature"),
+        (sk_always_3, "iterations instead of n_iterations"),
+        (sk_sample_max, "each sample's max is subtracted"),
+        (sk_softmax, "that is the plain softmax"),
+        (sk_k_by_b, "is K-by-B: transpose Q back"),
+    ],
+    "koleo": [
+        (koleo_not_normalised, "not L2-normalised"),
+        (koleo_self, "its own nearest neighbour"),
+        (koleo_squared, "log of the squared distance"),
+        (koleo_sign, "the sign is flipped"),
+        (koleo_farthest, "the farthest point, not the nearest"),
+        (koleo_sum, "summed over the batch"),
+        (koleo_log_of_mean, "the log of the mean distance"),
+        (koleo_dim0, "normalised over the batch (dim=0)"),
+        (koleo_in_place, "the features were changed in place"),
+    ],
 }
+
+assert set(PASSES) == set(WRONG) == set(dinov2.DINOV2_EXERCISES)
+
+
+def test_every_exercise_has_a_check_a_reference_rewrites_and_wrong_answers():
+    assert dinov2.DINOV2_EXERCISES == ["masking", "ibot_loss", "sinkhorn_knopp", "koleo"]
+    for name in dinov2.DINOV2_EXERCISES:
+        assert getattr(ex, f"check_{name}").exercise == name  # re-exported from the package
+        assert ex.REFERENCES[name] is getattr(ex, f"reference_{name}")
+        assert len(PASSES[name]) >= 2 and len(WRONG[name]) >= 4, name
+
+
+@pytest.mark.parametrize("name", dinov2.DINOV2_EXERCISES)
+def test_check_accepts_the_reference(name, capsys):
+    getattr(ex, f"check_{name}")(ex.REFERENCES[name])
+    assert capsys.readouterr().out.startswith(f"ok: {name}")
+    assert ex.passed(name)
+    assert ex.pick(name, stub) is stub  # the learner's version is used from now on
+
+
+@pytest.mark.parametrize(
+    "name, i",
+    [(n, i) for n, fns in PASSES.items() for i in range(len(fns))],
+    ids=[f"{n}-{f.__name__}" for n, fns in PASSES.items() for f in fns],
+)
+def test_check_accepts_an_equivalent_rewrite(name, i, capsys):
+    getattr(ex, f"check_{name}")(PASSES[name][i])
+    assert capsys.readouterr().out.startswith(f"ok: {name}")
+    assert ex.passed(name)
 
 
 def test_swapping_the_constants_1_over_k_and_1_over_b_is_no_mistake(capsys):
-    """Each constant divisor is undone by the next normalisation; only the final multiply by B counts."""
+    """Each constant divisor is undone by the next normalisation; only the final multiply by B
+    counts."""
     ex.check_sinkhorn_knopp(lambda t, T, n=3: sk_general(t, T, n, swap_sizes=True))
     assert capsys.readouterr().out.startswith("ok: sinkhorn_knopp")
 
 
-def test_every_exercise_has_a_check_and_a_reference():
-    assert set(CHECKS) == set(ex.DINOV2_EXERCISES)
-    for name in ex.DINOV2_EXERCISES:
-        assert getattr(ex, f"check_{name}").exercise == name
-
-
-@pytest.mark.parametrize("name", list(CHECKS))
-def test_check_accepts_the_reference_and_rewrites(name, capsys):
-    check_fn, reference_fn, rewrites = CHECKS[name]
-    for fn in [reference_fn, *rewrites]:
-        check_fn(fn)
-        assert capsys.readouterr().out.startswith(f"ok: {name}")
-
-
-@pytest.mark.parametrize("name", list(CHECKS))
-def test_check_rejects_the_stub(name):
-    with pytest.raises(ExerciseMistake, match=f"{name}: not written yet"):
-        CHECKS[name][0](stub)
+@pytest.mark.parametrize("name", dinov2.DINOV2_EXERCISES)
+def test_check_rejects_the_stub_and_pick_falls_back(name, capsys):
+    with pytest.raises(ExerciseMistake, match=f"^{name}: not written yet"):
+        getattr(ex, f"check_{name}")(stub)
+    assert ex.STATUS[name] == "todo"
+    assert ex.pick(name, stub) is ex.REFERENCES[name]
+    assert "using vitdino_core's version" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(
-    "name, wrong, message",
-    [(n, fn, m) for n in WRONG for fn, m in WRONG[n]],
-    ids=[f"{n}-{i}" for n in WRONG for i in range(len(WRONG[n]))],
+    "name,wrong,message",
+    [(n, w, m) for n, ws in WRONG.items() for w, m in ws],
+    ids=[f"{n}-{w.__name__}" for n, ws in WRONG.items() for w, _ in ws],
 )
 def test_check_names_the_mistake(name, wrong, message):
-    with pytest.raises(ExerciseMistake) as info:
-        CHECKS[name][0](wrong)
-    assert str(info.value).startswith(f"{name}: ") and message in str(info.value), str(info.value)
+    with pytest.raises(ExerciseMistake) as err:
+        getattr(ex, f"check_{name}")(wrong)
+    text = str(err.value)
+    assert text.startswith(f"{name}: ") and message in text, text
+    assert "\n" not in text  # one line
+    assert ex.STATUS[name] == "failed"
 
 
 def test_checks_leave_the_learners_random_state_alone():
+    """The masking check seeds Python's random and torch's generator; both come back as they were,
+    also when the check fails."""
     random.seed(123)
     torch.manual_seed(123)
     ex.check_masking(ex.reference_masking)
     ex.check_sinkhorn_knopp(ex.reference_sinkhorn_knopp)
+    with pytest.raises(ExerciseMistake):
+        ex.check_masking(masks_not_shuffled)
     assert random.random() == random.Random(123).random()
     assert torch.equal(torch.rand(3), torch.rand(3, generator=torch.Generator().manual_seed(123)))

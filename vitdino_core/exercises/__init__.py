@@ -18,21 +18,22 @@ Every check is written the same way, with the helpers below:
         for case in CASES:
             got = expect_tensor(fn(...))      # the learner's result
             expect_shape(got, want.shape, axes, "weights", known={wrong shape: "message"})
-            expect_same(got, want, {          # the table of named wrong answers: message -> wrong value
+            expect_same(got, want, {          # the named wrong answers: message -> wrong value
                 "the scores are scaled after the softmax: ...": lambda: ...,
             }, "what the result should be")   # when it matches none of them
 
 `close` is the one tolerance rule; `first_match` returns the first wrong answer a result equals.
-The checks live in two files, one per half of the course: `vit.py` (notebooks 01-04) and `dino.py`
-(notebooks 05-08). This file keeps the record of which checks ran and how they ended, so that later
-cells can fall back to the reference and a notebook's last cell (`assert_checked([...])`) can prove
-that every check really ran.
+The checks live in three files: `vit.py` (notebooks 01-04), `dino.py` (notebooks 05-08) and
+`dinov2.py` (notebook 10). This file keeps the record of which checks ran and how they ended, so
+that later cells can fall back to the reference and a notebook's last cell (`assert_checked([...])`)
+can prove that every check really ran.
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
+import random
 import sysconfig
 import traceback
 from pathlib import Path
@@ -114,13 +115,14 @@ def check(name: str) -> Callable[[Callable], Callable]:
 
     The body calls `fn` and raises `mistake("...")` when it finds one; what it returns (a short
     string such as "matches vitdino_core on 5 cases") ends the success line. The learner's global
-    random state is left as it was.
+    random state (torch's and Python's `random`) is left as it was.
     """
 
     def decorate(body: Callable) -> Callable:
         @functools.wraps(body)
         def run(fn: Callable, *args, **kwargs) -> None:
             __tracebackhide__ = True  # pytest shows the learner's line, not this frame
+            state = random.getstate()
             try:
                 with torch.random.fork_rng():
                     detail = body(fn, *args, **kwargs)
@@ -136,6 +138,8 @@ def check(name: str) -> Callable[[Callable], Callable]:
                 raise ExerciseMistake(
                     f"{name}: your function raised {type(e).__name__}: {e}"
                 ) from e
+            finally:
+                random.setstate(state)
             if is_stub(fn):
                 STATUS[name] = "broken"
                 raise ExerciseMistake(
@@ -317,6 +321,7 @@ def gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-# the checks, one file per half of the course (each defines __all__)
+# the checks, one file per part of the course (each defines __all__)
 from .dino import *  # noqa: E402,F401,F403  notebooks 05-08
+from .dinov2 import *  # noqa: E402,F401,F403  notebook 10
 from .vit import *  # noqa: E402,F401,F403  notebooks 01-04

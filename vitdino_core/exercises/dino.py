@@ -114,24 +114,30 @@ def check_dino_head(fn: Callable) -> str:
                 got,
                 want,
                 {
-                    "the bottleneck is not L2-normalised: divide mlp(x) by its length over the last axis, so that every score is a cosine similarity": (
-                        lambda: h @ w.T
-                    ),
-                    "the bottleneck is normalised over the batch (dim=0): normalise each image's vector (dim=-1)": lambda: (
-                        F.normalize(h, dim=0) @ w.T
-                    ),
-                    "the prototypes are not normalised: each prototype is g_k v_k / ||v_k||, every row of v divided by its length": (
-                        lambda: z @ (g * v).T
-                    ),
-                    "the prototypes are normalised over the wrong axis: each prototype is a row of v (K, bottleneck)": lambda: (
-                        z @ (g * F.normalize(v, dim=0)).T
-                    ),
-                    "the lengths g are ignored: each prototype is g_k v_k / ||v_k|| (g is 1 only when norm_last_layer=True)": (
-                        (lambda: z @ F.normalize(v, dim=1).T) if not norm_last else None
-                    ),
-                    "the lengths g divide instead of multiply: each prototype is g_k v_k / ||v_k||": (
-                        (lambda: z @ (F.normalize(v, dim=1) / g).T) if not norm_last else None
-                    ),
+                    (
+                        "the bottleneck is not L2-normalised: divide mlp(x) by its length over the"
+                        " last axis, so that every score is a cosine similarity"
+                    ): (lambda: h @ w.T),
+                    (
+                        "the bottleneck is normalised over the batch (dim=0): normalise each"
+                        " image's vector (dim=-1)"
+                    ): lambda: F.normalize(h, dim=0) @ w.T,
+                    (
+                        "the prototypes are not normalised: each prototype is g_k v_k / ||v_k||,"
+                        " every row of v divided by its length"
+                    ): (lambda: z @ (g * v).T),
+                    (
+                        "the prototypes are normalised over the wrong axis: each prototype is a"
+                        " row of v (K, bottleneck)"
+                    ): lambda: z @ (g * F.normalize(v, dim=0)).T,
+                    (
+                        "the lengths g are ignored: each prototype is g_k v_k / ||v_k|| (g is 1"
+                        " only when norm_last_layer=True)"
+                    ): ((lambda: z @ F.normalize(v, dim=1).T) if not norm_last else None),
+                    (
+                        "the lengths g divide instead of multiply: each prototype is g_k v_k /"
+                        " ||v_k||"
+                    ): ((lambda: z @ (F.normalize(v, dim=1) / g).T) if not norm_last else None),
                 },
                 f"the scores differ from DINOHead's (in_dim {in_dim}, K {K}, bottleneck"
                 f" {bottleneck}, norm_last_layer={norm_last}): MLP, normalise, then the"
@@ -185,15 +191,17 @@ def check_teacher_probs(fn: Callable) -> str:
                 "the centre is added, not subtracted": lambda: F.softmax(
                     (t + center) / temp, dim=-1
                 ),
-                "the teacher is not sharpened: divide the centred output by teacher_temp before the softmax": lambda: (
-                    F.softmax(t - center, dim=-1)
-                ),
+                (
+                    "the teacher is not sharpened: divide the centred output by teacher_temp"
+                    " before the softmax"
+                ): lambda: F.softmax(t - center, dim=-1),
                 "multiplied by the temperature: divide by it (a temperature below 1 sharpens)": (
                     lambda: F.softmax((t - center) * temp, dim=-1)
                 ),
-                "the centre is subtracted after the softmax: centre the scores, then divide and take the softmax": lambda: (
-                    F.softmax(t / temp, dim=-1) - center
-                ),
+                (
+                    "the centre is subtracted after the softmax: centre the scores, then divide"
+                    " and take the softmax"
+                ): lambda: F.softmax(t / temp, dim=-1) - center,
                 "the temperature divides only the centre: divide the centred output as a whole": (
                     lambda: F.softmax(t - center / temp, dim=-1)
                 ),
@@ -245,13 +253,17 @@ def check_center_update(fn: Callable) -> str:
             got,
             want,
             {
-                "momentum used backwards: the old centre keeps the weight m, the batch mean gets 1 - m": lambda: (
-                    (1 - m) * center + m * mean
-                ),
+                (
+                    "momentum used backwards: the old centre keeps the weight m, the batch mean"
+                    " gets 1 - m"
+                ): lambda: (1 - m) * center + m * mean,
                 "summed over the batch: the centre follows the mean teacher output": lambda: (
                     m * center + (1 - m) * teacher_out.sum(0, keepdim=True)
                 ),
-                "the centre follows the teacher's probabilities: use its raw output g_t, before centring and softmax": lambda: (
+                (
+                    "the centre follows the teacher's probabilities: use its raw output g_t,"
+                    " before centring and softmax"
+                ): lambda: (
                     m * center + (1 - m) * F.softmax(teacher_out, dim=-1).mean(0, keepdim=True)
                 ),
                 "the old centre is forgotten: c <- m c + (1 - m) mean": lambda: (1 - m) * mean,
@@ -274,7 +286,8 @@ def reference_dino_loss(
     student_temp: float = 0.1,
     teacher_temp: float = 0.04,
 ) -> torch.Tensor:
-    """DINOLoss's value for a given centre (without moving it): a scalar with the student's gradient."""
+    """DINOLoss's value for a given centre (without moving it): a scalar with the student's
+    gradient."""
     loss = DINOLoss(
         student_out.shape[-1], ncrops, teacher_temp, teacher_temp, 0, 1, student_temp=student_temp
     )
@@ -359,48 +372,58 @@ def check_dino_loss(fn: Callable) -> str:
             got,
             want,
             {
-                f"the same view is paired with itself: a teacher view and the student's view of the same crop make no pair, there are {pairs} pairs per image": var(
-                    same_view=True
-                ),
-                f"averaged over the wrong number of pairs: {pairs} (teacher, student) pairs, each view of the teacher with every other view": var(
-                    n_div=2 * ncrops
-                ),
+                (
+                    "the same view is paired with itself: a teacher view and the student's view"
+                    f" of the same crop make no pair, there are {pairs} pairs per image"
+                ): var(same_view=True),
+                (
+                    f"averaged over the wrong number of pairs: {pairs} (teacher, student) pairs,"
+                    " each view of the teacher with every other view"
+                ): var(n_div=2 * ncrops),
                 "the centre is applied to the student: only the teacher's output is centred": var(
                     center="student"
                 ),
-                "the centre is subtracted from the student as well: only the teacher's output is centred": var(
-                    center="both"
-                ),
+                (
+                    "the centre is subtracted from the student as well: only the teacher's output"
+                    " is centred"
+                ): var(center="both"),
                 "the centre is not subtracted from the teacher's output before its softmax": var(
                     center="none"
                 ),
-                "the temperatures are swapped: the teacher uses teacher_temp (sharper), the student student_temp": var(
-                    ts=Tt, tt=Ts
-                ),
-                "the teacher is not sharpened: divide its centred output by teacher_temp, not student_temp": var(
-                    tt=Ts
-                ),
-                "the student's temperature is teacher_temp: divide the student's output by student_temp": var(
-                    ts=Tt
-                ),
+                (
+                    "the temperatures are swapped: the teacher uses teacher_temp (sharper), the"
+                    " student student_temp"
+                ): var(ts=Tt, tt=Ts),
+                (
+                    "the teacher is not sharpened: divide its centred output by teacher_temp, not"
+                    " student_temp"
+                ): var(tt=Ts),
+                (
+                    "the student's temperature is teacher_temp: divide the student's output by"
+                    " student_temp"
+                ): var(ts=Tt),
                 "softmax over the wrong axis for the teacher: each row (one view) sums to 1": var(
                     teacher_dim=0
                 ),
                 "summed over the batch: each pair's cross-entropy is averaged over the B images": (
                     var(batch="sum")
                 ),
-                "mean over the K outputs: the cross-entropy sums over K, then averages over the images": var(
-                    over_k="mean"
-                ),
-                "the views are split wrongly: rows v*B ... (v+1)*B - 1 are view v (consecutive blocks of B rows), not every ncrops-th row": var(
-                    layout="image"
-                ),
-                "the student's probabilities are used where their log is needed: log-softmax of the student": var(
-                    student="softmax"
-                ),
-                "this is KL(P_t || P_s): DINO's loss is the cross-entropy H(P_t, P_s) = -sum_k P_t log P_s": var(
-                    kl=True
-                ),
+                (
+                    "mean over the K outputs: the cross-entropy sums over K, then averages over"
+                    " the images"
+                ): var(over_k="mean"),
+                (
+                    "the views are split wrongly: rows v*B ... (v+1)*B - 1 are view v (consecutive"
+                    " blocks of B rows), not every ncrops-th row"
+                ): var(layout="image"),
+                (
+                    "the student's probabilities are used where their log is needed: log-softmax"
+                    " of the student"
+                ): var(student="softmax"),
+                (
+                    "this is KL(P_t || P_s): DINO's loss is the cross-entropy H(P_t, P_s) = -sum_k"
+                    " P_t log P_s"
+                ): var(kl=True),
             },
             f"the loss differs from DINOLoss (B={B}, ncrops={ncrops}, K={K}, student_temp={Ts},"
             f" teacher_temp={Tt})",
@@ -513,27 +536,31 @@ def check_cosine_schedule(fn: Callable) -> str:
             got,
             want,
             {
-                "no warm-up: the first warmup_epochs * niter_per_ep values rise linearly from start_warmup_value to base_value": (
-                    v("no_warmup") if W else None
-                ),
-                "the warm-up stops one step short of base_value: its last value is base_value itself": (
-                    v("warmup_short") if W else None
-                ),
+                (
+                    "no warm-up: the first warmup_epochs * niter_per_ep values rise linearly from"
+                    " start_warmup_value to base_value"
+                ): (v("no_warmup") if W else None),
+                (
+                    "the warm-up stops one step short of base_value: its last value is base_value"
+                    " itself"
+                ): (v("warmup_short") if W else None),
                 "the warm-up must start from start_warmup_value": (
                     v("warmup_from_zero") if W and start else None
                 ),
                 "the warm-up rises once per epoch: it rises at every iteration": (
                     v("warmup_per_epoch") if W else None
                 ),
-                "the cosine is off by one step: after the warm-up it starts exactly at base_value and its last value stays just above final_value, as in DINO": v(
-                    "cos_reaches_final"
-                ),
+                (
+                    "the cosine is off by one step: after the warm-up it starts exactly at"
+                    " base_value and its last value stays just above final_value, as in DINO"
+                ): v("cos_reaches_final"),
                 "the cosine is off by one step: the first value after the warm-up is base_value": v(
                     "cos_from_one"
                 ),
-                "the cosine spans the whole run, warm-up included: it runs over the epochs after the warm-up only": (
-                    v("cos_over_all") if W else None
-                ),
+                (
+                    "the cosine spans the whole run, warm-up included: it runs over the epochs"
+                    " after the warm-up only"
+                ): (v("cos_over_all") if W else None),
                 "the cosine runs backwards: it starts at base_value and ends near final_value": v(
                     "cos_backwards"
                 ),
@@ -566,7 +593,8 @@ TEMP_CASES = [
 
 @check("teacher_temp_schedule")
 def check_teacher_temp_schedule(fn: Callable) -> str:
-    """fn(warmup_teacher_temp, teacher_temp, warmup_teacher_temp_epochs, nepochs) -> nepochs values."""
+    """fn(warmup_teacher_temp, teacher_temp, warmup_teacher_temp_epochs, nepochs) -> nepochs
+    values."""
     for a, b, W, n in TEMP_CASES:
         want = reference_teacher_temp_schedule(a, b, W, n)
         got = expect_tensor(np.asarray(fn(a, b, W, n), dtype=np.float64))
@@ -596,19 +624,24 @@ def check_teacher_temp_schedule(fn: Callable) -> str:
             got,
             want,
             {
-                "no warm-up: the first warmup_teacher_temp_epochs values rise linearly from warmup_teacher_temp": (
-                    (lambda: np.full(n, float(b))) if W else None
-                ),
-                "the warm-up stops one step short: its last value (epoch W-1) is teacher_temp itself": (
-                    v(np.linspace(a, b, W + 1)[:-1]) if W else None
-                ),
+                (
+                    "no warm-up: the first warmup_teacher_temp_epochs values rise linearly from"
+                    " warmup_teacher_temp"
+                ): ((lambda: np.full(n, float(b))) if W else None),
+                (
+                    "the warm-up stops one step short: its last value (epoch W-1) is teacher_temp"
+                    " itself"
+                ): (v(np.linspace(a, b, W + 1)[:-1]) if W else None),
                 "the warm-up starts one step late: at epoch 0 the value is warmup_teacher_temp": (
                     v(np.linspace(a, b, W + 1)[1:]) if W else None
                 ),
                 "the warm-up runs backwards: from warmup_teacher_temp up to teacher_temp": (
                     v(np.linspace(b, a, W)) if W else None
                 ),
-                "the two temperatures are swapped: warm up from warmup_teacher_temp to teacher_temp, then stay there": (
+                (
+                    "the two temperatures are swapped: warm up from warmup_teacher_temp to"
+                    " teacher_temp, then stay there"
+                ): (
                     (lambda: np.concatenate([np.linspace(b, a, W), np.full(n - W, float(a))]))
                     if W
                     else None
@@ -636,7 +669,8 @@ def _ema_pair(seed: int) -> tuple[nn.Module, nn.Module]:
 
 @check("ema_update")
 def check_ema_update(fn: Callable) -> str:
-    """fn(student, teacher, m) -> None; the teacher's parameters move in place towards the student's."""
+    """fn(student, teacher, m) -> None; the teacher's parameters move in place towards the
+    student's."""
     for seed, (m, training) in enumerate(
         ((0.996, True), (0.9, False), (0.0, True), (1.0, False), (0.7, True))
     ):
@@ -678,12 +712,14 @@ def check_ema_update(fn: Callable) -> str:
             got,
             [p.detach() for p in ref.parameters()],
             {
-                "the teacher did not move: update each teacher parameter in place; rebinding a loop variable changes nothing": (
-                    t0 if m < 1 else None
-                ),
-                "momentum used backwards: the teacher keeps m of itself and takes 1 - m of the student": (
-                    (lambda: [(1 - m) * t + m * s for t, s in zip(t0, s0)]) if m != 0.5 else None
-                ),
+                (
+                    "the teacher did not move: update each teacher parameter in place; rebinding a"
+                    " loop variable changes nothing"
+                ): (t0 if m < 1 else None),
+                (
+                    "momentum used backwards: the teacher keeps m of itself and takes 1 - m of the"
+                    " student"
+                ): ((lambda: [(1 - m) * t + m * s for t, s in zip(t0, s0)]) if m != 0.5 else None),
                 "the teacher was overwritten with the student: the teacher keeps m of itself": (
                     s0 if m > 0 else None
                 ),
@@ -692,9 +728,10 @@ def check_ema_update(fn: Callable) -> str:
                     if m != 0.996
                     else None
                 ),
-                f"only {sum(moved)} of {len(moved)} teacher tensors moved: update every parameter": (
-                    None if all(moved) or not any(moved) else got
-                ),
+                (
+                    f"only {sum(moved)} of {len(moved)} teacher tensors moved: update every"
+                    " parameter"
+                ): (None if all(moved) or not any(moved) else got),
             },
             f"the teacher differs from update_teacher's result (momentum {m})",
         )
@@ -816,7 +853,8 @@ def _run_steps(step_fn, flaw=None, seen=None):
 
 
 def _sizes(inputs) -> set[int]:
-    """The image sizes among the inputs a module's calls received (a tensor or a list of tensors each)."""
+    """The image sizes among the inputs a module's calls received (a tensor or a list of tensors
+    each)."""
     flat = [
         t
         for x in inputs
@@ -838,30 +876,34 @@ def _step_calls_mistake(seen: dict) -> str | None:
 
 
 _STEP_FLAWS = {
-    "the learning rate and weight decay are not set from their schedules: at step it, every group's learning rate (and the first group's weight decay) come from the schedules": (
-        "no_schedule"
-    ),
+    (
+        "the learning rate and weight decay are not set from their schedules: at step it, every"
+        " group's learning rate (and the first group's weight decay) come from the schedules"
+    ): ("no_schedule"),
     "the schedules are read at the epoch: they hold one value per iteration, read them at it": (
         "by_epoch"
     ),
-    "weight decay applied to the second group too: biases and norms (group 1) keep weight_decay 0": (
-        "wd_all_groups"
-    ),
+    (
+        "weight decay applied to the second group too: biases and norms (group 1) keep"
+        " weight_decay 0"
+    ): ("wd_all_groups"),
     "gradients pile up from step to step: zero them before backward": "no_zero_grad",
     "the gradients are not clipped after backward": "no_clip",
     "the gradients are clipped globally: DINO clips each parameter on its own": "global_clip",
     "the gradients are clipped at a fixed norm: use clip_grad": "clip_fixed",
-    "the last layer is not frozen in the first epoch(s): cancel its gradients before the optimiser step": (
-        "no_freeze"
-    ),
+    (
+        "the last layer is not frozen in the first epoch(s): cancel its gradients before the"
+        " optimiser step"
+    ): ("no_freeze"),
     "the last layer is frozen for a fixed number of epochs: use freeze_last_layer": "freeze_fixed",
     "the loss is given the iteration: it takes the epoch (its teacher temperature is per epoch)": (
         "loss_it"
     ),
     "the teacher never moves: update it from the student after the optimiser step": "no_ema",
-    "the EMA update comes before the student's step: move the teacher towards the new student, after the optimiser step": (
-        "ema_first"
-    ),
+    (
+        "the EMA update comes before the student's step: move the teacher towards the new student,"
+        " after the optimiser step"
+    ): ("ema_first"),
     "momentum used backwards in the EMA: the teacher keeps m of itself": "ema_backwards",
     "the momentum is not read from its schedule at this step": "ema_fixed",
 }
@@ -921,7 +963,11 @@ def check_dino_step(fn: Callable) -> str:
         want,
         wrong,
         _step_calls_mistake(seen)
-        or "after 3 steps the weights differ from DINOTrainer.train_step's: check the order: schedules, teacher, student, loss, zero the gradients, backward, clip, freeze, optimiser step, EMA",
+        or (
+            "after 3 steps the weights differ from DINOTrainer.train_step's: check the order:"
+            " schedules, teacher, student, loss, zero the gradients, backward, clip, freeze,"
+            " optimiser step, EMA"
+        ),
     )
     return "3 steps match DINOTrainer.train_step's recipe: loss, student, teacher and centre"
 
@@ -940,7 +986,8 @@ def reference_cls_attention(q: torch.Tensor, k: torch.Tensor, h: int, w: int) ->
 def _qk_of_last_block(
     model: VisionTransformer, x: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The last block's queries and keys, (B, heads, N+1, d) each, caught with a hook on attn.qkv."""
+    """The last block's queries and keys, (B, heads, N+1, d) each, caught with a hook on
+    attn.qkv."""
     caught = []
     handle = model.blocks[-1].attn.qkv.register_forward_hook(
         lambda mod, inp, out: caught.append(out)
@@ -1016,9 +1063,10 @@ def check_cls_attention(fn: Callable) -> str:
             got,
             want,
             {
-                "softmax over the wrong axis: each query's row of A (over the keys, the last axis) must sum to 1": lambda: (
-                    fold((logits / math.sqrt(d)).softmax(-2)[:, :, 0, 1:])
-                ),
+                (
+                    "softmax over the wrong axis: each query's row of A (over the keys, the last"
+                    " axis) must sum to 1"
+                ): lambda: fold((logits / math.sqrt(d)).softmax(-2)[:, :, 0, 1:]),
                 "q k^T is not scaled: divide by sqrt(d), d the head dimension": lambda: fold(
                     logits.softmax(-1)[:, :, 0, 1:]
                 ),
@@ -1028,15 +1076,17 @@ def check_cls_attention(fn: Callable) -> str:
                 "scaled after the softmax: divide the scores by sqrt(d) before it": lambda: fold(
                     logits.softmax(-1)[:, :, 0, 1:] / math.sqrt(d)
                 ),
-                "took column 0 (what each patch takes from the class token): the map is row 0, what the class token takes from each patch": lambda: (
-                    fold(A[:, :, 1:, 0])
-                ),
+                (
+                    "took column 0 (what each patch takes from the class token): the map is row 0,"
+                    " what the class token takes from each patch"
+                ): lambda: fold(A[:, :, 1:, 0]),
                 "the patches are folded in the wrong order: they are numbered row by row": lambda: (
                     A[:, :, 0, 1:].reshape(B, H, w, h).transpose(-1, -2)
                 ),
-                "the map sums to 1 over the patches: the softmax runs over all N+1 keys, the class token's own included, and the map keeps those weights as they are": lambda: (
-                    fold(F.normalize(A[:, :, 0, 1:], p=1, dim=-1))
-                ),
+                (
+                    "the map sums to 1 over the patches: the softmax runs over all N+1 keys, the"
+                    " class token's own included, and the map keeps those weights as they are"
+                ): lambda: fold(F.normalize(A[:, :, 0, 1:], p=1, dim=-1)),
                 "took the last token's row: the class token is token 0": lambda: fold(
                     A[:, :, -1, 1:]
                 ),
@@ -1074,27 +1124,33 @@ def _mask_variants(a: torch.Tensor, keep: float) -> dict[str, Callable]:
         )
 
     return {
-        "the mask keeps the least attended patches: drop those whose ascending cumulative mass stays at or below 1 - keep, keep the rest": lambda: (
-            unsort(cum <= 1 - keep)
-        ),
-        f"the mask holds {1 - keep:.0%} of the mass, not {keep:.0%}: the cut on the ascending cumulative sum is at 1 - keep": lambda: (
-            unsort(cum > keep)
-        ),
-        f"kept {keep:.0%} of the patches, not the patches holding {keep:.0%} of the attention mass: sort, normalise, take the cumulative sum": (
-            top_count
-        ),
-        "each patch's own weight is compared with the threshold: compare the cumulative sum of the sorted weights": lambda: (
-            unsort(p > 1 - keep)
-        ),
-        "the map is not normalised to sum 1 before the cumulative sum (a class token's map sums to less than 1)": lambda: (
-            unsort(val.cumsum(0) > 1 - keep)
-        ),
+        (
+            "the mask keeps the least attended patches: drop those whose ascending cumulative mass"
+            " stays at or below 1 - keep, keep the rest"
+        ): lambda: unsort(cum <= 1 - keep),
+        (
+            f"the mask holds {1 - keep:.0%} of the mass, not {keep:.0%}: the cut on the ascending"
+            " cumulative sum is at 1 - keep"
+        ): lambda: unsort(cum > keep),
+        (
+            f"kept {keep:.0%} of the patches, not the patches holding {keep:.0%} of the attention"
+            " mass: sort, normalise, take the cumulative sum"
+        ): (top_count),
+        (
+            "each patch's own weight is compared with the threshold: compare the cumulative sum of"
+            " the sorted weights"
+        ): lambda: unsort(p > 1 - keep),
+        (
+            "the map is not normalised to sum 1 before the cumulative sum (a class token's map"
+            " sums to less than 1)"
+        ): lambda: unsort(val.cumsum(0) > 1 - keep),
         "the mask is still in sorted order: put each flag back at its patch": (
             lambda: (cum > 1 - keep).reshape(a.shape)
         ),
-        "sorted descending with the ascending rule: sort ascending (or, descending, keep while the mass before a patch is below keep)": (
-            descending
-        ),
+        (
+            "sorted descending with the ascending rule: sort ascending (or, descending, keep while"
+            " the mass before a patch is below keep)"
+        ): (descending),
     }
 
 
@@ -1186,7 +1242,8 @@ KNN_CASES = [(0, 20, 0.07, 5), (1, 5, 0.07, 7), (2, 20, 0.5, 5), (3, 1, 0.07, 5)
 
 @check("knn")
 def check_knn(fn: Callable) -> str:
-    """fn(train_x (N, D), train_y (N,), test_x (M, D), k, T, num_classes) -> predicted classes (M,)."""
+    """fn(train_x (N, D), train_y (N,), test_x (M, D), k, T, num_classes) -> predicted classes
+    (M,)."""
     for seed, k, T, C in KNN_CASES:
         tx, ty, vx, vy = _knn_data(seed)
         got = expect_tensor(
@@ -1222,9 +1279,10 @@ def check_knn(fn: Callable) -> str:
                     kind="raw"
                 ),
                 "exp(similarity * T): divide by the temperature": variant(kind="times_T"),
-                "took the k least similar training images: the neighbours are the k largest similarities": variant(
-                    kind="smallest"
-                ),
+                (
+                    "took the k least similar training images: the neighbours are the k largest"
+                    " similarities"
+                ): variant(kind="smallest"),
                 "every training image votes: only the k nearest neighbours do": variant(kind="all"),
                 "the k argument is ignored: use the k nearest neighbours given": (
                     variant(kk=20) if k != 20 else None
@@ -1319,21 +1377,25 @@ def check_linear_probe(fn: Callable) -> str:
             want,
             {
                 "return a percentage (0-100), not a fraction": want / 100,
-                "the probe was fitted on the validation set: fit on the training features only, val is for the final score": variant(
-                    "fit_val"
-                ),
+                (
+                    "the probe was fitted on the validation set: fit on the training features"
+                    " only, val is for the final score"
+                ): variant("fit_val"),
                 "scored on the training features: report the accuracy on the validation set": (
                     variant("score_train")
                 ),
-                "the standardisation used validation statistics: fit the scaler on the training features only, then apply it to both": variant(
-                    "val_scaler"
-                ),
-                "the standardisation saw the validation features: fit the scaler on the training features only": variant(
-                    "both_scaler"
-                ),
-                "the features are not standardised: fit a standard scaler on the training features, apply it to both splits": variant(
-                    "no_scaler"
-                ),
+                (
+                    "the standardisation used validation statistics: fit the scaler on the"
+                    " training features only, then apply it to both"
+                ): variant("val_scaler"),
+                (
+                    "the standardisation saw the validation features: fit the scaler on the"
+                    " training features only"
+                ): variant("both_scaler"),
+                (
+                    "the features are not standardised: fit a standard scaler on the training"
+                    " features, apply it to both splits"
+                ): variant("no_scaler"),
                 "the C argument is ignored: pass it to the logistic regression": (
                     variant("C_ignored") if C != 1.0 else None
                 ),

@@ -82,7 +82,8 @@ def reference_patchify(images: torch.Tensor, patch: int) -> torch.Tensor:
 
 @check("patchify")
 def check_patchify(fn: Callable) -> str:
-    """fn(images (B, C, H, W), patch p) -> (B, N, C*p*p), patches in raster order, each channel-first."""
+    """fn(images (B, C, H, W), patch p) -> (B, N, C*p*p), patches in raster order, each
+    channel-first."""
     for seed, (B, C, H, W, p) in enumerate(PATCHIFY_CASES):
         x = torch.randn(B, C, H, W, generator=gen(seed))
         h, w, N = H // p, W // p, (H // p) * (W // p)
@@ -114,21 +115,25 @@ def check_patchify(fn: Callable) -> str:
             got,
             want,
             {
-                "each patch is flattened channel-last, as (p, p, C); flatten it channel-first, as (C, p, p), the layout of a conv weight": (
-                    lambda: grid.permute(0, 2, 4, 3, 5, 1).reshape(B, N, -1)
-                ),
-                "the patches are numbered column by column; number them row by row (raster order: patch (i, j) is token i*w + j)": (
-                    lambda: grid.permute(0, 4, 2, 1, 3, 5).reshape(B, N, -1)
-                ),
+                (
+                    "each patch is flattened channel-last, as (p, p, C); flatten it channel-first,"
+                    " as (C, p, p), the layout of a conv weight"
+                ): (lambda: grid.permute(0, 2, 4, 3, 5, 1).reshape(B, N, -1)),
+                (
+                    "the patches are numbered column by column; number them row by row (raster"
+                    " order: patch (i, j) is token i*w + j)"
+                ): (lambda: grid.permute(0, 4, 2, 1, 3, 5).reshape(B, N, -1)),
                 "rows and columns inside each patch are swapped; keep (C, row, column) order": (
                     lambda: grid.permute(0, 2, 4, 1, 5, 3).reshape(B, N, -1)
                 ),
-                "a plain reshape mixes pixels of different patches: split H and W into (h, p) and (w, p), then move the grid axes next to the batch": lambda: (
-                    x.reshape(B, N, -1)
-                ),
-                "the grid axes are not moved before the reshape: pixels of different patches are mixed": lambda: (
-                    grid.reshape(B, N, -1)
-                ),
+                (
+                    "a plain reshape mixes pixels of different patches: split H and W into (h, p)"
+                    " and (w, p), then move the grid axes next to the batch"
+                ): lambda: x.reshape(B, N, -1),
+                (
+                    "the grid axes are not moved before the reshape: pixels of different patches"
+                    " are mixed"
+                ): lambda: grid.reshape(B, N, -1),
             },
             f"wrong values for images {(B, C, H, W)}, patch {p}: token i*w + j should be the p x p"
             " square at grid row i, column j, flattened as (C, p, p)",
@@ -188,13 +193,18 @@ def check_patch_embed(fn: Callable) -> str:
             {
                 "the bias is missing: add it to every token": lambda: want - b,
                 "the bias is added twice": lambda: want + b,
-                "the weight is flattened in another order than the patches: flatten each (C, p, p) filter channel-first, like the patches": lambda: (
-                    patches @ w.permute(0, 2, 3, 1).reshape(D, -1).T + b
-                ),
-                "the flattened weight (D, C*p*p) is used untransposed: the patches multiply its transpose": (
-                    (lambda: patches @ w.reshape(D, -1) + b) if D == C * p * p else None
-                ),
-                "the patches are flattened channel-last but the weight channel-first: flatten both the same way": lambda: (
+                (
+                    "the weight is flattened in another order than the patches: flatten each (C,"
+                    " p, p) filter channel-first, like the patches"
+                ): lambda: patches @ w.permute(0, 2, 3, 1).reshape(D, -1).T + b,
+                (
+                    "the flattened weight (D, C*p*p) is used untransposed: the patches multiply"
+                    " its transpose"
+                ): ((lambda: patches @ w.reshape(D, -1) + b) if D == C * p * p else None),
+                (
+                    "the patches are flattened channel-last but the weight channel-first: flatten"
+                    " both the same way"
+                ): lambda: (
                     patches.reshape(B, N, C, p * p).transpose(2, 3).reshape(B, N, -1)
                     @ w.reshape(D, -1).T
                     + b
@@ -234,18 +244,21 @@ def check_attention(fn: Callable) -> str:
                 attn,
                 want_attn,
                 {
-                    "softmax over the wrong axis: each row of the weights (one query) must sum to 1 over the keys, the last axis": (
-                        lambda: (s * r).softmax(-2)
-                    ),
-                    "the scores are scaled after the softmax: divide the scores by sqrt(d) before it (the rows of the weights must still sum to 1)": (
-                        (lambda: s.softmax(-1) * r) if scale else None
-                    ),
+                    (
+                        "softmax over the wrong axis: each row of the weights (one query) must sum"
+                        " to 1 over the keys, the last axis"
+                    ): (lambda: (s * r).softmax(-2)),
+                    (
+                        "the scores are scaled after the softmax: divide the scores by sqrt(d)"
+                        " before it (the rows of the weights must still sum to 1)"
+                    ): ((lambda: s.softmax(-1) * r) if scale else None),
                     "missing 1/sqrt(d): the weights are too peaked; divide the scores by sqrt(d)": (
                         (lambda: s.softmax(-1)) if scale else None
                     ),
-                    "scale=False is ignored: without the scale the scores must not be divided by sqrt(d)": (
-                        (lambda: (s * d**-0.5).softmax(-1)) if not scale else None
-                    ),
+                    (
+                        "scale=False is ignored: without the scale the scores must not be divided"
+                        " by sqrt(d)"
+                    ): ((lambda: (s * d**-0.5).softmax(-1)) if not scale else None),
                     "the scores are divided by d; divide them by sqrt(d)": (
                         (lambda: (s / d).softmax(-1)) if scale else None
                     ),
@@ -255,9 +268,10 @@ def check_attention(fn: Callable) -> str:
                     "the weights are transposed: one row per query, one column per key": (
                         (lambda: want_attn.transpose(-2, -1)) if n == N else None
                     ),
-                    "the weights are the scores before the softmax: take the softmax over the keys": lambda: (
-                        s * r
-                    ),
+                    (
+                        "the weights are the scores before the softmax: take the softmax over the"
+                        " keys"
+                    ): lambda: s * r,
                 },
                 f"wrong weights for q {tuple(q.shape)}, k {tuple(k.shape)}, scale={scale}: softmax"
                 " of the scaled scores over the keys",
@@ -267,12 +281,14 @@ def check_attention(fn: Callable) -> str:
                 out,
                 want_out,
                 {
-                    "the weights are transposed before multiplying the values: each query's row of weights mixes the values": (
-                        (lambda: attn.transpose(-2, -1) @ v) if n == N else None
-                    ),
-                    "the output mixes the values with the scores before the softmax: use the weights": lambda: (
-                        (s * r) @ v
-                    ),
+                    (
+                        "the weights are transposed before multiplying the values: each query's"
+                        " row of weights mixes the values"
+                    ): ((lambda: attn.transpose(-2, -1) @ v) if n == N else None),
+                    (
+                        "the output mixes the values with the scores before the softmax: use the"
+                        " weights"
+                    ): lambda: (s * r) @ v,
                     "the output is scaled once more: the weights already carry the scale": (
                         (lambda: want_out * r) if scale else None
                     ),
@@ -356,15 +372,19 @@ def check_multi_head_attention(fn: Callable) -> str:
                 (out, attn),
                 (want, want_attn),
                 {
-                    "q, k, v and the heads are split in the wrong order: qkv(x)'s 3D features are q, then k, then v, each H heads of d": variant(
-                        split="interleaved"
-                    ),
-                    "heads split wrongly: (B, N, D) reshaped straight to (B, H, N, d) mixes tokens; split D into (H, d) first, then move the head axis next to the batch": variant(
-                        split="no_transpose"
-                    ),
-                    "heads merged wrongly: move the head axis back next to d before the reshape to (B, N, D)": variant(
-                        merge="no_transpose"
-                    ),
+                    (
+                        "q, k, v and the heads are split in the wrong order: qkv(x)'s 3D features"
+                        " are q, then k, then v, each H heads of d"
+                    ): variant(split="interleaved"),
+                    (
+                        "heads split wrongly: (B, N, D) reshaped straight to (B, H, N, d) mixes"
+                        " tokens; split D into (H, d) first, then move the head axis next to the"
+                        " batch"
+                    ): variant(split="no_transpose"),
+                    (
+                        "heads merged wrongly: move the head axis back next to d before the"
+                        " reshape to (B, N, D)"
+                    ): variant(merge="no_transpose"),
                     "the output projection is missing: finish with proj": variant(use_proj=False),
                     "each head scales by 1/sqrt(d) with d = D / num_heads, not 1/sqrt(D)": variant(
                         scale=D**-0.5
@@ -407,15 +427,17 @@ def check_mlp(fn: Callable) -> str:
                     "GELU's tanh approximation; use the exact GELU (approximate='none')": lambda: (
                         fc2(F.gelu(fc1(x), approximate="tanh"))
                     ),
-                    "no activation between fc1 and fc2: two linear layers in a row are one linear layer": lambda: (
-                        fc2(fc1(x))
-                    ),
+                    (
+                        "no activation between fc1 and fc2: two linear layers in a row are one"
+                        " linear layer"
+                    ): lambda: fc2(fc1(x)),
                     "an activation after fc2: the MLP ends with the linear layer fc2": lambda: (
                         F.gelu(fc2(F.gelu(fc1(x))))
                     ),
-                    "the activation is applied to the input, before fc1: it goes between fc1 and fc2": lambda: (
-                        fc2(fc1(F.gelu(x)))
-                    ),
+                    (
+                        "the activation is applied to the input, before fc1: it goes between fc1"
+                        " and fc2"
+                    ): lambda: fc2(fc1(F.gelu(x))),
                 },
                 "wrong values: fc1, then GELU, then fc2",
             )
@@ -442,18 +464,21 @@ def _wrong_drop_paths(x: torch.Tensor, p: float) -> dict[str, Callable]:
     keep = 1 - p
     coins = lambda shape: (keep + torch.rand(shape)).floor()  # noqa: E731
     return {
-        f"single values are dropped, like dropout; drop whole samples: one coin per sample, a mask of shape (B, {', '.join(['1'] * (x.ndim - 1))})": (
-            lambda: x * coins(x.shape) / keep
-        ),
-        f"the kept samples are not rescaled: divide them by 1 - p = {keep:g} so the expected output stays x": lambda: (
-            x * coins((B, *ones))
-        ),
+        (
+            "single values are dropped, like dropout; drop whole samples: one coin per sample, a"
+            f" mask of shape (B, {', '.join(['1'] * (x.ndim - 1))})"
+        ): (lambda: x * coins(x.shape) / keep),
+        (
+            f"the kept samples are not rescaled: divide them by 1 - p = {keep:g} so the expected"
+            " output stays x"
+        ): lambda: x * coins((B, *ones)),
         "the kept samples are multiplied by 1 - p; divide by it": lambda: (
             x * coins((B, *ones)) * keep
         ),
-        f"drop probability and keep probability swapped: with p = {p} each sample must be dropped with probability p": (
-            lambda: x * (p + torch.rand(B, *ones)).floor() / p
-        ),
+        (
+            f"drop probability and keep probability swapped: with p = {p} each sample must be"
+            " dropped with probability p"
+        ): (lambda: x * (p + torch.rand(B, *ones)).floor() / p),
     }
 
 
@@ -567,7 +592,8 @@ BLOCK_CASES = [(2, 5, 12, 3), (1, 9, 16, 2), (3, 4, 8, 1)]
 
 @check("block")
 def check_block(fn: Callable) -> str:
-    """fn(x (B, N, D), block with norm1, attn, norm2, mlp, drop_prob, training) -> (B, N, D), pre-norm."""
+    """fn(x (B, N, D), block with norm1, attn, norm2, mlp, drop_prob, training) -> (B, N, D),
+    pre-norm."""
     for seed, (B, N, D, H) in enumerate(BLOCK_CASES):
         block = _block(D, H, seed)
         x = torch.randn(B, N, D, generator=gen(seed))
@@ -584,24 +610,28 @@ def check_block(fn: Callable) -> str:
                 got,
                 want,
                 {
-                    "post-norm: the norm is applied after the addition; normalise each branch's input instead": lambda: (
-                        n2(n1(x + attn(x)) + mlp(n1(x + attn(x))))
-                    ),
+                    (
+                        "post-norm: the norm is applied after the addition; normalise each"
+                        " branch's input instead"
+                    ): lambda: n2(n1(x + attn(x)) + mlp(n1(x + attn(x)))),
                     "the residual connections are missing: add each branch's output to its input": (
                         lambda: mlp(n2(attn(n1(x))))
                     ),
-                    "the MLP branch reads the block's input; it must read x after the attention step": lambda: (
-                        x + attn(n1(x)) + mlp(n2(x))
-                    ),
+                    (
+                        "the MLP branch reads the block's input; it must read x after the"
+                        " attention step"
+                    ): lambda: x + attn(n1(x)) + mlp(n2(x)),
                     "norm1 and norm2 are swapped: norm1 goes before attn, norm2 before mlp": (
                         lambda: (x + attn(n2(x))) + mlp(n1(x + attn(n2(x))))
                     ),
-                    "the residual path carries the normalised x; keep x itself on it, normalise only the branch's input": lambda: (
-                        _normed_residual(x, block)
-                    ),
-                    "the MLP branch is missing: after the attention step, add the MLP of the normalised tokens": lambda: (
-                        x + attn(n1(x))
-                    ),
+                    (
+                        "the residual path carries the normalised x; keep x itself on it,"
+                        " normalise only the branch's input"
+                    ): lambda: _normed_residual(x, block),
+                    (
+                        "the MLP branch is missing: after the attention step, add the MLP of the"
+                        " normalised tokens"
+                    ): lambda: x + attn(n1(x)),
                     "the attention branch is missing: add attn of the normalised tokens first": (
                         lambda: x + mlp(n2(x))
                     ),
@@ -711,7 +741,8 @@ PREPARE_CASES = [(1, 32, 8, 24), (3, 32, 8, 24), (2, 36, 12, 16)]
 
 @check("prepare_tokens")
 def check_prepare_tokens(fn: Callable) -> str:
-    """fn(images (B, 3, H, W), patch_embed, cls_token (1, 1, D), pos_embed (1, N+1, D)) -> (B, N+1, D)."""
+    """fn(images (B, 3, H, W), patch_embed, cls_token (1, 1, D), pos_embed (1, N+1, D))
+    -> (B, N+1, D)."""
     for seed, (B, img, p, D) in enumerate(PREPARE_CASES):
         vit = _vit(seed, img, p, D, depth=1)
         x = torch.randn(B, 3, img, img, generator=gen(seed))
@@ -746,18 +777,21 @@ def check_prepare_tokens(fn: Callable) -> str:
                 got,
                 want,
                 {
-                    "the position embeddings are not added: add pos_embed (1, N+1, D) to every token": lambda: (
-                        torch.cat([cls, tokens], 1)
-                    ),
-                    "the class token got no position embedding: pos_embed has N+1 rows and row 0 is the class token's; concatenate first, then add": lambda: (
-                        torch.cat([cls, tokens + vit.pos_embed[:, 1:]], 1)
-                    ),
+                    (
+                        "the position embeddings are not added: add pos_embed (1, N+1, D) to every"
+                        " token"
+                    ): lambda: torch.cat([cls, tokens], 1),
+                    (
+                        "the class token got no position embedding: pos_embed has N+1 rows and row"
+                        " 0 is the class token's; concatenate first, then add"
+                    ): lambda: torch.cat([cls, tokens + vit.pos_embed[:, 1:]], 1),
                     "the class token is at the end; put it first, as token 0": lambda: (
                         torch.cat([tokens, cls], 1) + vit.pos_embed
                     ),
-                    "the position embeddings are shifted by one: row 0 belongs to the class token, rows 1..N to the patches": lambda: (
-                        torch.cat([cls, tokens + vit.pos_embed[:, :N]], 1)
-                    ),
+                    (
+                        "the position embeddings are shifted by one: row 0 belongs to the class"
+                        " token, rows 1..N to the patches"
+                    ): lambda: torch.cat([cls, tokens + vit.pos_embed[:, :N]], 1),
                 },
                 "wrong tokens: the class token first, then the patch tokens, plus the position"
                 " embeddings",
@@ -816,15 +850,17 @@ def check_vit_forward(fn: Callable) -> str:
                     "this averages all tokens; the image's feature is the class token, token 0": (
                         lambda: vit.norm(z).mean(1)
                     ),
-                    "this averages the patch tokens; the image's feature is the class token, token 0": lambda: (
-                        vit.norm(z)[:, 1:].mean(1)
-                    ),
+                    (
+                        "this averages the patch tokens; the image's feature is the class token,"
+                        " token 0"
+                    ): lambda: vit.norm(z)[:, 1:].mean(1),
                     "this takes the last token; the class token is token 0": lambda: vit.norm(z)[
                         :, -1
                     ],
-                    "the blocks are not applied: run the tokens through every block in vit.blocks": lambda: (
-                        vit.norm(vit.prepare_tokens(x))[:, 0]
-                    ),
+                    (
+                        "the blocks are not applied: run the tokens through every block in"
+                        " vit.blocks"
+                    ): lambda: vit.norm(vit.prepare_tokens(x))[:, 0],
                     "only the last block is applied: run the tokens through every block in turn": (
                         (lambda: vit.norm(vit.blocks[-1](vit.prepare_tokens(x)))[:, 0])
                         if depth > 1
@@ -936,7 +972,8 @@ STACK_CASES = [(3, 4, 8, 4), (2, 2, 6, 3), (4, 1, 8, 4), (1, 3, 6, 2)]
 
 @check("stack_views")
 def check_stack_views(fn: Callable) -> str:
-    """fn(crops: B lists of 2 + N views) -> [globals (2B, 3, G, G), locals (N*B, 3, L, L)], view-major."""
+    """fn(crops: B lists of 2 + N views) -> [globals (2B, 3, G, G), locals (N*B, 3, L, L)],
+    view-major."""
     for seed, (B, n_local, G, L) in enumerate(STACK_CASES):
         g = gen(seed)
         crops = [
@@ -990,9 +1027,11 @@ def check_stack_views(fn: Callable) -> str:
                 t,
                 w,
                 {
-                    f"the {what} are stacked image by image; stack them view by view: all images' view 0, then all images' view 1, ... (row v*B + b is view v of image b)": lambda: (
-                        torch.stack([w[v * B + b] for b in range(B) for v in range(V)])
-                    ),
+                    (
+                        f"the {what} are stacked image by image; stack them view by view: all"
+                        " images' view 0, then all images' view 1, ... (row v*B + b is view v of"
+                        " image b)"
+                    ): lambda: torch.stack([w[v * B + b] for b in range(B) for v in range(V)]),
                 },
                 f"wrong {what}: row v*B + b must be view v of image b",
             )
