@@ -246,8 +246,8 @@ def test_train_step_paired_comparison_times_both_in_turn():
 
 
 def test_train_step_pairs_ours_in_bf16_with_the_reference_in_fp32(capsys):
-    """The issue's bf16 target compares ours in bf16 with the official step
-    in fp32: --reference-dtype."""
+    """The bf16 target compares ours in bf16 with the official-style step in fp32:
+    --reference-dtype."""
     bench, threads = load_train_step(), torch.get_num_threads()
     try:
         r = bench.main(
