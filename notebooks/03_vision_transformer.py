@@ -240,14 +240,21 @@ print(
     f"mean over 20,000 samples: {big.mean():.3f} (expectation 1: the rescaling keeps it unbiased)"
 )
 
-# the core module draws the same coins from the same seed
+# the core draws its coins as DINO does, floor(keep_prob + U); your coins may come another way
+# (torch.bernoulli, a comparison with rand): then the same seed gives other samples, the same rule
 core_dp = DropPath(0.25).train()
 torch.manual_seed(2)
 mine = drop_path_fn(branch, 0.25, training=True)
 torch.manual_seed(2)
-torch.testing.assert_close(mine, core_dp(branch))
+core = core_dp(branch)  # (8, 4, 2)
+same_coins = torch.equal(mine, core)
+values = torch.cat([mine.unique(), core.unique()])  # each sample: dropped (0) or kept, x / 0.75
+assert all(min(abs(v), abs(v - 1 / 0.75)) < 1e-5 for v in values.tolist())
 torch.testing.assert_close(DropPath(0.25).eval()(branch), branch)  # evaluation: identity
-print("drop_path_fn == vitdino_core.DropPath (train and eval)")
+print(
+    "vitdino_core.DropPath: the same rule (0 or 1/keep_prob per sample; identity in eval)"
+    + (", and the same coins from the same seed" if same_coins else "; your coins differ from it")
+)
 
 
 # %% [markdown]
