@@ -1,20 +1,25 @@
 """Does the workshop's live run learn? DINO recipes under a fixed CPU budget, 3 seeds each; prints
 one JSON.
 
-For each recipe and seed: build the trainer (`workshop_tiny` plus the recipe's overrides), time a
-few steps to fit the number of epochs into the budget, keep a copy of the teacher at random init,
-train, and score both teachers with the weighted kNN (k=20, T=0.07) on the whole train and val
-splits at the global crop size. A recipe counts as learning when every seed's trained teacher beats
-its own random init by `--margin` points.
+A budget is minutes of the real training loop (`DINOTrainer.fit`, one loader worker, 2 threads) on
+a 2-core CPU. `--measure` times each recipe's loop on this machine and writes its seconds per step;
+the runs then train for the number of steps that fit the budget, on this CPU or, with `--speed` and
+`--device cuda`, on a GPU: the same recipe, seed and step count, so the same run up to
+floating-point order, in a fraction of the time. For each recipe and seed: keep a copy of the
+teacher at random init, train, and score both teachers with the weighted kNN (k=20, T=0.07) on the
+whole train and val splits at the global crop size. A recipe counts as learning when every seed's
+trained teacher beats its own random init by `--margin` points.
 
-    python benchmarks/workshop_recipes.py --recipes notebook06 --seeds 0 1 2 --budget-min 10 \\
-        --csv benchmarks/results/<machine>_workshop-recipes/recipes.csv
-    # kNN against minutes, one run
-    python benchmarks/workshop_recipes.py --curve --recipes notebook06 --budget-min 60 \\
-        --csv benchmarks/results/<machine>_workshop-recipes/curve.csv
+    # on a quiet 2-core CPU: seconds per step of each recipe
+    python benchmarks/workshop_recipes.py --measure --speed results/speed.json
+    # 3 seeds of 10 minutes each, on this CPU or (the same steps) on a GPU
+    python benchmarks/workshop_recipes.py --speed results/speed.json --recipes lr1e-3 \\
+        --seeds 0 1 2 --budget-min 10 --csv results/recipes.csv [--device cuda]
+    # kNN against minutes, one run scored at 0, 1, 2, 3, 5, 7.5, 10, 15, 20, 30, 45, 60 minutes
+    python benchmarks/workshop_recipes.py --speed results/speed.json --curve --recipes lr1e-3 \\
+        --seeds 0 --budget-min 60 --csv results/curve.csv [--device cuda]
 
-Budgets are wall-clock minutes on the machine at hand: run it on a quiet machine (`uptime` near 0)
-and compare recipes only within one machine. Rows are appended to the CSV as they finish.
+Compare budgets only with speeds measured on one machine, quiet (`uptime` near 0).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import csv
 import json
 import math
 import os
+import platform
 import sys
 import tempfile
 import time
@@ -38,77 +44,44 @@ from vitdino_core.eval_protocol import evaluate_features  # noqa: E402
 from vitdino_core.training.config import load_config  # noqa: E402
 from vitdino_core.training.trainer import DINOTrainer  # noqa: E402
 
-# name -> overrides on top of workshop_tiny (notebook06 is the run notebook 06 makes in its section
-# 7)
+# the crops of notebook 06's run: 48 px global and 24 px local (4 x 4 and 2 x 2 patches of 12 px)
+SMALL = dict(global_crops_size=48, local_crops_size=24, warmup_epochs=1)
+# a peak lr of 1e-3 at batch 32 (DINO's linear rule would give 6e-5), no stochastic depth, 2048
+# images: epochs of 64 steps, so that the warm-up and the cosine play out within the budget
+FAST_LR = SMALL | dict(
+    max_images=2048,
+    batch_size_per_gpu=32,
+    lr=8e-3,
+    drop_path_rate=0.0,
+    teacher_temp=0.02,
+    warmup_teacher_temp=0.02,
+)
+# name -> overrides on top of workshop_tiny (notebook06: the run notebook 06's section 7 made)
 RECIPES: dict[str, dict] = {
-    "notebook06": dict(
-        max_images=1024,
-        batch_size_per_gpu=16,
-        warmup_epochs=1,
-        global_crops_size=48,
-        local_crops_size=24,
-        teacher_temp=0.02,
-        warmup_teacher_temp=0.02,
-    ),
-    "nb06_lr_x8": dict(
-        max_images=1024,
-        batch_size_per_gpu=16,
-        warmup_epochs=1,
-        global_crops_size=48,
-        local_crops_size=24,
-        teacher_temp=0.02,
-        warmup_teacher_temp=0.02,
-        lr=4e-3,
-    ),
-    "nb06_all_images": dict(
-        max_images=0,
-        batch_size_per_gpu=32,
-        warmup_epochs=1,
-        global_crops_size=48,
-        local_crops_size=24,
-        teacher_temp=0.02,
-        warmup_teacher_temp=0.02,
-        lr=2e-3,
-    ),
-    "small_patch": dict(
-        max_images=0,
-        batch_size_per_gpu=32,
-        patch_size=8,
-        global_crops_size=48,
-        local_crops_size=24,
-        warmup_epochs=1,
-        lr=2e-3,
-        teacher_temp=0.04,
-        warmup_teacher_temp=0.04,
-        momentum_teacher=0.98,
-        out_dim=2048,
-    ),
-    "cpu_recipe_48": dict(
-        max_images=0,
-        batch_size_per_gpu=64,
-        global_crops_size=48,
-        local_crops_size=24,
-        local_crops_number=6,
-        warmup_epochs=1,
-        lr=2e-3,
-        teacher_temp=0.02,
-        warmup_teacher_temp=0.02,
-        momentum_teacher=0.99,
-        drop_path_rate=0.0,
-        weight_decay_end=0.1,
-    ),
+    "notebook06": SMALL
+    | dict(max_images=1024, batch_size_per_gpu=16, teacher_temp=0.02, warmup_teacher_temp=0.02),
+    "lr1e-3": FAST_LR,
+    "lr2e-3": FAST_LR | dict(lr=16e-3),
+    "lr1e-3_m0.97": FAST_LR | dict(momentum_teacher=0.97),
+    "lr1e-3_k256": FAST_LR | dict(out_dim=256),
+    "lr1e-3_tt0.04": FAST_LR | dict(teacher_temp=0.04, warmup_teacher_temp=0.04),
+    "lr1e-3_b64": FAST_LR | dict(batch_size_per_gpu=64, lr=4e-3, max_images=4096),
+    "lr1e-3_patch8_32px": FAST_LR | dict(patch_size=8, global_crops_size=32, local_crops_size=16),
 }
+CURVE_MARKS = (1, 2, 3, 5, 7.5, 10, 15, 20, 30, 45, 60, 90, 120)  # minutes
 FIELDS = [
     "recipe",
     "seed",
+    "minutes",
+    "steps",
+    "epochs",
     "knn_random_init",
     "knn_trained",
     "gain",
-    "epochs",
-    "steps",
     "images",
+    "s_per_step_cpu",
+    "device",
     "train_wall_s",
-    "train_cpu_s",
     "eval_image_size",
     "num_train",
     "num_val",
@@ -116,159 +89,170 @@ FIELDS = [
 ]
 
 
-def config_for(recipe: str, seed: int, epochs: int, out: str):
-    values = RECIPES[recipe] | dict(
-        seed=seed,
-        epochs=epochs,
-        output_dir=out,
-        run_name=f"{recipe}_s{seed}",
-        num_workers=1,
-        threads=2,
-        log_every=10,
-        save_every_steps=0,
-        saveckp_freq=0,
+def config_for(recipe: str, seed: int, epochs: int, out: str, **extra):
+    values = (
+        RECIPES[recipe]
+        | dict(
+            seed=seed,
+            epochs=epochs,
+            output_dir=out,
+            run_name=f"{recipe}_s{seed}",
+            num_workers=1,
+            threads=2,
+            log_every=1,
+            save_every_steps=0,
+            saveckp_freq=0,
+            precision="fp32",
+        )
+        | extra
     )
     return load_config("workshop_tiny", [f"{k}={v}" for k, v in values.items()])
 
 
-def seconds_per_step(recipe: str, out: str) -> float:
-    """The median wall time of a few steps of this recipe (after one warm-up), on this machine."""
-    trainer = DINOTrainer(config_for(recipe, 0, 1, out), quiet=True)
-    times, batches = [], iter(trainer.loader)
-    for i in range(4):
-        batch, labels = next(batches)
-        start = time.perf_counter()
-        trainer.train_step(*trainer.crops_of(batch, len(labels)))
-        if i:
-            times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
+def measure(recipe: str, out: str, steps: int = 40) -> float:
+    """Seconds per step of the real loop (loader worker included) on this machine, after 5
+    warm-up steps."""
+    trainer = DINOTrainer(config_for(recipe, 0, 100, out, max_steps=steps), quiet=True)
+    stamps = []
+    trainer.fit(callback=lambda rec: stamps.append((rec["step"], time.perf_counter())))
+    (s0, t0), (s1, t1) = stamps[4], stamps[-1]
+    return (t1 - t0) / (s1 - s0)
 
 
-def knn(backbone: torch.nn.Module, size: int) -> dict:
-    return evaluate_features(backbone.eval(), image_size=size, probe=False, batch_size=256)
+MAX_EVAL: int | None = None  # --max-eval: a smoke test's few images (None: the whole splits)
 
 
-def run_recipe(
-    recipe: str, seed: int, budget_s: float, out: str, snapshots: list[float] | None = None
-):
-    """Train one seed of one recipe for about `budget_s` seconds; returns the CSV row(s)."""
-    per_step = seconds_per_step(recipe, out)
-    probe_cfg = config_for(recipe, seed, 1, out)
-    trainer = DINOTrainer(probe_cfg, quiet=True)
-    epochs = max(
-        1, int(budget_s / (per_step * 1.1) // trainer.steps_per_epoch)
-    )  # loading and logging: +10%
-    cfg = config_for(recipe, seed, epochs, out)
-    cfg.run_name += f"_e{epochs}"
-    trainer = DINOTrainer(cfg, quiet=True)
+def knn(backbone: torch.nn.Module, size: int, device: str) -> float:
+    res = evaluate_features(
+        backbone.eval(),
+        image_size=size,
+        probe=False,
+        batch_size=256,
+        device=device,
+        max_train=MAX_EVAL,
+        max_val=MAX_EVAL,
+    )
+    return res["knn_top1"], res
+
+
+def run_recipe(recipe, seed, budget_min, s_per_step, out, device, marks=(), gpu_augment=False):
+    """Train one seed of one recipe for the steps that fit `budget_min` minutes of the CPU loop
+    (10% kept for start-up and epoch ends); score the teacher at the end or at each mark. On a GPU
+    the crops are made on the device (`gpu_augment`: the CPU recipe, batched): a few CPU cores
+    cannot crop for many runs at once."""
+    extra = dict(device=device)
+    if gpu_augment:
+        extra |= dict(gpu_augment=True, num_workers=2, threads=1)
+    probe = DINOTrainer(config_for(recipe, seed, 1, out, **extra), quiet=True)
+    n = probe.steps_per_epoch
+    budget_steps = int(budget_min * 60 / (s_per_step * 1.1))
+    epochs = max(1, budget_steps // n)
+    trainer = DINOTrainer(config_for(recipe, seed, epochs, out, **extra), quiet=True)
     before = copy.deepcopy(trainer.teacher.backbone)
-    kept, started = [], time.perf_counter()  # (minutes, teacher state) for the curve
-    marks = sorted(snapshots or [])
+    step_marks = sorted({int(m * 60 / (s_per_step * 1.1)) for m in marks if m < budget_min})
+    kept = []
 
     def on_record(rec: dict) -> None:
-        minutes = (time.perf_counter() - started) / 60
-        while marks and minutes >= marks[0]:
-            kept.append(
-                (marks.pop(0), rec["step"], copy.deepcopy(trainer.teacher.backbone.state_dict()))
-            )
+        while step_marks and rec["step"] >= step_marks[0]:
+            step_marks.pop(0)
+            kept.append((rec["step"], copy.deepcopy(trainer.teacher.backbone.state_dict())))
 
-    cpu0, wall0 = time.process_time(), time.perf_counter()
-    trainer.fit(callback=on_record if snapshots else None)
-    wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
-    size = cfg.global_crops_size
-    base = knn(before, size)
+    wall0 = time.perf_counter()
+    trainer.fit(callback=on_record)
+    wall = time.perf_counter() - wall0
+    kept.append((trainer.step, trainer.teacher.backbone.state_dict()))
+    size = trainer.cfg.global_crops_size
+    base, res = knn(before, size, device)
     common = dict(
         recipe=recipe,
         seed=seed,
         epochs=epochs,
         images=len(trainer.dataset),
+        s_per_step_cpu=round(s_per_step, 4),
+        device=device,
         train_wall_s=round(wall, 1),
-        train_cpu_s=round(cpu, 1),
         eval_image_size=size,
-        num_train=base["num_train"],
-        num_val=base["num_val"],
+        num_train=res["num_train"],
+        num_val=res["num_val"],
         overrides=json.dumps(RECIPES[recipe], sort_keys=True),
+        knn_random_init=base,
     )
-    if not snapshots:
-        after = knn(trainer.teacher.backbone, size)
-        return [
-            common
-            | dict(
-                knn_random_init=base["knn_top1"],
-                knn_trained=after["knn_top1"],
-                gain=round(after["knn_top1"] - base["knn_top1"], 2),
-                steps=trainer.step,
-            )
-        ]
-    rows = [
-        common
-        | dict(
-            knn_random_init=base["knn_top1"],
-            knn_trained=base["knn_top1"],
-            gain=0.0,
-            steps=0,
-            train_wall_s=0.0,
-        )
-    ]
-    for minutes, step, state in kept + [
-        (wall / 60, trainer.step, trainer.teacher.backbone.state_dict())
-    ]:
+    rows = [common | dict(minutes=0.0, steps=0, knn_trained=base, gain=0.0)] if marks else []
+    for step, state in kept:
         model = copy.deepcopy(before)
         model.load_state_dict(state)
-        res = knn(model, size)
+        score, _ = knn(model, size, device)
+        minutes = round(step * s_per_step * 1.1 / 60, 2)
         rows.append(
             common
-            | dict(
-                knn_random_init=base["knn_top1"],
-                knn_trained=res["knn_top1"],
-                gain=round(res["knn_top1"] - base["knn_top1"], 2),
-                steps=step,
-                train_wall_s=round(minutes * 60, 1),
-            )
+            | dict(minutes=minutes, steps=step, knn_trained=score, gain=round(score - base, 2))
         )
     return rows
 
 
+def append_csv(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fresh = not path.exists()
+    with open(path, "a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=FIELDS)
+        if fresh:
+            w.writeheader()
+        w.writerows(rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--recipes", nargs="+", default=["notebook06"], choices=sorted(RECIPES))
+    p.add_argument("--recipes", nargs="+", default=sorted(RECIPES), choices=sorted(RECIPES))
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    p.add_argument(
-        "--budget-min", type=float, default=10.0, help="training minutes per run (wall clock)"
-    )
-    p.add_argument(
-        "--margin",
-        type=float,
-        default=3.0,
-        help="kNN points over random init that count as learning",
-    )
-    p.add_argument(
-        "--curve",
-        action="store_true",
-        help="one run per recipe and seed, scored at several minutes",
-    )
+    p.add_argument("--budget-min", type=float, default=10.0, help="minutes of the CPU loop per run")
+    p.add_argument("--margin", type=float, default=3.0, help="kNN points over random init")
+    p.add_argument("--measure", action="store_true", help="time each recipe's loop here")
+    p.add_argument("--speed", type=Path, required=True, help="JSON of seconds per step (--measure)")
+    p.add_argument("--curve", action="store_true", help="score each run at several minutes")
+    p.add_argument("--device", default="cpu", help="where to run the steps (cpu | cuda)")
+    p.add_argument("--gpu-augment", action="store_true", help="crops on the device (GPU runs)")
     p.add_argument("--csv", type=Path, default=None, help="append the rows to this CSV file")
+    p.add_argument("--max-eval", type=int, default=None, help="score on this many images only")
     args = p.parse_args(argv)
-    marks = None
-    if args.curve:
-        marks = [
-            m for m in (1, 2, 3, 5, 7.5, 10, 15, 20, 30, 45, 60, 90, 120) if m < args.budget_min
-        ]
-    rows = []
+    global MAX_EVAL
+    MAX_EVAL = args.max_eval
+    if args.device.startswith("cuda"):  # fp32 as on the CPU: no TF32 in matmuls or convolutions
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
     with tempfile.TemporaryDirectory() as out:
+        if args.measure:
+            speed = {r: round(measure(r, out), 4) for r in args.recipes}
+            speed["_machine"] = dict(
+                cpu=platform.processor() or platform.machine(),
+                cores=os.cpu_count(),
+                load_average=os.getloadavg(),
+                torch=torch.__version__,
+                threads=2,
+                workers=1,
+            )
+            args.speed.parent.mkdir(parents=True, exist_ok=True)
+            args.speed.write_text(json.dumps(speed, indent=1) + "\n")
+            print(json.dumps(speed))
+            return 0
+        speed = json.loads(args.speed.read_text())
+        marks = CURVE_MARKS if args.curve else ()
+        rows = []
         for recipe in args.recipes:
             for seed in args.seeds:
-                new = run_recipe(recipe, seed, args.budget_min * 60, out, marks)
+                new = run_recipe(
+                    recipe,
+                    seed,
+                    args.budget_min,
+                    speed[recipe],
+                    out,
+                    args.device,
+                    marks,
+                    args.gpu_augment,
+                )
                 rows += new
                 if args.csv:
-                    args.csv.parent.mkdir(parents=True, exist_ok=True)
-                    fresh = not args.csv.exists()
-                    with open(args.csv, "a", newline="") as f:
-                        w = csv.DictWriter(f, fieldnames=FIELDS)
-                        if fresh:
-                            w.writeheader()
-                        w.writerows(new)
-                print(json.dumps(new[-1]), file=sys.stderr)
+                    append_csv(args.csv, new)
+                print(json.dumps(new[-1]), file=sys.stderr, flush=True)
     verdict = {}
     for recipe in args.recipes:
         gains = [r["gain"] for r in rows if r["recipe"] == recipe and r["steps"]]
@@ -277,18 +261,7 @@ def main(argv: list[str] | None = None) -> int:
             learns=bool(gains) and min(gains) >= args.margin,
             mean_gain=round(sum(gains) / len(gains), 2) if gains else math.nan,
         )
-    print(
-        json.dumps(
-            dict(
-                budget_min=args.budget_min,
-                margin=args.margin,
-                cpu=os.cpu_count(),
-                load_average=os.getloadavg(),
-                recipes=verdict,
-                rows=rows,
-            )
-        )
-    )
+    print(json.dumps(dict(budget_min=args.budget_min, margin=args.margin, recipes=verdict)))
     return 0
 
 
