@@ -279,7 +279,7 @@ def backbone_state_dict(ckpt: Mapping[str, Any], key: str = "teacher") -> dict[s
     dict.
 
     Picks `ckpt[key]` when present (teacher by default), strips `module.` and `backbone.` prefixes
-    and drops the DINO head.
+    and drops the DINO head (and iBOT's patch head).
     """
     sd = ckpt
     for k in (key, "state_dict", "model"):
@@ -291,7 +291,7 @@ def backbone_state_dict(ckpt: Mapping[str, Any], key: str = "teacher") -> dict[s
         if not isinstance(v, torch.Tensor):
             continue
         k = k.removeprefix("module.").removeprefix("_orig_mod.").removeprefix("backbone.")
-        if k.startswith("head."):
+        if k.startswith(("head.", "ibot_head.")):  # the DINO head, and iBOT's own (DINOv2)
             continue
         out[k] = v
     if not out:
