@@ -282,3 +282,81 @@ def test_resume_refuses_to_turn_a_dinov2_addition_off(data_env, tmp_path, capsys
     err = capsys.readouterr().err
     assert "ibot (True -> False)" in err and "--resume continues the run as it was" in err
     assert ckpt.read_bytes() == before
+
+
+class NoImages(torch.utils.data.Dataset):
+    """A length for the trainer's sampler; the test feeds `train_step` its crops directly."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i):
+        raise RuntimeError("not read: train_step is fed directly")
+
+
+@pytest.mark.parametrize("centering", ["sinkhorn_knopp", "centering"])
+def test_one_step_s_loss_is_dinov2s_sum_computed_by_hand(tmp_path, centering):
+    """The loss of one step, rebuilt from the backbone, the head and the dinov2.py pieces: the
+    DINO cross-entropy over (teacher global view, other student view) pairs on Sinkhorn-Knopp (or
+    centred) targets, + 0.1 x KoLeo per global view, + iBOT's loss on the masked patches."""
+    from vitdino_core.dinov2 import KoLeoLoss, iBOTPatchLoss, sinkhorn_knopp_teacher
+    from vitdino_core.training.trainer import DINOTrainer
+
+    cfg = load_config(
+        "workshop_dinov2",
+        tiny_overrides(tmp_path, max_images=16)
+        + ["drop_path_rate=0", "device=cpu", "precision=fp32", f"centering={centering}"],
+    )
+    torch.manual_seed(0)
+    trainer = DINOTrainer(cfg, dataset=NoImages(16), quiet=True)
+    student, teacher = trainer.student, trainer.teacher
+    with torch.no_grad():  # the centres as a run would have them after some steps
+        trainer.loss_fn.center.normal_(0, 0.1)
+        trainer.ibot_patch_loss.center.normal_(0, 0.1)
+    dino_center = trainer.loss_fn.center.clone()
+    patch_center = trainer.ibot_patch_loss.center.clone()
+    g = torch.Generator().manual_seed(0)
+    B = cfg.batch_size_per_gpu
+    global_crops = torch.randn(2 * B, 3, 48, 48, generator=g)  # (2B, 3, 48, 48)
+    local_crops = torch.randn(2 * B, 3, 24, 24, generator=g)  # (2B, 3, 24, 24): 2 local views
+    masks = trainer.ibot_masks(2 * B)  # the masks this step draws
+    m, idx = masks["collated_masks"], masks["mask_indices_list"]
+    with torch.no_grad():
+        t = teacher.backbone.forward_features_dict(global_crops)
+        s = student.backbone.forward_features_dict(global_crops, m)
+        s_local = student.backbone(local_crops)  # (2B, D)
+        t_cls = teacher.head(t["x_norm_clstoken"])  # (2B, K)
+        s_cls = student.head(torch.cat([s["x_norm_clstoken"], s_local]))  # (4B, K)
+        t_patch = teacher.head(t["x_norm_patchtokens"].flatten(0, 1)[idx])  # (M, K)
+        s_patch = student.head(s["x_norm_patchtokens"].flatten(0, 1)[idx])  # (M, K)
+        if centering == "sinkhorn_knopp":
+            q = sinkhorn_knopp_teacher(t_cls, cfg.teacher_temp)  # (2B, K)
+            q_patch = sinkhorn_knopp_teacher(t_patch, cfg.teacher_temp)  # (M, K)
+        else:
+            q = ((t_cls - dino_center) / cfg.teacher_temp).softmax(-1)
+            q_patch = ((t_patch - patch_center[0]) / cfg.teacher_temp).softmax(-1)
+        log_p = (s_cls / cfg.student_temp).log_softmax(-1).chunk(4)  # 4 x (B, K)
+        pairs = [
+            -(qv * log_p[v]).sum(-1).mean()
+            for iq, qv in enumerate(q.chunk(2))
+            for v in range(4)
+            if v != iq
+        ]
+        dino = sum(pairs) / len(pairs)
+        koleo = 0.1 * sum(KoLeoLoss()(c) for c in s["x_norm_clstoken"].chunk(2))
+        ibot = iBOTPatchLoss(cfg.out_dim).forward_masked(
+            s_patch, q_patch, m, masks_weight=masks["masks_weight"]
+        )
+    loss = trainer.train_step(global_crops, local_crops)
+    assert_close(loss, dino + koleo + ibot, rtol=1e-5, atol=1e-5)
+    assert masks["n_masked"] > 0 and ibot > 0
+    if centering == "sinkhorn_knopp":  # no centre in use: none moves
+        assert torch.equal(trainer.loss_fn.center, dino_center)
+        assert torch.equal(trainer.ibot_patch_loss.center, patch_center)
+    else:  # each centre moves towards the mean of its teacher outputs
+        want = 0.9 * patch_center + 0.1 * t_patch.mean(0)
+        assert_close(trainer.ibot_patch_loss.center, want)
+        assert_close(trainer.loss_fn.center, 0.9 * dino_center + 0.1 * t_cls.mean(0))
