@@ -133,8 +133,9 @@ def test_defaults_build_the_plain_dino_student():
     assert student.backbone.mask_token.shape == (1, 192)
     assert student.ibot_head.last_layer.out_features == 64  # 0 prototypes: out_dim
     cfg = load_config("workshop_tiny", ["koleo_loss_weight=0.1", "out_dim=64"])
-    assert type(build_student(cfg)) is MaskedMultiCropWrapper  # KoLeo reads the CLS features
-    assert not hasattr(build_student(cfg).backbone, "mask_token")
+    student = build_student(cfg)
+    assert type(student) is MaskedMultiCropWrapper  # KoLeo reads the CLS features
+    assert not hasattr(student.backbone, "mask_token")
 
 
 # ----------------------------------------------------------------------------- the wrapper
@@ -218,6 +219,10 @@ def test_the_shipped_dinov2_config_trains_two_steps_on_a_cpu(data_env, tmp_path)
         ],
     )
     trainer = train(cfg, quiet=True)
+    assert (
+        "dinov2: iBOT (weight 1, the DINO head), KoLeo (weight 0.1), Sinkhorn-Knopp centering,"
+        " 4 registers" in trainer.summary().splitlines()
+    )
     records = read_metrics(tmp_path / "workshop_dinov2")
     assert [r["step"] for r in records] == [1, 2]
     for r in records:
