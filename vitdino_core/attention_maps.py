@@ -7,6 +7,9 @@ attention matrix, minus its own column, says how much each head draws from each 
     cls  = attn[:, :, 0, 1:]                         (B, heads, N)      CLS -> patches
     maps = cls.reshape(B, heads, H/p, W/p)           one heat map per head
 
+With R registers (DINOv2) the tokens are [cls; registers; patches] and the patches start at column
+1+R (`first_patch`).
+
 After DINO training these maps segment the main object without ever seeing a mask; a random
 network's maps are noise. `threshold_masks` turns a map into a mask the way the official
 `visualize_attention.py` does: keep the most-attended patches until they hold 60% of the mass.
@@ -73,18 +76,24 @@ def _to_hwc(image: torch.Tensor) -> np.ndarray:
 # ----------------------------------------------------------------------------- attention and masks
 
 
+def first_patch(model: nn.Module) -> int:
+    """Index of the first patch token: 1 + R, after CLS and the model's R registers (DINOv2)."""
+    return 1 + getattr(model, "num_register_tokens", 0)
+
+
 @torch.no_grad()
 def cls_attention(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     """Last-layer attention of the CLS token to every patch: (B, 3, H, W) -> (B, heads, H/p, W/p).
 
-    Each head's map sums to 1 - (what CLS gives itself), since a softmax row covers all N+1 tokens.
+    Each head's map sums to 1 - (what CLS gives itself and the registers), since a softmax row
+    covers all 1+R+N tokens.
     """
     p = model.patch_size
     B, _, H, W = images.shape
     check_image_size(H, p, what="image height")
     check_image_size(W, p, what="image width")
-    attn = model.get_last_selfattention(images)  # (B, heads, N+1, N+1)
-    cls = attn[:, :, 0, 1:]  # (B, heads, N): what CLS draws from each patch
+    attn = model.get_last_selfattention(images)  # (B, heads, 1+R+N, 1+R+N)
+    cls = attn[:, :, 0, first_patch(model) :]  # (B, heads, N): what CLS draws from each patch
     return cls.reshape(B, attn.shape[1], H // p, W // p).float()  # (B, heads, h, w)
 
 
@@ -283,11 +292,12 @@ def cls_attention_by_layer(model: nn.Module, images: torch.Tensor) -> torch.Tens
     B, _, H, W = images.shape
     check_image_size(H, p, what="image height")
     check_image_size(W, p, what="image width")
-    x = model.prepare_tokens(images)  # (B, N+1, D)
+    x = model.prepare_tokens(images)  # (B, 1+R+N, D)
     maps = []
     for blk in model.blocks:
-        x, attn = blk(x, return_attention=True)  # (B, N+1, D), (B, heads, N+1, N+1)
-        maps.append(attn[:, :, 0, 1:].reshape(B, attn.shape[1], H // p, W // p))  # (B, heads, h, w)
+        x, attn = blk(x, return_attention=True)  # (B, 1+R+N, D), (B, heads, 1+R+N, 1+R+N)
+        cls = attn[:, :, 0, first_patch(model) :]  # (B, heads, N)
+        maps.append(cls.reshape(B, attn.shape[1], H // p, W // p))  # (B, heads, h, w)
     return torch.stack(maps, dim=1).float()  # (B, depth, heads, h, w)
 
 
@@ -311,10 +321,10 @@ def patch_features(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     B, _, H, W = images.shape
     check_image_size(H, p, what="image height")
     check_image_size(W, p, what="image width")
-    tokens = model.forward_features(images)  # (B, N+1, D)
+    tokens = model.forward_features(images)  # (B, 1+R+N, D)
     return (
-        tokens[:, 1:].reshape(B, H // p, W // p, -1).float()
-    )  # (B, h, w, D): drop CLS, fold the grid
+        tokens[:, first_patch(model) :].reshape(B, H // p, W // p, -1).float()
+    )  # (B, h, w, D): drop CLS (and registers), fold the grid
 
 
 def _pca(x: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -279,7 +279,7 @@ def backbone_state_dict(ckpt: Mapping[str, Any], key: str = "teacher") -> dict[s
     dict.
 
     Picks `ckpt[key]` when present (teacher by default), strips `module.` and `backbone.` prefixes
-    and drops the DINO head.
+    and drops the DINO head (and iBOT's patch head).
     """
     sd = ckpt
     for k in (key, "state_dict", "model"):
@@ -291,7 +291,7 @@ def backbone_state_dict(ckpt: Mapping[str, Any], key: str = "teacher") -> dict[s
         if not isinstance(v, torch.Tensor):
             continue
         k = k.removeprefix("module.").removeprefix("_orig_mod.").removeprefix("backbone.")
-        if k.startswith("head."):
+        if k.startswith(("head.", "ibot_head.")):  # the DINO head, and iBOT's own (DINOv2)
             continue
         out[k] = v
     if not out:
@@ -326,7 +326,8 @@ def vit_shape(sd: Mapping[str, torch.Tensor], source: str = "the checkpoint") ->
     embed dim, input channels and patch size from `patch_embed.proj.weight` (D, C, p, p); depth from
     the `blocks.N` keys; the pretraining image size from the length of `pos_embed` (1, 1 + g*g, D),
     g*p pixels; MLP ratio from `blocks.0.mlp.fc1`; arch name and heads from the embed dim, as in
-    DINO (`arch_by_embed_dim`).
+    DINO (`arch_by_embed_dim`); DINOv2's registers from `register_tokens` (1, R, D), and whether
+    there is a `mask_token`.
     """
     need = (
         "patch_embed.proj.weight",
@@ -374,6 +375,10 @@ def vit_shape(sd: Mapping[str, torch.Tensor], source: str = "the checkpoint") ->
         "in_chans": int(w.shape[1]),
         "mlp_ratio": sd["blocks.0.mlp.fc1.weight"].shape[0] / embed_dim,
         "qkv_bias": "blocks.0.attn.qkv.bias" in sd,
+        "num_register_tokens": int(sd["register_tokens"].shape[1])
+        if "register_tokens" in sd
+        else 0,
+        "use_mask_token": "mask_token" in sd,
     }
 
 
@@ -477,9 +482,10 @@ def build_backbone_from_checkpoint(
     load with `strict=True`.
 
     Returns (model in eval mode, info) with info = {"arch", "patch_size", "image_size", "which",
-    "path", "layout", "depth", "config"}: `image_size` is the size the weights were trained at (our
-    config's `global_crops_size`, else the length of `pos_embed`), `layout` one of
-    `checkpoint_layout`'s names, `config` our training config ({} for official files).
+    "path", "layout", "depth", "num_register_tokens", "config"}: `image_size` is the size the
+    weights were trained at (our config's `global_crops_size`, else the length of `pos_embed`),
+    `layout` one of `checkpoint_layout`'s names, `config` our training config ({} for official
+    files). Registers and a mask token (DINOv2) are rebuilt when the weights hold them.
     """
     if which not in ("teacher", "student"):
         raise ValueError(f"which must be 'teacher' or 'student', got {which!r}")
@@ -513,6 +519,8 @@ def build_backbone_from_checkpoint(
         num_heads=shape["num_heads"],
         mlp_ratio=shape["mlp_ratio"],
         qkv_bias=shape["qkv_bias"],
+        num_register_tokens=shape["num_register_tokens"],
+        use_mask_token=shape["use_mask_token"],
     )
     load_backbone_weights(model, sd)  # strict: every key of the model, nothing else
     size = config.get("global_crops_size") or shape["image_size"]
@@ -530,6 +538,7 @@ def build_backbone_from_checkpoint(
         "path": str(path),
         "layout": layout,
         "depth": shape["depth"],
+        "num_register_tokens": shape["num_register_tokens"],
         "config": config,
     }
     return model.to(device).eval(), info
@@ -567,6 +576,8 @@ def describe(info: dict) -> str:
     name = f"{info['arch']}/{info['patch_size']}" + (
         f" ({info['depth']} blocks)" if info.get("depth", 12) != 12 else ""
     )
+    registers = info.get("num_register_tokens", 0)
+    name += f" with {registers} registers" if registers else ""
     return (
         f"{name} random init"
         if info["path"] is None

@@ -145,10 +145,12 @@ class DINOLoss(nn.Module):
         teacher_output: torch.Tensor,
         epoch: int,
         teacher_probs: torch.Tensor | None = None,
+        update_center: bool = True,
     ) -> torch.Tensor:
         """student_output: (ncrops*B, K), crops stacked view by view; teacher_output: (2*B, K), the
         2 global views. teacher_probs: `self.teacher_probs(teacher_output, epoch)` when the
-        caller has already computed it."""
+        caller has already computed it (or DINOv2's Sinkhorn-Knopp probabilities, which use no
+        centre: then update_center=False)."""
         B = teacher_output.shape[0] // 2
         if student_output.shape[0] != self.ncrops * B:
             raise ValueError(
@@ -171,7 +173,8 @@ class DINOLoss(nn.Module):
                     total_loss + torch.sum(-q * log_p_v, dim=-1).mean()
                 )  # cross-entropy H(P_t, P_s)
                 n_loss_terms += 1
-        self.update_center(teacher_output)
+        if update_center:
+            self.update_center(teacher_output)
         return total_loss / n_loss_terms
 
     @torch.no_grad()

@@ -17,7 +17,9 @@ sphere.
 
 DINOv2's CLS-token loss is DINO's: the same cross-entropy summed over (teacher global view, other
 student view) pairs and divided by their number, so `dino_loss.DINOLoss` serves, given the teacher's
-probabilities (`DINOLoss.forward(..., teacher_probs=sinkhorn_knopp_teacher(...))`). Names follow
+probabilities (`DINOLoss.forward(..., teacher_probs=sinkhorn_knopp_teacher(...),
+update_center=False)`). `MaskedMultiCropWrapper` is the student (and teacher) of a training step
+with these additions: backbone and head(s), returning what the losses need. Names follow
 facebookresearch/dinov2 (`dinov2/loss/`, `dinov2/data/masking.py`, `dinov2/data/collate.py`) so that
 its code reads alongside.
 """
@@ -339,3 +341,53 @@ class KoLeoLoss(nn.Module):
         nn_idx = self.pairwise_NNs_inner(x)  # (B,) index of each nearest neighbour
         distances = F.pairwise_distance(x, x[nn_idx], p=2, eps=eps)  # (B,) = ||x - x_nn + eps||
         return -torch.log(distances + eps).mean()
+
+
+# ----------------------------------------------------------------------------- student and teacher
+
+
+class MaskedMultiCropWrapper(nn.Module):
+    """backbone + DINO head (+ iBOT patch head) over the crops of a step, for iBOT and KoLeo.
+
+    Like `multicrop.MultiCropWrapper`, whose attribute names (and so state dict) it keeps, but it
+    returns what DINOv2's losses need besides the CLS logits: the backbone's CLS features (KoLeo)
+    and the logits of the masked patch tokens (iBOT). The student gets `masks` (its global crops'
+    masked patches become the mask token); the teacher gets the same `mask_indices` without masks
+    (it sees the whole crops and is read at the masked places). Without an `ibot_head` the DINO head
+    maps the patch tokens too (DINOv2's shared head).
+    """
+
+    def __init__(self, backbone: nn.Module, head: nn.Module, ibot_head: nn.Module | None = None):
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        if ibot_head is not None:  # no key at all when shared: the state dict stays DINO's
+            self.ibot_head = ibot_head
+
+    def forward(
+        self,
+        crops: list[torch.Tensor],
+        masks: torch.Tensor | None = None,
+        mask_indices: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor | None]:
+        """crops: [global crops (2B, 3, G, G), local crops (N*B, 3, L, L) ...]; masks (2B, P) bool
+        for the global crops (student only); mask_indices (M,) the masked patches in
+        `masks.flatten()` order. Returns {"cls": (V*B, D) backbone CLS features, "cls_logits":
+        (V*B, K), "patch_logits": (M, K') or None}."""
+        if mask_indices is None:  # KoLeo alone: the global crops' CLS token is all that is read
+            cls = [self.backbone(crops[0])]  # (2B, D)
+            patches = None
+        else:
+            out = self.backbone.forward_features_dict(crops[0], masks)
+            cls = [out["x_norm_clstoken"]]  # (2B, D)
+            patches = out["x_norm_patchtokens"].flatten(0, 1)[mask_indices]  # (M, D)
+        cls += [self.backbone(c) for c in crops[1:]]  # (N*B, D) per size of local crop
+        cls = torch.cat(cls)  # (V*B, D)
+        if patches is None:
+            return {"cls": cls, "cls_logits": self.head(cls), "patch_logits": None}
+        if hasattr(self, "ibot_head"):
+            cls_logits, patch_logits = self.head(cls), self.ibot_head(patches)  # (V*B, K), (M, K')
+        else:  # one pass of the shared head over both
+            logits = self.head(torch.cat([cls, patches]))  # (V*B + M, K)
+            cls_logits, patch_logits = logits[: len(cls)], logits[len(cls) :]
+        return {"cls": cls, "cls_logits": cls_logits, "patch_logits": patch_logits}

@@ -288,6 +288,8 @@ def _random_like(model: torch.nn.Module, seed: int) -> torch.nn.Module:
             num_heads=model.num_heads,
             mlp_ratio=blk.mlp.fc1.out_features / model.embed_dim,
             qkv_bias=blk.attn.qkv.bias is not None,
+            num_register_tokens=getattr(model, "num_register_tokens", 0),
+            use_mask_token=hasattr(model, "mask_token"),
         )
     return out.eval()
 

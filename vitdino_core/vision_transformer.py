@@ -8,6 +8,12 @@
 Parameter names match the official DINO `vision_transformer.py` (and timm), so official
 backbone weights load with `strict=True` and a reader can hold the two side by side.
 
+Two DINOv2 additions, off by default (the model and its state dict are then DINO's):
+`num_register_tokens=R` adds R learned registers (Darcet et al. 2024) after the position embedding,
+tokens [cls; registers; patches] (B, 1+R+N, D), registers without a position; `use_mask_token=True`
+adds the learned `mask_token` that `prepare_tokens(x, masks)` puts in place of masked patches
+(iBOT). Names and layout follow DINOv2's `vision_transformer.py`.
+
 `fast=True` (what training uses; `fast: true` in the configs) turns on three ways of computing the
 same values in less time, each a branch next to the plain code it replaces, and `repr(model)` shows
 the flag on every module that has one: the last block computes the CLS row alone
@@ -215,8 +221,12 @@ class VisionTransformer(nn.Module):
         attn_drop_rate: float = 0.0,
         norm_layer=None,
         fast: bool = False,
+        num_register_tokens: int = 0,
+        use_mask_token: bool = False,
     ):
         super().__init__()
+        if num_register_tokens < 0:
+            raise ValueError(f"num_register_tokens must be >= 0, got {num_register_tokens}")
         norm_layer = norm_layer or partial(nn.LayerNorm, eps=1e-6)
         self.num_features = self.embed_dim = embed_dim
         self.patch_size = patch_size
@@ -229,6 +239,13 @@ class VisionTransformer(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))  # (1, 1, D)
         self.pos_embed = nn.Parameter(torch.zeros(1, num_patches + 1, embed_dim))  # (1, N+1, D)
         self.pos_drop = nn.Dropout(p=drop_rate)
+        self.num_register_tokens = num_register_tokens  # R: tokens 1..R are registers
+        if num_register_tokens > 0:  # no parameter at R = 0: DINO checkpoints load strict
+            self.register_tokens = nn.Parameter(
+                torch.zeros(1, num_register_tokens, embed_dim)
+            )  # (1, R, D)
+        if use_mask_token:  # iBOT: what a masked patch becomes (DINOv2 inits it at zero)
+            self.mask_token = nn.Parameter(torch.zeros(1, embed_dim))  # (1, D)
 
         dpr = [
             drop_path_rate * i / max(depth - 1, 1) for i in range(depth)
@@ -254,6 +271,8 @@ class VisionTransformer(nn.Module):
 
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.trunc_normal_(self.cls_token, std=0.02)
+        if num_register_tokens > 0:
+            nn.init.normal_(self.register_tokens, std=1e-6)  # as DINOv2
         self.apply(self._init_weights)
 
     @staticmethod
@@ -279,7 +298,10 @@ class VisionTransformer(nn.Module):
             (self.pos_embed[:, :1], grid), dim=1
         )  # (1, 1+h0*w0, D): the CLS entry as it is
 
-    def prepare_tokens(self, x: torch.Tensor) -> torch.Tensor:
+    def prepare_tokens(self, x: torch.Tensor, masks: torch.Tensor | None = None) -> torch.Tensor:
+        """Images (B, 3, H, W) -> tokens (B, 1+R+N, D): [cls; registers; patches], positions added
+        to cls and patches. `masks` (B, N) bool puts the mask token in place of the masked patches'
+        embeddings, before the positions are added (DINOv2's `prepare_tokens_with_masks`)."""
         check_image_batch(
             x, self.patch_size, self.patch_embed.in_chans
         )  # the batch's one input check
@@ -287,13 +309,32 @@ class VisionTransformer(nn.Module):
         x = (
             self.patch_embed.proj(x).flatten(2).transpose(1, 2)
         )  # (B, N, D): `patch_embed(x)`, checked above
+        if masks is not None:
+            x = self.mask_patches(x, masks)  # (B, N, D)
         x = torch.cat((self.cls_token.expand(B, -1, -1), x), dim=1)  # (B, N+1, D)
         x = x + self.interpolate_pos_encoding(x, h, w)  # (B, N+1, D)
+        if self.num_register_tokens > 0:
+            x = torch.cat(
+                (x[:, :1], self.register_tokens.expand(B, -1, -1), x[:, 1:]), dim=1
+            )  # (B, 1+R+N, D): registers after CLS, with no position
         return self.pos_drop(x)
+
+    def mask_patches(self, x: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        """Patch embeddings (B, N, D) with the masked ones ((B, N) bool) replaced by the mask
+        token."""
+        if not hasattr(self, "mask_token"):
+            raise ValueError("masks need a mask token: build the model with use_mask_token=True")
+        if masks.shape != x.shape[:2]:
+            raise ValueError(
+                f"masks {tuple(masks.shape)} do not match the patches {tuple(x.shape[:2])}"
+            )
+        return torch.where(
+            masks.unsqueeze(-1), self.mask_token.to(x.dtype).unsqueeze(0), x
+        )  # (B, N, D)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The CLS token after the final norm, (B, D): the image's feature."""
-        x = self.prepare_tokens(x)  # (B, N+1, D)
+        x = self.prepare_tokens(x)  # (B, 1+R+N, D)
         blocks = list(self.blocks)
         if (
             self.fast
@@ -311,24 +352,47 @@ class VisionTransformer(nn.Module):
         x = self.norm(x)  # (B, N+1, D), or (B, 1, D) when fast
         return self.head(x[:, 0])  # (B, D)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """All tokens after the final norm: (B, N+1, D)."""
-        x = self.prepare_tokens(x)  # (B, N+1, D)
+    def forward_features(self, x: torch.Tensor, masks: torch.Tensor | None = None) -> torch.Tensor:
+        """All tokens after the final norm: (B, 1+R+N, D) ([cls; registers; patches])."""
+        return self.norm(self.forward_prenorm(x, masks))  # (B, 1+R+N, D)
+
+    def forward_prenorm(self, x: torch.Tensor, masks: torch.Tensor | None = None) -> torch.Tensor:
+        """All tokens after the last block, before the final norm: (B, 1+R+N, D)."""
+        x = self.prepare_tokens(x, masks)  # (B, 1+R+N, D)
         recompute = self.grad_checkpointing and self.training and torch.is_grad_enabled()
         for blk in self.blocks:
             x = (
                 torch.utils.checkpoint.checkpoint(blk, x, use_reentrant=False)
                 if recompute
                 else blk(x)
-            )  # (B, N+1, D)
-        return self.norm(x)
+            )  # (B, 1+R+N, D)
+        return x
+
+    def forward_features_dict(
+        self, x: torch.Tensor, masks: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor | None]:
+        """DINOv2's `forward_features`: the tokens after the final norm, split by kind.
+
+        {"x_norm_clstoken": (B, D), "x_norm_regtokens": (B, R, D), "x_norm_patchtokens": (B, N, D),
+        "x_prenorm": (B, 1+R+N, D), "masks": masks}."""
+        x = self.forward_prenorm(x, masks)  # (B, 1+R+N, D)
+        x_norm = self.norm(x)  # (B, 1+R+N, D)
+        R = self.num_register_tokens
+        return {
+            "x_norm_clstoken": x_norm[:, 0],  # (B, D)
+            "x_norm_regtokens": x_norm[:, 1 : R + 1],  # (B, R, D)
+            "x_norm_patchtokens": x_norm[:, R + 1 :],  # (B, N, D)
+            "x_prenorm": x,  # (B, 1+R+N, D)
+            "masks": masks,
+        }
 
     def extra_repr(self) -> str:
         return f"fast={self.fast}"
 
     @torch.no_grad()
     def get_last_selfattention(self, x: torch.Tensor) -> torch.Tensor:
-        """Attention weights of the last block: (B, heads, N+1, N+1); row 0 is what CLS looks at."""
+        """Attention weights of the last block: (B, heads, T, T) with T = 1+R+N; row 0 is what CLS
+        looks at, columns 1+R onwards are the patches."""
         x = self.prepare_tokens(x)
         for blk in self.blocks[:-1]:
             x = blk(x)
@@ -337,7 +401,7 @@ class VisionTransformer(nn.Module):
 
     @torch.no_grad()
     def get_intermediate_layers(self, x: torch.Tensor, n: int = 1) -> list[torch.Tensor]:
-        """Normalised outputs (B, N+1, D) of the last `n` blocks, as DINO's
+        """Normalised outputs (B, 1+R+N, D) of the last `n` blocks, as DINO's
         linear evaluation uses."""
         x = self.prepare_tokens(x)
         out = []

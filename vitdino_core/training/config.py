@@ -70,6 +70,16 @@ class TrainConfig:
     warmup_teacher_temp_epochs: int = 0
     student_temp: float = 0.1
     center_momentum: float = 0.9
+    # --- what DINOv2 adds (dinov2.py; DINOv2's names), all off by default: plain DINO
+    num_register_tokens: int = 0  # learned register tokens after CLS (Darcet et al. 2024)
+    koleo_loss_weight: float = 0.0  # KoLeo on the student's global-crop CLS features (DINOv2: 0.1)
+    centering: str = "centering"  # centering (DINO's running centre) | sinkhorn_knopp
+    ibot: bool = False  # iBOT: the student predicts the teacher's masked patch tokens
+    ibot_loss_weight: float = 1.0
+    ibot_mask_ratio_min_max: tuple[float, float] = (0.1, 0.5)  # share of a masked image's patches
+    ibot_mask_sample_probability: float = 0.5  # share of the global crops that are masked
+    ibot_separate_head: bool = False  # a patch head of its own (else the DINO head serves)
+    ibot_head_n_prototypes: int = 0  # its outputs, with ibot_separate_head (0 = out_dim)
     # --- optimisation
     epochs: int = 100
     batch_size_per_gpu: int = 64
@@ -121,6 +131,7 @@ CHOICES = {
     "dataset": DATASETS,
     "arch": tuple(ARCHS),
     "precision": ("auto", "fp32", "bf16", "fp16"),
+    "centering": ("centering", "sinkhorn_knopp"),
     "compile_mode": (
         "default",
         "max-autotune-no-cudagraphs",
@@ -303,6 +314,10 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         "local_crops_number",
         "gpu_augment_size",
         "gpu_augment_max_size",
+        "num_register_tokens",
+        "koleo_loss_weight",
+        "ibot_loss_weight",
+        "ibot_head_n_prototypes",
     ):
         v = getattr(cfg, key)
         need(v >= 0, f"{key} must be >= 0, got {v}")
@@ -339,6 +354,13 @@ def validate(cfg: TrainConfig) -> TrainConfig:
             check_image_size(size, p, what=key)
         except ValueError as e:
             raise ConfigError(str(e)) from None
+    if cfg.ibot:
+        validate_ibot(cfg, need)
+    need(
+        cfg.ibot_head_n_prototypes == 0 or (cfg.ibot and cfg.ibot_separate_head),
+        f"ibot_head_n_prototypes={cfg.ibot_head_n_prototypes} sizes a separate patch head: set"
+        " ibot=true and ibot_separate_head=true, or leave it 0 (the DINO head's out_dim)",
+    )
     need(
         cfg.dataset != "folder" or bool(cfg.data_path),
         "dataset 'folder' needs data_path: the folder of images to train on",
@@ -348,6 +370,31 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         f"device: {cfg.device!r} is not auto, cpu or cuda[:N]",
     )
     return cfg
+
+
+def validate_ibot(cfg: TrainConfig, need) -> None:
+    """iBOT's masks must be possible: at least one masked global crop per batch, and room on the
+    global crops' patch grid for the smallest rectangle `MaskingGenerator` draws (4 patches)."""
+    lo, hi = cfg.ibot_mask_ratio_min_max
+    need(
+        0 <= lo <= hi <= 1,
+        f"ibot_mask_ratio_min_max must satisfy 0 <= min <= max <= 1, got {[lo, hi]}",
+    )
+    p = cfg.ibot_mask_sample_probability
+    need(0 <= p <= 1, f"ibot_mask_sample_probability must be in [0, 1], got {p}")
+    n_images = 2 * cfg.batch_size_per_gpu  # the global crops of a batch
+    need(
+        int(n_images * p) >= 1,
+        f"ibot_mask_sample_probability={p} masks int({n_images} x {p}) = 0 of the"
+        f" {n_images} global crops of a batch: raise it or batch_size_per_gpu",
+    )
+    grid = (cfg.global_crops_size // cfg.patch_size) ** 2
+    need(
+        int(grid * hi) >= 4,
+        f"ibot_mask_ratio_min_max: at most {hi} of the {grid} patches of a global crop is"
+        f" {int(grid * hi)}, fewer than the 4-patch rectangles masks are made of; raise its max"
+        " or global_crops_size",
+    )
 
 
 def parse_override(item: str) -> tuple[str, Any]:

@@ -4,6 +4,11 @@ Each step: the teacher sees the 2 global crops, the student every crop; the DINO
 every (teacher view, other student view) pair; the student takes an AdamW step; the teacher moves
 towards the student by EMA. `fit()` runs the steps over the data and keeps the run's folder
 (run_state.py): metrics, checkpoints, resuming.
+
+DINOv2's additions (dinov2.py), each behind its config key and off by default, are branches of
+`train_step`: Sinkhorn-Knopp targets in place of the centre (`centering: sinkhorn_knopp`), the KoLeo
+term on the student's global CLS features (`koleo_loss_weight`), and iBOT's masked patch loss
+(`ibot`); registers are the backbone's (`num_register_tokens`).
 """
 
 from __future__ import annotations
@@ -38,6 +43,14 @@ from ..checkpoint import (
 from ..cli import UserError
 from ..data import EpochBatchSampler, MultiCropDataset, build_dataset, make_loader
 from ..dino_loss import DINOHead, DINOLoss
+from ..dinov2 import (
+    KoLeoLoss,
+    MaskedMultiCropWrapper,
+    MaskingGenerator,
+    collate_masks,
+    iBOTPatchLoss,
+    sinkhorn_knopp_teacher,
+)
 from ..ema_training import (
     cancel_gradients_last_layer,
     clip_gradients,
@@ -93,13 +106,15 @@ def split_crops(
 # ----------------------------------------------------------------------------- building a run
 
 
-def build_student(cfg: TrainConfig) -> MultiCropWrapper:
+def build_student(cfg: TrainConfig) -> MultiCropWrapper | MaskedMultiCropWrapper:
     backbone = build_vit(
         cfg.arch,
         cfg.patch_size,
         img_size=cfg.global_crops_size,
         drop_path_rate=cfg.drop_path_rate,
         fast=cfg.fast,
+        num_register_tokens=cfg.num_register_tokens,
+        use_mask_token=cfg.ibot,
     )  # the teacher, a copy, keeps the flag
     backbone.grad_checkpointing = cfg.grad_checkpointing
     head = DINOHead(
@@ -108,14 +123,37 @@ def build_student(cfg: TrainConfig) -> MultiCropWrapper:
         use_bn=cfg.use_bn_in_head,
         norm_last_layer=cfg.norm_last_layer,
     )
-    return MultiCropWrapper(backbone, head)
+    if not reads_features(cfg):
+        return MultiCropWrapper(backbone, head)
+    ibot_head = (
+        DINOHead(
+            backbone.embed_dim,
+            ibot_out_dim(cfg),
+            use_bn=cfg.use_bn_in_head,
+            norm_last_layer=cfg.norm_last_layer,
+        )
+        if cfg.ibot and cfg.ibot_separate_head
+        else None
+    )
+    return MaskedMultiCropWrapper(backbone, head, ibot_head)
+
+
+def reads_features(cfg: TrainConfig) -> bool:
+    """Whether a step reads more than the CLS logits (iBOT's patch tokens, KoLeo's CLS features)."""
+    return cfg.ibot or cfg.koleo_loss_weight > 0
+
+
+def ibot_out_dim(cfg: TrainConfig) -> int:
+    """The patch head's outputs: the DINO head's when shared (DINOv2's default)."""
+    return (cfg.ibot_head_n_prototypes or cfg.out_dim) if cfg.ibot_separate_head else cfg.out_dim
 
 
 def check_head_fits(cfg: TrainConfig, device: torch.device) -> None:
     """Refuse, before building anything, an `out_dim` whose head cannot be allocated: its last layer
     (256 x out_dim) lives in the student, the teacher, the gradients and AdamW's two moments, 5
     float32 copies."""
-    need = 5 * 4 * (256 + 1) * cfg.out_dim  # bytes
+    extra = ibot_out_dim(cfg) if cfg.ibot and cfg.ibot_separate_head else 0  # iBOT's own head
+    need = 5 * 4 * (256 + 1) * (cfg.out_dim + extra)  # bytes
     if device.type == "cuda":
         have, where = torch.cuda.get_device_properties(device).total_memory, f"{device}'s memory"
     else:
@@ -285,6 +323,10 @@ class DINOTrainer:
         ):  # continue from a backbone trained earlier (a warm restart with a fresh head)
             weights = backbone_state_dict(load_checkpoint(cfg.init_weights))
             refuse_nonfinite_weights(weights, f"init_weights {cfg.init_weights}")
+            own = self.student.backbone.state_dict()
+            for key in ("register_tokens", "mask_token"):  # DINOv2's, new to a DINO backbone
+                if key in own and key not in weights:
+                    weights[key] = own[key]
             load_backbone_weights(self.student.backbone, weights)
         self.student_ddp: nn.Module = self.student
         if self.env.distributed:
@@ -311,6 +353,14 @@ class DINOTrainer:
             cfg.student_temp,
             cfg.center_momentum,
         ).to(self.device)
+        if cfg.koleo_loss_weight:
+            self.koleo_loss = KoLeoLoss()
+        if cfg.ibot:  # masks over the global crops' patch grid, as DINOv2 builds them
+            grid = cfg.global_crops_size // cfg.patch_size
+            self.mask_generator = MaskingGenerator((grid, grid), max_num_patches=0.5 * grid * grid)
+            self.ibot_patch_loss = iBOTPatchLoss(
+                ibot_out_dim(cfg), cfg.student_temp, cfg.center_momentum
+            ).to(self.device)
         self.optimizer = self._make_optimizer()
         self.scaler = torch.amp.GradScaler(
             self.device.type, enabled=self.amp_dtype == torch.float16
@@ -358,6 +408,14 @@ class DINOTrainer:
     def _reset_meters(self) -> None:
         z = lambda: torch.zeros((), device=self.device)  # noqa: E731
         self._m = {"loss": z(), "teacher_entropy": z(), "batch_entropy": z()}
+        cfg = self.cfg  # DINOv2's terms: `loss` is their sum with the DINO loss
+        for key, on in (
+            ("dino_loss", reads_features(cfg)),
+            ("koleo_loss", cfg.koleo_loss_weight > 0),
+            ("ibot_loss", cfg.ibot),
+        ):
+            if on:
+                self._m[key] = z()
         self._m_steps, self._m_images, self._m_time = 0, 0, time.perf_counter()
         self._nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)
 
@@ -406,13 +464,20 @@ class DINOTrainer:
         with torch.autocast(
             self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype != torch.float32
         ):
-            with torch.no_grad():
-                teacher_out = self.teacher(global_crops)  # (2B, K): the global views only
-            student_out = self.student_ddp(crops)  # ((2+N)B, K): every view
+            if self.cfg.ibot or self.cfg.koleo_loss_weight:  # features and patch logits too
+                teacher, student = self.forward_dinov2(global_crops, crops)
+                teacher_out, student_out = teacher["cls_logits"], student["cls_logits"]
+            else:
+                with torch.no_grad():
+                    teacher_out = self.teacher(global_crops)  # (2B, K): the global views only
+                student_out = self.student_ddp(crops)  # ((2+N)B, K): every view
+        centering = self.cfg.centering == "centering"
         with torch.no_grad():
-            teacher_probs = self.loss_fn.teacher_probs(
-                teacher_out, epoch
-            )  # (2B, K), centred and sharpened
+            teacher_probs = (
+                self.loss_fn.teacher_probs(teacher_out, epoch)  # (2B, K), centred and sharpened
+                if centering
+                else sinkhorn_knopp_teacher(teacher_out, self.loss_fn.teacher_temp(epoch))
+            )  # (2B, K), or evenly spread over the K prototypes (DINOv2), with no centre
             self._m["teacher_entropy"] += entropy(
                 teacher_probs
             ).mean()  # per-image entropy: ln K when uniform
@@ -420,8 +485,14 @@ class DINOTrainer:
                 teacher_probs.mean(0)
             )  # of the batch mean: ~0 when one dim wins
         loss = self.loss_fn(
-            student_out, teacher_out, epoch, teacher_probs=teacher_probs
+            student_out, teacher_out, epoch, teacher_probs=teacher_probs, update_center=centering
         )  # one teacher softmax, not two
+        if "dino_loss" in self._m:
+            self._m["dino_loss"] += loss.detach()
+        if self.cfg.koleo_loss_weight:
+            loss = loss + self.koleo_term(student["cls"][: global_crops.shape[0]])
+        if self.cfg.ibot:
+            loss = loss + self.ibot_term(student, teacher, epoch)
 
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
@@ -442,6 +513,78 @@ class DINOTrainer:
         self.step += 1
         return loss.detach()
 
+    # ------------------------------------------------------------------ DINOv2's additions
+    def forward_dinov2(self, global_crops: torch.Tensor, crops: list) -> tuple[dict, dict]:
+        """Teacher and student outputs (`MaskedMultiCropWrapper`) when iBOT or KoLeo is on: with
+        iBOT the student sees its global crops masked, the teacher sees them whole, and both are
+        read at the masked patches."""
+        masks = self.ibot_masks(global_crops.shape[0]) if self.cfg.ibot else None
+        where = {} if masks is None else {"mask_indices": masks["mask_indices_list"]}
+        with torch.no_grad():
+            teacher = self.teacher([global_crops], **where)  # cls_logits (2B, K)
+        student = self.student_ddp(
+            crops, masks=None if masks is None else masks["collated_masks"], **where
+        )  # cls_logits ((2+N)B, K)
+        student["masks"] = masks
+        return teacher, student
+
+    def ibot_masks(self, n_images: int) -> dict:
+        """`collate_masks` for this step's global crops, on the device, with `n_masked` (M, an int).
+        Python's `random` (which the mask code draws from) is seeded by (seed, rank, step) for the
+        draw and put back after: a resumed run draws the same masks, the other streams are
+        untouched."""
+        state = random.getstate()
+        random.seed(f"ibot masks {self.cfg.seed} {self.env.rank} {self.step}")
+        try:
+            masks = collate_masks(
+                n_images,
+                self.mask_generator.num_patches,
+                self.mask_generator,
+                self.cfg.ibot_mask_ratio_min_max,
+                self.cfg.ibot_mask_sample_probability,
+            )
+        finally:
+            random.setstate(state)
+        out = {
+            k: masks[k].to(self.device, non_blocking=True)
+            for k in ("collated_masks", "mask_indices_list", "masks_weight")
+        }  # (2B, P), (M,), (M,)
+        out["n_masked"] = masks["mask_indices_list"].shape[0]
+        return out
+
+    def koleo_term(self, cls_global: torch.Tensor) -> torch.Tensor:
+        """koleo_loss_weight x KoLeo of each global view's student CLS features (2B, D): one term
+        per view, so two crops of one image are never each other's neighbour (as DINOv2)."""
+        koleo = self.cfg.koleo_loss_weight * sum(self.koleo_loss(p) for p in cls_global.chunk(2))
+        self._m["koleo_loss"] += koleo.detach()
+        return koleo
+
+    def ibot_term(self, student: dict, teacher: dict, epoch: int) -> torch.Tensor:
+        """ibot_loss_weight x iBOT's patch loss: the student's logits at its masked patches against
+        the teacher's targets there, made like the CLS targets (centre or Sinkhorn-Knopp)."""
+        masks, temp = student["masks"], self.loss_fn.teacher_temp(epoch)
+        t_logits = teacher["patch_logits"]  # (M, K')
+        with torch.no_grad():
+            if self.cfg.centering == "centering":
+                t_probs = self.ibot_patch_loss.softmax_center_teacher(
+                    t_logits.unsqueeze(0), temp
+                ).squeeze(0)  # (M, K'), with the patches' own centre
+                if masks["n_masked"] > 0:  # the mean of no patch would be NaN: keep the centre
+                    self.ibot_patch_loss.update_center(t_logits.unsqueeze(0))  # mean of (1, M, K')
+            else:
+                t_probs = self.ibot_patch_loss.sinkhorn_knopp_teacher(
+                    t_logits, temp, n_masked_patches_tensor=masks["n_masked"]
+                )  # (M, K'), each masked patch one sample
+        ibot = self.cfg.ibot_loss_weight * self.ibot_patch_loss.forward_masked(
+            student["patch_logits"],
+            t_probs,
+            student_masks_flat=masks["collated_masks"],
+            n_masked_patches=masks["n_masked"],
+            masks_weight=masks["masks_weight"],
+        )
+        self._m["ibot_loss"] += ibot.detach()
+        return ibot
+
     # ------------------------------------------------------------------ metrics
     def collect_metrics(self) -> dict:
         """Average the meters since the last call into one record (one host-device sync)."""
@@ -457,13 +600,14 @@ class DINOTrainer:
             "teacher_entropy": vals["teacher_entropy"],
             "batch_entropy": vals["batch_entropy"],
             "kl_uniform": lnK - vals["teacher_entropy"],
-            "kl_teacher_student": vals["loss"] - vals["teacher_entropy"],
+            "kl_teacher_student": vals.get("dino_loss", vals["loss"]) - vals["teacher_entropy"],
             "lr": float(self.lr_schedule[it]),
             "wd": float(self.wd_schedule[it]),
             "momentum": float(self.momentum_schedule[it]),
             "teacher_temp": self.loss_fn.teacher_temp(it // self.steps_per_epoch),
             "images_per_s": self._m_images / dt if dt > 0 else float("nan"),
             "time": time.time(),
+            **{k: vals[k] for k in ("dino_loss", "koleo_loss", "ibot_loss") if k in vals},
         }
         self._reset_meters()
         return rec
@@ -500,6 +644,7 @@ class DINOTrainer:
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
             "dino_loss": self.loss_fn.state_dict(),
+            **({"ibot_patch_loss": self.ibot_patch_loss.state_dict()} if self.cfg.ibot else {}),
             "step": self.step,
             "epoch": self.epoch,
             "config": self.cfg.to_dict(),
@@ -513,6 +658,7 @@ class DINOTrainer:
         missing = [
             k
             for k in ("student", "teacher", "optimizer", "scaler", "dino_loss", "step")
+            + (("ibot_patch_loss",) if self.cfg.ibot else ())
             if k not in ckpt
         ]
         if missing:
@@ -521,10 +667,14 @@ class DINOTrainer:
             self.student.load_state_dict(ckpt["student"])
             self.teacher.load_state_dict(ckpt["teacher"])
             self.loss_fn.load_state_dict(ckpt["dino_loss"])
+            if self.cfg.ibot:
+                self.ibot_patch_loss.load_state_dict(ckpt["ibot_patch_loss"])
         except RuntimeError as e:
             saved = ckpt.get("config", {})
             was = ", ".join(
-                f"{k}={saved[k]}" for k in ("arch", "patch_size", "out_dim") if k in saved
+                f"{k}={saved[k]}"
+                for k in ("arch", "patch_size", "out_dim", "num_register_tokens", "ibot")
+                if k in saved
             )
             raise CheckpointError(
                 "the checkpoint does not fit this run's model (it was trained with"
@@ -553,7 +703,11 @@ class DINOTrainer:
         if self.env.is_main:
             state = self.state_dict()
             bad = nonfinite_tensors(
-                {k: state[k] for k in ("student", "teacher", "optimizer", "dino_loss")}
+                {
+                    k: state[k]
+                    for k in ("student", "teacher", "optimizer", "dino_loss", "ibot_patch_loss")
+                    if k in state
+                }
             )
             if bad:
                 raise self._diverged(
@@ -617,10 +771,25 @@ class DINOTrainer:
                     f"device: {self.device}, {torch.get_num_threads()}"
                     f" thread{'s' if torch.get_num_threads() > 1 else ''}, {dtype}"
                 ),
+                *([f"dinov2: {self._dinov2()}"] if self._dinov2() else []),
                 f"path:   {self._path()}",
                 f"run:    {self.run_dir}",
             ]
         )
+
+    def _dinov2(self) -> str:
+        """DINOv2's additions that are on, in a line ("" when none: plain DINO)."""
+        cfg, parts = self.cfg, []
+        if cfg.ibot:
+            head = "its own head" if cfg.ibot_separate_head else "the DINO head"
+            parts.append(f"iBOT (weight {cfg.ibot_loss_weight:g}, {head})")
+        if cfg.koleo_loss_weight:
+            parts.append(f"KoLeo (weight {cfg.koleo_loss_weight:g})")
+        if cfg.centering == "sinkhorn_knopp":
+            parts.append("Sinkhorn-Knopp centering")
+        if cfg.num_register_tokens:
+            parts.append(f"{cfg.num_register_tokens} registers")
+        return ", ".join(parts)
 
     def _path(self) -> str:
         """Which forward runs (the model's `fast` flag) and, when fast, the tricks that act on this
