@@ -67,6 +67,10 @@ RECIPES: dict[str, dict] = {
     "lr1e-3_tt0.04": FAST_LR | dict(teacher_temp=0.04, warmup_teacher_temp=0.04),
     "lr1e-3_b64": FAST_LR | dict(batch_size_per_gpu=64, lr=4e-3, max_images=4096),
     "lr1e-3_patch8_32px": FAST_LR | dict(patch_size=8, global_crops_size=32, local_crops_size=16),
+    # DINOv2's additions (notebook 10) on the same run: iBOT masked patches, KoLeo, Sinkhorn-Knopp
+    # centering, 4 registers
+    "lr1e-3_dinov2": FAST_LR
+    | dict(ibot=True, koleo_loss_weight=0.1, centering="sinkhorn_knopp", num_register_tokens=4),
 }
 CURVE_MARKS = (1, 2, 3, 5, 7.5, 10, 15, 20, 30, 45, 60, 90, 120)  # minutes
 FIELDS = [
@@ -120,6 +124,7 @@ def measure(recipe: str, out: str, steps: int = 40) -> float:
 
 
 MAX_EVAL: int | None = None  # --max-eval: a smoke test's few images (None: the whole splits)
+PROBE = False  # --probe: the linear probe too
 
 
 def knn(backbone: torch.nn.Module, size: int, device: str) -> float:
@@ -163,6 +168,7 @@ def run_recipe(recipe, seed, budget_min, s_per_step, out, device, marks=(), gpu_
     kept.append((trainer.step, trainer.teacher.backbone.state_dict()))
     size = trainer.cfg.global_crops_size
     base, res = knn(before, size, device)
+    probe_base = res["linear_top1"]
     common = dict(
         recipe=recipe,
         seed=seed,
@@ -177,11 +183,15 @@ def run_recipe(recipe, seed, budget_min, s_per_step, out, device, marks=(), gpu_
         overrides=json.dumps(RECIPES[recipe], sort_keys=True),
         knn_random_init=base,
     )
-    rows = [common | dict(minutes=0.0, steps=0, knn_trained=base, gain=0.0)] if marks else []
+    rows = (
+        [common | dict(minutes=0.0, steps=0, knn_trained=base, gain=0.0, probe_trained=probe_base)]
+        if marks
+        else []
+    )
     for step, state in kept:
         model = copy.deepcopy(before)
         model.load_state_dict(state)
-        score, _ = knn(model, size, device)
+        score, res = knn(model, size, device)
         minutes = round(step * s_per_step * 1.1 / 60, 2)
         rows.append(
             common
@@ -212,10 +222,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu", help="where to run the steps (cpu | cuda)")
     p.add_argument("--gpu-augment", action="store_true", help="crops on the device (GPU runs)")
     p.add_argument("--csv", type=Path, default=None, help="append the rows to this CSV file")
+    p.add_argument("--probe", action="store_true", help="the linear probe too (slower)")
     p.add_argument("--max-eval", type=int, default=None, help="score on this many images only")
     args = p.parse_args(argv)
-    global MAX_EVAL
-    MAX_EVAL = args.max_eval
+    global MAX_EVAL, PROBE
+    MAX_EVAL, PROBE = args.max_eval, args.probe
     if args.device.startswith("cuda"):  # fp32 as on the CPU: no TF32 in matmuls or convolutions
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
