@@ -300,9 +300,10 @@ assert train_counts.min() > 0.8 * train_counts.max() and val_counts.min() > 0.8 
 # ## 5. Photos for pictures
 #
 # Some pictures (patch grids in 01, attention maps in 02 and 07) are nicer on a large photo than on
-# a 96 px thumbnail. `photo(name)` returns one as a PIL RGB image: `grace_hopper`, `china` and
-# `flower` ship inside matplotlib and scikit-learn and are always there; `astronaut`, `chelsea`,
-# `coffee` and `rocket` come from `<data root>/photos` when it holds them.
+# a 96 px thumbnail. `photo(name)` returns one as a PIL RGB image, offline: `grace_hopper`,
+# `china` and `flower` ship inside matplotlib and scikit-learn, `astronaut`, `chelsea`, `coffee`
+# and `rocket` inside scikit-image (all three are installed with the course). A file in
+# `<data root>/photos` whose name holds the photo's name comes first.
 
 # %%
 names = ["grace_hopper", "china", "flower", "astronaut", "chelsea", "coffee", "rocket"]
@@ -310,8 +311,8 @@ photos = {}
 for name in names:
     try:
         photos[name] = photo(name)
-    except FileNotFoundError as err:
-        print(f"{name}: not available ({err})")
+    except FileNotFoundError as err:  # the message says how to get it
+        print(f"{name}: not available: {err}")
 print("available:", ", ".join(f"{n} {p.size[0]}x{p.size[1]}" for n, p in photos.items()))
 
 fig, axes = plt.subplots(1, len(photos), figsize=(2.3 * len(photos), 2.6))

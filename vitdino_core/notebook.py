@@ -50,12 +50,16 @@ def setup(seed: int = 0, dpi: int = 90) -> NotebookEnv:
     return env
 
 
-def photo(name: str = "grace_hopper") -> Image.Image:
-    """A real photo as RGB: from <data root>/photos if present, else the copies inside matplotlib /
-    scikit-learn.
+PHOTOS = ("grace_hopper", "china", "flower", "astronaut", "chelsea", "coffee", "rocket")
+SKIMAGE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")  # bundled in scikit-image's wheel
 
-    Names: grace_hopper, china, flower (always available), astronaut, chelsea, coffee, rocket (data
-    root only).
+
+def photo(name: str = "grace_hopper") -> Image.Image:
+    """A real photo as RGB, offline: from <data root>/photos if a file there has `name` in its
+    name, else the sample photos shipped inside matplotlib (grace_hopper), scikit-learn (china,
+    flower) and scikit-image (astronaut, chelsea, coffee, rocket).
+
+    FileNotFoundError, saying how to get it, for another name or when scikit-image is missing.
     """
     folder = data_root() / "photos"
     matches = sorted(folder.glob(f"*{name}*")) if folder.is_dir() else []
@@ -72,8 +76,19 @@ def photo(name: str = "grace_hopper") -> Image.Image:
         from sklearn.datasets import load_sample_image
 
         return Image.fromarray(load_sample_image(f"{name}.jpg"))
+    if name in SKIMAGE_PHOTOS:
+        try:
+            import skimage.data
+        except ImportError:
+            raise FileNotFoundError(
+                f"photo {name!r} comes with scikit-image, which is not installed: run `pip install"
+                f" scikit-image` (a dependency of the course: `make lab` installs it), or put an"
+                f" image file named {name}.jpg in {folder}"
+            ) from None
+        return Image.fromarray(getattr(skimage.data, name)()).convert("RGB")
     raise FileNotFoundError(
-        f"photo {name!r} not found in {folder}; grace_hopper, china and flower are always available"
+        f"photo {name!r} not found in {folder}: put an image file with {name!r} in its name there;"
+        f" these need no file: {', '.join(PHOTOS)}"
     )
 
 

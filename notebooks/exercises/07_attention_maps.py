@@ -400,8 +400,8 @@ for name in ["grace_hopper", "astronaut", "chelsea", "coffee", "rocket", "china"
     try:
         photo(name)
         PHOTO_NAMES.append(name)
-    except FileNotFoundError:
-        print(f"photo {name!r} is not in the data root; skipped")
+    except FileNotFoundError as err:  # the message says how to get it
+        print(f"skipped: {err}")
 PHOTO_NAMES = PHOTO_NAMES[:5]
 photos = torch.cat([load_image(photo(n), IMG, PATCH) for n in PHOTO_NAMES])  # (n, 3, IMG, IMG)
 fig = attention_grid(
