@@ -197,7 +197,7 @@ def plot_attention_heads(
             cmap=None if m is None else cmap,
             interpolation="nearest",
         )
-        ax.set_title(name, fontsize=9)
+        ax.set_title(name)
     if title:
         fig.suptitle(title)
     _save(fig, save)
@@ -259,7 +259,7 @@ def overlay_masks(
                     colors=[colors[i % len(colors)]],
                     linewidths=1.0,
                 )
-        ax.set_title(f"{name}: covers {masks[heads].any(0).mean():.0%}", fontsize=9)
+        ax.set_title(f"{name}: covers {masks[heads].any(0).mean():.0%}")
     if title:
         fig.suptitle(title)
     _save(fig, save)
