@@ -381,7 +381,7 @@ for size, q in [(224, 16), (228, 12), (96, 8), (96, 12)]:
 
 # %%
 examples = [(224, 16), (228, 12), (96, 8)]
-fig, axes = plt.subplots(1, 3, figsize=(11, 3.9))
+fig, axes = plt.subplots(1, 3, figsize=(10.5, 3.9))
 for ax, (size, q) in zip(axes, examples):
     ax.imshow(center_square(photo("grace_hopper"), size), extent=(0, size, size, 0))
     for k in range(0, size + 1, q):

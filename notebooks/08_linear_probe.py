@@ -305,8 +305,8 @@ axes[0].set(
 axes[1].set(xscale="log", xlabel="T (k = 20)", ylabel="kNN top-1 (%)", title="temperature")
 for ax, x0 in zip(axes, (20, 0.07)):
     ax.axvline(x0, color="gray", ls=":", lw=1)
-    ax.legend()
-fig.suptitle(f"Weighted kNN on Imagenette val ({SPLIT_NOTE}; DINO teacher = {WEIGHTS})")
+axes[0].legend()
+fig.suptitle(f"Weighted kNN on Imagenette val ({SPLIT_NOTE})\nDINO teacher = {WEIGHTS}")
 fig.tight_layout()
 plt.show()
 

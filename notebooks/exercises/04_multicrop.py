@@ -329,7 +329,7 @@ boxes = [("global", crop_box(global_rrc, x)) for _ in range(2)] + [
 colors = plt.cm.tab10(np.arange(len(boxes)))
 
 mosaic = [["orig", "orig", f"v{2 * r}", f"v{2 * r + 1}"] for r in range(4)]
-fig, axd = plt.subplot_mosaic(mosaic, figsize=(9, 6.4))
+fig, axd = plt.subplot_mosaic(mosaic, figsize=(9, 7.6))
 axd["orig"].imshow(x.permute(1, 2, 0).numpy())
 for i, ((kind, b), color) in enumerate(zip(boxes, colors)):
     name = f"global {i + 1}" if kind == "global" else f"local {i - 1}"
@@ -353,7 +353,7 @@ for i, ((kind, b), color) in enumerate(zip(boxes, colors)):
     ax = axd[f"v{i}"]
     ax.imshow(crop.permute(1, 2, 0).numpy())
     area = b["height"] * b["width"] / (H * W)
-    ax.set_title(f"{name}: {100 * area:.0f}% of the area", color=color)
+    ax.set_title(f"{name}\n{100 * area:.0f}% of the area", color=color)
     ax.set(xticks=[], yticks=[])
     for spine in ax.spines.values():
         spine.set(color=color, lw=2)

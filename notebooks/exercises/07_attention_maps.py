@@ -70,6 +70,7 @@
 
 # %%
 import math
+import textwrap
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -477,8 +478,9 @@ for col, (tag, attn) in enumerate(compare_attn.items()):
             bbox=dict(fc="black", alpha=0.6, lw=0),
         )
         if r == 0:
-            ax_map.set_title(f"{tag.split(':')[0]}\nmean attention x N")
-            ax_mask.set_title(f"{tag.split(':')[0]}\n60% masks, coverage")
+            short = textwrap.fill(tag.split(":")[0], 15)  # "RANDOM init\nvit_tiny/12"
+            ax_map.set_title(f"{short}\nmean x N")
+            ax_mask.set_title(f"{short}\n60% masks")
 for r in range(len(compare)):
     axes[r, 0].imshow(as_picture(compare[r]))
     axes[r, 0].set_ylabel(compare_names[r])
@@ -779,10 +781,11 @@ print(
     )
 )
 
+PANEL = min(1.9, 9.2 / len(pca_images))  # inches: the figure fits the notebook's width
 fig, axes = plt.subplots(
     4,
     len(pca_images),
-    figsize=(1.9 * len(pca_images) + 1, 7.8),
+    figsize=(PANEL * len(pca_images) + 1.2, 4 * PANEL + 1.4),
     squeeze=False,
     layout="constrained",
 )
@@ -876,7 +879,7 @@ for n, (title, pair, ia, ib, sim) in enumerate(matches):
             lw=1.2,
             ms=3,
         )
-    ax.set_title(f"{title.split(':')[0]}, {title.split(': ')[1]}: {len(ia)} matches")
+    ax.set_title(f"{title.split(':')[0]}, {len(ia)} matches\n{title.split(': ')[1]}")
     ax.set_xticks([]), ax.set_yticks([])
 fig.colorbar(
     plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax=axes, fraction=0.02, label="cosine similarity"
