@@ -6,7 +6,8 @@ STAMP  := $(VENV)/.installed
 # notebooks/NN_topic.py are the complete notebooks, notebooks/exercises/NN_topic.py the learner
 # versions made from them (`make exercises`); nbval runs .ipynb copies built in build/notebooks/
 SOLUTIONS := $(wildcard notebooks/[0-9][0-9]_*.py)
-EXERCISES := $(wildcard notebooks/exercises/[0-9][0-9]_*.py)
+# (notebooks/exercises/00_*.py is notebook 00 copied beside the exercises: nbval runs it once, as 00)
+EXERCISES := $(filter-out notebooks/exercises/00_%,$(wildcard notebooks/exercises/[0-9][0-9]_*.py))
 BUILD     := build/notebooks
 IPYNB     := $(patsubst notebooks/%.py,$(BUILD)/%.ipynb,$(SOLUTIONS))
 EX_IPYNB  := $(patsubst notebooks/%.py,$(BUILD)/%.ipynb,$(EXERCISES))
@@ -31,12 +32,13 @@ notebooks: $(IPYNB) $(EX_IPYNB)
 exercises: $(STAMP)
 	$(BIN)/python -m vitdino_core.exercises.generate
 
-## lab: JupyterLab on notebooks/, opened at exercises/; a double-click opens a .py as a notebook
+## lab: JupyterLab on notebooks/, opened on the participant's page exercises/README.md (where to
+##      start, how checks work); a double-click opens a .py as a notebook
 ##      (more options: make lab LAB_ARGS="--no-browser --port 8899")
 lab: $(STAMP)
 	@$(BIN)/python -m vitdino_core.data where || true
 	JUPYTER_CONFIG_PATH=$(CURDIR)/notebooks/exercises/.jupyter $(BIN)/jupyter lab \
-	  --ServerApp.root_dir=notebooks --LabApp.default_url=/lab/tree/exercises $(LAB_ARGS)
+	  --ServerApp.root_dir=notebooks --LabApp.default_url=/lab/tree/exercises/README.md $(LAB_ARGS)
 
 ## lint: ruff (line length 100, pyproject.toml) over the package, tests, benchmarks, docs and notebooks
 lint: $(STAMP)
@@ -76,7 +78,7 @@ clean:
 	rm -rf $(VENV) .venv-torch* build/notebooks notebooks/*.ipynb notebooks/exercises/*.ipynb .pytest_cache
 
 ## site: the course website in build/site/ (open build/site/index.html): every notebook run in fast
-##       mode with its outputs, the exercise versions, the instructor, benchmark and checkpoint pages.
+##       mode with its outputs, the exercise versions, the participant and instructor pages, the benchmark and checkpoint pages.
 ##       Sphinx + myst-nb (docs/conf.py); MathJax comes from npm's mathjax package, served by the site.
 ##       A broken link or a failing cell fails the build, one line each.
 MATHJAX_VERSION := 3.2.2

@@ -38,6 +38,7 @@ exclude_patterns = [
     "data/dino",
     "checkpoints/*/",
     "**/.ipynb_checkpoints",
+    *site_pages.copies(),
 ]
 
 # notebooks/NN_topic.py are jupytext percent files; myst-nb reads them through jupytext

@@ -38,6 +38,7 @@ INCLUDE = [
     "README.md",
     f"notebooks/{NN}_*.py",
     "notebooks/exercises/README.md",
+    "notebooks/exercises/INSTRUCTOR.md",
     f"notebooks/exercises/{NN}_*.py",
     "benchmarks/README.md",
     "benchmarks/PERFORMANCE.md",
@@ -68,6 +69,16 @@ def docnames(pattern: str) -> list[str]:
     return sorted(str(p.relative_to(ROOT).with_suffix("")) for p in ROOT.glob(pattern))
 
 
+def copies() -> list[str]:
+    """Exercise-folder notebooks without exercises (notebook 00, copied there for the lab): the
+    site shows them once, as the complete notebook's page."""
+    return sorted(
+        str(p.relative_to(ROOT))
+        for p in ROOT.glob("notebooks/exercises/[0-9][0-9]_*.py")
+        if "NotImplementedError" not in p.read_text(encoding="utf-8")
+    )
+
+
 def navigation() -> str:
     """The landing page's hidden table of contents, made from the file list."""
 
@@ -75,8 +86,10 @@ def navigation() -> str:
         entries = "\n".join("/" + name for name in names)
         return f"\n\n```{{toctree}}\n:hidden:\n:caption: {caption}\n\n{entries}\n```\n"
 
-    exercises = docnames("notebooks/exercises/README.md") + docnames(
-        f"notebooks/exercises/{NN}_*.py"
+    exercises = (
+        docnames("notebooks/exercises/README.md")
+        + docnames("notebooks/exercises/INSTRUCTOR.md")
+        + [d for d in docnames(f"notebooks/exercises/{NN}_*.py") if d + ".py" not in copies()]
     )
     more = (
         docnames("benchmarks/README.md")

@@ -265,7 +265,7 @@ for c, name in enumerate(train_set.classes):
         ax.imshow(train_set[int(i)][0])
         ax.set_xticks([]), ax.set_yticks([])
         if j == 0:
-            ax.set_ylabel(name, rotation=0, ha="right", va="center", fontsize=9)
+            ax.set_ylabel(name, rotation=0, ha="right", va="center")
 fig.suptitle(f"Imagenette-96: {per_class} random training images per class", y=0.995)
 save_figure(fig, "00_imagenette_grid")
 plt.show()
@@ -300,9 +300,10 @@ assert train_counts.min() > 0.8 * train_counts.max() and val_counts.min() > 0.8 
 # ## 5. Photos for pictures
 #
 # Some pictures (patch grids in 01, attention maps in 02 and 07) are nicer on a large photo than on
-# a 96 px thumbnail. `photo(name)` returns one as a PIL RGB image: `grace_hopper`, `china` and
-# `flower` ship inside matplotlib and scikit-learn and are always there; `astronaut`, `chelsea`,
-# `coffee` and `rocket` come from `<data root>/photos` when it holds them.
+# a 96 px thumbnail. `photo(name)` returns one as a PIL RGB image, offline: `grace_hopper`,
+# `china` and `flower` ship inside matplotlib and scikit-learn, `astronaut`, `chelsea`, `coffee`
+# and `rocket` inside scikit-image (all three are installed with the course). A file in
+# `<data root>/photos` whose name holds the photo's name comes first.
 
 # %%
 names = ["grace_hopper", "china", "flower", "astronaut", "chelsea", "coffee", "rocket"]
@@ -310,15 +311,19 @@ photos = {}
 for name in names:
     try:
         photos[name] = photo(name)
-    except FileNotFoundError as err:
-        print(f"{name}: not available ({err})")
+    except FileNotFoundError as err:  # the message says how to get it
+        print(f"{name}: not available: {err}")
 print("available:", ", ".join(f"{n} {p.size[0]}x{p.size[1]}" for n, p in photos.items()))
 
-fig, axes = plt.subplots(1, len(photos), figsize=(2.3 * len(photos), 2.6))
-for ax, (name, im) in zip(np.atleast_1d(axes), photos.items()):
-    ax.imshow(im)
-    ax.set_title(f"{name}\n{im.size[0]}x{im.size[1]}", fontsize=9)
+ncols = min(len(photos), 4)  # rows of 4: the figure fits the notebook's width
+nrows = -(-len(photos) // ncols)
+fig, axes = plt.subplots(nrows, ncols, figsize=(2.5 * ncols, 2.7 * nrows), squeeze=False)
+for ax in axes.flat:
     ax.axis("off")
+for ax, (name, im) in zip(axes.flat, photos.items()):
+    ax.imshow(im)
+    ax.set_title(f"{name}\n{im.size[0]}x{im.size[1]}")
+fig.tight_layout()
 plt.show()
 
 assert {"grace_hopper", "china", "flower"} <= set(photos)  # the offline three never fail

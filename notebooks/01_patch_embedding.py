@@ -99,10 +99,9 @@ for i, j in [(0, 0), (0, 1), (1, 0), (6, 7), (13, 13)]:  # a few patches, labell
         color="black",
         ha="center",
         va="center",
-        fontsize=7,
         bbox={"boxstyle": "square,pad=0.15", "facecolor": "yellow", "edgecolor": "none"},
     )
-axes[1].set_title(f"cut into {H // p} x {W // p} patches of {p} x {p} (numbers: token index)")
+axes[1].set_title(f"cut into {H // p} x {W // p} patches of {p} x {p}\n(numbers: token index)")
 for ax in axes:
     ax.set_xlabel("x (pixels)")
     ax.set_ylabel("y (pixels)")
@@ -211,9 +210,7 @@ axd["mosaic"].axis("off")
 shown = axd["matrix"].imshow(
     patches[0, : 2 * w].numpy(), aspect="auto", cmap="gray", vmin=0, vmax=1
 )
-axd["matrix"].set_title(
-    f"the same as a matrix: tokens 0 ... {2 * w - 1}\n(one row per patch)", fontsize=10
-)
+axd["matrix"].set_title(f"the same as a matrix: tokens 0 ... {2 * w - 1}\n(one row per patch)")
 axd["matrix"].set_xlabel(f"value index 0 ... {C * p * p - 1} (all R, then G, then B)")
 axd["matrix"].set_ylabel("token index")
 fig.colorbar(shown, ax=axd["matrix"], label="pixel value")
@@ -221,9 +218,7 @@ row = np.ones((p, w * (p + gap), 3))
 for n in range(w):
     row[:, n * (p + gap) : n * (p + gap) + p] = pieces[n]
 axd["strip"].imshow(row)
-axd["strip"].set_title(
-    f"the start of the sequence: tokens 0 ... {w - 1}, the top row of the grid", fontsize=10
-)
+axd["strip"].set_title(f"the start of the sequence: tokens 0 ... {w - 1}, the top row of the grid")
 axd["strip"].axis("off")
 fig.tight_layout()
 save_figure(fig, "01_patch_mosaic")
@@ -386,7 +381,7 @@ for size, q in [(224, 16), (228, 12), (96, 8), (96, 12)]:
 
 # %%
 examples = [(224, 16), (228, 12), (96, 8)]
-fig, axes = plt.subplots(1, 3, figsize=(11, 3.9))
+fig, axes = plt.subplots(1, 3, figsize=(10.5, 3.9))
 for ax, (size, q) in zip(axes, examples):
     ax.imshow(center_square(photo("grace_hopper"), size), extent=(0, size, size, 0))
     for k in range(0, size + 1, q):

@@ -470,12 +470,12 @@ colors = {
     "(b) sharpening only": "tab:red",
     "(c) centering only": "tab:blue",
 }
-fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+fig, axes = plt.subplots(1, 2, figsize=(10.5, 4))
 for name, (hist, _) in results.items():
     axes[0].plot(hist["entropy"], color=colors[name], label=name)
     axes[1].plot(hist["kl"], color=colors[name], label=name)
 axes[0].axhline(lnK, color="gray", ls=":", lw=1)
-axes[0].text(steps * 0.45, lnK + 0.08, f"uniform: ln K = {lnK:.2f}", color="gray", fontsize=9)
+axes[0].text(steps * 0.45, lnK + 0.08, f"uniform: ln K = {lnK:.2f}", color="gray")
 axes[0].set(
     xlabel="step", ylabel="nats", title=r"Teacher entropy $h(P_t)$", ylim=(-0.1, lnK + 0.45)
 )
@@ -485,7 +485,7 @@ axes[1].set(
     title=r"$\mathrm{KL}(P_t \,\|\, P_s)$: 0 means collapse",
     yscale="log",
 )
-axes[0].legend(fontsize=9)
+axes[0].legend()
 fig.suptitle(f"Collapse modes in a toy DINO (K = {K_sim}; cf. the DINO paper, Figure 7)", y=1.02)
 fig.tight_layout()
 save_figure(fig, "05_collapse_modes")
@@ -523,11 +523,11 @@ assert a["kl"] > 3 * max(b["kl"], c["kl"])  # the collapsed runs have (almost) n
 # batch-mean distribution, which is high only when different images use different outputs.
 
 # %%
-fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
+fig, axes = plt.subplots(1, 3, figsize=(10.5, 3.8), layout="constrained")
 for ax, (name, (hist, probe)) in zip(axes, results.items()):
     im = ax.imshow(probe.numpy(), aspect="auto", cmap="magma", vmin=0, vmax=1)
     ax.set(
-        title=f"{name}\nentropy of the mean: {final[name]['batch_entropy']:.2f} nats",
+        title=f"{name}\nentropy of the mean:\n{final[name]['batch_entropy']:.2f} nats",
         xlabel="output k",
         ylabel="image",
     )
@@ -555,18 +555,18 @@ schedules = {
     "imagenette_small: 0.04 -> 0.07 over 30 epochs": (0.04, 0.07, 30),
     "ViT-B/16 (official args): 0.04 -> 0.07 over 50 epochs": (0.04, 0.07, 50),
 }
-fig, ax = plt.subplots(figsize=(7, 3.2))
+fig, ax = plt.subplots(figsize=(5.5, 3.4))
 for label, (start, end, warm) in schedules.items():
     ax.plot(teacher_temp_schedule(start, end, warm, nepochs), label=label)
 ax.axhline(0.1, color="gray", ls=":", lw=1)
-ax.text(60, 0.096, r"student $\tau_s = 0.1$", color="gray", fontsize=9)
+ax.text(60, 0.096, r"student $\tau_s = 0.1$", color="gray")
 ax.set(
     xlabel="epoch",
     ylabel=r"teacher temperature $\tau_t$",
     ylim=(0.03, 0.105),
     title="Teacher temperature warm-up",
 )
-ax.legend(fontsize=8, loc="lower right", bbox_to_anchor=(1.0, 0.14))
+ax.legend(loc="center left", bbox_to_anchor=(1.02, 0.5))  # beside the plot, off the lines
 plt.show()
 
 loss_30 = DINOLoss(

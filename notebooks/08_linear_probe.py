@@ -305,8 +305,8 @@ axes[0].set(
 axes[1].set(xscale="log", xlabel="T (k = 20)", ylabel="kNN top-1 (%)", title="temperature")
 for ax, x0 in zip(axes, (20, 0.07)):
     ax.axvline(x0, color="gray", ls=":", lw=1)
-    ax.legend(fontsize=8)
-fig.suptitle(f"Weighted kNN on Imagenette val ({SPLIT_NOTE}; DINO teacher = {WEIGHTS})")
+axes[0].legend()
+fig.suptitle(f"Weighted kNN on Imagenette val ({SPLIT_NOTE})\nDINO teacher = {WEIGHTS}")
 fig.tight_layout()
 plt.show()
 
@@ -454,8 +454,8 @@ bars_knn = ax.bar(
     xs - width / 2, [r["knn_top1"] for r in rows], width, label="weighted kNN (k=20, T=0.07)"
 )
 bars_lin = ax.bar(xs + width / 2, [r["linear_top1"] for r in rows], width, label="linear probe")
-ax.bar_label(bars_knn, fmt="%.1f", fontsize=8)
-ax.bar_label(bars_lin, fmt="%.1f", fontsize=8)
+ax.bar_label(bars_knn, fmt="%.1f")
+ax.bar_label(bars_lin, fmt="%.1f")
 ax.axhline(
     28.3,
     color="tab:red",
@@ -472,7 +472,7 @@ ax.set(
     title=f"Frozen features on Imagenette ({SPLIT_NOTE})\nDINO teacher: {WEIGHTS}"
     + ("" if trained is not None else "\nno trained checkpoint yet: baselines only"),
 )
-ax.legend(loc="upper left", fontsize=8)
+ax.legend(loc="upper left")
 fig.tight_layout()
 save_figure(fig, "08_accuracy")
 plt.show()
@@ -513,8 +513,8 @@ def scatter_by_class(ax, xy, y, title):
     ax.set(title=title, xticks=[], yticks=[])
 
 
-fig, axes = plt.subplots(
-    1, len(all_features), figsize=(4.6 * len(all_features), 4.2), squeeze=False
+fig, axes = plt.subplots(  # the figure, legend included, fits the notebook's width
+    1, len(all_features), figsize=(3.0 * len(all_features) + 1.3, 4.2), squeeze=False
 )
 for ax, (tag, (_, _, vx, vy)) in zip(axes[0], all_features.items()):
     pca = PCA(n_components=2, random_state=0).fit(vx.numpy())
@@ -522,7 +522,7 @@ for ax, (tag, (_, _, vx, vy)) in zip(axes[0], all_features.items()):
     scatter_by_class(
         ax, xy, vy.numpy(), f"{tag}\nPCA: {pca.explained_variance_ratio_.sum():.0%} of the variance"
     )
-axes[0, -1].legend(fontsize=7, markerscale=3, loc="center left", bbox_to_anchor=(1.0, 0.5))
+axes[0, -1].legend(markerscale=3, loc="center left", bbox_to_anchor=(1.0, 0.5))
 fig.suptitle(f"Val features, first two principal components ({TAG})")
 fig.tight_layout()
 plt.show()
@@ -536,8 +536,8 @@ plt.show()
 n_tsne = min(200 if FAST else 2000, len(val_set))
 # (n_tsne,)
 tsne_idx = torch.randperm(len(val_set), generator=torch.Generator().manual_seed(0))[:n_tsne]
-fig, axes = plt.subplots(
-    1, len(all_features), figsize=(4.6 * len(all_features), 4.2), squeeze=False
+fig, axes = plt.subplots(  # the figure, legend included, fits the notebook's width
+    1, len(all_features), figsize=(3.0 * len(all_features) + 1.3, 4.2), squeeze=False
 )
 for ax, (tag, (_, _, vx, vy)) in zip(axes[0], all_features.items()):
     # (n, 50)
@@ -552,7 +552,7 @@ for ax, (tag, (_, _, vx, vy)) in zip(axes[0], all_features.items()):
         method="exact" if FAST else "barnes_hut",
     ).fit_transform(x50)
     scatter_by_class(ax, xy, vy[tsne_idx].numpy(), f"{tag}\nt-SNE of {n_tsne} val images")
-axes[0, -1].legend(fontsize=7, markerscale=3, loc="center left", bbox_to_anchor=(1.0, 0.5))
+axes[0, -1].legend(markerscale=3, loc="center left", bbox_to_anchor=(1.0, 0.5))
 fig.suptitle(f"Val features, t-SNE ({TAG})")
 fig.tight_layout()
 plt.show()
@@ -569,7 +569,7 @@ plt.show()
 # %%
 def show_image(ax, image, title, color=None):
     ax.imshow(denormalize(image).permute(1, 2, 0).numpy())  # (H, W, 3)
-    ax.set_title(title, fontsize=8)
+    ax.set_title(title)
     ax.set_xticks([]), ax.set_yticks([])
     if color is not None:
         for side in ax.spines.values():
@@ -592,7 +592,7 @@ for m, tag in enumerate(retrieval_models):
         row = axes[m * len(queries) + r]
         sims, nn_idx = (vx[qi] @ tx.T).topk(5)  # (5,), (5,)
         show_image(row[0], val_set[qi][0], f"query: {CLASSES[vy[qi]]}")
-        row[0].set_ylabel(tag.replace(", ", "\n"), fontsize=7)
+        row[0].set_ylabel(tag.replace(", ", "\n"))
         for j in range(5):
             ok = ty[nn_idx[j]] == vy[qi]
             show_image(
@@ -609,7 +609,6 @@ fig.suptitle(
         if trained is not None
         else "\n(RANDOM init only: no trained checkpoint yet)"
     ),
-    fontsize=10,
 )
 fig.tight_layout(rect=(0, 0, 1, 1 - 0.55 / fig.get_figheight()))  # room for the two-line title
 save_figure(fig, "08_retrieval")
@@ -677,7 +676,7 @@ for i, s in enumerate(SHOTS + ["all"]):
 
 # %%
 ALL_X = 4 * SHOTS[-1]  # where "all" sits on the log axis (its true count is about 950 per class)
-fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+fig, axes = plt.subplots(1, 2, figsize=(10.5, 4.2), sharey=True)
 for ax, (measure, name) in zip(
     axes,
     [
@@ -701,11 +700,10 @@ for ax, (measure, name) in zip(
     )
     ax.grid(alpha=0.3)
 axes[0].set_ylabel("top-1 accuracy on val (%)")
-axes[0].legend(fontsize=8)
+axes[0].legend()
 fig.suptitle(
     f"Label efficiency on Imagenette ({SPLIT_NOTE}; band: +- std over {DRAWS} draws)\n"
     f"DINO teacher: {WEIGHTS}",
-    fontsize=10,
 )
 fig.tight_layout()
 save_figure(fig, "08_label_efficiency")

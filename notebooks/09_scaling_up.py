@@ -407,7 +407,7 @@ colours = {
     "everything else": "tab:gray",
     "optimiser + EMA": "tab:green",
 }
-fig, ax = plt.subplots(figsize=(11, 3.2))
+fig, ax = plt.subplots(figsize=(10.5, 3.4))
 for row, (label, secs) in enumerate(bars.items()):
     total, left = sum(secs.values()), 0.0
     for k in order:
@@ -481,7 +481,7 @@ for name, t in tricks.items():
         + ("  kept: " + t["where"] if t["kept"] else "  removed")
     )
 
-fig, ax = plt.subplots(figsize=(11, 3.6))
+fig, ax = plt.subplots(figsize=(10.5, 3.8))
 width = 0.8 / len(settings)
 for i, (k, colour) in enumerate(zip(settings, ["tab:blue", "tab:cyan", "tab:orange", "tab:red"])):
     xs = [j + (i - (len(settings) - 1) / 2) * width for j in range(len(tricks))]
@@ -495,9 +495,9 @@ for i, (k, colour) in enumerate(zip(settings, ["tab:blue", "tab:cyan", "tab:oran
 ax.axhline(100 * tricks_run["threshold"], ls="--", color="black", lw=1, label="3%: the bar to stay")
 ax.axhline(0, color="gray", lw=0.8)
 labels = [f"{n}\n({'kept' if t['kept'] else 'removed'})" for n, t in tricks.items()]
-ax.set_xticks(range(len(tricks)), labels, fontsize=8)
+ax.set_xticks(range(len(tricks)), labels)
 ax.set(ylabel="% of the step saved", title="Each speed trick against the same CPU step without it")
-ax.legend(fontsize=8, ncol=3)
+ax.legend(ncol=3)
 plt.tight_layout()
 save_figure(fig, "09_speedups")
 plt.show()
@@ -823,10 +823,10 @@ assert memory[True][0] < memory[False][0] / 4
 # The three measurements side by side: what each option buys on this machine.
 
 # %%
-fig, axes = plt.subplots(1, 3, figsize=(13, 3.3), layout="constrained")
+fig, axes = plt.subplots(1, 3, figsize=(10.5, 3.8), layout="constrained")
 axes[0].bar(["fp32", "bf16 autocast"], [t32 * 1e3, t16 * 1e3], color=["tab:blue", "tab:orange"])
 axes[0].set(
-    ylabel="ms per forward", title=f"7. precision (CPU: {torch.backends.cpu.get_cpu_capability()})"
+    ylabel="ms per forward", title=f"7. precision\n(CPU: {torch.backends.cpu.get_cpu_capability()})"
 )
 if len(timings) == 2:
     axes[1].bar(
@@ -835,7 +835,7 @@ if len(timings) == 2:
         color=["tab:blue", "tab:green"],
     )
     axes[1].set(
-        ylabel="ms per forward + backward", title=f"8. torch.compile ({type(net).__name__})"
+        ylabel="ms per forward + backward", title=f"8. torch.compile\n({type(net).__name__})"
     )
 else:
     axes[1].text(0.5, 0.5, "torch.compile\nnot available here", ha="center", va="center")
@@ -847,7 +847,7 @@ axes[2].bar(
 )
 axes[2].set(
     ylabel="MiB saved for backward",
-    title=f"9. gradient checkpointing ({x.shape[0]} images at 96 px)",
+    title=f"9. gradient checkpointing\n({x.shape[0]} images at 96 px)",
 )
 for ax in axes:
     for bar in ax.patches:
@@ -964,7 +964,8 @@ for when, r in ends.items():
     )
 assert ends["after"]["epoch_end_overhead_s_median"] < ends["before"]["epoch_end_overhead_s_median"]
 
-fig, axes = plt.subplots(1, 3, figsize=(17, 4), gridspec_kw={"width_ratios": [3, 3, 1.4]})
+fig, axes = plt.subplot_mosaic([["a", "b"], ["c", "."]], figsize=(10.5, 7.6))
+axes = [axes["a"], axes["b"], axes["c"]]  # speed, share of the peak; epoch ends below
 x = range(len(measured))
 for i, (which, colour) in enumerate((("eager", "tab:blue"), ("compiled", "tab:green"))):
     axes[0].bar(
@@ -989,10 +990,10 @@ axes[0].scatter(
     color="black",
     label="official-style step (eager)",
 )
-axes[0].set(ylabel="images per second", title="DINO training step on one H200 (bf16)")
+axes[0].set(ylabel="images per second", title="DINO training step\non one H200 (bf16)")
 axes[1].axhline(50, ls="--", color="gray", label="50%")
 axes[1].set(
-    ylabel="% of the large-matmul FLOP/s", title="share of what the GPU can do", ylim=(0, 100)
+    ylabel="% of the large-matmul FLOP/s", title="share of what\nthe GPU can do", ylim=(0, 100)
 )
 for ax in axes[:2]:
     ax.set_xticks(list(x), list(measured))
@@ -1178,7 +1179,7 @@ ax.set(
     ylabel="time (ms, fastest run)",
     title=f"Attention, 1 image, {H} heads x d={d}\nmeasured on this machine: CPU, 1 thread",
 )
-ax.legend(fontsize=9)
+ax.legend()
 fig.tight_layout()
 plt.show()
 for n, te, tf in zip(Ns, timings["explicit"], timings["fused"]):
@@ -1298,7 +1299,7 @@ ax.set(
     ylim=(0, 1.4 * full[0]),
     title=f"ViT-S/16 at 224 px: {sum(ours) / sum(full):.1%} of the blocks' work",
 )
-ax.legend(loc="upper left", ncol=2, fontsize=8)  # above the bars
+ax.legend(loc="upper left", ncol=2)  # above the bars
 plt.show()
 print(
     f"last block: {ours[-1]:.3f} of {full[-1]:.3f} GMAC ({1 - ours[-1] / full[-1]:.0%} skipped);"
@@ -1382,7 +1383,7 @@ ax.set(
     ylim=(0.8, 1.08),
     title=f"drop_path_rate {rate}: branches run for {sum(kept_share) / depth:.1%} of the samples",
 )
-ax.legend(loc="upper right", ncol=2, fontsize=8)
+ax.legend(loc="upper right", ncol=2)
 plt.show()
 
 torch.manual_seed(0)

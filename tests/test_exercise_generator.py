@@ -61,7 +61,8 @@ def test_the_exercise_notebooks_are_up_to_date():
 
 def test_every_exercise_notebook_has_its_solution():
     made = sorted(p.name for p in EXERCISE_DIR.glob("[0-9][0-9]_*.py"))
-    assert made == [p.name for p in WITH_EXERCISES]
+    first = sorted(p.name for p in NOTEBOOK_DIR.glob("00_*.py"))
+    assert first and made == sorted(first + [p.name for p in WITH_EXERCISES])
     assert {
         "01_patch_embedding.py",
         "02_attention.py",
@@ -83,6 +84,36 @@ def test_a_region_becomes_a_stub_with_its_task_and_check_cells_are_tagged():
         namespace = {}
         exec(nb.cells[1].source, namespace)
         namespace["double"](3)
+
+
+def test_the_days_first_notebook_sits_with_the_exercises_unchanged_but_for_one_line():
+    """The lab's listing starts at 00: notebook 00 (no exercises) is copied into exercises/ with a
+    line in its title cell; every cell and every line of code is the solution notebook's."""
+    for solution in NOTEBOOK_DIR.glob("00_*.py"):
+        assert BEGIN not in solution.read_text(encoding="utf-8")
+        copy = EXERCISE_DIR / solution.name
+        original = jupytext.read(solution, fmt="py:percent")
+        copied = jupytext.read(copy, fmt="py:percent")
+        assert [c.source for c in copied.cells[1:]] == [c.source for c in original.cells[1:]]
+        assert copied.cells[0].source.startswith(original.cells[0].source.split("\n")[0])
+        assert f"../{solution.name}" in copied.cells[0].source
+        assert "01_patch_embedding.py" in copied.cells[0].source  # where to go next
+
+
+def test_a_notebook_without_exercises_is_copied_only_if_it_is_the_first(tmp_path):
+    (tmp_path / "00_setup.py").write_text("# %% [markdown]\n# # 00 · Set-up\n\n# %%\nx = 1\n")
+    (tmp_path / "01_a.py").write_text(SOLUTION, encoding="utf-8")
+    (tmp_path / "09_more.py").write_text("# %% [markdown]\n# # 09 · More\n\n# %%\ny = 2\n")
+    assert main(["--notebooks", str(tmp_path)]) == 0
+    out = tmp_path / "exercises"
+    assert sorted(p.name for p in out.iterdir()) == ["00_setup.py", "01_a.py"]
+    assert (
+        "x = 1" in (out / "00_setup.py").read_text()
+        and "NotImplementedError" not in (out / "00_setup.py").read_text()
+    )
+    assert main(["--notebooks", str(tmp_path), "--check"]) == 0
+    (out / "00_setup.py").write_text("edited", encoding="utf-8")
+    assert main(["--notebooks", str(tmp_path), "--check"]) == 1
 
 
 @pytest.mark.parametrize(
@@ -191,7 +222,41 @@ def test_the_lab_opens_each_notebook_once_and_as_a_notebook():
     assert "ipynb" not in formats, "pairing would write an .ipynb beside every .py the lab saves"
     recipe = (root / "Makefile").read_text().split("\nlab:", 1)[1].split("\n\n", 1)[0]
     assert "JUPYTER_CONFIG_PATH=$(CURDIR)/notebooks/exercises/.jupyter" in recipe
-    assert "--LabApp.default_url=/lab/tree/exercises" in recipe
+    assert "--LabApp.default_url=/lab/tree/exercises/README.md" in recipe
+    assert "--ServerApp.root_dir=notebooks" in recipe
+
+
+def test_the_lab_opens_on_the_participants_page_and_the_instructors_page_is_apart():
+    """`make lab` opens exercises/README.md, a page for participants (where to start, checks,
+    outputs, kernels, solutions); the page listing every mistake each check names is
+    INSTRUCTOR.md, linked from the README and the site."""
+    root = NOTEBOOK_DIR.parent
+    recipe = (root / "Makefile").read_text().split("\nlab:", 1)[1].split("\n\n", 1)[0]
+    url = re.search(r"--LabApp\.default_url=/lab/tree/(\S+)", recipe)[1]
+    start = NOTEBOOK_DIR / url  # root_dir is notebooks/
+    assert start == EXERCISE_DIR / "README.md" and start.is_file()
+    page = start.read_text(encoding="utf-8")
+    assert page.startswith("# Start here")
+    for needed in ["00_setup_and_data.py", "Run All", "../NN_topic.py", "kernel", "Hint"]:
+        assert needed in page, f"the participant's page does not mention {needed!r}"
+    for nb in sorted(EXERCISE_DIR.glob("[0-9][0-9]_*.py")):
+        assert f"`{nb.stem}`" in page, f"the participant's page does not list {nb.stem}"
+    # the instructor's table of mistakes is not on it
+    assert "the check names" not in page and "| diff. |" not in page
+    instructor = (EXERCISE_DIR / "INSTRUCTOR.md").read_text(encoding="utf-8")
+    assert "| nb | exercise: write | diff. | min | the check names |" in instructor
+    assert "(README.md)" in instructor  # it points to the participant's page
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    assert "(notebooks/exercises/INSTRUCTOR.md)" in readme
+    assert "(notebooks/exercises/README.md)" in readme
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("site_pages", root / "docs" / "site_pages.py")
+    if importlib.util.find_spec("sphinx") is not None:
+        site_pages = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(site_pages)
+        assert "notebooks/exercises/INSTRUCTOR.md" in site_pages.INCLUDE
+        assert site_pages.copies() == ["notebooks/exercises/00_setup_and_data.py"]
 
 
 def test_the_lab_closes_kernels_with_their_tabs_and_shows_markdown_rendered():

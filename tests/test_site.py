@@ -58,7 +58,12 @@ def solution_notebooks() -> list[str]:
 
 
 def exercise_notebooks() -> list[str]:
-    return sorted(p.stem for p in (REPO / "notebooks" / "exercises").glob("[0-9][0-9]_*.py"))
+    """The exercise versions (notebook 00, copied beside them without exercises, is no page)."""
+    return sorted(
+        p.stem
+        for p in (REPO / "notebooks" / "exercises").glob("[0-9][0-9]_*.py")
+        if "NotImplementedError" in p.read_text()
+    )
 
 
 @pytest.fixture(scope="module")
@@ -155,6 +160,7 @@ def test_the_site_has_every_page(site):
     expected = {
         "README.html",
         "notebooks/exercises/README.html",
+        "notebooks/exercises/INSTRUCTOR.html",
         "benchmarks/README.html",
         "benchmarks/PERFORMANCE.html",
     }

@@ -206,7 +206,7 @@ def plot_attention_heads(
             cmap=None if m is None else cmap,
             interpolation="nearest",
         )
-        ax.set_title(name, fontsize=9)
+        ax.set_title(name)
     if title:
         fig.suptitle(title)
     _save(fig, save)
@@ -268,7 +268,7 @@ def overlay_masks(
                     colors=[colors[i % len(colors)]],
                     linewidths=1.0,
                 )
-        ax.set_title(f"{name}: covers {masks[heads].any(0).mean():.0%}", fontsize=9)
+        ax.set_title(f"{name}: covers {masks[heads].any(0).mean():.0%}")
     if title:
         fig.suptitle(title)
     _save(fig, save)

@@ -32,6 +32,13 @@ def fast_mode() -> bool:
     return bool(os.environ.get("CI") or os.environ.get("VITDINO_FAST"))
 
 
+# Figure text as large as the notebook's own (14 px in JupyterLab): 11.5 pt at 90 dpi is 14.4 px.
+# JupyterLab shrinks a figure wider than its output area (about 970 px in a 1400 px wide window,
+# 10.7 inches at 90 dpi) and its text with it, so the notebooks keep figures under 10.5 inches wide.
+FONT_SIZE = 11.5
+MAX_WIDTH = 10.5
+
+
 def setup(seed: int = 0, dpi: int = 90) -> NotebookEnv:
     """Seed every RNG, pick the device, find the data root, set figure defaults; print
     what was chosen."""
@@ -41,7 +48,14 @@ def setup(seed: int = 0, dpi: int = 90) -> NotebookEnv:
     np.random.seed(seed)
     torch.manual_seed(seed)
     device = resolve_device("auto")
-    plt.rcParams.update({"figure.dpi": dpi, "axes.grid": False, "image.interpolation": "nearest"})
+    plt.rcParams.update(
+        {
+            "figure.dpi": dpi,
+            "axes.grid": False,
+            "image.interpolation": "nearest",
+            "font.size": FONT_SIZE,  # ticks, labels and legends; titles 1.2x
+        }
+    )
     env = NotebookEnv(fast_mode(), device, data_root(), seed)
     print(
         f"torch {torch.__version__} | device {device} | {torch.get_num_threads()} threads | data"
@@ -50,12 +64,16 @@ def setup(seed: int = 0, dpi: int = 90) -> NotebookEnv:
     return env
 
 
-def photo(name: str = "grace_hopper") -> Image.Image:
-    """A real photo as RGB: from <data root>/photos if present, else the copies inside matplotlib /
-    scikit-learn.
+PHOTOS = ("grace_hopper", "china", "flower", "astronaut", "chelsea", "coffee", "rocket")
+SKIMAGE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")  # bundled in scikit-image's wheel
 
-    Names: grace_hopper, china, flower (always available), astronaut, chelsea, coffee, rocket (data
-    root only).
+
+def photo(name: str = "grace_hopper") -> Image.Image:
+    """A real photo as RGB, offline: from <data root>/photos if a file there has `name` in its
+    name, else the sample photos shipped inside matplotlib (grace_hopper), scikit-learn (china,
+    flower) and scikit-image (astronaut, chelsea, coffee, rocket).
+
+    FileNotFoundError, saying how to get it, for another name or when scikit-image is missing.
     """
     folder = data_root() / "photos"
     matches = sorted(folder.glob(f"*{name}*")) if folder.is_dir() else []
@@ -72,8 +90,19 @@ def photo(name: str = "grace_hopper") -> Image.Image:
         from sklearn.datasets import load_sample_image
 
         return Image.fromarray(load_sample_image(f"{name}.jpg"))
+    if name in SKIMAGE_PHOTOS:
+        try:
+            import skimage.data
+        except ImportError:
+            raise FileNotFoundError(
+                f"photo {name!r} comes with scikit-image, which is not installed: run `pip install"
+                f" scikit-image` (a dependency of the course: `make lab` installs it), or put an"
+                f" image file named {name}.jpg in {folder}"
+            ) from None
+        return Image.fromarray(getattr(skimage.data, name)()).convert("RGB")
     raise FileNotFoundError(
-        f"photo {name!r} not found in {folder}; grace_hopper, china and flower are always available"
+        f"photo {name!r} not found in {folder}: put an image file with {name!r} in its name there;"
+        f" these need no file: {', '.join(PHOTOS)}"
     )
 
 

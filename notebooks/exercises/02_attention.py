@@ -175,7 +175,7 @@ for name, style in (("scaled", "o-"), ("unscaled", "s--")):
     axes[0].plot(dims, entropy, style, label=label)
     axes[1].plot(dims, top_weight, style, label=label)
 axes[0].axhline(math.log(keys), color="gray", lw=0.8, ls=":")
-axes[0].text(dims[0], math.log(keys) - 0.3, "uniform: ln 64", color="gray", fontsize=9)
+axes[0].text(dims[0], math.log(keys) - 0.3, "uniform: ln 64", color="gray")
 axes[0].set(
     xscale="log",
     xlabel="head dimension d",
@@ -385,12 +385,14 @@ with torch.no_grad():
 grid = size // p
 print("tokens", tuple(tokens.shape), "| attention", tuple(attn.shape))
 
-fig, axes = plt.subplots(2, 3, figsize=(11, 7.2))
+fig, axes = plt.subplots(2, 3, figsize=(10.5, 7.4))
 for h, ax in enumerate(axes.flat):
     shown = ax.imshow(attn[0, h].numpy(), cmap="viridis")
     ax.set_title(f"head {h}")
-    ax.set_xlabel("key token (attended to)")
-    ax.set_ylabel("query token (attending)")
+    if h >= 3:
+        ax.set_xlabel("key token (attended to)")
+    if h % 3 == 0:
+        ax.set_ylabel("query token (attending)")
     fig.colorbar(shown, ax=ax, fraction=0.046)
 fig.suptitle(
     f"Attention matrices A = softmax(QK^T/sqrt(d)), {grid * grid} patch tokens,"
@@ -414,7 +416,9 @@ qi, qj = 6, 7  # grid row and column of the query patch
 query = qi * grid + qj  # its token index
 rows = attn[0, :, query].reshape(H, grid, grid)  # (H, 196) -> (H, 14, 14): one map per head
 
-fig, axes = plt.subplots(1, H + 1, figsize=(2.3 * (H + 1), 2.7))
+ncols = -(-(H + 1) // 2)  # two rows: the figure fits the notebook's width
+fig, axes = plt.subplots(2, ncols, figsize=(2.5 * ncols, 5.8))
+axes = axes.ravel()  # (2 * ncols,): the query patch, then one panel per head
 axes[0].imshow(crop)
 axes[0].add_patch(plt.Rectangle((qj * p, qi * p), p, p, fill=False, edgecolor="yellow", lw=2))
 axes[0].set_title("query patch")  # colours below are scaled per panel
@@ -427,7 +431,7 @@ for h in range(H):
         extent=(0, size, size, 0),
         interpolation="nearest",
     )
-    axes[h + 1].set_title(f"head {h}: max {rows[h].max():.3f}", fontsize=9)
+    axes[h + 1].set_title(f"head {h}: max {rows[h].max():.3f}")
 for ax in axes:
     ax.axis("off")
 fig.suptitle(

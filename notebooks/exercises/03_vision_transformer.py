@@ -837,7 +837,7 @@ for ax, pos, s in zip(axes, (structured_pos, resized), (side, big)):
     im = ax.imshow((pe @ pe[centre]).reshape(s, s).numpy(), cmap="viridis", vmin=-1, vmax=1)
     ax.set(title=f"{s} x {s} grid", xticks=[], yticks=[])
 fig.colorbar(im, ax=axes, fraction=0.046, label="cosine similarity to the centre patch")
-fig.suptitle(structured_title.split("\n")[0], fontsize=10)
+fig.suptitle(structured_title.split("\n")[0])
 plt.show()
 
 # %% [markdown]

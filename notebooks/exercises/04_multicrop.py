@@ -238,14 +238,14 @@ def show_multicrop(crops: list[torch.Tensor], title: str):
     """2 global crops (tall) and 8 local crops (two rows of four), at their true relative sizes."""
     mosaic = [["g1", "g2", "l1", "l2", "l3", "l4"], ["g1", "g2", "l5", "l6", "l7", "l8"]]
     fig, axd = plt.subplot_mosaic(
-        mosaic, figsize=(12, 3.9), width_ratios=[G, G, L, L, L, L], layout="constrained"
+        mosaic, figsize=(10.5, 4.2), width_ratios=[G, G, L, L, L, L], layout="constrained"
     )
     notes = ["blur p 1.0", "blur p 0.1, solarize p 0.2"]
     for i, crop in enumerate(crops):
         key = f"g{i + 1}" if i < 2 else f"l{i - 1}"
         axd[key].imshow(to_display(crop))
-        label = f"global {i + 1}: {G} px\n{notes[i]}" if i < 2 else f"local {i - 1}: {L} px"
-        axd[key].set_title(label, fontsize=9)
+        label = f"global {i + 1}: {G} px\n{notes[i]}" if i < 2 else f"local {i - 1}\n{L} px"
+        axd[key].set_title(label)
         axd[key].set(xticks=[], yticks=[])
     fig.suptitle(title)
     return fig
@@ -285,7 +285,7 @@ for r, index in enumerate(picks):
     image, label = imagenette[index]  # PIL 96 x 96, class index
     views = aug96(image)  # 2 x (3, 96, 96), 4 x (3, 48, 48)
     axd[f"r{r}c0"].imshow(image)
-    axd[f"r{r}c0"].set_ylabel(imagenette.classes[label], fontsize=9)
+    axd[f"r{r}c0"].set_ylabel(imagenette.classes[label])
     for c, view in enumerate(views, start=1):
         axd[f"r{r}c{c}"].imshow(to_display(view))
 for key, ax in axd.items():
@@ -293,7 +293,7 @@ for key, ax in axd.items():
 for c, name in enumerate(
     ["original", "global 1", "global 2", "local 1", "local 2", "local 3", "local 4"]
 ):
-    axd[f"r0c{c}"].set_title(name, fontsize=9)
+    axd[f"r0c{c}"].set_title(name)
 fig.suptitle("Multi-crop on Imagenette (96 px images: 96 px global, 48 px local crops)")
 fig.tight_layout()
 plt.show()
@@ -329,7 +329,7 @@ boxes = [("global", crop_box(global_rrc, x)) for _ in range(2)] + [
 colors = plt.cm.tab10(np.arange(len(boxes)))
 
 mosaic = [["orig", "orig", f"v{2 * r}", f"v{2 * r + 1}"] for r in range(4)]
-fig, axd = plt.subplot_mosaic(mosaic, figsize=(9, 6.4))
+fig, axd = plt.subplot_mosaic(mosaic, figsize=(9, 7.6))
 axd["orig"].imshow(x.permute(1, 2, 0).numpy())
 for i, ((kind, b), color) in enumerate(zip(boxes, colors)):
     name = f"global {i + 1}" if kind == "global" else f"local {i - 1}"
@@ -345,7 +345,7 @@ for i, ((kind, b), color) in enumerate(zip(boxes, colors)):
         )
     )
     axd["orig"].text(
-        b["left"] + 4, b["top"] + 18, name, color="white", fontsize=8, bbox=dict(color=color, pad=1)
+        b["left"] + 4, b["top"] + 18, name, color="white", bbox=dict(color=color, pad=1)
     )
     size = G if kind == "global" else L
     # (3, size, size)
@@ -353,7 +353,7 @@ for i, ((kind, b), color) in enumerate(zip(boxes, colors)):
     ax = axd[f"v{i}"]
     ax.imshow(crop.permute(1, 2, 0).numpy())
     area = b["height"] * b["width"] / (H * W)
-    ax.set_title(f"{name}: {100 * area:.0f}% of the area", fontsize=8, color=color)
+    ax.set_title(f"{name}\n{100 * area:.0f}% of the area", color=color)
     ax.set(xticks=[], yticks=[])
     for spine in ax.spines.values():
         spine.set(color=color, lw=2)

@@ -232,7 +232,7 @@ for m_demo, color in ((0.9, "tab:blue"), (0.99, "tab:red")):
         label=f"teacher, m = {m_demo} (averages ~{1 / (1 - m_demo):.0f} steps)",
     )
 ax.set(xlabel="step", ylabel="weight value", title="An exponential moving average smooths and lags")
-ax.legend(fontsize=8, loc="lower left")
+ax.legend(loc="lower left")
 plt.show()
 
 # %% [markdown]
@@ -347,7 +347,8 @@ temp = teacher_temp_fn(
 temp = np.repeat(temp, niter)  # (T,): the same value for every iteration of an epoch
 epoch_axis = np.arange(len(lr)) / niter  # (T,)
 
-fig, axes = plt.subplots(1, 4, figsize=(14, 3), layout="constrained")
+fig, axes = plt.subplots(2, 2, figsize=(10, 5.6), layout="constrained")
+axes = axes.ravel()  # (4,): one panel per schedule
 every = 100  # plot every 100th iteration
 titles = (
     f"learning rate (peak {big.lr} x {total_batch}/256)",
@@ -480,7 +481,7 @@ print(
 )
 
 # %%
-fig, ax = plt.subplots(figsize=(11, 3))
+fig, ax = plt.subplots(figsize=(10, 3.6))
 ax.bar(
     range(len(names)),
     norms_mine.numpy(),
@@ -501,7 +502,7 @@ ax.set(
     xlabel="parameter tensor (patch_embed ... blocks 0-11 ... head)",
     title="Per-parameter gradient norms of one DINO step, before clipping",
 )
-ax.legend(fontsize=8, loc="upper left", ncols=2)
+ax.legend(loc="upper left", ncols=2)
 plt.show()
 
 # %% [markdown]
@@ -781,13 +782,13 @@ def draw(fig, axes, records):
     )
     axes[1].axhline(lnK, color="gray", ls=":", lw=1)
     axes[1].set(title=f"entropies (ln K = {lnK:.2f}: uniform)", xlabel="step", ylim=(0, lnK + 0.3))
-    axes[1].legend(fontsize=8, loc="lower left")
+    axes[1].legend(loc="lower left")
     axes[2].plot(steps, [r["kl_teacher_student"] for r in records], "o-", ms=3, color="tab:red")
     axes[2].set(title=r"KL$(P_t \,\|\, P_s)$", xlabel="step")
     fig.suptitle(f"DINO on Imagenette, live: step {steps[-1]} of {trainer.total_steps}")
 
 
-fig, axes = plt.subplots(1, 3, figsize=(13, 3.2), layout="constrained")
+fig, axes = plt.subplots(1, 3, figsize=(10.5, 3.4), layout="constrained")
 live = display(fig, display_id=True)
 plt.close(fig)  # shown through the live handle only
 
@@ -814,14 +815,15 @@ print(f"{trainer.step} steps; run folder {trainer.run_dir}")
 
 # %%
 steps = np.array([r["step"] for r in records])
-fig, axes = plt.subplots(1, 4, figsize=(15, 3.2), layout="constrained")
+fig, axes = plt.subplots(2, 2, figsize=(10, 6), layout="constrained")
+axes = axes.ravel()  # (4,)
 axes[0].plot(steps, [r["loss"] for r in records], "o-", ms=3, label="loss $H(P_t, P_s)$")
 axes[0].plot(
     steps, [r["teacher_entropy"] for r in records], "o-", ms=3, label="teacher entropy $h(P_t)$"
 )
 axes[0].axhline(lnK, color="gray", ls=":", lw=1, label=f"ln K = {lnK:.2f}")
 axes[0].set(xlabel="step", ylabel="nats", title="loss = entropy + KL")
-axes[0].legend(fontsize=8)
+axes[0].legend()
 axes[1].plot(steps, [r["kl_teacher_student"] for r in records], "o-", ms=3, color="tab:red")
 axes[1].set(xlabel="step", title=r"KL$(P_t \,\|\, P_s)$")
 axes[2].plot(steps, [r["lr"] for r in records], color="tab:purple")

@@ -70,6 +70,7 @@
 
 # %%
 import math
+import textwrap
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -219,16 +220,15 @@ print("CLS maps by hand == vitdino_core.cls_attention")
 # of the patch grid.
 
 # %%
-fig, axes = plt.subplots(
-    1, 4, figsize=(14, 3.4), gridspec_kw={"width_ratios": [1.1, 1.6, 0.9, 0.9]}
-)
+fig, axes = plt.subplots(2, 2, figsize=(10, 7.6), gridspec_kw={"width_ratios": [1, 1.3]})
+axes = axes.ravel()  # (4,): matrix, row 0, folded, over the image
 im = axes[0].imshow(A[0, 0].numpy(), cmap="viridis")
 axes[0].add_patch(plt.Rectangle((-0.5, -0.5), N + 1, 1, fill=False, ec="red", lw=2))
 axes[0].set(title="head 0: A (N+1 x N+1), row 0 in red", xlabel="key token", ylabel="query token")
 fig.colorbar(im, ax=axes[0], fraction=0.046)
 axes[1].bar(range(1, N + 1), cls_row[0, 0, 1:].numpy(), color="tab:red")
 axes[1].axhline(1 / N, color="gray", ls=":", lw=1)
-axes[1].text(1, 1 / N, " uniform 1/N", va="bottom", color="gray", fontsize=8)
+axes[1].text(1, 1 / N, " uniform 1/N", va="bottom", color="gray")
 axes[1].set(
     title="A[0, 1:]: CLS -> each patch", xlabel="patch index (row-major)", ylabel="attention weight"
 )
@@ -324,7 +324,7 @@ for i in range(HEADS):
     )
 ax.plot([0, N], [0, 1], "k--", lw=0.8, label="flat map")
 ax.axhline(0.6, color="red", lw=0.8)
-ax.text(N, 0.61, "60% of the mass", ha="right", va="bottom", color="red", fontsize=8)
+ax.text(N, 0.61, "60% of the mass", ha="right", va="bottom", color="red")
 ax.set(
     xlabel="number of most-attended patches",
     ylabel="cumulative attention",
@@ -332,7 +332,7 @@ ax.set(
     ylim=(0, 1.02),
     title=f"How many patches hold 60%? ({TAG})",
 )
-ax.legend(fontsize=8)
+ax.legend()
 plt.show()
 
 # %% [markdown]
@@ -370,8 +370,9 @@ def attention_grid(images: torch.Tensor, names: list[str], model, title: str):
     masks = threshold_masks(attn)  # (n, heads, h, w)
     heads = attn.shape[1]
     ncols = heads + 3
+    panel = min(1.9, 10.4 / ncols)  # inches: the figure fits the notebook's width
     fig, axes = plt.subplots(
-        len(images), ncols, figsize=(1.9 * ncols, 1.9 * len(images)), squeeze=False
+        len(images), ncols, figsize=(panel * ncols, panel * len(images) + 0.6), squeeze=False
     )
     for r in range(len(images)):
         panels = (
@@ -382,14 +383,14 @@ def attention_grid(images: torch.Tensor, names: list[str], model, title: str):
         titles = (
             ["image"]
             + [f"head {i}" for i in range(heads)]
-            + ["mean of heads", "60% masks, colour = head"]
+            + ["mean of heads", "60% masks,\ncolour = head"]
         )
         for c, (panel, t) in enumerate(zip(panels, titles)):
             axes[r, c].imshow(panel, cmap="inferno" if panel.ndim == 2 else None)
             axes[r, c].set_xticks([]), axes[r, c].set_yticks([])
             if r == 0:
-                axes[r, c].set_title(t, fontsize=9)
-        axes[r, 0].set_ylabel(names[r], fontsize=9)
+                axes[r, c].set_title(t)
+        axes[r, 0].set_ylabel(names[r])
     fig.suptitle(title)
     fig.tight_layout()
     return fig
@@ -400,8 +401,8 @@ for name in ["grace_hopper", "astronaut", "chelsea", "coffee", "rocket", "china"
     try:
         photo(name)
         PHOTO_NAMES.append(name)
-    except FileNotFoundError:
-        print(f"photo {name!r} is not in the data root; skipped")
+    except FileNotFoundError as err:  # the message says how to get it
+        print(f"skipped: {err}")
 PHOTO_NAMES = PHOTO_NAMES[:5]
 photos = torch.cat([load_image(photo(n), IMG, PATCH) for n in PHOTO_NAMES])  # (n, 3, IMG, IMG)
 fig = attention_grid(
@@ -456,7 +457,7 @@ ncols = 1 + 2 * len(models)
 fig, axes = plt.subplots(
     len(compare),
     ncols,
-    figsize=(2.2 * ncols + 1, 2.2 * len(compare)),
+    figsize=(1.95 * ncols + 0.6, 2.0 * len(compare) + 0.6),
     squeeze=False,
     layout="constrained",
 )
@@ -474,26 +475,25 @@ for col, (tag, attn) in enumerate(compare_attn.items()):
             4,
             f"{cover[r]:.0%}",
             color="white",
-            fontsize=8,
             bbox=dict(fc="black", alpha=0.6, lw=0),
         )
         if r == 0:
-            ax_map.set_title(f"{tag.split(':')[0]}\nmean attention x N", fontsize=9)
-            ax_mask.set_title(f"{tag.split(':')[0]}\n60% masks (per-head coverage)", fontsize=9)
+            short = textwrap.fill(tag.split(":")[0], 15)  # "RANDOM init\nvit_tiny/12"
+            ax_map.set_title(f"{short}\nmean x N")
+            ax_mask.set_title(f"{short}\n60% masks")
 for r in range(len(compare)):
     axes[r, 0].imshow(as_picture(compare[r]))
-    axes[r, 0].set_ylabel(compare_names[r], fontsize=9)
+    axes[r, 0].set_ylabel(compare_names[r])
 for ax in axes.flat:
     ax.set_xticks([]), ax.set_yticks([])
-axes[0, 0].set_title("image", fontsize=9)
+axes[0, 0].set_title("image")
 fig.colorbar(im, ax=axes[:, 1:], fraction=0.02, label="attention relative to uniform (1 = 1/N)")
 if trained is not None:
-    fig.suptitle(f"Trained vs random init at {IMG} px: {WEIGHTS}", fontsize=10)
+    fig.suptitle(f"Trained vs random init at {IMG} px: {WEIGHTS}")
 else:
     fig.suptitle(
         "RANDOM init only: no trained checkpoint yet.\nThe DINO teacher's columns appear here once "
         "checkpoints/dino_imagenette96.pth exists.",
-        fontsize=10,
     )
 save_figure(fig, "07_attention_masks")
 plt.show()
@@ -545,9 +545,7 @@ for ax in axes:
         xticklabels=[f"head {i}" for i in range(HEADS)],
     )
 handles, labels = axes[0].get_legend_handles_labels()
-fig.legend(
-    handles, labels, loc="lower center", ncol=len(results), fontsize=9, bbox_to_anchor=(0.5, -0.02)
-)
+fig.legend(handles, labels, loc="lower center", ncol=len(results), bbox_to_anchor=(0.5, -0.02))
 fig.suptitle(
     f"How concentrated is the CLS attention? ({n_stats} val images at {IMG} px; {WEIGHTS})"
 )
@@ -622,7 +620,7 @@ VMAX = float(torch.quantile(torch.cat([r.flatten() for r in rel.values()]), 0.99
 fig, axes = plt.subplots(
     len(hires_names),
     2 * len(sizes),
-    figsize=(2.1 * 2 * len(sizes) + 1, 2.2 * len(hires_names)),
+    figsize=(1.6 * 2 * len(sizes) + 0.8, 1.75 * len(hires_names) + 0.8),
     squeeze=False,
     layout="constrained",
 )
@@ -633,13 +631,16 @@ for r, name in enumerate(hires_names):
         axes[r, 2 * c + 1].imshow(tint_masks(img[0], threshold_masks(hires[name, size])[0]))
         if r == 0:
             g = size // PATCH
-            axes[r, 2 * c].set_title(f"{size} px: mean attention\n{g} x {g} patches", fontsize=9)
-            axes[r, 2 * c + 1].set_title(f"{size} px: 60% masks", fontsize=9)
-    axes[r, 0].set_ylabel(name, fontsize=9)
+            axes[r, 2 * c].set_title(f"{size} px: map\n{g} x {g} patches")
+            axes[r, 2 * c + 1].set_title(f"{size} px:\n60% masks")
+    axes[r, 0].set_ylabel(name)
 for ax in axes.flat:
     ax.set_xticks([]), ax.set_yticks([])
 fig.colorbar(im, ax=axes, fraction=0.015, label="attention x number of patches (1 = uniform)")
-fig.suptitle(f"One model at three input sizes, positions interpolated: {WEIGHTS}")
+fig.suptitle(
+    f"One model at three input sizes (mean attention, 60% masks), positions interpolated:\n"
+    f"{WEIGHTS}"
+)
 save_figure(fig, "07_attention_resolutions")
 plt.show()
 
@@ -677,20 +678,28 @@ assert by_layer.shape[1] == DEPTH  # one map per block
 rel_layers = by_layer.mean(2) * by_layer[0, 0, 0].numel()
 VMAX = float(torch.quantile(rel_layers.flatten(), 0.99))
 
-fig = plt.figure(figsize=(1.45 * (DEPTH + 1), 1.5 * len(depth_images) + 3.2), layout="constrained")
-top, bottom = fig.subfigures(2, 1, height_ratios=[1.5 * len(depth_images), 3.0])
-axes = top.subplots(len(depth_images), DEPTH + 1, squeeze=False)
-for r in range(len(depth_images)):
-    axes[r, 0].imshow(as_picture(depth_images[r]))
-    axes[r, 0].set_ylabel(depth_names[r], fontsize=8)
-    for b in range(DEPTH):
-        im = axes[r, b + 1].imshow(rel_layers[r, b].numpy(), cmap="inferno", vmin=0, vmax=VMAX)
-        if r == 0:
-            axes[r, b + 1].set_title(f"block {b}", fontsize=8)
+WRAP = min(DEPTH, 6)  # blocks per row: at most 6, so that the figure fits a notebook's width
+ROWS = -(-DEPTH // WRAP)  # rows of blocks per image
+n_rows = ROWS * len(depth_images)
+fig = plt.figure(figsize=(1.4 * (WRAP + 1) + 0.8, 1.45 * n_rows + 3.6), layout="constrained")
+top, bottom = fig.subfigures(2, 1, height_ratios=[1.45 * n_rows, 3.6])
+axes = top.subplots(n_rows, WRAP + 1, squeeze=False)
 for ax in axes.flat:
     ax.set_xticks([]), ax.set_yticks([])
-top.colorbar(im, ax=axes, fraction=0.012, label="x uniform")
-top.suptitle(f"CLS attention in every block, mean of heads, at {DETAIL} px: {WEIGHTS}", fontsize=10)
+for r in range(len(depth_images)):
+    axes[r * ROWS, 0].imshow(as_picture(depth_images[r]))
+    axes[r * ROWS, 0].set_title(depth_names[r])
+    for k in range(1, ROWS):
+        axes[r * ROWS + k, 0].axis("off")
+    for b in range(ROWS * WRAP):
+        ax = axes[r * ROWS + b // WRAP, b % WRAP + 1]
+        if b >= DEPTH:
+            ax.axis("off")
+            continue
+        im = ax.imshow(rel_layers[r, b].numpy(), cmap="inferno", vmin=0, vmax=VMAX)
+        ax.set_title(f"block {b}")
+top.colorbar(im, ax=axes, fraction=0.02, label="x uniform")
+top.suptitle(f"CLS attention in every block, mean of heads, at {DETAIL} px:\n{WEIGHTS}")
 
 ax = bottom.subplots()
 # (n, 3, IMG, IMG): val images at the training size
@@ -714,11 +723,11 @@ ax.set(
     ylabel="entropy / ln N",
     xticks=range(DEPTH),
     title=(
-        "How flat is the CLS attention at each depth? "
-        f"({len(depth_stats)} val images at {IMG} px; bars: spread over heads)"
+        "How flat is the CLS attention at each depth?\n"
+        f"{len(depth_stats)} val images at {IMG} px; bars: spread over heads"
     ),
 )
-ax.legend(fontsize=8)
+ax.legend()
 save_figure(fig, "07_attention_depth")
 plt.show()
 
@@ -772,16 +781,17 @@ print(
     )
 )
 
+PANEL = min(1.9, 9.2 / len(pca_images))  # inches: the figure fits the notebook's width
 fig, axes = plt.subplots(
     4,
     len(pca_images),
-    figsize=(1.9 * len(pca_images) + 1, 7.8),
+    figsize=(PANEL * len(pca_images) + 1.2, 4 * PANEL + 1.4),
     squeeze=False,
     layout="constrained",
 )
 for i in range(len(pca_images)):
     axes[0, i].imshow(as_picture(pca_images[i]))
-    axes[0, i].set_title(pca_names[i], fontsize=8)
+    axes[0, i].set_title(pca_names[i])
     # one scale: fitted on all images
     im = axes[1, i].imshow(first[i].numpy(), cmap="viridis", vmin=0, vmax=1)
     axes[2, i].imshow(tint_masks(pca_images[i], foreground[i][None]))
@@ -789,12 +799,11 @@ for i in range(len(pca_images)):
 for ax in axes.flat:
     ax.set_xticks([]), ax.set_yticks([])
 for r, label in enumerate(["image", "1st component", "foreground (> 0.5)", "3 components as RGB"]):
-    axes[r, 0].set_ylabel(label, fontsize=8)
+    axes[r, 0].set_ylabel(label)
 fig.colorbar(im, ax=axes[1], fraction=0.015)
 fig.suptitle(
-    f"PCA of last-layer patch features, fitted over all {len(pca_images)} images at {DETAIL} px: "
+    f"PCA of last-layer patch features, fitted over all {len(pca_images)} images at {DETAIL} px:\n"
     f"{WEIGHTS}",
-    fontsize=10,
 )
 save_figure(fig, "07_pca_parts")
 plt.show()
@@ -851,7 +860,7 @@ cmap = plt.get_cmap("plasma")
 fig, axes = plt.subplots(
     len(models),
     len(pairs),
-    figsize=(6.2 * len(pairs) + 1, 3.3 * len(models)),
+    figsize=(4.7 * len(pairs) + 0.8, 2.6 * len(models) + 0.6),
     squeeze=False,
     layout="constrained",
 )
@@ -870,13 +879,13 @@ for n, (title, pair, ia, ib, sim) in enumerate(matches):
             lw=1.2,
             ms=3,
         )
-    ax.set_title(f"{title.split(':')[0]}, {title.split(': ')[1]}: {len(ia)} matches", fontsize=9)
+    ax.set_title(f"{title.split(':')[0]}, {len(ia)} matches\n{title.split(': ')[1]}")
     ax.set_xticks([]), ax.set_yticks([])
 fig.colorbar(
     plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax=axes, fraction=0.02, label="cosine similarity"
 )
 shown = f"{WEIGHTS} (top) and random init (bottom)" if trained is not None else RANDOM_TAG
-fig.suptitle(f"Top-{TOP} mutual nearest patches at {DETAIL} px: {shown}", fontsize=10)
+fig.suptitle(f"Top-{TOP} mutual nearest patches at {DETAIL} px:\n{shown}")
 save_figure(fig, "07_correspondence")
 plt.show()
 

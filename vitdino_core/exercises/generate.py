@@ -18,6 +18,9 @@ at the marker's indentation, each cell that calls a `check_<name>(...)` gets the
 `raises-exception` (nbval and JupyterLab's "Run All" go on past a failing check), and the title cell
 says which file is the solution. Everything else is copied line for line.
 
+The day's first notebook (`00_*.py`: set-up and data, no exercises) is copied beside them with a
+line in its title cell that names its source, so that the lab's listing starts where the day does.
+
     python -m vitdino_core.exercises.generate            # (re)write notebooks/exercises/
     python -m vitdino_core.exercises.generate --check    # exit 1 if they differ from the solutions
     python -m vitdino_core.exercises.generate --list     # the table of exercises (markdown)
@@ -44,6 +47,7 @@ HEADING = re.compile(
     r" min\s*$",
     flags=re.M,
 )
+COPIED = ("00_",)  # notebooks copied beside the exercises when they have none
 ASSERT_CHECKED = re.compile(r"assert_checked\(\[(?P<names>[^\]]*)\]")
 
 
@@ -149,15 +153,37 @@ def has_exercises(path: Path) -> bool:
     return BEGIN in path.read_text(encoding="utf-8")
 
 
+def is_copied(path: Path) -> bool:
+    """The day's first notebook (`00_*.py`, no exercises) goes beside the exercises as it is."""
+    return path.name.startswith(COPIED) and not has_exercises(path)
+
+
+def copy_version(source: str, name: str, where: str = "") -> str:
+    """The copy of a notebook without exercises: its text, one line added to the title cell."""
+    title = re.search(r"^# %% \[markdown\]\n# # .*$", source, flags=re.M)
+    if title is None:
+        raise MarkerError(f"{where or name}: no title cell ('# %% [markdown]' then '# # <title>')")
+    banner = (
+        f"\n#\n# *No exercises here: this is `../{name}`, copied beside the exercises so that the"
+        " day\n# starts in this folder. Run it from the top, then open `01_patch_embedding.py`.*"
+    )
+    return source[: title.end()] + banner + source[title.end() :]
+
+
 def generate(notebooks: Path, out_dir: Path, write: bool = True) -> list[Path]:
-    """Write (or, with write=False, compare) the learner version of every notebook with exercises.
+    """Write (or, with write=False, compare) the learner version of every notebook with exercises,
+    and the copy of the day's first notebook.
 
     Returns the exercise files that were written, or that differ from what would be written."""
     changed = []
     for path in sorted(notebooks.glob("[0-9][0-9]_*.py")):
-        if not has_exercises(path):
+        source = path.read_text(encoding="utf-8")
+        if is_copied(path):
+            text = copy_version(source, path.name, str(path))
+        elif has_exercises(path):
+            text = exercise_version(source, path.name, str(path))
+        else:
             continue
-        text = exercise_version(path.read_text(encoding="utf-8"), path.name, str(path))
         target = out_dir / path.name
         if not target.is_file() or target.read_text(encoding="utf-8") != text:
             changed.append(target)
