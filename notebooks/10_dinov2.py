@@ -272,10 +272,12 @@ print(f"{int(masks.sum())} masked patches now carry mask_token + their position;
 print("the model with a mask token computes exactly DINO's tokens:", bool(same.all()))
 
 # %% [markdown]
-# **The loss.** The student's patch tokens go through the projection head (DINOv2 shares the DINO
-# head by default: the same prototypes for CLS and patches), giving logits $(B, N, K)$; the
-# teacher's give probabilities $(B, N, K)$ (centred and sharpened as in notebook 05, or by
-# Sinkhorn-Knopp, section 3). With $m_{bi} = 1$ where patch $i$ of crop $b$ was masked,
+# **The loss.** The student's patch tokens go through a projection head, giving logits
+# $(B, N, K)$: DINOv2's default config shares the DINO head (the same prototypes for CLS and
+# patches), its ViT-L and ViT-g training recipes give the patches a head of their own
+# (`ibot.separate_head: true`). The teacher's patch outputs give probabilities $(B, N, K)$
+# (centred and sharpened as in notebook 05, or by Sinkhorn-Knopp, section 3). With $m_{bi} = 1$
+# where patch $i$ of crop $b$ was masked,
 #
 # $$\mathcal{L}_\text{iBOT} = \frac{1}{B} \sum_{b=1}^{B}
 #   \frac{\sum_i m_{bi}\, H\big(P_t[b, i], P_s[b, i]\big)}{\max(1, \sum_i m_{bi})},
@@ -443,7 +445,16 @@ fig.suptitle(
 )
 plt.show()
 
+# the other collapse: scores that do not differ between images stay uniform under Sinkhorn-Knopp
+flat = sinkhorn_knopp_teacher(torch.zeros(B_toy, K_toy), tau_t)  # (B, K)
+torch.testing.assert_close(flat, torch.full((B_toy, K_toy), 1 / K_toy))
+print(f"equal scores -> per-image entropy {entropy(flat).mean():.2f} = ln K: uniform targets")
+
 # %% [markdown]
+# Sinkhorn-Knopp evens out the prototypes *over the batch*; it does not make any image's target
+# confident. Against the uniform collapse (notebook 05's run (c)) it relies, like DINO, on
+# sharpening: the low teacher temperature.
+#
 # **The overflow guard.** The official code computes `exp(teacher_output / teacher_temp)` as it
 # is. The DINO head's scores are cosines in $[-1, 1]$, so at $\tau_t = 0.04$ the largest exponent
 # is 25 and DINOv2's own heads never overflow; scores from a head without the $\ell_2$ bottleneck,
@@ -646,8 +657,8 @@ for name, feats in [("random", spread), ("4 clusters", clustered), ("one duplica
     print(f"{name:14s} KoLeo {mine.item():6.2f}  (KoLeoLoss {core.item():6.2f})")
 
 # %% [markdown]
-# One duplicate pair moves the mean by $\log(10^{-8}) / 64 \approx -0.29$ per member: KoLeo is
-# dominated by the closest pairs. What it does, in 2-D where we can see it: 24 points bunched on
+# Each member of the duplicate pair adds $-\log(10^{-8}) / 64 \approx 0.29$ to the mean: KoLeo
+# is dominated by the closest pairs. What it does, in 2-D where we can see it: 24 points bunched on
 # one arc of the unit circle, moved by 100 gradient steps on KoLeo alone.
 
 # %%
