@@ -800,9 +800,10 @@ assert out["x_norm_patchtokens"].shape == (2, 36, 192)
 # %% [markdown]
 # The registers are ordinary tokens to attention: the CLS row of the last attention spreads over
 # CLS, registers and patches. At random initialisation the registers are near zero vectors, so
-# they get about what any token gets; in a trained model with the artefact problem, Darcet et al.
-# show the CLS and patches putting their "global" attention on the registers instead of on
-# background patches, and the attention maps becoming clean.
+# they get about what any token gets. In large trained models with the artefact, Darcet et al.
+# show the high-norm outliers leaving the patches once registers are there (the registers take
+# over their role) and the CLS attention maps becoming clean. `cls_attention` skips the registers:
+# its maps cover only the patches.
 
 # %%
 with torch.no_grad():
