@@ -581,8 +581,9 @@ assert final["sinkhorn_knopp"][0] >= final["centering"][0] - 0.05
 # entropy falls towards 0. DINO's centre (green) avoids it, but it needs a few tens of steps to
 # learn the shared bias before the batch uses the prototypes evenly. Sinkhorn-Knopp (purple) holds
 # the batch-mean entropy at the top **from the first step**: by construction each batch spreads
-# over the prototypes. The per-image entropy (right)
-# shows both stay confident on each image: the targets are sharp *and* different between images.
+# over the prototypes. The per-image entropy (right) stays below $\ln K$ in both and comes down
+# as training goes on: each image's target grows sharper while different images use different
+# prototypes.
 #
 # The price: Sinkhorn-Knopp needs the whole batch (across processes: three all-reduces per
 # iteration) and forces the prototypes to be used evenly even when the data are not even. DINOv2
