@@ -29,6 +29,7 @@ CURRICULUM = [
     "07_attention_maps",
     "08_linear_probe",
     "09_scaling_up",
+    "10_dinov2",
 ]
 # the learner versions in notebooks/exercises/ (stubs + checks), made by `make exercises`
 EXERCISE_NOTEBOOKS = [
@@ -40,6 +41,7 @@ EXERCISE_NOTEBOOKS = [
     "06_ema_training",
     "07_attention_maps",
     "08_linear_probe",
+    "10_dinov2",
 ]
 EXERCISES = sorted((NOTEBOOK_DIR / "exercises").glob("[0-9][0-9]_*.py"))
 ALL = NOTEBOOKS + EXERCISES
