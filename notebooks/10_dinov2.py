@@ -160,7 +160,7 @@ for ax, n in zip(axes, counts):
     ax.set_yticks(np.arange(-0.5, side, 1), minor=True)
     ax.grid(which="minor", color="white", lw=0.5)
     ax.tick_params(which="both", length=0, labelbottom=False, labelleft=False)
-    ax.set_title(f"{int(m.sum())} of {side * side} ({n} asked)", fontsize=9)
+    ax.set_title(f"{int(m.sum())} of {side * side}\n({n} asked)")
 fig.suptitle("Block-wise masks on a 14 x 14 patch grid (dark: masked)")
 save_figure(fig, "10_block_masks")
 plt.show()
@@ -557,14 +557,14 @@ labels = {
 }
 colors = {"centering": "tab:green", "sinkhorn_knopp": "tab:purple", "none": "tab:red"}
 lnK = math.log(K_sim)
-fig, axes = plt.subplots(1, 2, figsize=(11, 3.6), layout="constrained")
+fig, axes = plt.subplots(1, 2, figsize=(10.5, 3.6), layout="constrained")
 for kind, hist in runs.items():
     axes[0].plot(hist[:, 0], color=colors[kind], label=labels[kind])
     axes[1].plot(hist[:, 1], color=colors[kind], label=labels[kind])
 for ax, title in zip(axes, ["entropy of the batch-mean target", "per-image target entropy"]):
     ax.axhline(lnK, color="gray", ls=":", lw=1)
     ax.set(xlabel="step", ylabel="nats", title=title, ylim=(-0.1, lnK + 0.3))
-axes[0].legend(fontsize=9)
+axes[0].legend()
 fig.suptitle(f"Toy DINO, K = {K_sim}: which prototypes the teacher's targets use")
 save_figure(fig, "10_sinkhorn_collapse")
 plt.show()
@@ -678,7 +678,7 @@ for _ in range(100):
     history.append(loss.item())
 after = F.normalize(points.detach(), dim=-1)  # (24, 2): the directions KoLeo sees
 
-fig, axes = plt.subplots(1, 3, figsize=(11, 3.5), layout="constrained")
+fig, axes = plt.subplots(1, 3, figsize=(10.5, 3.5), layout="constrained")
 circle = np.linspace(0, 2 * np.pi, 200)
 for ax, (name, p) in zip(axes[:2], [("before", before), ("after 100 steps", after)]):
     ax.plot(np.cos(circle), np.sin(circle), color="lightgray", lw=1)
@@ -742,7 +742,7 @@ print(f"patch tokens above 5 x their image's median norm: {outliers} of {patch_n
 # %%
 attn = cls_attention(model, val_images[:4]).mean(dim=1)  # (4, h, w): mean over heads
 h = IMG // PATCH
-fig, axes = plt.subplots(3, 5, figsize=(12, 7.2), layout="constrained")
+fig, axes = plt.subplots(3, 5, figsize=(10.5, 7.2), layout="constrained")
 axes[0, 0].hist(patch_norms.flatten().numpy(), bins=40, color="tab:blue")
 axes[0, 0].set(title="patch-token norms", xlabel="norm", ylabel="patches")
 for ax in axes[1:, 0]:
@@ -754,8 +754,8 @@ for j in range(4):
     im = axes[1, j + 1].imshow(patch_norms[j].view(h, h).numpy(), cmap="viridis")
     fig.colorbar(im, ax=axes[1, j + 1], fraction=0.046)
     axes[2, j + 1].imshow(attn[j].numpy(), cmap="inferno")
-    axes[1, j + 1].set_title(f"norm: max/median {ratio[j]:.2f}", fontsize=9)
-    axes[2, j + 1].set_title("CLS attention (mean of heads)", fontsize=9)
+    axes[1, j + 1].set_title(f"max/median\n{ratio[j]:.2f}")
+    axes[2, j + 1].set_title("CLS\nattention")
 for ax in axes[:, 1:].flat:
     ax.set(xticks=[], yticks=[])
 fig.suptitle(f"Looking for high-norm tokens: {weights.label}")
