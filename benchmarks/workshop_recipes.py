@@ -82,6 +82,8 @@ FIELDS = [
     "knn_random_init",
     "knn_trained",
     "gain",
+    "probe_random_init",
+    "probe_trained",
     "images",
     "s_per_step_cpu",
     "device",
@@ -102,7 +104,7 @@ def config_for(recipe: str, seed: int, epochs: int, out: str, **extra):
             output_dir=out,
             run_name=f"{recipe}_s{seed}",
             num_workers=1,
-            threads=2,
+            threads=THREADS,
             log_every=1,
             save_every_steps=0,
             saveckp_freq=0,
@@ -125,13 +127,14 @@ def measure(recipe: str, out: str, steps: int = 40) -> float:
 
 MAX_EVAL: int | None = None  # --max-eval: a smoke test's few images (None: the whole splits)
 PROBE = False  # --probe: the linear probe too
+THREADS = 2  # --threads: 1 runs two recipes side by side on 2 cores (same steps, same results)
 
 
 def knn(backbone: torch.nn.Module, size: int, device: str) -> float:
     res = evaluate_features(
         backbone.eval(),
         image_size=size,
-        probe=False,
+        probe=PROBE,
         batch_size=256,
         device=device,
         max_train=MAX_EVAL,
@@ -182,6 +185,7 @@ def run_recipe(recipe, seed, budget_min, s_per_step, out, device, marks=(), gpu_
         num_val=res["num_val"],
         overrides=json.dumps(RECIPES[recipe], sort_keys=True),
         knn_random_init=base,
+        probe_random_init=probe_base,
     )
     rows = (
         [common | dict(minutes=0.0, steps=0, knn_trained=base, gain=0.0, probe_trained=probe_base)]
@@ -196,6 +200,7 @@ def run_recipe(recipe, seed, budget_min, s_per_step, out, device, marks=(), gpu_
         rows.append(
             common
             | dict(minutes=minutes, steps=step, knn_trained=score, gain=round(score - base, 2))
+            | dict(probe_trained=res["linear_top1"])
         )
     return rows
 
@@ -224,9 +229,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--csv", type=Path, default=None, help="append the rows to this CSV file")
     p.add_argument("--probe", action="store_true", help="the linear probe too (slower)")
     p.add_argument("--max-eval", type=int, default=None, help="score on this many images only")
+    p.add_argument("--threads", type=int, default=2, help="torch threads per run (1: two at once)")
     args = p.parse_args(argv)
-    global MAX_EVAL, PROBE
-    MAX_EVAL, PROBE = args.max_eval, args.probe
+    global MAX_EVAL, PROBE, THREADS
+    MAX_EVAL, PROBE, THREADS = args.max_eval, args.probe, args.threads
     if args.device.startswith("cuda"):  # fp32 as on the CPU: no TF32 in matmuls or convolutions
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
