@@ -13,8 +13,8 @@ trained teacher beats its own random init by `--margin` points.
     # on a quiet 2-core CPU: seconds per step of each recipe
     python benchmarks/workshop_recipes.py --measure --speed results/speed.json
     # 3 seeds of 10 minutes each, on this CPU or (the same steps) on a GPU
-    python benchmarks/workshop_recipes.py --speed results/speed.json --recipes lr1e-3 \\
-        --seeds 0 1 2 --budget-min 10 --csv results/recipes.csv [--device cuda]
+    python benchmarks/workshop_recipes.py --speed results/speed.json --recipes lr1e-4_tt0.04 \\
+        --seeds 0 1 2 --budget-min 10 --probe --csv results/recipes.csv [--device cuda]
     # kNN against minutes, one run scored at 0, 1, 2, 3, 5, 7.5, 10, 15, 20, 30, 45, 60 minutes
     python benchmarks/workshop_recipes.py --speed results/speed.json --curve --recipes lr1e-3 \\
         --seeds 0 --budget-min 60 --csv results/curve.csv [--device cuda]
@@ -56,7 +56,10 @@ FAST_LR = SMALL | dict(
     teacher_temp=0.02,
     warmup_teacher_temp=0.02,
 )
-# name -> overrides on top of workshop_tiny (notebook06: the run notebook 06's section 7 made)
+# DINOv2's additions (notebook 10): iBOT masked patches, KoLeo, Sinkhorn-Knopp centering, 4 registers
+DINOV2 = dict(ibot=True, koleo_loss_weight=0.1, centering="sinkhorn_knopp", num_register_tokens=4)
+# name -> overrides on top of workshop_tiny (notebook06: the run notebook 06's section 7 made before
+# this study; lr1e-4_tt0.04: the one it makes now)
 RECIPES: dict[str, dict] = {
     "notebook06": SMALL
     | dict(max_images=1024, batch_size_per_gpu=16, teacher_temp=0.02, warmup_teacher_temp=0.02),
@@ -65,12 +68,16 @@ RECIPES: dict[str, dict] = {
     "lr1e-3_m0.97": FAST_LR | dict(momentum_teacher=0.97),
     "lr1e-3_k256": FAST_LR | dict(out_dim=256),
     "lr1e-3_tt0.04": FAST_LR | dict(teacher_temp=0.04, warmup_teacher_temp=0.04),
+    "lr3e-4_tt0.04": FAST_LR | dict(lr=2.4e-3, teacher_temp=0.04, warmup_teacher_temp=0.04),
+    "lr1e-4_tt0.04": FAST_LR | dict(lr=8e-4, teacher_temp=0.04, warmup_teacher_temp=0.04),
     "lr1e-3_b64": FAST_LR | dict(batch_size_per_gpu=64, lr=4e-3, max_images=4096),
     "lr1e-3_patch8_32px": FAST_LR | dict(patch_size=8, global_crops_size=32, local_crops_size=16),
     # DINOv2's additions (notebook 10) on the same run: iBOT masked patches, KoLeo, Sinkhorn-Knopp
     # centering, 4 registers
-    "lr1e-3_dinov2": FAST_LR
-    | dict(ibot=True, koleo_loss_weight=0.1, centering="sinkhorn_knopp", num_register_tokens=4),
+    "lr1e-3_dinov2": FAST_LR | DINOV2,
+    "lr1e-4_tt0.04_dinov2": FAST_LR
+    | dict(lr=8e-4, teacher_temp=0.04, warmup_teacher_temp=0.04)
+    | DINOV2,
 }
 CURVE_MARKS = (1, 2, 3, 5, 7.5, 10, 15, 20, 30, 45, 60, 90, 120)  # minutes
 FIELDS = [
