@@ -56,7 +56,7 @@ FAST_LR = SMALL | dict(
     teacher_temp=0.02,
     warmup_teacher_temp=0.02,
 )
-# DINOv2's additions (notebook 10): iBOT masked patches, KoLeo, Sinkhorn-Knopp centering, 4 registers
+# DINOv2's additions (notebook 10): iBOT masked patches, KoLeo, Sinkhorn-Knopp centering, registers
 DINOV2 = dict(ibot=True, koleo_loss_weight=0.1, centering="sinkhorn_knopp", num_register_tokens=4)
 # name -> overrides on top of workshop_tiny (notebook06: the run notebook 06's section 7 made before
 # this study; lr1e-4_tt0.04: the one it makes now)
