@@ -48,6 +48,8 @@
 
 # %%
 import copy
+import csv
+import json
 import math
 import tempfile
 
@@ -72,6 +74,7 @@ from vitdino_core import (
     update_teacher,
     vit_tiny,
 )
+from vitdino_core.data import REPO_ROOT
 from vitdino_core.exercises import (
     assert_checked,
     check_cosine_schedule,
@@ -731,18 +734,28 @@ print(
 #
 # ## 7. Training for real, on this CPU
 #
+# **What to expect, first.** Ten minutes of a 2-core CPU is very little DINO. No recipe the course
+# tried makes the teacher's features beat the same network at random init by 3 kNN points on every
+# seed in that time (section 9 shows the experiment). What this run does show: the student
+# learning to match the teacher (the KL falls), the teacher staying clear of both collapses, and in
+# section 9 a linear probe on the trained features about 5 points above the random network's, on
+# every seed the course tried, with the kNN about 2 points above. The kNN needs far longer; the
+# curve in section 9 shows how long.
+#
 # We train a ViT-tiny/12 with DINO on Imagenette (labels unused), starting from the shipped
-# `workshop_tiny` config (teacher momentum 0.99, $K = 1024$ outputs, learning rate
-# $5\cdot10^{-4} \times$ batch/256) and making it smaller:
+# `workshop_tiny` config (teacher momentum 0.99, teacher temperature 0.04, $K = 1024$ outputs) and
+# changing what a run of minutes needs:
 #
 # * **48 px global and 24 px local crops** (4 x 4 and 2 x 2 patches of 12 px), half the cost of
 #   72/36 px;
-# * a few hundred images, and epochs of a few dozen steps, so that the schedules play out in full;
-# * a **sharper teacher**, $\tau_t = 0.02$ instead of 0.04. At initialisation the network gives
-#   almost the same output for every image; after centering, what is left are small differences, and
-#   a low temperature turns them into confident targets that differ from image to image: something
-#   for the student to learn from the very first steps. (DINO's own teacher temperature warm-up
-#   starts sharp for the same reason.)
+# * **2048 images in batches of 32**: 8 epochs of 64 steps (512 steps), so that the warm-up and
+#   the cosine play out in full within the run;
+# * a **peak learning rate of $10^{-4}$** (`lr=8e-4` $\times$ 32/256). Of the peaks tried,
+#   $10^{-3}$ made the kNN accuracy *fall* 2 to 4 points below random init, $3\cdot10^{-4}$ and
+#   $10^{-4}$ moved it up; the smaller the step, the better the features kept what the random
+#   network already had;
+# * **no stochastic depth** (`drop_path_rate=0`): a regulariser for long runs that only slows a
+#   short one down.
 #
 # Every `log_every` steps the trainer averages its meters into one record and hands it to our
 # callback, which redraws the curves:
@@ -754,18 +767,18 @@ print(
 
 # %%
 if FAST:  # CI: about a minute of training
-    run = dict(max_images=256, epochs=6, log_every=4)
-else:  # a laptop: several minutes
-    run = dict(max_images=1024, epochs=6, log_every=8)
+    run = dict(max_images=384, epochs=4, log_every=2)
+else:  # a laptop: 512 steps, about 7 minutes on 2 cores
+    run = dict(max_images=2048, epochs=8, log_every=8)
 overrides = run | dict(
     output_dir=RUNS,
     run_name="workshop_tiny",
-    batch_size_per_gpu=16,
+    batch_size_per_gpu=32,
+    lr=8e-4,  # x 32/256 by the linear rule: a peak of 1e-4
+    drop_path_rate=0.0,
     warmup_epochs=1,
     global_crops_size=48,
     local_crops_size=24,
-    teacher_temp=0.02,
-    warmup_teacher_temp=0.02,
 )
 cfg = load_config("workshop_tiny", [f"{k}={v}" for k, v in overrides.items()])
 trainer = DINOTrainer(cfg)
@@ -851,8 +864,10 @@ axes[0].plot(
     steps, [r["teacher_entropy"] for r in records], "o-", ms=3, label="teacher entropy $h(P_t)$"
 )
 axes[0].axhline(lnK, color="gray", ls=":", lw=1, label=f"ln K = {lnK:.2f}")
+low = min(min(r["teacher_entropy"] for r in records), min(r["loss"] for r in records))
 axes[0].set(xlabel="step", ylabel="nats", title="loss = entropy + KL")
-axes[0].legend()
+axes[0].set_ylim(low - 0.9 * (lnK - low), lnK + 0.1)  # room for the legend below the curves
+axes[0].legend(loc="lower center", ncols=2)
 axes[1].plot(steps, [r["kl_teacher_student"] for r in records], "o-", ms=3, color="tab:red")
 axes[1].set(xlabel="step", title=r"KL$(P_t \,\|\, P_s)$")
 axes[2].plot(steps, [r["lr"] for r in records], color="tab:purple")
@@ -882,29 +897,33 @@ print(
 )
 assert kl[-k:].mean() < kl[:k].mean(), "the student should get closer to the teacher"
 assert all(r["teacher_entropy"] < lnK - 0.1 for r in records), "no uniform collapse"
-assert all(r["batch_entropy"] > 1.0 for r in records), "no one-dimension collapse"
+assert min(batch_entropy) > 0.5, "one-dimension collapse (the trainer's own threshold)"
 assert not any(r["collapse"] for r in records)
 
 # %% [markdown]
-# **The loss does not simply go down, and it does not have to.** In the full run the curve falls
-# from about 6.3 to about 3.0 nats by step 110, then climbs back to about 4.5 by the last of its 384
-# steps (the saved figure `notebooks/figures/06_training_curves.png`). Its two parts tell why:
+# **The loss hardly moves, and it does not have to.** In the full run (the saved figure
+# `notebooks/figures/06_training_curves.png`) it starts at 6.66 nats, peaks at 6.80 by step 24,
+# drifts down to its lowest, 6.35, at step 392 and ends at 6.55: all of it within 0.6 nats of
+# $\ln K = 6.93$, the loss of uniform targets. Its two parts tell more:
 #
-# * the **KL**, the part the student can reduce, falls over the whole run, small bumps aside (from
-#   about 2.8 to about 0.9 nats in the full run): the student matches the teacher better and better;
-# * the **teacher's entropy** $h(P_t)$ is what turns: it first drops (from about 4.5 to 1.6 nats,
-#   the teacher becomes confident about each image), then rises again (to about 3.5). The whole rise
-#   of the loss is this rise of the entropy. The last line under the table shows the same split for
-#   your run; the 96 steps of fast mode turn too (lowest loss at step 52, then the entropy rose by
-#   0.66 nats while the KL fell by 0.12).
+# * the **KL**, the part the student can reduce, halves in the first hundred steps (from 0.68 to
+#   about 0.35 nats) and then holds near 0.4: the student matches the teacher about as well as a
+#   teacher that keeps moving allows;
+# * the **teacher's entropy** $h(P_t)$ stays high, between 5.98 and 6.31 nats: each image's target
+#   spreads over roughly $e^{6.1} \approx 450$ of the 1024 outputs. It rises in the first 30 steps
+#   (centering flattens what the random network preferred), sinks slowly to its lowest near step
+#   390 and rises again at the end. The last line under the table splits that end: from the lowest
+#   loss to the last record the loss rose by 0.19 nats, the entropy by 0.23, the KL fell by 0.03.
+#   The rise of the loss is the teacher's, not the student's.
 #
 # The loss is not an error that training drives to zero: its floor is the entropy of the teacher's
-# targets, and the teacher is a moving average of the student, centred and sharpened. The teacher
-# temperature is constant here ($\tau_t = 0.02$, no warm-up), so the targets did not get softer from
-# a schedule: the network itself settled on less peaked targets while centering kept any one output
-# from winning for every image (the entropy of the batch mean stays high, as the asserts check).
-# That is why DINO watches the KL, the entropies and, in the end, the features (section 9) rather
-# than the loss alone.
+# targets, and the teacher is a moving average of the student, centred and sharpened. At a peak
+# learning rate of $10^{-4}$ and 512 steps the network never gets confident (the teacher
+# temperature is a constant $\tau_t = 0.04$, so no schedule softened the targets), while centering
+# keeps any one output from winning for every image: the entropy of the batch mean stays between
+# 6.5 and 6.8 nats, far from collapse, as the asserts check. A loss curve this flat says little; the
+# KL, the entropies and, in the end, the features (section 9) say more. That is why DINO watches
+# them rather than the loss alone.
 
 # %% [markdown]
 # ## 9. Did the features improve?
@@ -912,17 +931,18 @@ assert not any(r["collapse"] for r in records)
 # The loss says the student learned to match the teacher; it does not say the features are useful.
 # The DINO way to check is a **weighted kNN classifier** on frozen features (notebook 08): each
 # validation image votes with its 20 nearest training images, by cosine similarity of the teacher's
-# CLS feature. Labels are used only here.
+# CLS feature. Beside it, the **linear probe** of notebook 08, a logistic regression on the same
+# features. Labels are used only here.
 #
-# Be realistic about what to expect. A randomly initialised ViT already gives features well above
-# chance (10%), because random projections of pixels keep some colour and layout information. A few
-# minutes of CPU training move the teacher's kNN accuracy by a few points at most, and with few
-# images the number is noisy. The shipped checkpoint (notebooks 07 and 08) is the result of hours of
-# training.
+# The yardstick is the same network **at random init**, not chance (10%): random projections of
+# pixels already keep colour and layout, and a random ViT scores about 29-30% here. At 48 px
+# the whole train and val splits (9469 and 3925 images) take about a minute to score, and
+# with all of them the score of one run moves by little more than a point from seed to seed, so a
+# gain of a few points means something.
 
 # %%
-n_train, n_val = (500, 200) if FAST else (2000, 500)
-knn = {}
+n_train, n_val = (500, 200) if FAST else (None, None)  # None: the whole split
+scores = {}
 for label, backbone in (
     ("random init (before)", teacher_before),
     (f"after {trainer.step} steps", trainer.teacher.backbone),
@@ -932,15 +952,116 @@ for label, backbone in (
         image_size=cfg.global_crops_size,
         max_train=n_train,
         max_val=n_val,
-        probe=False,
-        batch_size=100,
+        probe=True,
+        batch_size=256,
     )
-    knn[label] = res["knn_top1"]
+    scores[label] = res
     print(
-        f"teacher, {label:22s}: weighted kNN top-1 {res['knn_top1']:5.1f}%  "
-        f"({res['num_train']} train / {res['num_val']} val images)"
+        f"teacher, {label:22s}: kNN top-1 {res['knn_top1']:5.1f}%, linear probe"
+        f" {res['linear_top1']:5.1f}%  ({res['num_train']} train / {res['num_val']} val images)"
     )
-assert all(acc > 10 for acc in knn.values())  # both better than chance
+before, after = scores.values()
+print(
+    f"gain over random init: kNN {after['knn_top1'] - before['knn_top1']:+.1f} points, "
+    f"linear probe {after['linear_top1'] - before['linear_top1']:+.1f} points"
+)
+assert all(r["knn_top1"] > 10 for r in scores.values())  # both better than chance (10%)
+
+# %% [markdown]
+# ### How the recipe was chosen, and how long DINO takes to beat random init
+#
+# The recipe of section 7 came out of a small experiment, kept with the course as data
+# (`benchmarks/results/cpu-epyc_workshop-recipes/`): each recipe trained for the steps that fit
+# 10 minutes of a 2-core CPU, with 3 seeds, and its teacher scored on the whole splits before and
+# after. A recipe counts as learning when **every** seed beats its own random init by at least 3
+# points. Then one run trained for 60 minutes (a peak learning rate of $10^{-3}$), its teacher
+# scored along the way: the minutes a CPU needs before DINO's features beat a random network's.
+
+# %%
+STUDY = REPO_ROOT / "benchmarks" / "results" / "cpu-epyc_workshop-recipes"
+
+
+def read_rows(name: str) -> list[dict]:
+    with open(STUDY / name, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+curve = read_rows("curve.csv")
+study = [r for r in read_rows("recipes.csv") if "dinov2" not in r["recipe"]]  # (notebook 10's)
+print(f"{'recipe':>14} {'seed':>4} {'steps':>5}   kNN: init -> trained   probe: init -> trained")
+for r in study:
+    print(
+        f"{r['recipe']:>14} {r['seed']:>4} {r['steps']:>5}   {float(r['knn_random_init']):9.1f}"
+        f" -> {float(r['knn_trained']):5.1f}   {float(r['probe_random_init']):11.1f}"
+        f" -> {float(r['probe_trained']):5.1f}"
+    )
+
+minutes = np.array([float(r["minutes"]) for r in curve])  # (M,)
+gain = np.array([float(r["gain"]) for r in curve])  # (M,) kNN points over random init
+fig, axes = plt.subplots(1, 2, figsize=(10.5, 4.2), layout="constrained")
+recipe = json.loads(curve[0]["overrides"])  # the curve's run: its overrides of workshop_tiny
+peak_lr = recipe["lr"] * recipe["batch_size_per_gpu"] / 256
+label = f"peak lr {peak_lr:.0e}, one {minutes.max():.0f}-minute run"
+axes[0].plot(minutes, gain, "o-", color="tab:gray", label=label)
+section7 = [r for r in study if r["recipe"] == "lr1e-4_tt0.04"]  # one row per seed
+axes[0].plot(
+    [float(r["minutes"]) for r in section7],
+    [float(r["gain"]) for r in section7],
+    "o",
+    color="tab:blue",
+    ms=8,
+    label="section 7's recipe, 10 minutes",
+)
+axes[0].axhline(0, color="gray", ls="--", lw=1)
+axes[0].axhline(3, color="gray", ls=":", lw=1, label="the +3 points asked")
+axes[0].set(
+    xlabel="minutes of training (2-core CPU)",
+    ylabel="kNN gain over random init (points)",
+    title="the teacher's kNN against minutes",
+)
+axes[0].legend(loc="upper right")
+names = list(dict.fromkeys(r["recipe"] for r in study))  # in the order they were run
+for i, name in enumerate(names):
+    mine = [r for r in study if r["recipe"] == name]
+    for dx, key, marker, color in (
+        (-0.12, "knn_", "o", "tab:blue"),
+        (0.12, "probe_", "s", "tab:orange"),
+    ):
+        gains = [float(r[f"{key}trained"]) - float(r[f"{key}random_init"]) for r in mine]
+        label = ("kNN" if key == "knn_" else "linear probe") if i == 0 else None
+        axes[1].plot(
+            [i + dx] * len(gains), gains, marker, color=color, ms=7, alpha=0.7, label=label
+        )
+axes[1].axhline(0, color="gray", ls="--", lw=1)
+axes[1].axhline(3, color="gray", ls=":", lw=1)
+axes[1].set_xticks(range(len(names)), names, rotation=30, ha="right")
+axes[1].set_xlim(-0.5, len(names) - 0.5)
+axes[1].set(ylabel="gain over random init (points)", title="10 minutes, one dot per seed")
+axes[1].legend()
+save_figure(fig, "06_minutes_to_learn")
+plt.show()
+
+# %% [markdown]
+# **What the study found.** With a peak learning rate of $10^{-3}$ the teacher's kNN accuracy
+# *falls* 2 to 4 points below random init in 10 minutes, with a sharp teacher ($\tau_t = 0.02$)
+# or DINO's 0.04; with $3\cdot10^{-4}$ and $10^{-4}$ it rises, by 1 to 2 points, while the linear
+# probe on the same features gains about 5. No recipe reaches 3 kNN points on every seed; section
+# 7 trains with the best one, a peak of $10^{-4}$. The one long run, made with a peak of
+# $10^{-3}$ (the first candidate, before the study found the smaller rate), shows the shape of it:
+# the kNN drops about 3 points below the random network in the first minutes, climbs back to it
+# only after about 40 minutes, and ends half a point above at 60. On kNN, an hour of a 2-core CPU
+# buys DINO at that rate no more than a tie with random weights; the shipped checkpoint of
+# notebooks 07 and 08 trained for hours on a GPU.
+# What DINOv2 added to DINO (notebook 10) does clear the bar in the same 10 minutes: +4.3 to +4.6
+# kNN points on the same 3 seeds (the rows `lr1e-4_tt0.04_dinov2`, drawn in notebook 10).
+#
+# Why does kNN lag the probe? A plausible reading: a random ViT's CLS feature is a random
+# projection of the image's colours and layout, and the kNN compares images by cosine similarity
+# over all of its dimensions, so it finds neighbours of the same colours, which in Imagenette often
+# share a class (blue sky for parachutes, green for golf balls). DINO's augmentations (colour
+# jitter, grayscale, blur) teach the network to ignore exactly those cues, and they fade before
+# shapes take their place. A linear probe picks out the few directions that already carry the new
+# information; the kNN weighs every direction alike.
 
 # %% [markdown]
 # ## What we built
