@@ -41,6 +41,7 @@
 # use `vitdino_core`'s version.
 
 # %%
+import csv
 import math
 import random
 import tempfile
@@ -52,6 +53,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from vitdino_core import DINOHead, VisionTransformer, build_dataset, cls_attention, load_image
+from vitdino_core.data import REPO_ROOT
 from vitdino_core.dinov2 import (
     KoLeoLoss,
     MaskingGenerator,
@@ -879,22 +881,68 @@ assert all(math.isfinite(rec["loss"]) for rec in records)
 # %% [markdown]
 # ## Comparison with plain DINO
 #
-# Do the additions pay at this scale? The fair test trains plain DINO and DINO with the four
-# additions for the same minutes of CPU time (a DINOv2 step costs about 1.2 times a plain one here:
-# 1.18 s against 0.95 s per step of 32 images at 48 px on a 2-core CPU), on several seeds, and
-# scores both teachers with the kNN and the linear probe on the whole val split:
+# Do the additions pay at this scale? The fair test trains plain DINO (notebook 06's recipe) and
+# DINO with the four additions for the same minutes of CPU time, on 3 seeds each, and scores each
+# teacher, before and after, with the kNN and the linear probe on the whole train and val splits.
+# A DINOv2 step costs more (the masked student pass, the iBOT and KoLeo terms, 4 more tokens), so
+# in the same 10 minutes it takes fewer steps. The course ran it with:
 #
 # ```bash
 # python benchmarks/workshop_recipes.py --measure --speed speed.json \
-#     --recipes lr1e-3 lr1e-3_dinov2
-# python benchmarks/workshop_recipes.py --speed speed.json --recipes lr1e-3 lr1e-3_dinov2 \
-#     --seeds 0 1 2 --budget-min 10 --probe --csv comparison.csv
+#     --recipes lr1e-4_tt0.04 lr1e-4_tt0.04_dinov2
+# python benchmarks/workshop_recipes.py --speed speed.json \
+#     --recipes lr1e-4_tt0.04 lr1e-4_tt0.04_dinov2 --seeds 0 1 2 --budget-min 10 --probe \
+#     --csv comparison.csv
 # ```
 #
-# The course has not measured that comparison yet, so this notebook quotes no number for it. DINOv2
-# itself reports its gains on ImageNet-scale data and long runs; a 10-minute run of a ViT-tiny on
-# 48 px crops is a very different regime, and whether the additions help there is an open
-# question you can answer with the two commands above.
+# and keeps the rows in `benchmarks/results/cpu-epyc_workshop-recipes/recipes.csv`:
+
+# %%
+PLAIN, PLUS = "lr1e-4_tt0.04", "lr1e-4_tt0.04_dinov2"  # notebook 06's run; with the additions
+with open(REPO_ROOT / "benchmarks/results/cpu-epyc_workshop-recipes/recipes.csv", newline="") as f:
+    rows = [r for r in csv.DictReader(f) if r["recipe"] in (PLAIN, PLUS)]
+rows.sort(key=lambda r: (r["recipe"], int(r["seed"])))  # plain first, then by seed
+print(f"{'recipe':>20} {'seed':>4} {'steps':>5}   kNN: init -> trained   probe: init -> trained")
+for r in rows:
+    print(
+        f"{r['recipe']:>20} {r['seed']:>4} {r['steps']:>5}   {float(r['knn_random_init']):9.1f}"
+        f" -> {float(r['knn_trained']):5.1f}   {float(r['probe_random_init']):11.1f}"
+        f" -> {float(r['probe_trained']):5.1f}"
+    )
+fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), layout="constrained")
+for ax, key in zip(axes, ("knn", "probe")):
+    for i, name in enumerate((PLAIN, PLUS)):
+        mine = [r for r in rows if r["recipe"] == name]
+        before = [float(r[f"{key}_random_init"]) for r in mine]
+        after = [float(r[f"{key}_trained"]) for r in mine]
+        ax.plot([i - 0.1] * len(before), before, "o", color="gray", alpha=0.6)
+        ax.plot([i + 0.1] * len(after), after, "o", color=f"C{i}", ms=7)
+        print(
+            f"{name:>20} {key:>5}: trained {np.mean(after):5.1f} (seeds {np.ptp(after):.1f} apart)"
+        )
+    ax.set_xticks([0, 1], ["plain DINO", "DINO + DINOv2's\nadditions"])
+    ax.set(ylabel="top-1 (%)", title="kNN" if key == "knn" else "linear probe", xlim=(-0.5, 1.5))
+fig.suptitle("3 seeds, 10 minutes of a 2-core CPU each: gray at random init, coloured after")
+save_figure(fig, "10_comparison")
+plt.show()
+
+# %% [markdown]
+# **What the additions did at this scale.** In the same 10 minutes plain DINO takes 512 steps and
+# DINO with the additions 448. Each run is scored against its own network at random init (the
+# registers change the initial draw, so the two start from slightly different random networks):
+#
+# * **kNN**: the additions gain +4.3, +4.3 and +4.6 points over random init, plain DINO +1.8,
+#   +2.0 and +1.8. The seeds agree within 0.3 points; the difference is 2.5. In 10 minutes only
+#   the additions clear the 3 points notebook 06 asks of its run.
+# * **Linear probe**: the other way round. Plain DINO gains +4.8 to +5.3 points, the additions
+#   +2.6 to +4.3.
+#
+# The study did not separate the four additions (each alone is three more 10-minute runs: a good
+# experiment to make). A plausible reading: Sinkhorn-Knopp spreads the teacher's targets evenly over
+# the prototypes from the first step, and KoLeo pushes the CLS features of different images apart,
+# which is what the kNN's cosine neighbours reward; the probe, which can reweigh directions, gains
+# less from it. These are 10-minute runs of a ViT-tiny on 48 px crops; DINOv2's own ablations were
+# run with large ViTs on ImageNet-scale data, and neither result predicts the other.
 
 # %% [markdown]
 # ## What we built
