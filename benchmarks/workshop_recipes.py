@@ -25,6 +25,7 @@ Compare budgets only with speeds measured on one machine, quiet (`uptime` near 0
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import csv
 import json
@@ -237,13 +238,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--probe", action="store_true", help="the linear probe too (slower)")
     p.add_argument("--max-eval", type=int, default=None, help="score on this many images only")
     p.add_argument("--threads", type=int, default=2, help="torch threads per run (1: two at once)")
+    p.add_argument("--keep-runs", type=Path, default=None, help="keep each run's folder here")
     args = p.parse_args(argv)
     global MAX_EVAL, PROBE, THREADS
     MAX_EVAL, PROBE, THREADS = args.max_eval, args.probe, args.threads
     if args.device.startswith("cuda"):  # fp32 as on the CPU: no TF32 in matmuls or convolutions
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
-    with tempfile.TemporaryDirectory() as out:
+    keep = args.keep_runs
+    with tempfile.TemporaryDirectory() if keep is None else contextlib.nullcontext(keep) as out:
         if args.measure:
             speed = {r: round(measure(r, out), 4) for r in args.recipes}
             speed["_machine"] = dict(

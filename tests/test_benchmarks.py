@@ -851,3 +851,36 @@ def test_gpu_suite_commands_parse(tmp_path, monkeypatch):
         (out / "step_vitb12_6local_compile.json").read_text().split()[1:]
     )
     assert (six.arch, six.local_crops, six.compile) == ("vit_base", 6, True)
+
+
+def test_workshop_pictures_draws_attention_and_pca_of_every_network(tmp_path):
+    spec = importlib.util.spec_from_file_location("bench_pictures", BENCH / "workshop_pictures.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    from vitdino_core import VisionTransformer
+
+    torch.manual_seed(0)
+    images = torch.randn(3, 3, 24, 24)  # (n, 3, S, S): 2 x 2 patches of 12 px
+    columns = []
+    for registers in (0, 4):  # the DINOv2 run's registers must not reach the maps
+        model = VisionTransformer(
+            img_size=24,
+            patch_size=12,
+            embed_dim=16,
+            depth=1,
+            num_heads=2,
+            num_register_tokens=registers,
+        ).eval()
+        attn, pca = mod.pictures(model, images)
+        assert attn.shape == (3, 2, 2) and pca.shape == (3, 2, 2, 3)
+        for i in range(3):  # each map scaled to [0, 1] on its own
+            assert attn[i].min() == 0 and torch.isclose(attn[i].max(), torch.tensor(1.0))
+        assert 0 <= pca.min() and pca.max() <= 1
+        columns.append((f"{registers} registers", attn, pca))
+    rgb = torch.rand(3, 24, 24, 3)
+    for kind in ("attention", "pca"):
+        fig = mod.draw(kind, rgb, ["a", "b", "c"], columns, 24)
+        assert len(fig.axes) == 3 * (1 + len(columns))
+        assert [ax.get_title() for ax in fig.axes[1:3]] == ["0 registers", "4 registers"]
+    missing = mod.main(["--runs", str(tmp_path), "--out", str(tmp_path / "x.png")])
+    assert missing == 2  # no kept runs there: one line, no traceback
