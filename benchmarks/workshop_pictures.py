@@ -89,7 +89,6 @@ def main(argv=None) -> int:
         "--out", type=Path, required=True, help="NAME.png: writes NAME_attention.png, NAME_pca.png"
     )
     args = p.parse_args(argv)
-    torch.manual_seed(0)
     columns = []  # (title, attention (n, h, w), pca (n, h, w, 3))
     paths = {label: args.runs / f"{r}_s{args.seed}" / "checkpoint.pth" for label, r in RUNS.items()}
     for path in paths.values():

@@ -866,7 +866,8 @@ assert all(math.isfinite(rec["loss"]) for rec in records)
 
 # %%
 PLAIN, PLUS = "lr1e-4_tt0.04", "lr1e-4_tt0.04_dinov2"  # notebook 06's run; with the additions
-with open(REPO_ROOT / "benchmarks/results/cpu-epyc_workshop-recipes/recipes.csv", newline="") as f:
+STUDY = REPO_ROOT / "benchmarks/results/cpu-epyc_workshop-recipes"  # the study's data
+with open(STUDY / "recipes.csv", newline="") as f:
     rows = [r for r in csv.DictReader(f) if r["recipe"] in (PLAIN, PLUS)]
 rows.sort(key=lambda r: (r["recipe"], int(r["seed"])))  # plain first, then by seed
 print(f"{'recipe':>20} {'seed':>4} {'steps':>5}   kNN: init -> trained   probe: init -> trained")
@@ -924,7 +925,6 @@ plt.show()
 # for each network at random init and after its 10 minutes, shown at 96 px (8 x 8 patches).
 
 # %%
-STUDY = REPO_ROOT / "benchmarks/results/cpu-epyc_workshop-recipes"
 for kind in ("attention", "pca"):
     display(Image(filename=str(STUDY / f"compared_{kind}.png"), width=760))
 
